@@ -1,0 +1,469 @@
+#include "cli/cli.h"
+
+#include <charconv>
+#include <optional>
+#include <ostream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ostream.h>
+#include <nlohmann/json.hpp>
+
+#include "planner/catalog.h"
+#include "planner/json_output.h"
+#include "planner/setup.h"
+#include "planner/static_memory.h"
+#include "planner/units.h"
+#include "runtime/device_probe.h"
+
+#ifndef MSTPLAN_VERSION
+#define MSTPLAN_VERSION "unknown"
+#endif
+#ifndef MSTPLAN_GIT_COMMIT
+#define MSTPLAN_GIT_COMMIT "unknown"
+#endif
+
+namespace mstplan::cli {
+namespace {
+
+// A failure of the command line: the message is printed after "mst-plan: ".
+struct Failure {
+  ExitCode code;
+  std::string message;
+};
+
+ExitCode exit_code_of(const Error& error) {
+  return error.kind == ErrorKind::usage ? ExitCode::usage : ExitCode::input;
+}
+
+// Flag values as typed; parsed by us so that every message has the same shape.
+struct PlanFlags {
+  std::string model;
+  std::string gpu;
+  std::string scenario;
+  std::string batch;
+  std::string seq;
+  std::string precision;
+  std::string optimizer;
+  bool optimizer_in_backward = true;
+  CLI::Option* optimizer_in_backward_option = nullptr;
+  std::string grad_accum;
+  std::string attention;
+  std::string profile;
+  bool json = false;
+};
+
+std::optional<Failure> usage(std::string message) { return Failure{ExitCode::usage, std::move(message)}; }
+
+// "--batch: expected a positive integer, got '0'".
+std::optional<Failure> parse_positive(const std::string& flag, const std::string& text, std::int64_t& out,
+                                      bool size_suffixes = false) {
+  std::int64_t multiplier = 1;
+  std::string digits = text;
+  if (size_suffixes && !digits.empty()) {
+    const char last = digits.back();
+    if (last == 'k' || last == 'K') multiplier = 1024;
+    if (last == 'm' || last == 'M') multiplier = 1024 * 1024;
+    if (multiplier != 1) digits.pop_back();
+  }
+  const std::string expected =
+      size_suffixes ? "a positive integer (K = 1024 and M = 1048576 suffixes allowed) or 'search'" : "a positive integer";
+  std::int64_t value = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+  if (ec == std::errc::result_out_of_range) {
+    return usage(fmt::format("{}: expected {}, got '{}', which is out of the 64-bit range", flag, expected, text));
+  }
+  if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || value <= 0) {
+    return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+  }
+  auto scaled = checked_mul(value, multiplier);
+  if (!scaled) return usage(fmt::format("{}: '{}' is out of the 64-bit range", flag, text));
+  out = *scaled;
+  return std::nullopt;
+}
+
+template <typename E>
+std::optional<Failure> parse_choice(const std::string& flag, const std::string& text, E& out) {
+  if (auto value = parse_enum<E>(text)) {
+    out = *value;
+    return std::nullopt;
+  }
+  return usage(fmt::format("{}: expected one of {}, got '{}'", flag, enum_choices<E>(), text));
+}
+
+// Flags override the scenario field by field.
+std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
+  std::optional<Failure> failure;
+  auto run = [&](std::optional<Failure> result) {
+    if (!failure && result) failure = std::move(result);
+  };
+  if (!f.batch.empty()) run(parse_positive("--batch", f.batch, s.batch));
+  if (!f.seq.empty()) {
+    if (f.seq == "search") {
+      s.seq_len.reset();
+    } else {
+      std::int64_t seq = 0;
+      run(parse_positive("--seq", f.seq, seq, true));
+      s.seq_len = seq;
+    }
+  }
+  if (!f.precision.empty()) run(parse_choice("--precision", f.precision, s.precision));
+  if (!f.optimizer.empty()) run(parse_choice("--optimizer", f.optimizer, s.optimizer));
+  if (f.optimizer_in_backward_option && f.optimizer_in_backward_option->count() > 0) {
+    s.optimizer_in_backward = f.optimizer_in_backward;
+  }
+  if (!f.grad_accum.empty()) run(parse_positive("--grad-accum", f.grad_accum, s.grad_accum));
+  if (!f.attention.empty()) run(parse_choice("--attention", f.attention, s.attention));
+  if (!f.profile.empty()) run(parse_choice("--profile", f.profile, s.profile));
+  return failure;
+}
+
+std::string model_summary(const ModelSpec& m) {
+  std::string shape = fmt::format("{} family, {} layers, hidden {}, MLP {} ({}), {} heads / {} KV heads x {}, vocabulary {}",
+                                  to_string(m.family), m.num_layers, m.hidden_size, m.intermediate_size,
+                                  m.mlp_activation == MlpActivation::swiglu ? "SwiGLU" : "GeGLU", m.num_heads,
+                                  m.num_kv_heads, m.head_dim, m.vocab_size);
+  if (m.tied_embeddings) shape += ", tied embeddings";
+  if (m.qkv_bias) shape += ", q/k/v bias";
+  if (m.sliding_window) {
+    shape += fmt::format(", window {} ({} layers)", m.sliding_window->size,
+                         m.sliding_window->layers == SlidingLayers::all ? "all" : "even");
+  }
+  if (m.final_logit_softcap) shape += fmt::format(", logits soft-capped at {}", *m.final_logit_softcap);
+  return shape;
+}
+
+void print_plan_text(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup) {
+  const ParameterCounts counts = count_parameters(model);
+  const StaticMemory m = static_memory(model, setup);
+  fmt::print(out, "{} ({} parameters) on {} ({} GiB as CUDA reports it, {} GiB reserved for context/workspace)\n",
+             model.name, format_count(counts.total), gpu.name, format_gib(gpu.capacity_bytes),
+             format_gib(gpu.reserve_bytes));
+  fmt::print(out, "setup: {}\n", describe_setup(setup));
+  fmt::print(out, "sequence: {}\n\n",
+             setup.seq_len ? fmt::format("{} tokens", *setup.seq_len) : std::string("search for the maximum"));
+
+  fmt::print(out, "model       {}\n", model_summary(model));
+  fmt::print(out, "parameters  {} = embedding {} + attention {} + MLP {} + norms {}{}\n\n",
+             format_thousands(counts.total), format_thousands(counts.embedding), format_thousands(counts.attention),
+             format_thousands(counts.mlp), format_thousands(counts.norms),
+             counts.lm_head > 0 ? fmt::format(" + LM head {}", format_thousands(counts.lm_head)) : " (LM head tied)");
+
+  const bool mixed = setup.precision == Precision::mixed;
+  const bool autocast = mixed && setup.profile == Profile::pytorch;
+  fmt::print(out, "static memory (independent of the sequence length)\n");
+  auto row = [&](std::string_view what, std::int64_t bytes, const std::string& note) {
+    fmt::print(out, "  {:<17} {:>9} GiB   {}\n", what, format_gib(bytes), note);
+  };
+  row("weights", m.weights_bytes, autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : "bf16");
+  if (m.master_weights_bytes > 0) row("master weights", m.master_weights_bytes, "fp32");
+  std::string state_note;
+  switch (setup.optimizer) {
+    case OptimizerKind::adamw: state_note = fmt::format("AdamW m and v in {}", mixed ? "fp32" : "bf16"); break;
+    case OptimizerKind::adamw_8bit: state_note = "AdamW m and v in 8 bits with fp32 scales per 256 elements"; break;
+    case OptimizerKind::sgd: state_note = "SGD keeps no state"; break;
+    case OptimizerKind::none: state_note = "frozen weights"; break;
+  }
+  row("optimizer state", m.optimizer_state_bytes, state_note);
+  if (setup.optimizer == OptimizerKind::none) {
+    row("gradients", 0, "none: weights are frozen");
+  } else if (m.persistent_gradients) {
+    row("gradients", m.gradient_bytes,
+        fmt::format("{}, kept {}", mixed ? "fp32" : "bf16",
+                    setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
+                                         : std::string("until the optimizer step")));
+  } else {
+    row("gradients", 0,
+        fmt::format("none kept: each applied in backward (the largest, {}, is {} GiB while it lives)",
+                    m.largest_gradient_name, format_gib(m.largest_gradient_bytes)));
+  }
+  const std::int64_t left = gpu.usable_bytes() - m.total_bytes();
+  if (left >= 0) {
+    row("total", m.total_bytes(),
+        fmt::format("of {} GiB usable: {} GiB left for activations and transients", format_gib(gpu.usable_bytes()),
+                    format_gib(left)));
+    return;
+  }
+  row("total", m.total_bytes(), fmt::format("of {} GiB usable", format_gib(gpu.usable_bytes())));
+  fmt::print(out, "\ndoes not fit: the static state alone is {} GiB over the usable {} GiB\n", format_gib(-left),
+             format_gib(gpu.usable_bytes()));
+  const auto fixes = static_fixes(model, gpu, setup);
+  if (fixes.empty()) {
+    fmt::print(out, "no change of precision or optimizer makes it fit on one {}; a larger GPU or sharding "
+                    "(ZeRO / FSDP) is needed\n", gpu.name);
+  }
+  for (const SetupChange& fix : fixes) {
+    fmt::print(out, "would fit with {}: static {} GiB, {} GiB left\n", fix.flags, format_gib(fix.static_bytes),
+               format_gib(gpu.usable_bytes() - fix.static_bytes));
+  }
+}
+
+std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
+  Scenario scenario;
+  if (!f.scenario.empty()) {
+    auto loaded = load_scenario_file(f.scenario);
+    if (!loaded) return Failure{exit_code_of(loaded.error()), loaded.error().message};
+    scenario = std::move(*loaded);
+  }
+  const std::string model_arg = !f.model.empty() ? f.model : scenario.model.value_or("");
+  const std::string gpu_arg = !f.gpu.empty() ? f.gpu : scenario.gpu.value_or("");
+  if (model_arg.empty()) return usage("--model is required (or a scenario file with a 'model' field); e.g. --model llama3-8b");
+  if (gpu_arg.empty()) return usage("--gpu is required (or a scenario file with a 'gpu' field); e.g. --gpu A100-80G");
+
+  TrainingSetup setup = scenario.setup;
+  if (auto failure = apply_flags(f, setup)) return failure;
+  auto model = resolve_model(model_arg);
+  if (!model) return Failure{exit_code_of(model.error()), model.error().message};
+  auto gpu = resolve_gpu(gpu_arg);
+  if (!gpu) return Failure{exit_code_of(gpu.error()), gpu.error().message};
+  if (auto error = check_setup_for_model(setup, *model, scenario.source.empty() ? "flags" : scenario.source)) {
+    return Failure{exit_code_of(*error), error->message};
+  }
+
+  if (f.json) {
+    nlohmann::json j;
+    j["version"] = version_string();
+    j["model"] = model_json(*model);
+    j["gpu"] = gpu_json(*gpu);
+    j["setup"] = setup_json(setup);
+    j["static"] = static_memory_json(*model, *gpu, setup);
+    out << j.dump(2) << '\n';
+  } else {
+    print_plan_text(out, *model, *gpu, setup);
+  }
+  return std::nullopt;
+}
+
+std::optional<Failure> run_models(const std::string& which, bool json, std::ostream& out) {
+  if (!which.empty()) {
+    auto model = resolve_model(which);
+    if (!model) return Failure{exit_code_of(model.error()), model.error().message};
+    if (json) {
+      out << model_json(*model).dump(2) << '\n';
+    } else {
+      fmt::print(out, "# {} parameters (derived from the shapes below); read from {}\n{}",
+                 format_thousands(parameter_count(*model)), model->source, model_to_yaml(*model));
+    }
+    return std::nullopt;
+  }
+  if (json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const ModelSpec& m : builtin_models()) list.push_back(model_json(m));
+    out << list.dump(2) << '\n';
+    return std::nullopt;
+  }
+  fmt::print(out, "{:<13} {:<8} {:>16} {:>6} {:>6} {:>6} {:>9} {:>7}  {}\n", "model", "family", "parameters", "layers",
+             "hidden", "MLP", "heads/kv", "vocab", "notes");
+  for (const ModelSpec& m : builtin_models()) {
+    std::string notes;
+    auto note = [&](bool on, std::string_view text) {
+      if (on) notes += (notes.empty() ? "" : ", ") + std::string(text);
+    };
+    note(m.tied_embeddings, "tied");
+    note(m.qkv_bias, "qkv bias");
+    note(m.sliding_window.has_value(), "sliding window");
+    note(m.final_logit_softcap.has_value(), "soft-capping");
+    note(m.rope.scaling == RopeScaling::llama3, "llama3 rope");
+    fmt::print(out, "{:<13} {:<8} {:>16} {:>6} {:>6} {:>6} {:>9} {:>7}  {}\n", m.name, to_string(m.family),
+               format_thousands(parameter_count(m)), m.num_layers, m.hidden_size, m.intermediate_size,
+               fmt::format("{}/{}", m.num_heads, m.num_kv_heads), m.vocab_size, notes);
+  }
+  return std::nullopt;
+}
+
+std::optional<Failure> run_gpus(const std::string& which, bool json, std::ostream& out) {
+  if (!which.empty()) {
+    auto gpu = resolve_gpu(which);
+    if (!gpu) return Failure{exit_code_of(gpu.error()), gpu.error().message};
+    if (json) {
+      out << gpu_json(*gpu).dump(2) << '\n';
+    } else {
+      fmt::print(out, "# read from {}\n{}", gpu->source, gpu_to_yaml(*gpu));
+    }
+    return std::nullopt;
+  }
+  if (json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const GpuSpec& g : builtin_gpus()) list.push_back(gpu_json(g));
+    out << list.dump(2) << '\n';
+    return std::nullopt;
+  }
+  fmt::print(out, "{:<9} {:>12} {:>10} {:>11} {:>10} {:>10} {:>10}  {}\n", "gpu", "capacity GiB", "reserve GiB",
+             "bf16 TFLOP/s", "fp32 TF/s", "HBM GB/s", "link GB/s", "description");
+  for (const GpuSpec& g : builtin_gpus()) {
+    fmt::print(out, "{:<9} {:>12} {:>10} {:>11} {:>10} {:>10} {:>10}  {}\n", g.name, format_gib(g.capacity_bytes),
+               format_gib(g.reserve_bytes), g.bf16_tflops, g.fp32_tflops, g.memory_bandwidth_gb_per_s,
+               g.host_link_gb_per_s, g.description);
+  }
+  return std::nullopt;
+}
+
+std::optional<Failure> run_devices(bool json, std::ostream& out) {
+  const runtime::DeviceProbe probe = runtime::probe_devices();
+  if (json) {
+    nlohmann::json j = {{"cuda_compiled", probe.cuda_compiled},
+                        {"driver_version", probe.driver_version},
+                        {"runtime_version", probe.runtime_version},
+                        {"status", probe.status},
+                        {"devices", nlohmann::json::array()}};
+    for (const auto& d : probe.devices) {
+      const GpuSpec* match = find_gpu_by_device_name(d.name);
+      j["devices"].push_back({{"index", d.index},
+                              {"name", d.name},
+                              {"compute_capability", fmt::format("{}.{}", d.compute_major, d.compute_minor)},
+                              {"multiprocessors", d.multiprocessors},
+                              {"total_bytes", d.total_bytes},
+                              {"free_bytes", d.free_bytes},
+                              {"pci_bus_id", d.pci_bus_id},
+                              {"catalog_gpu", match ? nlohmann::json(match->name) : nlohmann::json(nullptr)},
+                              {"catalog_capacity_bytes", match ? nlohmann::json(match->capacity_bytes) : nlohmann::json(nullptr)}});
+    }
+    out << j.dump(2) << '\n';
+  } else {
+    if (probe.cuda_compiled) {
+      fmt::print(out, "CUDA runtime {} (built with), driver supports {}\n", runtime::cuda_version_string(probe.runtime_version),
+                 probe.driver_version > 0 ? runtime::cuda_version_string(probe.driver_version) : std::string("unknown"));
+    }
+    for (const auto& d : probe.devices) {
+      const GpuSpec* match = find_gpu_by_device_name(d.name);
+      fmt::print(out, "device {}: {} (sm_{}{}, {} SMs, bus {})\n", d.index, d.name, d.compute_major, d.compute_minor,
+                 d.multiprocessors, d.pci_bus_id);
+      fmt::print(out, "  total {} bytes ({} GiB), free with this context {} GiB (so {} GiB held by contexts and other processes)\n",
+                 format_thousands(d.total_bytes), format_gib(d.total_bytes), format_gib(d.free_bytes),
+                 format_gib(d.total_bytes - d.free_bytes));
+      if (match) {
+        fmt::print(out, "  catalog {}: capacity {} bytes, so this device has {} bytes {} than the planner assumes\n",
+                   match->name, format_thousands(match->capacity_bytes),
+                   format_thousands(std::abs(d.total_bytes - match->capacity_bytes)),
+                   d.total_bytes >= match->capacity_bytes ? "more" : "fewer");
+      } else {
+        fmt::print(out, "  not in the catalog: copy a spec (mst-plan gpus NAME) into a YAML file with capacity_bytes: {}\n",
+                   d.total_bytes);
+      }
+    }
+  }
+  if (probe.devices.empty()) return Failure{ExitCode::unavailable, fmt::format("no CUDA device: {}", probe.status)};
+  return std::nullopt;
+}
+
+constexpr const char* kFooter = R"(Examples:
+  mst-plan --model llama3-8b --gpu A100-80G
+  mst-plan --model llama3-70b --gpu H100-80G --precision mixed --json
+  mst-plan --model path/to/config.json --gpu h200 --seq 128K --batch 2
+  mst-plan --scenario scenarios/examples/llama3-8b-a100.yaml --optimizer adamw-8bit
+  mst-plan models                    # the model catalog;  mst-plan models gemma2-9b  prints one spec
+  mst-plan gpus                      # the GPU catalog
+  mst-plan devices                   # the CUDA devices of this machine against the catalog
+
+Exit codes: 0 success, 1 internal error, 2 usage (bad flag or value), 3 bad input (model, GPU or
+scenario not found, unreadable, malformed or invalid), 4 unavailable (no CUDA device).
+Formats of model, GPU and scenario files: docs/specs.md.)";
+
+}  // namespace
+
+std::string version_string() {
+  return fmt::format("mst-plan {} (commit {}, CUDA backend: {})", MSTPLAN_VERSION, MSTPLAN_GIT_COMMIT,
+                     runtime::cuda_compiled() ? "compiled in" : "not compiled in");
+}
+
+int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app{"mst-plan: the longest sequence you can train a model on a GPU, how, and how fast.\n"
+               "Plans Mini-Sequence Transformer training (chunked MLP and LM head + recomputation) byte by byte.",
+               "mst-plan"};
+  app.footer(kFooter);
+  app.get_formatter()->column_width(34);
+  app.require_subcommand(0, 1);
+
+  PlanFlags f;
+  bool version = false;
+  app.add_flag("--version", version, "Print the version and whether the CUDA backend is compiled in");
+  app.add_option("--model,-m", f.model,
+                 "Model: a catalog name (mst-plan models), a YAML spec, or a Hugging Face config.json; "
+                 "e.g. --model llama3-8b")
+      ->type_name("NAME|PATH");
+  app.add_option("--gpu,-g", f.gpu, "GPU: a catalog name or alias (mst-plan gpus) or a YAML spec; e.g. --gpu A100-80G")
+      ->type_name("NAME|PATH");
+  app.add_option("--scenario,-s", f.scenario,
+                 "Scenario YAML with the setup (and optionally model and GPU); flags override it; "
+                 "e.g. --scenario scenarios/examples/llama3-8b-a100.yaml")
+      ->type_name("FILE");
+  app.add_option("--batch,-b", f.batch, "Sequences per micro-batch (default 1); e.g. --batch 2")->type_name("N");
+  app.add_option("--seq", f.seq, "Sequence length in tokens, or 'search' for the maximum (default); e.g. --seq 128K")
+      ->type_name("N|search");
+  app.add_option("--precision", f.precision,
+                 "bf16: bf16 weights and optimizer state (default); mixed: fp32 master weights and state; "
+                 "e.g. --precision mixed")
+      ->type_name("bf16|mixed");
+  app.add_option("--optimizer", f.optimizer,
+                 "adamw (default), adamw-8bit, sgd (no momentum), none (frozen weights); e.g. --optimizer adamw-8bit")
+      ->type_name("NAME");
+  f.optimizer_in_backward_option =
+      app.add_flag("--optimizer-in-backward,!--no-optimizer-in-backward", f.optimizer_in_backward,
+                   "Apply each parameter's update as soon as its gradient is complete (default on); "
+                   "e.g. --no-optimizer-in-backward");
+  app.add_option("--grad-accum", f.grad_accum, "Micro-batches accumulated per optimizer step (default 1); e.g. --grad-accum 4")
+      ->type_name("N");
+  app.add_option("--attention", f.attention, "flash (default, O(S) extra memory) or eager (S x S scores); e.g. --attention eager")
+      ->type_name("flash|eager");
+  app.add_option("--profile", f.profile,
+                 "Who executes the step: native (this project's runtime, default) or pytorch (transformers on "
+                 "autograd); e.g. --profile pytorch")
+      ->type_name("native|pytorch");
+  app.add_flag("--json", f.json, "Print JSON instead of tables; e.g. --json | jq .model.parameters");
+
+  std::string models_which;
+  bool models_json = false;
+  CLI::App* models = app.add_subcommand("models", "List the model catalog, or print one spec as YAML (a name or a file: "
+                                                  "converts a config.json); e.g. mst-plan models llama3-8b");
+  models->add_option("model", models_which, "A model name or file")->type_name("NAME|PATH");
+  models->add_flag("--json", models_json, "Print JSON");
+
+  std::string gpus_which;
+  bool gpus_json = false;
+  CLI::App* gpus = app.add_subcommand("gpus", "List the GPU catalog, or print one spec as YAML; e.g. mst-plan gpus h100");
+  gpus->add_option("gpu", gpus_which, "A GPU name or file")->type_name("NAME|PATH");
+  gpus->add_flag("--json", gpus_json, "Print JSON");
+
+  bool devices_json = false;
+  CLI::App* devices = app.add_subcommand(
+      "devices", "Probe this machine's CUDA devices and compare their memory with the catalog; e.g. mst-plan devices");
+  devices->add_flag("--json", devices_json, "Print JSON");
+
+  std::vector<const char*> argv{"mst-plan"};
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return 0;
+  } catch (const CLI::CallForAllHelp&) {
+    out << app.help("", CLI::AppFormatMode::All);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::string message = e.what();
+    fmt::print(err, "mst-plan: {} (see mst-plan --help)\n", message);
+    return static_cast<int>(ExitCode::usage);
+  }
+
+  if (version) {
+    out << version_string() << '\n';
+    return 0;
+  }
+  std::optional<Failure> failure;
+  if (models->parsed()) {
+    failure = run_models(models_which, models_json, out);
+  } else if (gpus->parsed()) {
+    failure = run_gpus(gpus_which, gpus_json, out);
+  } else if (devices->parsed()) {
+    failure = run_devices(devices_json, out);
+  } else {
+    failure = run_plan(f, out);
+  }
+  if (failure) {
+    fmt::print(err, "mst-plan: {}\n", failure->message);
+    return static_cast<int>(failure->code);
+  }
+  return 0;
+}
+
+}  // namespace mstplan::cli

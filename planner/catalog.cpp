@@ -1,0 +1,90 @@
+#include "planner/catalog.h"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
+#include "planner/hf_config.h"
+
+namespace mstplan {
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+template <typename Spec, typename Parse>
+std::vector<Spec> parse_builtin(std::string_view folder, Parse parse) {
+  std::vector<Spec> out;
+  for (const EmbeddedFile& file : builtin_files()) {
+    if (!file.path.starts_with(folder)) continue;
+    auto spec = parse(std::string(file.text), "builtin:" + std::string(file.path));
+    MSTPLAN_CHECK(spec.has_value(), "invalid built-in file: {}", spec.error().message);
+    out.push_back(std::move(*spec));
+  }
+  std::sort(out.begin(), out.end(), [](const Spec& a, const Spec& b) { return a.name < b.name; });
+  return out;
+}
+
+}  // namespace
+
+const std::vector<ModelSpec>& builtin_models() {
+  static const std::vector<ModelSpec> models = parse_builtin<ModelSpec>("models/", parse_model_yaml);
+  return models;
+}
+
+const std::vector<GpuSpec>& builtin_gpus() {
+  static const std::vector<GpuSpec> gpus = parse_builtin<GpuSpec>("scenarios/gpus/", parse_gpu_yaml);
+  return gpus;
+}
+
+bool names_a_path(std::string_view argument) {
+  const std::filesystem::path p{std::string(argument)};
+  const std::string ext = p.extension().string();
+  return argument.find('/') != std::string_view::npos || ext == ".yaml" || ext == ".yml" || ext == ".json";
+}
+
+Expected<ModelSpec> resolve_model(const std::string& argument) {
+  if (argument.empty()) return make_error(ErrorKind::usage, "--model: empty model name");
+  if (names_a_path(argument)) {
+    std::error_code ec;
+    const std::filesystem::path path(argument);
+    if (path.extension() == ".json" || std::filesystem::is_directory(path, ec)) return load_hf_config(argument);
+    return load_model_file(argument);
+  }
+  for (const ModelSpec& m : builtin_models()) {
+    if (iequals(m.name, argument)) return m;
+  }
+  std::string known;
+  for (const ModelSpec& m : builtin_models()) known += (known.empty() ? "" : ", ") + m.name;
+  return make_error(ErrorKind::not_found, "unknown model '{}' (known models: {}; or give a path to a YAML spec "
+                    "or a Hugging Face config.json)", argument, known);
+}
+
+Expected<GpuSpec> resolve_gpu(const std::string& argument) {
+  if (argument.empty()) return make_error(ErrorKind::usage, "--gpu: empty GPU name");
+  if (names_a_path(argument)) return load_gpu_file(argument);
+  for (const GpuSpec& g : builtin_gpus()) {
+    if (iequals(g.name, argument)) return g;
+    for (const std::string& alias : g.aliases) {
+      if (iequals(alias, argument)) return g;
+    }
+  }
+  std::string known;
+  for (const GpuSpec& g : builtin_gpus()) known += (known.empty() ? "" : ", ") + g.name;
+  return make_error(ErrorKind::not_found, "unknown GPU '{}' (known GPUs: {}; or give a path to a YAML spec)",
+                    argument, known);
+}
+
+const GpuSpec* find_gpu_by_device_name(std::string_view device_name) {
+  for (const GpuSpec& g : builtin_gpus()) {
+    for (const std::string& name : g.device_names) {
+      if (iequals(name, device_name)) return &g;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace mstplan

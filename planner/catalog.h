@@ -1,0 +1,45 @@
+#pragma once
+// The built-in catalog (models/*.yaml, scenarios/gpus/*.yaml, compiled into the binary) and
+// the resolution of --model / --gpu arguments.
+//
+// A --model argument is a catalog name (case-insensitive), a path to a YAML spec, or a path to
+// a Hugging Face config.json (or the folder holding it). A --gpu argument is a catalog name or
+// alias (case-insensitive) or a path to a YAML spec. An argument is a path when it contains a
+// '/' or ends in .yaml, .yml or .json.
+//
+//   Expected<ModelSpec> model = resolve_model("llama3-8b");
+//   Expected<GpuSpec> gpu = resolve_gpu("a100-80g");
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "planner/error.h"
+#include "planner/gpu_spec.h"
+#include "planner/model_spec.h"
+
+namespace mstplan {
+
+struct EmbeddedFile {
+  std::string_view path;  ///< relative to the source tree: "models/llama3-8b.yaml"
+  std::string_view text;
+};
+
+/// Every file compiled into the binary (generated at build time).
+[[nodiscard]] std::span<const EmbeddedFile> builtin_files();
+
+/// The built-in models, sorted by name. Parsed once; an invalid built-in file is a bug and aborts.
+[[nodiscard]] const std::vector<ModelSpec>& builtin_models();
+/// The built-in GPUs, in catalog order (sorted by name).
+[[nodiscard]] const std::vector<GpuSpec>& builtin_gpus();
+
+/// True when an argument names a file rather than a catalog entry.
+[[nodiscard]] bool names_a_path(std::string_view argument);
+
+[[nodiscard]] Expected<ModelSpec> resolve_model(const std::string& argument);
+[[nodiscard]] Expected<GpuSpec> resolve_gpu(const std::string& argument);
+
+/// The catalog GPU whose device_names contain `device_name` (as CUDA reports it), if any.
+[[nodiscard]] const GpuSpec* find_gpu_by_device_name(std::string_view device_name);
+
+}  // namespace mstplan

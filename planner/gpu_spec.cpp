@@ -1,0 +1,65 @@
+#include "planner/gpu_spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include "planner/units.h"
+#include "planner/yaml_input.h"
+
+namespace mstplan {
+
+Expected<GpuSpec> parse_gpu_yaml(const std::string& text, const std::string& origin) {
+  auto node = load_yaml(text, origin, "GPU spec");
+  if (!node) return node.error();
+  FieldReader r = FieldReader::root(*node, origin, "GPU spec");
+  GpuSpec g;
+  g.source = origin;
+  g.name = r.required_string("name");
+  g.description = r.optional_string("description").value_or("");
+  g.aliases = r.optional_string_list("aliases");
+  g.device_names = r.optional_string_list("device_names");
+  g.capacity_bytes = r.required_int("capacity_bytes");
+  g.reserve_bytes = r.required_int("reserve_bytes", IntRange::non_negative());
+  g.bf16_tflops = r.required_number("bf16_tflops");
+  g.fp32_tflops = r.required_number("fp32_tflops");
+  g.memory_bandwidth_gb_per_s = r.required_number("memory_bandwidth_gb_per_s");
+  g.host_link_gb_per_s = r.required_number("host_link_gb_per_s");
+  if (r.ok() && g.reserve_bytes >= g.capacity_bytes) {
+    r.fail("reserve_bytes", fmt::format("reserve {} ({}) leaves nothing of capacity_bytes {} ({})", g.reserve_bytes,
+                                        format_bytes(g.reserve_bytes), g.capacity_bytes, format_bytes(g.capacity_bytes)));
+  }
+  if (auto error = r.finish()) return *error;
+  return g;
+}
+
+Expected<GpuSpec> load_gpu_file(const std::string& path) {
+  auto text = read_text_file(path);
+  if (!text) return text.error();
+  return parse_gpu_yaml(*text, path);
+}
+
+std::string gpu_to_yaml(const GpuSpec& g) {
+  auto scalar = [](const std::string& text) {
+    YAML::Emitter e;
+    e << text;
+    return std::string(e.c_str());
+  };
+  auto list = [&](const std::vector<std::string>& items) {
+    std::string out;
+    for (const auto& item : items) out += (out.empty() ? "" : ", ") + scalar(item);
+    return "[" + out + "]";
+  };
+  std::string out;
+  out += fmt::format("name: {}\n", scalar(g.name));
+  if (!g.description.empty()) out += fmt::format("description: {}\n", scalar(g.description));
+  out += fmt::format("aliases: {}\n", list(g.aliases));
+  out += fmt::format("device_names: {}\n", list(g.device_names));
+  out += fmt::format("capacity_bytes: {}   # {}\n", g.capacity_bytes, format_bytes(g.capacity_bytes));
+  out += fmt::format("reserve_bytes: {}   # {}\n", g.reserve_bytes, format_bytes(g.reserve_bytes));
+  out += fmt::format("bf16_tflops: {}\n", g.bf16_tflops);
+  out += fmt::format("fp32_tflops: {}\n", g.fp32_tflops);
+  out += fmt::format("memory_bandwidth_gb_per_s: {}\n", g.memory_bandwidth_gb_per_s);
+  out += fmt::format("host_link_gb_per_s: {}\n", g.host_link_gb_per_s);
+  return out;
+}
+
+}  // namespace mstplan

@@ -1,0 +1,145 @@
+#include "planner/setup.h"
+
+#include <filesystem>
+
+#include "planner/model_spec.h"
+#include "planner/yaml_input.h"
+
+namespace mstplan {
+namespace {
+
+// A model or GPU reference that names a file, not a catalog entry.
+bool looks_like_path(const std::string& text) {
+  const std::filesystem::path p(text);
+  const std::string ext = p.extension().string();
+  return text.find('/') != std::string::npos || ext == ".yaml" || ext == ".yml" || ext == ".json";
+}
+
+// Paths in a scenario are relative to the scenario file's folder.
+std::string resolve_relative(const std::string& reference, const std::string& origin) {
+  if (!looks_like_path(reference)) return reference;
+  const std::filesystem::path p(reference);
+  if (p.is_absolute()) return reference;
+  return (std::filesystem::path(origin).parent_path() / p).lexically_normal().string();
+}
+
+std::optional<ChunkSetting> read_chunks(FieldReader& block, std::string_view what) {
+  ChunkSetting c;
+  c.chunks = block.optional_int("chunks", IntRange::positive(), "search");
+  c.chunk_tokens = block.optional_int("chunk_tokens");
+  if (c.chunks && c.chunk_tokens) {
+    block.fail("chunk_tokens", fmt::format("give either chunks or chunk_tokens for the {}, not both", what));
+  }
+  if (!c.chunks && !c.chunk_tokens) return std::nullopt;  // the search chooses
+  return c;
+}
+
+}  // namespace
+
+Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::string& origin) {
+  auto node = load_yaml(text, origin, "scenario");
+  if (!node) return node.error();
+  FieldReader r = FieldReader::root(*node, origin, "scenario");
+  Scenario sc;
+  sc.source = origin;
+  TrainingSetup& s = sc.setup;
+  if (auto model = r.optional_string("model")) sc.model = resolve_relative(*model, origin);
+  if (auto gpu = r.optional_string("gpu")) sc.gpu = resolve_relative(*gpu, origin);
+  s.batch = r.optional_int("batch").value_or(s.batch);
+  s.seq_len = r.optional_int("seq_len", IntRange::positive(), "search");
+  s.precision = r.optional_enum<Precision>("precision").value_or(s.precision);
+  s.optimizer = r.optional_enum<OptimizerKind>("optimizer").value_or(s.optimizer);
+  s.optimizer_in_backward = r.optional_bool("optimizer_in_backward").value_or(s.optimizer_in_backward);
+  s.grad_accum = r.optional_int("grad_accum").value_or(s.grad_accum);
+  s.attention = r.optional_enum<AttentionKind>("attention").value_or(s.attention);
+  s.profile = r.optional_enum<Profile>("profile").value_or(s.profile);
+  if (auto mlp = r.optional_map("mlp")) {
+    s.knobs.mlp_chunks = read_chunks(*mlp, "MLP");
+    s.knobs.mlp_mode = mlp->optional_enum<MlpMode>("mode");
+    (void)mlp->finish();
+  }
+  if (auto head = r.optional_map("lm_head")) {
+    s.knobs.lm_head_chunks = read_chunks(*head, "LM head");
+    s.knobs.lm_head_mode = head->optional_enum<LmHeadMode>("mode");
+    (void)head->finish();
+  }
+  if (auto recompute = r.optional_map("recompute")) {
+    s.knobs.recompute = recompute->optional_enum<RecomputeKind>("kind");
+    s.knobs.recompute_layers = recompute->optional_int_list("layers", IntRange::non_negative(), "all");
+    (void)recompute->finish();
+  }
+  s.knobs.offload_checkpoints = r.optional_bool("offload");
+  if (auto error = r.finish()) return *error;
+  return sc;
+}
+
+Expected<Scenario> load_scenario_file(const std::string& path) {
+  auto text = read_text_file(path);
+  if (!text) return text.error();
+  return parse_scenario_yaml(*text, path);
+}
+
+std::string setup_to_yaml(const TrainingSetup& s) {
+  std::string out;
+  out += fmt::format("batch: {}\n", s.batch);
+  out += fmt::format("seq_len: {}\n", s.seq_len ? fmt::format("{}", *s.seq_len) : std::string("search"));
+  out += fmt::format("precision: {}\n", to_string(s.precision));
+  out += fmt::format("optimizer: {}\n", to_string(s.optimizer));
+  out += fmt::format("optimizer_in_backward: {}\n", s.optimizer_in_backward);
+  out += fmt::format("grad_accum: {}\n", s.grad_accum);
+  out += fmt::format("attention: {}\n", to_string(s.attention));
+  out += fmt::format("profile: {}\n", to_string(s.profile));
+  auto block = [&](std::string_view key, const std::optional<ChunkSetting>& chunks, auto mode) {
+    std::string fields;
+    if (chunks && chunks->chunks) fields += fmt::format("chunks: {}", *chunks->chunks);
+    if (chunks && chunks->chunk_tokens) fields += fmt::format("chunk_tokens: {}", *chunks->chunk_tokens);
+    if (mode) fields += fmt::format("{}mode: {}", fields.empty() ? "" : ", ", to_string(*mode));
+    if (!fields.empty()) out += fmt::format("{}: {{{}}}\n", key, fields);
+  };
+  block("mlp", s.knobs.mlp_chunks, s.knobs.mlp_mode);
+  block("lm_head", s.knobs.lm_head_chunks, s.knobs.lm_head_mode);
+  if (s.knobs.recompute || s.knobs.recompute_layers) {
+    std::string fields;
+    if (s.knobs.recompute) fields += fmt::format("kind: {}", to_string(*s.knobs.recompute));
+    if (s.knobs.recompute_layers) {
+      fields += fmt::format("{}layers: [{}]", fields.empty() ? "" : ", ", fmt::join(*s.knobs.recompute_layers, ", "));
+    }
+    out += fmt::format("recompute: {{{}}}\n", fields);
+  }
+  if (s.knobs.offload_checkpoints) out += fmt::format("offload: {}\n", *s.knobs.offload_checkpoints);
+  return out;
+}
+
+std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
+                                           const std::string& origin) {
+  if (setup.knobs.recompute_layers) {
+    for (std::int64_t layer : *setup.knobs.recompute_layers) {
+      if (layer >= model.num_layers) {
+        return make_error(ErrorKind::invalid, "{}: field 'recompute.layers': layer {} does not exist ({} has layers 0 to {})",
+                          origin, layer, model.name, model.num_layers - 1);
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+std::string describe_setup(const TrainingSetup& s) {
+  std::string weights = s.precision == Precision::bf16 ? "bf16 weights" : "bf16 compute with fp32 master weights";
+  const char* state_dtype = s.precision == Precision::bf16 ? "bf16" : "fp32";
+  std::string optimizer;
+  switch (s.optimizer) {
+    case OptimizerKind::adamw: optimizer = fmt::format("AdamW state {}", state_dtype); break;
+    case OptimizerKind::adamw_8bit: optimizer = "AdamW state 8-bit"; break;
+    case OptimizerKind::sgd: optimizer = "SGD (no state)"; break;
+    case OptimizerKind::none: optimizer = "frozen weights (no optimizer)"; break;
+  }
+  std::string out = fmt::format("{}, {}", weights, optimizer);
+  if (s.optimizer != OptimizerKind::none) {
+    out += s.optimizer_in_backward ? ", optimizer in backward" : ", optimizer after backward";
+  }
+  if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
+  out += fmt::format(", batch {}, {} attention, profile {}", s.batch, to_string(s.attention), to_string(s.profile));
+  return out;
+}
+
+}  // namespace mstplan

@@ -1,0 +1,152 @@
+#pragma once
+// The training setup and the plan knobs: everything about one training step that is not the
+// model or the GPU. A scenario file (YAML) holds a setup and may name the model and the GPU;
+// command-line flags override it field by field.
+//
+// Defaults are the MST reference setup: bf16 weights with AdamW state in bf16, the optimizer
+// applied per parameter inside backward, batch 1, flash attention, the native profile.
+//
+//   Expected<Scenario> scenario = load_scenario_file("scenarios/examples/llama3-8b-a100.yaml");
+//   TrainingSetup setup = scenario->setup;
+//   setup.batch = 2;                                  // a flag overrides the file
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "planner/enum_names.h"
+#include "planner/error.h"
+
+namespace mstplan {
+
+struct ModelSpec;
+
+/// Storage of weights, gradients and optimizer state (see Note [Static bytes per parameter]).
+enum class Precision {
+  bf16,   ///< bf16 weights, bf16 gradients, optimizer state in bf16 (the MST reference)
+  mixed,  ///< bf16 compute with fp32 master weights, fp32 gradients and fp32 optimizer state
+};
+enum class OptimizerKind {
+  adamw,       ///< two moments per parameter, in the precision's state dtype
+  adamw_8bit,  ///< bitsandbytes-style block-wise 8-bit moments
+  sgd,         ///< plain SGD without momentum: no state
+  none,        ///< frozen weights: no gradients, no state (activations still back-propagate)
+};
+enum class AttentionKind {
+  flash,  ///< memory-efficient kernel: O(S) extra memory (output and log-sum-exp)
+  eager,  ///< materialises batch x heads x S x S scores and probabilities
+};
+/// Who executes the step: decides what is saved for backward and how memory is allocated.
+enum class Profile {
+  native,   ///< this project's runtime
+  pytorch,  ///< Hugging Face transformers on PyTorch autograd and its caching allocator
+};
+enum class MlpMode {
+  paper,  ///< chunks run in sequence inside autograd, which keeps every chunk's intermediates
+  tiled,  ///< keep only each chunk's input; recompute its intermediates in the chunk's backward
+};
+enum class LmHeadMode {
+  recompute,     ///< logits recomputed chunk by chunk in backward
+  forward_grad,  ///< dX and dW computed in the forward pass; only dX kept
+};
+enum class RecomputeKind {
+  none,       ///< keep every saved activation
+  full,       ///< keep each chosen layer's input; recompute the layer in backward
+  selective,  ///< recompute inside attention and the MLP only, keep the layer's other activations
+};
+
+template <>
+struct EnumNames<Precision> {
+  static constexpr std::array<std::pair<Precision, std::string_view>, 2> table{
+      {{Precision::bf16, "bf16"}, {Precision::mixed, "mixed"}}};
+};
+template <>
+struct EnumNames<OptimizerKind> {
+  static constexpr std::array<std::pair<OptimizerKind, std::string_view>, 4> table{
+      {{OptimizerKind::adamw, "adamw"},
+       {OptimizerKind::adamw_8bit, "adamw-8bit"},
+       {OptimizerKind::sgd, "sgd"},
+       {OptimizerKind::none, "none"}}};
+};
+template <>
+struct EnumNames<AttentionKind> {
+  static constexpr std::array<std::pair<AttentionKind, std::string_view>, 2> table{
+      {{AttentionKind::flash, "flash"}, {AttentionKind::eager, "eager"}}};
+};
+template <>
+struct EnumNames<Profile> {
+  static constexpr std::array<std::pair<Profile, std::string_view>, 2> table{
+      {{Profile::native, "native"}, {Profile::pytorch, "pytorch"}}};
+};
+template <>
+struct EnumNames<MlpMode> {
+  static constexpr std::array<std::pair<MlpMode, std::string_view>, 2> table{
+      {{MlpMode::paper, "paper"}, {MlpMode::tiled, "tiled"}}};
+};
+template <>
+struct EnumNames<LmHeadMode> {
+  static constexpr std::array<std::pair<LmHeadMode, std::string_view>, 2> table{
+      {{LmHeadMode::recompute, "recompute"}, {LmHeadMode::forward_grad, "forward-grad"}}};
+};
+template <>
+struct EnumNames<RecomputeKind> {
+  static constexpr std::array<std::pair<RecomputeKind, std::string_view>, 3> table{
+      {{RecomputeKind::none, "none"}, {RecomputeKind::full, "full"}, {RecomputeKind::selective, "selective"}}};
+};
+
+/// Mini-sequences of one block: a count M, or a number of tokens per chunk.
+struct ChunkSetting {
+  std::optional<std::int64_t> chunks;        ///< M
+  std::optional<std::int64_t> chunk_tokens;  ///< tokens per mini-sequence (M = ceil(S / this))
+  bool operator==(const ChunkSetting&) const = default;
+};
+
+/// Plan knobs. Every knob left unset (nullopt) is chosen by the search.
+struct PlanKnobs {
+  std::optional<ChunkSetting> mlp_chunks;
+  std::optional<MlpMode> mlp_mode;
+  std::optional<ChunkSetting> lm_head_chunks;
+  std::optional<LmHeadMode> lm_head_mode;
+  std::optional<RecomputeKind> recompute;
+  /// Layers recomputed when recompute is full or selective; nullopt: all layers.
+  std::optional<std::vector<std::int64_t>> recompute_layers;
+  std::optional<bool> offload_checkpoints;  ///< keep checkpoints in host memory
+  bool operator==(const PlanKnobs&) const = default;
+};
+
+struct TrainingSetup {
+  std::int64_t batch = 1;
+  std::optional<std::int64_t> seq_len;  ///< tokens per sequence; nullopt: search for the maximum
+  Precision precision = Precision::bf16;
+  OptimizerKind optimizer = OptimizerKind::adamw;
+  bool optimizer_in_backward = true;    ///< update each parameter as soon as its gradient is complete
+  std::int64_t grad_accum = 1;          ///< micro-batches per optimizer step
+  AttentionKind attention = AttentionKind::flash;
+  Profile profile = Profile::native;
+  PlanKnobs knobs;
+  bool operator==(const TrainingSetup&) const = default;
+};
+
+/// A scenario file: a setup, and optionally the model and GPU it is for.
+struct Scenario {
+  std::optional<std::string> model;  ///< a model name, or a path relative to the scenario file
+  std::optional<std::string> gpu;    ///< a GPU name, or a path relative to the scenario file
+  TrainingSetup setup;
+  std::string source;  ///< the file, for messages
+};
+
+/// Reads a scenario from YAML text; every field is optional, unknown fields are refused.
+/// Paths in `model` and `gpu` are made relative to `origin`'s folder when that file exists.
+[[nodiscard]] Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::string& origin);
+[[nodiscard]] Expected<Scenario> load_scenario_file(const std::string& path);
+/// The setup as YAML fields of a scenario (knobs only where set).
+[[nodiscard]] std::string setup_to_yaml(const TrainingSetup& setup);
+
+/// Checks what only the model can tell (recomputed layers exist); `origin` names the source.
+[[nodiscard]] std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
+                                                         const std::string& origin);
+
+/// One line for the top of every output: "bf16 weights, AdamW state bf16, optimizer in backward, ...".
+[[nodiscard]] std::string describe_setup(const TrainingSetup& setup);
+
+}  // namespace mstplan

@@ -1,0 +1,70 @@
+#pragma once
+// Static memory: the bytes of one training step that do not depend on the sequence length.
+//
+// Note [Static bytes per parameter]
+// ---------------------------------
+// Bytes per parameter by precision and optimizer (profile native):
+//
+//                          weights  master  gradients  optimizer state
+//   bf16  + adamw             2        -        2       2 + 2   (m, v in bf16: the MST reference)
+//   bf16  + adamw-8bit        2        -        2       1 + 1   + 2 x 4 bytes per 256-element block
+//   bf16  + sgd               2        -        2       0       (plain SGD, no momentum)
+//   mixed + adamw             2        4        4       4 + 4   (fp32 gradients, as Megatron-LM's
+//   mixed + adamw-8bit        2        4        4       8-bit    main_grad accumulates them)
+//   mixed + sgd               2        4        4       0
+//   any   + none              2        -        -       -       (frozen: no gradients, no master)
+//
+// Profile pytorch with mixed precision (torch.autocast): the parameters themselves are fp32 (4)
+// and are the master copy; the bf16 casts autocast makes are transients of the step program.
+//
+// 8-bit AdamW follows bitsandbytes: uint8 m and v with one fp32 absmax per block of 256 elements
+// for each; tensors under 4096 elements (min_8bit_size) keep fp32 m and v (8 bytes).
+//
+// Gradients are static (one persistent buffer per parameter) when the optimizer runs after
+// backward, or when several micro-batches accumulate into them. With the optimizer in backward
+// and one micro-batch, each gradient lives only from its computation to its update: the step
+// program counts it there, and `largest_gradient_bytes` says how large one gets.
+//
+//   StaticMemory m = static_memory(llama3_8b, TrainingSetup{});
+//   m.weights_bytes == 16'060'522'496;  m.optimizer_state_bytes == 32'121'044'992;
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "planner/gpu_spec.h"
+#include "planner/model_spec.h"
+#include "planner/setup.h"
+
+namespace mstplan {
+
+struct StaticMemory {
+  std::int64_t weights_bytes = 0;          ///< the weights the kernels read
+  std::int64_t master_weights_bytes = 0;   ///< fp32 master copy (mixed precision, native profile)
+  std::int64_t gradient_bytes = 0;         ///< persistent gradient buffers (0 when not persistent)
+  std::int64_t optimizer_state_bytes = 0;  ///< moments and quantisation scales
+  bool persistent_gradients = false;
+  std::int64_t largest_gradient_bytes = 0;  ///< one parameter's gradient (0 with frozen weights)
+  std::string largest_gradient_name;
+
+  [[nodiscard]] std::int64_t total_bytes() const {
+    return weights_bytes + master_weights_bytes + gradient_bytes + optimizer_state_bytes;
+  }
+};
+
+/// Static bytes of `model` trained with `setup` (see the Note above).
+[[nodiscard]] StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup);
+
+/// A single change of the setup, for "would fit with ..." advice.
+struct SetupChange {
+  std::string flags;        ///< as typed on the command line: "--precision bf16"
+  TrainingSetup setup;      ///< the setup with the change applied
+  std::int64_t static_bytes = 0;
+};
+
+/// Changes (one setting, else two) under which the static state fits in the GPU's usable bytes,
+/// in order of preference (precision and optimizer placement before a different optimizer).
+/// Empty when the setup already fits or nothing would.
+[[nodiscard]] std::vector<SetupChange> static_fixes(const ModelSpec& model, const GpuSpec& gpu,
+                                                    const TrainingSetup& setup);
+
+}  // namespace mstplan
