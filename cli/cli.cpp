@@ -45,8 +45,7 @@ struct PlanFlags {
   std::string seq;
   std::string precision;
   std::string optimizer;
-  bool optimizer_in_backward = true;
-  CLI::Option* optimizer_in_backward_option = nullptr;
+  std::optional<bool> optimizer_in_backward;
   std::string grad_accum;
   std::string attention;
   std::string profile;
@@ -109,9 +108,7 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   }
   if (!f.precision.empty()) run(parse_choice("--precision", f.precision, s.precision));
   if (!f.optimizer.empty()) run(parse_choice("--optimizer", f.optimizer, s.optimizer));
-  if (f.optimizer_in_backward_option && f.optimizer_in_backward_option->count() > 0) {
-    s.optimizer_in_backward = f.optimizer_in_backward;
-  }
+  if (f.optimizer_in_backward) s.optimizer_in_backward = *f.optimizer_in_backward;
   if (!f.grad_accum.empty()) run(parse_positive("--grad-accum", f.grad_accum, s.grad_accum));
   if (!f.attention.empty()) run(parse_choice("--attention", f.attention, s.attention));
   if (!f.profile.empty()) run(parse_choice("--profile", f.profile, s.profile));
@@ -397,10 +394,13 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   app.add_option("--optimizer", f.optimizer,
                  "adamw (default), adamw-8bit, sgd (no momentum), none (frozen weights); e.g. --optimizer adamw-8bit")
       ->type_name("NAME");
-  f.optimizer_in_backward_option =
-      app.add_flag("--optimizer-in-backward,!--no-optimizer-in-backward", f.optimizer_in_backward,
-                   "Apply each parameter's update as soon as its gradient is complete (default on); "
-                   "e.g. --no-optimizer-in-backward");
+  app.add_flag_callback(
+      "--optimizer-in-backward", [&f] { f.optimizer_in_backward = true; },
+      "Apply each parameter's update as soon as its gradient is complete (the default); e.g. "
+      "--optimizer-in-backward");
+  app.add_flag_callback(
+      "--no-optimizer-in-backward", [&f] { f.optimizer_in_backward = false; },
+      "Keep every gradient until a separate optimizer step after backward; e.g. --no-optimizer-in-backward");
   app.add_option("--grad-accum", f.grad_accum, "Micro-batches accumulated per optimizer step (default 1); e.g. --grad-accum 4")
       ->type_name("N");
   app.add_option("--attention", f.attention, "flash (default, O(S) extra memory) or eager (S x S scores); e.g. --attention eager")

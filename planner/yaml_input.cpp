@@ -116,7 +116,7 @@ FieldReader::FieldReader(std::shared_ptr<State> state, const YAML::Node& node, s
       fail_at(entry.first.Mark(), fmt::format("field '{}' appears twice", prefix_ + key));
       return;
     }
-    fields_.push_back(Field{key, entry.second, false});
+    fields_.push_back(Field{key, entry.first.Mark(), entry.second, false});
   }
 }
 
@@ -343,11 +343,13 @@ std::optional<Error> FieldReader::finish() {
   if (!ok()) return state_->error;
   for (const Field& field : fields_) {
     if (field.read) continue;
-    // Every field the schema knows was asked for by name before finish(): suggest the closest.
+    // Every field the schema knows was asked for by name before finish(): suggest the closest
+    // (at most two edits away, or a known name inside the unknown one: "batchsize" -> "batch").
     std::string hint;
     std::size_t best = 3;
     for (const std::string& known : asked_) {
-      const std::size_t distance = edit_distance(field.key, known);
+      const bool contains = known.size() >= 4 && field.key.find(known) != std::string::npos;
+      const std::size_t distance = contains ? 1 : edit_distance(field.key, known);
       if (distance < best) {
         best = distance;
         hint = fmt::format("; did you mean '{}'?", describe(known));
@@ -358,7 +360,7 @@ std::optional<Error> FieldReader::finish() {
       for (const std::string& known : asked_) names += (names.empty() ? "" : ", ") + known;
       hint = fmt::format(" (known fields: {})", names);
     }
-    fail_at(field.value.Mark(), fmt::format("unknown field '{}' in {}{}", describe(field.key), what_, hint));
+    fail_at(field.key_mark, fmt::format("unknown field '{}' in {}{}", describe(field.key), what_, hint));
     break;
   }
   return state_->error;

@@ -105,6 +105,7 @@ class FieldReader {
   };
   struct Field {
     std::string key;
+    YAML::Mark key_mark;
     YAML::Node value;
     bool read = false;
   };

@@ -1,0 +1,121 @@
+#include "planner/static_memory.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "planner/catalog.h"
+
+namespace mstplan {
+namespace {
+
+const ModelSpec& tiny() {
+  static const ModelSpec m = *resolve_model("tiny-llama");
+  return m;
+}
+
+// tiny-llama has 158,400 parameters (model_spec_test.cpp). The MST reference setup (bf16,
+// AdamW, optimizer in backward, one micro-batch):
+//   weights 2 x 158,400 = 316,800; m and v 4 x 158,400 = 633,600; no gradient buffers;
+//   the largest gradient is the embedding's, 515 x 64 x 2 = 65,920 bytes.
+TEST(StaticMemory, ReferenceSetupByHand) {
+  const StaticMemory m = static_memory(tiny(), TrainingSetup{});
+  EXPECT_EQ(m.weights_bytes, 316'800);
+  EXPECT_EQ(m.master_weights_bytes, 0);
+  EXPECT_EQ(m.optimizer_state_bytes, 633'600);
+  EXPECT_EQ(m.gradient_bytes, 0);
+  EXPECT_FALSE(m.persistent_gradients);
+  EXPECT_EQ(m.largest_gradient_bytes, 65'920);
+  EXPECT_EQ(m.largest_gradient_name, "embed.weight");
+  EXPECT_EQ(m.total_bytes(), 950'400);
+}
+
+// Gradients persist when the optimizer runs after backward or across micro-batches.
+TEST(StaticMemory, GradientsPersistWithoutInBackwardOrWithAccumulation) {
+  TrainingSetup after;
+  after.optimizer_in_backward = false;
+  EXPECT_EQ(static_memory(tiny(), after).gradient_bytes, 316'800);
+  TrainingSetup accumulating;
+  accumulating.grad_accum = 2;
+  EXPECT_EQ(static_memory(tiny(), accumulating).gradient_bytes, 316'800);
+}
+
+// Mixed precision, optimizer after backward: 2 (bf16) + 4 (master) + 4 (fp32 gradients)
+// + 8 (fp32 m, v) = 18 bytes per parameter = 2,851,200 bytes.
+TEST(StaticMemory, MixedPrecisionNativeIs18BytesPerParameter) {
+  TrainingSetup s;
+  s.precision = Precision::mixed;
+  s.optimizer_in_backward = false;
+  const StaticMemory m = static_memory(tiny(), s);
+  EXPECT_EQ(m.weights_bytes, 316'800);
+  EXPECT_EQ(m.master_weights_bytes, 633'600);
+  EXPECT_EQ(m.gradient_bytes, 633'600);
+  EXPECT_EQ(m.optimizer_state_bytes, 1'267'200);
+  EXPECT_EQ(m.total_bytes(), 18 * 158'400);
+}
+
+// Under torch.autocast the fp32 parameters are the master copy: 4 + 4 + 8 = 16 bytes.
+TEST(StaticMemory, MixedPrecisionPytorchKeepsFp32Parameters) {
+  TrainingSetup s;
+  s.precision = Precision::mixed;
+  s.optimizer_in_backward = false;
+  s.profile = Profile::pytorch;
+  const StaticMemory m = static_memory(tiny(), s);
+  EXPECT_EQ(m.weights_bytes, 633'600);
+  EXPECT_EQ(m.master_weights_bytes, 0);
+  EXPECT_EQ(m.total_bytes(), 16 * 158'400);
+}
+
+// 8-bit AdamW (bitsandbytes): tensors under 4,096 elements keep fp32 m and v. In tiny-llama
+// those are the 5 norms (5 x 64 = 320) and k, v of both layers (4 x 2,048 = 8,192): 8,512
+// elements x 8 bytes = 68,096. The other 149,888 elements take 2 bytes = 299,776, plus one fp32
+// absmax per 256 elements for m and for v: blocks = 129 (embed) + 129 (lm_head) + 2 x (16 q
+// + 16 o) + 2 x 3 x 44 (MLP) = 586, x 2 x 4 bytes = 4,688. Total 372,560.
+TEST(StaticMemory, EightBitAdamByHand) {
+  TrainingSetup s;
+  s.optimizer = OptimizerKind::adamw_8bit;
+  EXPECT_EQ(static_memory(tiny(), s).optimizer_state_bytes, 68'096 + 299'776 + 4'688);
+}
+
+TEST(StaticMemory, FrozenAndStatelessOptimizers) {
+  TrainingSetup frozen;
+  frozen.optimizer = OptimizerKind::none;
+  frozen.precision = Precision::mixed;  // frozen weights need no master copy
+  const StaticMemory f = static_memory(tiny(), frozen);
+  EXPECT_EQ(f.total_bytes(), 316'800);
+  EXPECT_EQ(f.largest_gradient_bytes, 0);
+  TrainingSetup sgd;
+  sgd.optimizer = OptimizerKind::sgd;
+  EXPECT_EQ(static_memory(tiny(), sgd).optimizer_state_bytes, 0);
+}
+
+TEST(StaticMemory, Llama3At8BytesPerParameterInTheReferenceSetup) {
+  const StaticMemory m = static_memory(*resolve_model("llama3-8b"), TrainingSetup{});
+  EXPECT_EQ(m.weights_bytes, 2 * 8'030'261'248);
+  EXPECT_EQ(m.optimizer_state_bytes, 4 * 8'030'261'248);
+}
+
+// llama3-8b, mixed precision, on an A100-40G (39,929 MiB usable = 41,868,328,960 bytes):
+// 14 bytes per parameter is 112 GB; alone, --precision bf16 (6 B: 48.2 GB), 8-bit AdamW
+// (~8 B: 64.5 GB) or SGD (6 B) are not enough; bf16 with 8-bit AdamW (~4 B: 32.4 GB) or with
+// SGD (2 B) fit. On an A100-80G (84.6 GB usable) each single change fits.
+TEST(StaticMemory, FixesSayWhichChangeWouldFit) {
+  const ModelSpec llama = *resolve_model("llama3-8b");
+  TrainingSetup mixed;
+  mixed.precision = Precision::mixed;
+  std::vector<std::string> flags;
+  for (const SetupChange& c : static_fixes(llama, *resolve_gpu("A100-40G"), mixed)) {
+    flags.push_back(c.flags);
+    EXPECT_LE(c.static_bytes, resolve_gpu("A100-40G")->usable_bytes());
+  }
+  EXPECT_THAT(flags, ::testing::ElementsAre("--precision bf16 --optimizer adamw-8bit", "--precision bf16 --optimizer sgd"));
+
+  flags.clear();
+  for (const SetupChange& c : static_fixes(llama, *resolve_gpu("A100-80G"), mixed)) flags.push_back(c.flags);
+  EXPECT_THAT(flags, ::testing::ElementsAre("--precision bf16", "--optimizer adamw-8bit", "--optimizer sgd"));
+
+  EXPECT_TRUE(static_fixes(llama, *resolve_gpu("A100-80G"), TrainingSetup{}).empty());  // already fits
+  EXPECT_TRUE(static_fixes(*resolve_model("llama3-70b"), *resolve_gpu("A100-80G"), mixed).empty());  // nothing fits
+}
+
+}  // namespace
+}  // namespace mstplan
