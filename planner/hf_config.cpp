@@ -159,6 +159,11 @@ Expected<ModelSpec> parse_hf_config(const std::string& text, const std::string& 
       return make_error(ErrorKind::parse, "{}: empty file, expected a Hugging Face config.json object", origin);
     }
     return make_error(ErrorKind::parse, "{}:{}: malformed JSON: {}", origin, location_of(text, e.byte), reason);
+  } catch (const json::exception& e) {
+    // Also thrown while parsing: a number beyond double's range ("1e400") is out_of_range.406.
+    std::string reason = e.what();
+    if (auto bracket = reason.find("] "); bracket != std::string::npos) reason = reason.substr(bracket + 2);
+    return make_error(ErrorKind::parse, "{}: malformed JSON: {}", origin, reason);
   }
   if (!root.is_object()) {
     return make_error(ErrorKind::parse, "{}: expected a JSON object (a Hugging Face config.json), got {}", origin,

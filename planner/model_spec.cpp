@@ -17,49 +17,43 @@ std::vector<std::string_view> norm_names(std::int64_t norms_per_layer) {
   return {"attn_norm", "mlp_norm"};
 }
 
-// All parameter tensors; nullopt when an element count leaves int64.
-std::optional<std::vector<ParamTensor>> try_parameters(const ModelSpec& s) {
+// All parameter tensors of a spec that passed check_model_relations.
+std::vector<ParamTensor> enumerate_parameters(const ModelSpec& s) {
   std::vector<ParamTensor> out;
-  bool overflow = false;
   auto add = [&](std::string name, std::int64_t layer, std::int64_t rows, std::int64_t cols) {
-    if (!checked_mul(rows, cols)) overflow = true;
     out.push_back(ParamTensor{std::move(name), layer, rows, cols});
   };
-  const auto q_rows = checked_mul(s.num_heads, s.head_dim);
-  const auto kv_rows = checked_mul(s.num_kv_heads, s.head_dim);
-  if (!q_rows || !kv_rows) return std::nullopt;
+  const std::int64_t q_rows = s.num_heads * s.head_dim;
+  const std::int64_t kv_rows = s.num_kv_heads * s.head_dim;
   const auto norms = norm_names(s.norms_per_layer);
-  auto add_norm = [&](const std::string& prefix) {
-    add(prefix + ".weight", -1, s.hidden_size, 1);
-    if (s.norm == NormKind::layernorm) add(prefix + ".bias", -1, s.hidden_size, 1);
+  auto add_norm = [&](const std::string& prefix, std::int64_t layer) {
+    add(prefix + ".weight", layer, s.hidden_size, 1);
+    if (s.norm == NormKind::layernorm) add(prefix + ".bias", layer, s.hidden_size, 1);
   };
 
+  out.reserve(static_cast<std::size_t>(s.num_layers) * 16 + 4);
   add("embed.weight", -1, s.vocab_size, s.hidden_size);
-  out.reserve(static_cast<std::size_t>(std::min<std::int64_t>(s.num_layers, 1 << 16)) * 16 + 4);
-  for (std::int64_t l = 0; l < s.num_layers && !overflow; ++l) {
+  for (std::int64_t l = 0; l < s.num_layers; ++l) {
     const std::string p = fmt::format("layer.{}.", l);
-    const std::size_t first = out.size();
-    add_norm(p + std::string(norms[0]));
-    add(p + "attn.q.weight", l, *q_rows, s.hidden_size);
-    add(p + "attn.k.weight", l, *kv_rows, s.hidden_size);
-    add(p + "attn.v.weight", l, *kv_rows, s.hidden_size);
+    add_norm(p + std::string(norms[0]), l);
+    add(p + "attn.q.weight", l, q_rows, s.hidden_size);
+    add(p + "attn.k.weight", l, kv_rows, s.hidden_size);
+    add(p + "attn.v.weight", l, kv_rows, s.hidden_size);
     if (s.qkv_bias) {
-      add(p + "attn.q.bias", l, *q_rows, 1);
-      add(p + "attn.k.bias", l, *kv_rows, 1);
-      add(p + "attn.v.bias", l, *kv_rows, 1);
+      add(p + "attn.q.bias", l, q_rows, 1);
+      add(p + "attn.k.bias", l, kv_rows, 1);
+      add(p + "attn.v.bias", l, kv_rows, 1);
     }
-    add(p + "attn.o.weight", l, s.hidden_size, *q_rows);
-    if (norms.size() == 4) add_norm(p + std::string(norms[1]));
-    add_norm(p + std::string(norms.size() == 4 ? norms[2] : norms[1]));
+    add(p + "attn.o.weight", l, s.hidden_size, q_rows);
+    if (norms.size() == 4) add_norm(p + std::string(norms[1]), l);
+    add_norm(p + std::string(norms.size() == 4 ? norms[2] : norms[1]), l);
     add(p + "mlp.gate.weight", l, s.intermediate_size, s.hidden_size);
     add(p + "mlp.up.weight", l, s.intermediate_size, s.hidden_size);
     add(p + "mlp.down.weight", l, s.hidden_size, s.intermediate_size);
-    if (norms.size() == 4) add_norm(p + std::string(norms[3]));
-    for (std::size_t i = first; i < out.size(); ++i) out[i].layer = l;
+    if (norms.size() == 4) add_norm(p + std::string(norms[3]), l);
   }
-  add_norm("final_norm");
+  add_norm("final_norm", -1);
   if (!s.tied_embeddings) add("lm_head.weight", -1, s.vocab_size, s.hidden_size);
-  if (overflow) return std::nullopt;
   return out;
 }
 
@@ -76,10 +70,28 @@ std::string largest_size_field(const ModelSpec& s) {
 
 }  // namespace
 
+std::optional<std::int64_t> checked_parameter_count(const ModelSpec& s) {
+  // Each step is checked; an empty optional propagates through the helpers.
+  using Count = std::optional<std::int64_t>;
+  auto mul = [](Count a, Count b) -> Count { return a && b ? checked_mul(*a, *b) : std::nullopt; };
+  auto add = [](Count a, Count b) -> Count { return a && b ? checked_add(*a, *b) : std::nullopt; };
+  const Count d = s.hidden_size;
+  const Count q_rows = mul(s.num_heads, s.head_dim);
+  const Count kv_rows = mul(s.num_kv_heads, s.head_dim);
+  const Count norm = mul(d, Count(s.norm == NormKind::layernorm ? 2 : 1));
+  const Count embedding = mul(s.vocab_size, d);
+  Count layer = add(mul(Count(2), mul(q_rows, d)), mul(Count(2), mul(kv_rows, d)));  // q, o; k, v
+  if (s.qkv_bias) layer = add(layer, add(q_rows, mul(Count(2), kv_rows)));
+  layer = add(layer, mul(Count(3), mul(Count(s.intermediate_size), d)));  // gate, up, down
+  layer = add(layer, mul(Count(s.norms_per_layer), norm));
+  Count total = add(embedding, add(mul(Count(s.num_layers), layer), norm));
+  if (!s.tied_embeddings) total = add(total, embedding);
+  return total;
+}
+
 std::vector<ParamTensor> parameters(const ModelSpec& spec) {
-  auto out = try_parameters(spec);
-  MSTPLAN_CHECK(out.has_value(), "parameters() of an unvalidated spec '{}'", spec.name);
-  return std::move(*out);
+  MSTPLAN_CHECK(!check_model_relations(spec).has_value(), "parameters() of an invalid spec '{}'", spec.name);
+  return enumerate_parameters(spec);
 }
 
 ParameterCounts count_parameters(const ModelSpec& spec) {
@@ -135,18 +147,15 @@ std::optional<SpecProblem> check_model_relations(const ModelSpec& s) {
                                                  s.rope.high_freq_factor, s.rope.low_freq_factor));
     }
   }
+  if (s.num_layers > kMaxLayers) {
+    return problem("num_hidden_layers", fmt::format("{} layers is beyond the {} this planner handles", s.num_layers,
+                                                    kMaxLayers));
+  }
   // Byte counts: the largest per-parameter footprint we model is under 32 bytes (fp32 master,
   // bf16 copy, fp32 gradient, two fp32 optimizer states), so total * 32 must fit in int64.
-  auto params = try_parameters(s);
-  std::optional<std::int64_t> total = 0;
-  if (params) {
-    for (const ParamTensor& p : *params) {
-      if (total) total = checked_add(*total, p.rows * p.cols);
-    }
-  }
-  if (!params || !total || !checked_mul(*total, 32)) {
-    const std::string field = largest_size_field(s);
-    return problem(field, fmt::format("sizes too large: the parameter bytes of this model would overflow 64 bits"));
+  const auto total = checked_parameter_count(s);
+  if (!total || !checked_mul(*total, 32)) {
+    return problem(largest_size_field(s), "sizes too large: the parameter bytes of this model would overflow 64 bits");
   }
   return std::nullopt;
 }

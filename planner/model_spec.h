@@ -119,6 +119,9 @@ struct ParamTensor {
   [[nodiscard]] std::int64_t numel() const { return rows * cols; }
 };
 
+/// Layers a spec may have: the step program holds ops per layer, and no model comes near this.
+inline constexpr std::int64_t kMaxLayers = 65536;
+
 /// Every parameter tensor, in the order of the forward pass. The LM head is absent when tied.
 [[nodiscard]] std::vector<ParamTensor> parameters(const ModelSpec& spec);
 
@@ -143,8 +146,13 @@ struct SpecProblem {
   std::string message;
 };
 
-/// Checks the relations between fields (heads divide, family conventions, rope parameters, byte
-/// counts within 64 bits). Individual fields are range-checked by the readers.
+/// The parameter count in closed form with checked arithmetic: nullopt when it leaves int64.
+/// Safe on any spec (unlike parameters(), which enumerates every layer).
+[[nodiscard]] std::optional<std::int64_t> checked_parameter_count(const ModelSpec& spec);
+
+/// Checks the relations between fields (heads divide, family conventions, rope parameters, at
+/// most kMaxLayers layers, byte counts within 64 bits). Individual fields are range-checked by
+/// the readers.
 [[nodiscard]] std::optional<SpecProblem> check_model_relations(const ModelSpec& spec);
 
 /// Reads a model spec from YAML text; `origin` names the file in messages.

@@ -56,16 +56,18 @@ Expected<std::string> read_text_file(const std::filesystem::path& path, std::int
   std::string text;
   char buffer[1 << 16];
   while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    const std::size_t start = text.size();
     text.append(buffer, static_cast<std::size_t>(in.gcount()));
+    // Checked per chunk, so an endless binary stream (/dev/urandom) stops at its first NUL.
+    if (const auto nul = text.find('\0', start); nul != std::string::npos) {
+      return make_error(ErrorKind::parse, "{}: binary data (NUL byte at offset {}), expected a text file",
+                        path.string(), nul);
+    }
     if (static_cast<std::int64_t>(text.size()) > max_bytes) {
       return make_error(ErrorKind::parse, "{}: larger than {} bytes; not a spec file", path.string(), max_bytes);
     }
   }
   if (in.bad()) return make_error(ErrorKind::io, "{}: read failed", path.string());
-  if (const auto nul = text.find('\0'); nul != std::string::npos) {
-    return make_error(ErrorKind::parse, "{}: binary data (NUL byte at offset {}), expected a text file",
-                      path.string(), nul);
-  }
   return text;
 }
 

@@ -5,7 +5,12 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <rapidcheck/gtest.h>
 
+#include "planner/gpu_spec.h"
+#include "planner/hf_config.h"
+#include "planner/model_spec.h"
+#include "planner/setup.h"
 #include "test_util.h"
 
 namespace mstplan {
@@ -82,6 +87,8 @@ std::vector<BadInput> cases() {
        {"field 'vocab_size'", "overflow 64 bits"}},
       {"integer beyond 64 bits", m(replace(model, "vocab_size: 515", "vocab_size: 99999999999999999999")), margs, 3,
        {"field 'vocab_size': expected a positive integer, got '99999999999999999999', which is out of the 64-bit range"}},
+      {"absurd layer count", m(replace(model, "num_hidden_layers: 2", "num_hidden_layers: 9223372036854775807")), margs,
+       3, {"field 'num_hidden_layers': 9223372036854775807 layers is beyond the 65536 this planner handles"}},
       {"unknown enum value", m(replace(model, "family: llama", "family: gpt")), margs, 3,
        {"field 'family': expected one of llama, mistral, qwen2, gemma2, got 'gpt'"}},
       {"nested field error", m(replace(model, "sliding_window: null", "sliding_window: {size: 0, layers: all}")), margs,
@@ -116,6 +123,8 @@ std::vector<BadInput> cases() {
        hargs, 3, {"field 'num_attention_heads': 5 heads do not divide hidden_size 64"}},
       {"config.json huge number", h(replace(hf, R"("vocab_size": 515)", R"("vocab_size": 1e30)")), hargs, 3,
        {"field 'vocab_size'", "out of the 64-bit range"}},
+      {"config.json number beyond double", h(replace(hf, R"("vocab_size": 515)", R"("vocab_size": 1e400)")), hargs, 3,
+       {"h/config.json: malformed JSON: number overflow parsing '1e400'"}},
       {"config.json overflow", h(replace(hf, R"("vocab_size": 515)", R"("vocab_size": 9223372036854775807)")), hargs, 3,
        {"field 'vocab_size'", "overflow 64 bits"}},
       {"config.json wrong type", h(replace(hf, R"("hidden_size": 64)", R"("hidden_size": "64")")), hargs, 3,
@@ -178,6 +187,67 @@ INSTANTIATE_TEST_SUITE_P(Table, InputErrors, ::testing::ValuesIn(cases()),
                            std::string name = std::regex_replace(param_info.param.name, std::regex("[^A-Za-z0-9]+"), "_");
                            return name;
                          });
+
+}  // namespace
+}  // namespace mstplan
+
+namespace mstplan {
+namespace {
+
+// Whatever bytes arrive, the readers answer with a spec or an Error naming the file: no crash,
+// no exception, no abort. Texts are built from YAML/JSON punctuation, keywords and field names so
+// that they reach deep into the parsers, not only their first character.
+RC_GTEST_PROP(InputFuzz, ReadersNeverCrash, ()) {
+  const auto piece = rc::gen::oneOf(
+      rc::gen::element<std::string>("name", "family", "hidden_size", "num_attention_heads", "vocab_size",
+                                    "sliding_window", "rope_scaling", "capacity_bytes", "architectures", "llama",
+                                    "gemma2", "LlamaForCausalLM", "type", "layers", "size"),
+      rc::gen::element<std::string>(": ", ":", "\n", "  ", "- ", "[", "]", "{", "}", ",", "\"", "'", "&a ", "*a",
+                                    "!!int ", "#", "null", "~", "true", "-1", "0", "64", "1e400",
+                                    "99999999999999999999", "\t", "\xff", "?", "|", ">"),
+      rc::gen::arbitrary<std::string>());
+  const std::vector<std::string> parts = *rc::gen::container<std::vector<std::string>>(piece);
+  std::string text;
+  for (const std::string& p : parts) text += p;
+
+  const auto model = parse_model_yaml(text, "fuzz.yaml");
+  if (!model) RC_ASSERT(model.error().message.starts_with("fuzz.yaml"));
+  const auto gpu = parse_gpu_yaml(text, "fuzz.yaml");
+  if (!gpu) RC_ASSERT(gpu.error().message.starts_with("fuzz.yaml"));
+  const auto scenario = parse_scenario_yaml(text, "fuzz.yaml");
+  if (!scenario) RC_ASSERT(scenario.error().message.starts_with("fuzz.yaml"));
+  const auto hf = parse_hf_config(text, "fuzz.json", "fuzz");
+  if (!hf) RC_ASSERT(hf.error().message.starts_with("fuzz.json"));
+}
+
+// Valid documents with one value replaced: these pass the syntax and reach the field checks
+// and the relations between fields.
+RC_GTEST_PROP(InputFuzz, OneBadValueInAValidDocument, ()) {
+  static const std::vector<std::string> documents = {
+      test::source_file("models/tiny-gemma2.yaml"), test::source_file("models/llama3.1-8b.yaml"),
+      test::source_file("scenarios/gpus/h100-80g.yaml"), test::source_file("scenarios/examples/llama3-8b-mixed-knobs.yaml")};
+  std::string text = *rc::gen::elementOf(documents);
+  const std::string value = *rc::gen::oneOf(
+      rc::gen::element<std::string>("0", "-1", "1", "3", "7", "9223372036854775807", "99999999999999999999", "1e400",
+                                    "nan", ".inf", "null", "[]", "{}", "{size: 0}", "[1, [2]]", "true", "\"\"", "x"),
+      rc::gen::arbitrary<std::string>());
+  // Replace the value of one "key: value" line.
+  std::vector<std::size_t> starts;
+  for (std::size_t at = text.find(": "); at != std::string::npos; at = text.find(": ", at + 1)) starts.push_back(at + 2);
+  RC_PRE(!starts.empty());
+  const std::size_t start = *rc::gen::elementOf(starts);
+  const std::size_t end = text.find('\n', start);
+  text.replace(start, end - start, value);
+
+  const auto model = parse_model_yaml(text, "m.yaml");
+  if (!model) RC_ASSERT(model.error().message.starts_with("m.yaml"));
+  if (model) RC_ASSERT(!check_model_relations(*model).has_value());
+  const auto gpu = parse_gpu_yaml(text, "m.yaml");
+  if (!gpu) RC_ASSERT(gpu.error().message.starts_with("m.yaml"));
+  if (gpu) RC_ASSERT(gpu->usable_bytes() > 0);
+  const auto scenario = parse_scenario_yaml(text, "m.yaml");
+  if (!scenario) RC_ASSERT(scenario.error().message.starts_with("m.yaml"));
+}
 
 }  // namespace
 }  // namespace mstplan

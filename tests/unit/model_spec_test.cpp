@@ -73,6 +73,18 @@ TEST(ModelSpec, TinyGemmaCountsHeadDimNormsAndTying) {
   EXPECT_EQ(c.total, 920'576);
 }
 
+// Two independent derivations: the closed form (checked arithmetic, used for validation) and
+// the sum over enumerated tensors (used by everything else).
+TEST(ModelSpec, ClosedFormCountEqualsTheEnumeration) {
+  for (const ModelSpec& m : builtin_models()) {
+    EXPECT_EQ(checked_parameter_count(m), parameter_count(m)) << m.name;
+  }
+  ModelSpec layernorm = builtin("tiny-qwen2");
+  layernorm.norm = NormKind::layernorm;  // weight and bias: 3 x 2 + 1 more vectors of 96
+  EXPECT_EQ(parameter_count(layernorm), 430'656 + (3 * 2 + 1) * 96);
+  EXPECT_EQ(checked_parameter_count(layernorm), parameter_count(layernorm));
+}
+
 TEST(ModelSpec, ParametersAreNamedInForwardOrder) {
   std::vector<std::string> layer0;
   for (const ParamTensor& p : parameters(builtin("tiny-gemma2"))) {
@@ -110,6 +122,10 @@ TEST(ModelSpec, RelationsNameTheFieldToBlame) {
   m = builtin("tiny-gemma2");
   m.norms_per_layer = 2;
   EXPECT_EQ(check_model_relations(m)->field, "norms_per_layer");
+
+  m = builtin("tiny-llama");
+  m.num_layers = kMaxLayers + 1;  // refused before anything enumerates the layers
+  EXPECT_EQ(check_model_relations(m)->field, "num_hidden_layers");
 
   m = builtin("tiny-llama");
   m.vocab_size = INT64_MAX / 2;  // V x d overflows
@@ -161,6 +177,7 @@ RC_GTEST_PROP(ModelSpecProperty, YamlRoundTrip, ()) {
   s.dtype = *rc::gen::element(DType::bf16, DType::fp16, DType::fp32);
   RC_PRE(!check_model_relations(s).has_value());
 
+  RC_ASSERT(checked_parameter_count(s) == parameter_count(s));
   s.source = "roundtrip.yaml";
   auto parsed = parse_model_yaml(model_to_yaml(s), "roundtrip.yaml");
   RC_ASSERT(parsed.has_value());
