@@ -32,25 +32,18 @@ Expected<GpuSpec> parse_gpu_yaml(const std::string& text, const std::string& ori
 }
 
 Expected<GpuSpec> load_gpu_file(const std::string& path) {
-  auto text = read_text_file(path);
-  if (!text) return text.error();
-  return parse_gpu_yaml(*text, path);
+  return parse_file(path, parse_gpu_yaml);
 }
 
 std::string gpu_to_yaml(const GpuSpec& g) {
-  auto scalar = [](const std::string& text) {
-    YAML::Emitter e;
-    e << text;
-    return std::string(e.c_str());
-  };
   auto list = [&](const std::vector<std::string>& items) {
     std::string out;
-    for (const auto& item : items) out += (out.empty() ? "" : ", ") + scalar(item);
+    for (const auto& item : items) out += (out.empty() ? "" : ", ") + yaml_scalar(item);
     return "[" + out + "]";
   };
   std::string out;
-  out += fmt::format("name: {}\n", scalar(g.name));
-  if (!g.description.empty()) out += fmt::format("description: {}\n", scalar(g.description));
+  out += fmt::format("name: {}\n", yaml_scalar(g.name));
+  if (!g.description.empty()) out += fmt::format("description: {}\n", yaml_scalar(g.description));
   out += fmt::format("aliases: {}\n", list(g.aliases));
   out += fmt::format("device_names: {}\n", list(g.device_names));
   out += fmt::format("capacity_bytes: {}   # {}\n", g.capacity_bytes, format_bytes(g.capacity_bytes));

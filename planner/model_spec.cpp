@@ -216,21 +216,14 @@ Expected<ModelSpec> parse_model_yaml(const std::string& text, const std::string&
 }
 
 Expected<ModelSpec> load_model_file(const std::string& path) {
-  auto text = read_text_file(path);
-  if (!text) return text.error();
-  return parse_model_yaml(*text, path);
+  return parse_file(path, parse_model_yaml);
 }
 
 std::string model_to_yaml(const ModelSpec& s) {
-  auto scalar = [](const std::string& text) {
-    YAML::Emitter e;
-    e << text;
-    return std::string(e.c_str());
-  };
   auto optional_number = [](const std::optional<double>& v) { return v ? fmt::format("{}", *v) : std::string("null"); };
   std::string out;
   auto line = [&out](std::string_view key, const std::string& value) { out += fmt::format("{}: {}\n", key, value); };
-  line("name", scalar(s.name));
+  line("name", yaml_scalar(s.name));
   line("family", std::string(to_string(s.family)));
   line("hidden_size", fmt::format("{}", s.hidden_size));
   line("intermediate_size", fmt::format("{}", s.intermediate_size));

@@ -2,22 +2,16 @@
 
 #include <filesystem>
 
+#include "planner/catalog.h"
 #include "planner/model_spec.h"
 #include "planner/yaml_input.h"
 
 namespace mstplan {
 namespace {
 
-// A model or GPU reference that names a file, not a catalog entry.
-bool looks_like_path(const std::string& text) {
-  const std::filesystem::path p(text);
-  const std::string ext = p.extension().string();
-  return text.find('/') != std::string::npos || ext == ".yaml" || ext == ".yml" || ext == ".json";
-}
-
 // Paths in a scenario are relative to the scenario file's folder.
 std::string resolve_relative(const std::string& reference, const std::string& origin) {
-  if (!looks_like_path(reference)) return reference;
+  if (!names_a_path(reference)) return reference;
   const std::filesystem::path p(reference);
   if (p.is_absolute()) return reference;
   return (std::filesystem::path(origin).parent_path() / p).lexically_normal().string();
@@ -74,9 +68,7 @@ Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::strin
 }
 
 Expected<Scenario> load_scenario_file(const std::string& path) {
-  auto text = read_text_file(path);
-  if (!text) return text.error();
-  return parse_scenario_yaml(*text, path);
+  return parse_file(path, parse_scenario_yaml);
 }
 
 std::string setup_to_yaml(const TrainingSetup& s) {

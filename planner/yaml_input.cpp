@@ -71,6 +71,12 @@ Expected<std::string> read_text_file(const std::filesystem::path& path, std::int
   return text;
 }
 
+std::string yaml_scalar(const std::string& text) {
+  YAML::Emitter emitter;
+  emitter << text;
+  return emitter.c_str();
+}
+
 std::string yaml_location(const std::string& origin, const YAML::Mark& mark) {
   if (mark.is_null()) return origin;
   return fmt::format("{}:{}:{}", origin, mark.line + 1, mark.column + 1);

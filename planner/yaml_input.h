@@ -37,6 +37,17 @@ namespace mstplan {
 [[nodiscard]] Expected<YAML::Node> load_yaml(const std::string& text, const std::string& origin,
                                              std::string_view what);
 
+/// Reads the file at `path` and hands its text to `parse(text, path)`.
+template <typename T>
+[[nodiscard]] Expected<T> parse_file(const std::string& path, Expected<T> (*parse)(const std::string&, const std::string&)) {
+  auto text = read_text_file(path);
+  if (!text) return text.error();
+  return parse(*text, path);
+}
+
+/// `text` as one YAML scalar, quoted when it must be ("x: y" -> "'x: y'").
+[[nodiscard]] std::string yaml_scalar(const std::string& text);
+
 /// "file:line:column" of a node (1-based).
 [[nodiscard]] std::string yaml_location(const std::string& origin, const YAML::Mark& mark);
 
