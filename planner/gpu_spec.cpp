@@ -1,7 +1,5 @@
 #include "planner/gpu_spec.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include "planner/units.h"
 #include "planner/yaml_input.h"
 

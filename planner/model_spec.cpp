@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <array>
 
-#include <yaml-cpp/yaml.h>
-
 #include "planner/units.h"
 #include "planner/yaml_input.h"
 
