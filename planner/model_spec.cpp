@@ -55,15 +55,16 @@ std::vector<ParamTensor> enumerate_parameters(const ModelSpec& s) {
   return out;
 }
 
-// Which field to blame for an overflow: the largest size.
-std::string largest_size_field(const ModelSpec& s) {
-  const std::array<std::pair<std::int64_t, const char*>, 6> sizes{{{s.vocab_size, "vocab_size"},
-                                                                   {s.hidden_size, "hidden_size"},
-                                                                   {s.intermediate_size, "intermediate_size"},
-                                                                   {s.num_layers, "num_hidden_layers"},
-                                                                   {s.num_heads, "num_attention_heads"},
-                                                                   {s.head_dim, "head_dim"}}};
-  return std::max_element(sizes.begin(), sizes.end())->second;
+// The size fields with their names in the YAML spec / config.json.
+std::array<std::pair<std::int64_t, const char*>, 8> size_fields(const ModelSpec& s) {
+  return {{{s.vocab_size, "vocab_size"},
+           {s.hidden_size, "hidden_size"},
+           {s.intermediate_size, "intermediate_size"},
+           {s.num_layers, "num_hidden_layers"},
+           {s.num_heads, "num_attention_heads"},
+           {s.num_kv_heads, "num_key_value_heads"},
+           {s.head_dim, "head_dim"},
+           {s.max_position_embeddings, "max_position_embeddings"}}};
 }
 
 }  // namespace
@@ -122,6 +123,10 @@ std::optional<SpecProblem> check_model_relations(const ModelSpec& s) {
   auto problem = [](std::string field, std::string message) {
     return std::optional<SpecProblem>(SpecProblem{std::move(field), std::move(message)});
   };
+  const auto sizes = size_fields(s);
+  for (const auto& [value, field] : sizes) {
+    if (value <= 0) return problem(field, fmt::format("expected a positive integer, got {}", value));
+  }
   if (s.num_kv_heads > s.num_heads || s.num_heads % s.num_kv_heads != 0) {
     return problem("num_key_value_heads",
                    fmt::format("{} key/value heads do not divide {} attention heads (each key/value head "
@@ -153,7 +158,9 @@ std::optional<SpecProblem> check_model_relations(const ModelSpec& s) {
   // bf16 copy, fp32 gradient, two fp32 optimizer states), so total * 32 must fit in int64.
   const auto total = checked_parameter_count(s);
   if (!total || !checked_mul(*total, 32)) {
-    return problem(largest_size_field(s), "sizes too large: the parameter bytes of this model would overflow 64 bits");
+    // Blame the largest size.
+    const auto* largest = &*std::max_element(sizes.begin(), sizes.end());
+    return problem(largest->second, "sizes too large: the parameter bytes of this model would overflow 64 bits");
   }
   return std::nullopt;
 }

@@ -124,6 +124,10 @@ TEST(ModelSpec, RelationsNameTheFieldToBlame) {
   EXPECT_EQ(check_model_relations(m)->field, "norms_per_layer");
 
   m = builtin("tiny-llama");
+  m.num_kv_heads = 0;  // a spec built in code, not read: no division by zero
+  EXPECT_EQ(check_model_relations(m)->field, "num_key_value_heads");
+
+  m = builtin("tiny-llama");
   m.num_layers = kMaxLayers + 1;  // refused before anything enumerates the layers
   EXPECT_EQ(check_model_relations(m)->field, "num_hidden_layers");
 
