@@ -1,5 +1,6 @@
 #include "planner/units.h"
 
+#include <charconv>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -16,6 +17,24 @@ std::optional<std::int64_t> checked_add(std::int64_t a, std::int64_t b) {
   std::int64_t out = 0;
   if (a < 0 || b < 0 || __builtin_add_overflow(a, b, &out)) return std::nullopt;
   return out;
+}
+
+std::variant<std::int64_t, CountError> parse_count(std::string_view text, bool size_suffixes) {
+  std::int64_t multiplier = 1;
+  if (size_suffixes && !text.empty()) {
+    const char last = text.back();
+    if (last == 'k' || last == 'K') multiplier = 1024;
+    if (last == 'm' || last == 'M') multiplier = 1024 * 1024;
+    if (multiplier != 1) text.remove_suffix(1);
+  }
+  std::int64_t value = 0;
+  const char* end = text.data() + text.size();
+  auto [stop, ec] = std::from_chars(text.data(), end, value);
+  if (ec == std::errc::result_out_of_range) return CountError::out_of_range;
+  if (text.empty() || ec != std::errc() || stop != end) return CountError::not_an_integer;
+  if (value < 0) return value;  // callers refuse it by range, quoting the text as typed
+  if (auto scaled = checked_mul(value, multiplier)) return *scaled;
+  return CountError::out_of_range;
 }
 
 std::string format_bytes(std::int64_t bytes) {

@@ -10,10 +10,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <variant>
 
 namespace mstplan {
 
-inline constexpr std::int64_t kKiB = std::int64_t{1} << 10;
 inline constexpr std::int64_t kMiB = std::int64_t{1} << 20;
 inline constexpr std::int64_t kGiB = std::int64_t{1} << 30;
 
@@ -21,6 +22,14 @@ inline constexpr std::int64_t kGiB = std::int64_t{1} << 30;
 [[nodiscard]] std::optional<std::int64_t> checked_mul(std::int64_t a, std::int64_t b);
 /// a + b, or nullopt when the sum leaves int64 (or either term is negative).
 [[nodiscard]] std::optional<std::int64_t> checked_add(std::int64_t a, std::int64_t b);
+
+/// Why a text is not a count.
+enum class CountError { not_an_integer, out_of_range };
+
+/// A whole number written in decimal digits ("4096"); with `size_suffixes`, also with a K
+/// (x 1024) or M (x 1048576) suffix ("128K"). Shared by the YAML readers and the flags so that
+/// both accept the same spellings.
+[[nodiscard]] std::variant<std::int64_t, CountError> parse_count(std::string_view text, bool size_suffixes);
 
 /// "512 B", "3.50 KiB", "14.96 GiB", "1.20 TiB": two decimals above bytes.
 [[nodiscard]] std::string format_bytes(std::int64_t bytes);

@@ -64,6 +64,17 @@ TEST(FieldReader, UnknownFieldsListTheKnownOnesWhenNothingIsClose) {
   EXPECT_EQ(error->message, "t.yaml:2:1: unknown field 'zzzzzzzz' in test document (known fields: alpha, beta)");
 }
 
+TEST(LoadYaml, OneDocumentOnly) {
+  EXPECT_TRUE(load_yaml("---\na: 1\n", "t.yaml", "doc"));
+  EXPECT_TRUE(load_yaml("--- {a: 1}\n...\n# trailing comment\n", "t.yaml", "doc"));
+  EXPECT_TRUE(load_yaml("a: |\n  --- inside a block scalar, indented\n", "t.yaml", "doc"));
+  EXPECT_THAT(load_yaml("a: 1\n---\nb: 2\n", "t.yaml", "doc").error().message,
+              HasSubstr("t.yaml:2:1: a second YAML document starts here"));
+  EXPECT_THAT(load_yaml("a: 1\n...\nb: 2\n", "t.yaml", "doc").error().message,
+              HasSubstr("t.yaml:3:1: a second YAML document"));
+  EXPECT_FALSE(load_yaml(",", "t.yaml", "doc"));  // yaml-cpp's LoadAll never returns on this
+}
+
 TEST(ReadTextFile, RefusesDirectoriesBinaryAndHugeFiles) {
   test::ScratchDir dir;
   EXPECT_EQ(read_text_file(dir.path()).error().kind, ErrorKind::io);
