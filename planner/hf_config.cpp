@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -13,20 +12,32 @@ namespace {
 
 using json = nlohmann::json;
 
+// An architecture and the defaults of its transformers config class, used for fields absent
+// from config.json (the sizes themselves are required: a config without them is broken).
 struct Architecture {
   std::string_view hf_name;
   Family family;
-  // Defaults of the transformers config class for fields absent from the file.
-  bool tied_default;
-  double eps_default;
+  bool tied;                                  // tie_word_embeddings
+  std::int64_t max_position_embeddings;
+  std::optional<std::int64_t> kv_heads;       // num_key_value_heads; nullopt: = num_attention_heads
+  std::optional<std::int64_t> head_dim;       // nullopt: hidden_size / num_attention_heads
+  std::optional<std::int64_t> sliding_window;
 };
 
+// LlamaConfig, MistralConfig, Qwen2Config, Gemma2Config (transformers 4.4x): rms_norm_eps 1e-6
+// and rope_theta 10000 for all four.
 constexpr std::array<Architecture, 4> kArchitectures{{
-    {"LlamaForCausalLM", Family::llama, false, 1e-6},
-    {"MistralForCausalLM", Family::mistral, false, 1e-6},
-    {"Qwen2ForCausalLM", Family::qwen2, false, 1e-6},
-    {"Gemma2ForCausalLM", Family::gemma2, true, 1e-6},
+    {"LlamaForCausalLM", Family::llama, false, 2048, std::nullopt, std::nullopt, std::nullopt},
+    {"MistralForCausalLM", Family::mistral, false, 4096 * 32, 8, std::nullopt, 4096},
+    {"Qwen2ForCausalLM", Family::qwen2, false, 32768, 32, std::nullopt, std::nullopt},
+    {"Gemma2ForCausalLM", Family::gemma2, true, 8192, 4, 256, 4096},
 }};
+constexpr double kDefaultEps = 1e-6;
+constexpr double kDefaultRopeTheta = 10000.0;
+// Gemma2Config: attention scores soft-capped at 50, logits at 30, scores scaled by 1/sqrt(256).
+constexpr double kGemmaAttnSoftcap = 50.0;
+constexpr double kGemmaFinalSoftcap = 30.0;
+constexpr double kGemmaQueryPreAttnScalar = 256.0;
 
 std::string supported_list() {
   std::string out;
@@ -34,12 +45,11 @@ std::string supported_list() {
   return out;
 }
 
-// "line L, column C" of a byte offset (nlohmann reports the offset one past the bad character).
+// "line:column" (1-based) of a byte offset.
 std::string location_of(const std::string& text, std::size_t byte) {
   std::size_t line = 1;
   std::size_t column = 1;
-  const std::size_t end = std::min(byte > 0 ? byte - 1 : 0, text.size());
-  for (std::size_t i = 0; i < end; ++i) {
+  for (std::size_t i = 0; i < std::min(byte, text.size()); ++i) {
     if (text[i] == '\n') {
       ++line;
       column = 1;
@@ -50,33 +60,32 @@ std::string location_of(const std::string& text, std::size_t byte) {
   return fmt::format("{}:{}", line, column);
 }
 
-// Reads fields of the top-level object; the first error wins, as with FieldReader.
+// Reads the fields of one JSON object; the first error wins, as with FieldReader. nlohmann keeps
+// no positions for values, so a field's location is found in the text: the first `"key":` at or
+// after the object's own start.
 class JsonFields {
  public:
-  JsonFields(const json& object, std::string origin) : object_(object), origin_(std::move(origin)) {}
+  JsonFields(const json& object, const std::string& text, std::string origin, std::size_t search_from,
+             std::string prefix, std::optional<Error>* error)
+      : object_(object), text_(text), origin_(std::move(origin)), from_(search_from), prefix_(std::move(prefix)),
+        error_(error) {}
 
-  std::optional<std::int64_t> integer(std::string_view key, bool required, std::int64_t min = 1) {
+  /// Present, even when null.
+  [[nodiscard]] bool present(std::string_view key) const { return object_.contains(key); }
+
+  std::optional<std::int64_t> integer(std::string_view key, bool required) {
     const json* v = find(key, required, "a positive integer");
     if (!v) return std::nullopt;
-    const std::string expected = min == 1 ? "a positive integer" : "a non-negative integer";
-    if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)) {
-      fail(key, fmt::format("expected {}, got {}, which is out of the 64-bit range", expected, v->dump()));
+    if ((v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)) ||
+        (v->is_number_float() && std::fabs(v->get<double>()) >= 9.2e18)) {
+      fail(key, fmt::format("expected a positive integer, got {}, which is out of the 64-bit range", v->dump()));
       return std::nullopt;
     }
-    if (v->is_number_float() && std::isfinite(v->get<double>()) && std::fabs(v->get<double>()) >= 9.2e18) {
-      fail(key, fmt::format("expected {}, got {}, which is out of the 64-bit range", expected, v->dump()));
+    if (!v->is_number_integer() || v->get<std::int64_t>() < 1) {
+      fail(key, fmt::format("expected a positive integer, got {}", v->dump()));
       return std::nullopt;
     }
-    if (!v->is_number_integer()) {
-      fail(key, fmt::format("expected {}, got {}", expected, v->dump()));
-      return std::nullopt;
-    }
-    const auto value = v->get<std::int64_t>();
-    if (value < min) {
-      fail(key, fmt::format("expected {}, got {}", expected, value));
-      return std::nullopt;
-    }
-    return value;
+    return v->get<std::int64_t>();
   }
 
   std::optional<double> number(std::string_view key, bool required) {
@@ -109,31 +118,41 @@ class JsonFields {
     return v->get<std::string>();
   }
 
-  const json* object(std::string_view key) {
+  /// A nested object's reader (nullopt when absent or null).
+  std::optional<JsonFields> object(std::string_view key) {
     const json* v = find(key, false, "an object");
-    if (v && !v->is_object()) {
+    if (!v) return std::nullopt;
+    if (!v->is_object()) {
       fail(key, fmt::format("expected an object, got {}", v->dump()));
-      return nullptr;
+      return std::nullopt;
     }
-    return v;
+    return JsonFields(*v, text_, origin_, offset_of(key).value_or(from_), prefix_ + std::string(key) + ".", error_);
   }
 
-  void fail(std::string_view key, const std::string& message) {
-    if (!error_) error_ = Error{ErrorKind::invalid, fmt::format("{}: field '{}': {}", origin_, key, message)};
+  void fail(std::string_view key, const std::string& message, ErrorKind kind = ErrorKind::invalid) {
+    if (*error_) return;
+    const auto at = offset_of(key);
+    const std::string where = at ? fmt::format("{}:{}", origin_, location_of(text_, *at)) : origin_;
+    *error_ = Error{kind, fmt::format("{}: field '{}{}': {}", where, prefix_, key, message)};
   }
-  void fail_unsupported(std::string_view key, const std::string& message) {
-    if (!error_) error_ = Error{ErrorKind::unsupported, fmt::format("{}: field '{}': {}", origin_, key, message)};
-  }
-  [[nodiscard]] const std::optional<Error>& error() const { return error_; }
 
  private:
+  std::optional<std::size_t> offset_of(std::string_view key) const {
+    const std::string quoted = fmt::format("\"{}\"", key);
+    for (auto at = text_.find(quoted, from_); at != std::string::npos; at = text_.find(quoted, at + 1)) {
+      const auto next = text_.find_first_not_of(" \t\r\n", at + quoted.size());
+      if (next != std::string::npos && text_[next] == ':') return at;
+    }
+    return std::nullopt;
+  }
+
   const json* find(std::string_view key, bool required, std::string_view expected) {
-    if (error_) return nullptr;
+    if (*error_) return nullptr;
     auto it = object_.find(key);
     if (it == object_.end() || it->is_null()) {
       if (required) {
-        error_ = Error{ErrorKind::invalid,
-                       fmt::format("{}: missing field '{}' ({}) in config.json", origin_, key, expected)};
+        *error_ = Error{ErrorKind::invalid, fmt::format("{}: {} field '{}{}' ({}) in config.json", origin_,
+                                                        it == object_.end() ? "missing" : "null", prefix_, key, expected)};
       }
       return nullptr;
     }
@@ -141,9 +160,33 @@ class JsonFields {
   }
 
   const json& object_;
+  const std::string& text_;
   std::string origin_;
-  std::optional<Error> error_;
+  std::size_t from_;
+  std::string prefix_;
+  std::optional<Error>* error_;
 };
+
+// RoPE scaling from rope_scaling (or rope_parameters): type and its factors.
+void read_rope_scaling(JsonFields* scaling, ModelSpec& s) {
+  if (!scaling) return;
+  const std::string type = scaling->string("rope_type").value_or(scaling->string("type").value_or("default"));
+  if (type == "default") {
+    s.rope.scaling = RopeScaling::none;
+  } else if (type == "linear" || type == "dynamic" || type == "llama3") {
+    s.rope.scaling = *parse_enum<RopeScaling>(type);
+    s.rope.factor = scaling->number("factor", true).value_or(1.0);
+    if (type == "llama3") {
+      s.rope.low_freq_factor = scaling->number("low_freq_factor", true).value_or(1.0);
+      s.rope.high_freq_factor = scaling->number("high_freq_factor", true).value_or(4.0);
+      s.rope.original_max_position_embeddings = scaling->integer("original_max_position_embeddings", true).value_or(1);
+    }
+  } else {
+    scaling->fail(scaling->present("rope_type") ? "rope_type" : "type",
+                  fmt::format("unsupported rope type '{}' (supported: linear, dynamic, llama3)", type),
+                  ErrorKind::unsupported);
+  }
+}
 
 }  // namespace
 
@@ -158,7 +201,9 @@ Expected<ModelSpec> parse_hf_config(const std::string& text, const std::string& 
     if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
       return make_error(ErrorKind::parse, "{}: empty file, expected a Hugging Face config.json object", origin);
     }
-    return make_error(ErrorKind::parse, "{}:{}: malformed JSON: {}", origin, location_of(text, e.byte), reason);
+    // e.byte is one past the offending character.
+    return make_error(ErrorKind::parse, "{}:{}: malformed JSON: {}", origin, location_of(text, e.byte > 0 ? e.byte - 1 : 0),
+                      reason);
   } catch (const json::exception& e) {
     // Also thrown while parsing: a number beyond double's range ("1e400") is out_of_range.406.
     std::string reason = e.what();
@@ -169,22 +214,25 @@ Expected<ModelSpec> parse_hf_config(const std::string& text, const std::string& 
     return make_error(ErrorKind::parse, "{}: expected a JSON object (a Hugging Face config.json), got {}", origin,
                       root.type_name());
   }
-  JsonFields f(root, origin);
+  std::optional<Error> error;
+  JsonFields f(root, text, origin, 0, "", &error);
 
   // Architecture: "architectures": ["LlamaForCausalLM"].
-  const Architecture* arch = nullptr;
   auto archs = root.find("architectures");
   if (archs == root.end() || !archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
-    return make_error(ErrorKind::invalid, "{}: field 'architectures': expected a list naming the architecture, like "
-                      "[\"LlamaForCausalLM\"] (supported: {})", origin, supported_list());
+    f.fail("architectures", fmt::format("expected a list naming the architecture, like [\"LlamaForCausalLM\"] "
+                                        "(supported: {})", supported_list()));
+    return *error;
   }
   const std::string arch_name = (*archs)[0].get<std::string>();
+  const Architecture* arch = nullptr;
   for (const auto& a : kArchitectures) {
     if (a.hf_name == arch_name) arch = &a;
   }
   if (!arch) {
-    return make_error(ErrorKind::unsupported, "{}: field 'architectures': unsupported architecture '{}' (supported: {})",
-                      origin, arch_name, supported_list());
+    f.fail("architectures", fmt::format("unsupported architecture '{}' (supported: {})", arch_name, supported_list()),
+           ErrorKind::unsupported);
+    return *error;
   }
 
   ModelSpec s;
@@ -195,74 +243,59 @@ Expected<ModelSpec> parse_hf_config(const std::string& text, const std::string& 
   s.intermediate_size = f.integer("intermediate_size", true).value_or(1);
   s.num_layers = f.integer("num_hidden_layers", true).value_or(1);
   s.num_heads = f.integer("num_attention_heads", true).value_or(1);
-  s.num_kv_heads = f.integer("num_key_value_heads", false).value_or(s.num_heads);
+  s.num_kv_heads = f.integer("num_key_value_heads", false).value_or(arch->kv_heads.value_or(s.num_heads));
   const auto head_dim = f.integer("head_dim", false);
   s.vocab_size = f.integer("vocab_size", true).value_or(1);
-  s.max_position_embeddings = f.integer("max_position_embeddings", false).value_or(s.family == Family::gemma2 ? 8192 : 2048);
-  s.tied_embeddings = f.boolean("tie_word_embeddings").value_or(arch->tied_default);
+  s.max_position_embeddings = f.integer("max_position_embeddings", false).value_or(arch->max_position_embeddings);
+  s.tied_embeddings = f.boolean("tie_word_embeddings").value_or(arch->tied);
   // Qwen2 always has q/k/v bias; Llama may have it (attention_bias), Mistral and Gemma 2 never.
   s.qkv_bias = s.family == Family::qwen2 || (s.family == Family::llama && f.boolean("attention_bias").value_or(false));
-  if (f.boolean("mlp_bias").value_or(false)) f.fail_unsupported("mlp_bias", "MLP bias is not supported");
+  if (f.boolean("mlp_bias").value_or(false)) f.fail("mlp_bias", "MLP bias is not supported", ErrorKind::unsupported);
   s.norm = NormKind::rmsnorm;
   s.norms_per_layer = s.family == Family::gemma2 ? 4 : 2;
-  s.norm_eps = f.number("rms_norm_eps", false).value_or(arch->eps_default);
+  s.norm_eps = f.number("rms_norm_eps", false).value_or(kDefaultEps);
 
-  // Activation: "hidden_act" (and Gemma's "hidden_activation").
-  std::string act = f.string("hidden_activation").value_or(f.string("hidden_act").value_or(
-      s.family == Family::gemma2 ? "gelu_pytorch_tanh" : "silu"));
+  // Activation: "hidden_act", or Gemma's "hidden_activation" (which wins when both are given).
+  const char* act_key = f.present("hidden_activation") ? "hidden_activation" : "hidden_act";
+  const std::string act = f.string(act_key).value_or(s.family == Family::gemma2 ? "gelu_pytorch_tanh" : "silu");
   if (act == "silu" || act == "swish") {
     s.mlp_activation = MlpActivation::swiglu;
   } else if (act == "gelu_pytorch_tanh" || act == "gelu" || act == "gelu_new") {
     s.mlp_activation = MlpActivation::geglu;
   } else {
-    f.fail_unsupported("hidden_act", fmt::format("unsupported activation '{}' (supported: silu, gelu_pytorch_tanh)", act));
+    f.fail(act_key, fmt::format("unsupported activation '{}' (supported: silu, gelu_pytorch_tanh)", act),
+           ErrorKind::unsupported);
   }
 
-  // Sliding window: Mistral (all layers), Gemma 2 (even layers), Qwen2 only with use_sliding_window.
-  const auto window = f.integer("sliding_window", false);
-  if (s.family == Family::qwen2) {
-    if (f.boolean("use_sliding_window").value_or(false)) {
-      f.fail_unsupported("use_sliding_window", "Qwen2's sliding window on the upper layers is not supported");
-    }
+  // Sliding window: Mistral (all layers), Gemma 2 (even layers), Qwen2 only with
+  // use_sliding_window. An explicit null turns it off; an absent field takes the default.
+  const auto window = f.present("sliding_window") ? f.integer("sliding_window", false) : arch->sliding_window;
+  if (s.family == Family::qwen2 && f.boolean("use_sliding_window").value_or(false)) {
+    f.fail("use_sliding_window", "Qwen2's sliding window on the upper layers is not supported", ErrorKind::unsupported);
   } else if (s.family == Family::mistral && window) {
     s.sliding_window = SlidingWindow{*window, SlidingLayers::all};
-  } else if (s.family == Family::gemma2) {
-    s.sliding_window = SlidingWindow{window.value_or(4096), SlidingLayers::even};
+  } else if (s.family == Family::gemma2 && window) {
+    s.sliding_window = SlidingWindow{*window, SlidingLayers::even};
   }
   if (s.family == Family::gemma2) {
-    s.attn_logit_softcap = f.number("attn_logit_softcapping", false);
-    s.final_logit_softcap = f.number("final_logit_softcapping", false);
-    s.query_pre_attn_scalar = f.number("query_pre_attn_scalar", false).value_or(256.0);
+    auto capped = [&](const char* key, double fallback) {
+      return f.present(key) ? f.number(key, false) : std::optional<double>(fallback);
+    };
+    s.attn_logit_softcap = capped("attn_logit_softcapping", kGemmaAttnSoftcap);
+    s.final_logit_softcap = capped("final_logit_softcapping", kGemmaFinalSoftcap);
+    s.query_pre_attn_scalar = f.number("query_pre_attn_scalar", false).value_or(kGemmaQueryPreAttnScalar);
   }
 
-  // RoPE: rope_theta + rope_scaling, or transformers v5's rope_parameters.
-  const json* rope_params = f.object("rope_parameters");
-  const json* scaling = f.object("rope_scaling");
-  s.rope.theta = f.number("rope_theta", false).value_or(
-      rope_params && rope_params->contains("rope_theta") && (*rope_params)["rope_theta"].is_number()
-          ? (*rope_params)["rope_theta"].get<double>()
-          : 10000.0);
-  if (!scaling) scaling = rope_params;
-  if (scaling && !f.error()) {
-    JsonFields sf(*scaling, origin + " (rope_scaling)");
-    const std::string type = sf.string("rope_type").value_or(sf.string("type").value_or("default"));
-    if (type == "default") {
-      s.rope.scaling = RopeScaling::none;
-    } else if (type == "linear" || type == "dynamic" || type == "llama3") {
-      s.rope.scaling = *parse_enum<RopeScaling>(type);
-      s.rope.factor = sf.number("factor", true).value_or(1.0);
-      if (type == "llama3") {
-        s.rope.low_freq_factor = sf.number("low_freq_factor", true).value_or(1.0);
-        s.rope.high_freq_factor = sf.number("high_freq_factor", true).value_or(4.0);
-        s.rope.original_max_position_embeddings = sf.integer("original_max_position_embeddings", true).value_or(1);
-      }
-    } else {
-      f.fail_unsupported("rope_scaling", fmt::format("unsupported rope type '{}' (supported: linear, dynamic, llama3)", type));
-    }
-    if (sf.error()) return *sf.error();
-  }
+  // RoPE: rope_theta + rope_scaling, or transformers v5's rope_parameters (theta inside).
+  auto rope_params = f.object("rope_parameters");
+  auto scaling = f.object("rope_scaling");
+  s.rope.theta = f.number("rope_theta", false)
+                     .value_or(rope_params ? rope_params->number("rope_theta", false).value_or(kDefaultRopeTheta)
+                                           : kDefaultRopeTheta);
+  read_rope_scaling(scaling ? &*scaling : (rope_params ? &*rope_params : nullptr), s);
 
-  const std::string dtype = f.string("torch_dtype").value_or(f.string("dtype").value_or("bfloat16"));
+  const char* dtype_key = f.present("torch_dtype") ? "torch_dtype" : "dtype";
+  const std::string dtype = f.string(dtype_key).value_or("bfloat16");
   if (dtype == "bfloat16") {
     s.dtype = DType::bf16;
   } else if (dtype == "float16") {
@@ -270,17 +303,19 @@ Expected<ModelSpec> parse_hf_config(const std::string& text, const std::string& 
   } else if (dtype == "float32") {
     s.dtype = DType::fp32;
   } else {
-    f.fail("torch_dtype", fmt::format("expected bfloat16, float16 or float32, got '{}'", dtype));
+    f.fail(dtype_key, fmt::format("expected bfloat16, float16 or float32, got '{}'", dtype));
   }
-  if (f.error()) return *f.error();
+  if (error) return *error;
 
-  if (!head_dim && s.hidden_size % s.num_heads != 0) {
-    return make_error(ErrorKind::invalid, "{}: field 'num_attention_heads': {} heads do not divide hidden_size {} "
-                      "(and no head_dim is given)", origin, s.num_heads, s.hidden_size);
+  if (!head_dim && !arch->head_dim && s.hidden_size % s.num_heads != 0) {
+    f.fail("num_attention_heads", fmt::format("{} heads do not divide hidden_size {} (and no head_dim is given)",
+                                              s.num_heads, s.hidden_size));
+    return *error;
   }
-  s.head_dim = head_dim.value_or(s.hidden_size / s.num_heads);
+  s.head_dim = head_dim.value_or(arch->head_dim.value_or(s.hidden_size / s.num_heads));
   if (auto problem = check_model_relations(s)) {
-    return make_error(ErrorKind::invalid, "{}: field '{}': {}", origin, problem->field, problem->message);
+    f.fail(problem->field, problem->message);
+    return *error;
   }
   return s;
 }

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
 #include <gtest/gtest.h>
 
 #include "planner/catalog.h"
@@ -54,6 +55,67 @@ TEST(HfConfig, AbsentFieldsTakeTheTransformersDefaults) {
   EXPECT_EQ(g->norms_per_layer, 4);
   ASSERT_TRUE(g->sliding_window);
   EXPECT_EQ(g->sliding_window->layers, SlidingLayers::even);
+}
+
+// Fields absent from the file take the defaults of the architecture's config class; an explicit
+// null turns an optional feature off.
+TEST(HfConfig, DefaultsDependOnTheArchitecture) {
+  // gemma-2-9b's config without head_dim, the soft-caps and query_pre_attn_scalar: Gemma2Config's
+  // defaults (256, 50, 30, 256) are exactly 9B's values, so the spec is unchanged.
+  auto config = nlohmann::json::parse(test::source_file("tests/data/hf/gemma2-9b/config.json"));
+  for (const char* key : {"head_dim", "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+                          "sliding_window", "hidden_act", "hidden_activation"}) {
+    config.erase(key);
+  }
+  auto gemma = parse_hf_config(config.dump(), "g/config.json", "gemma2-9b");
+  ASSERT_TRUE(gemma) << gemma.error().message;
+  ModelSpec expected = *resolve_model("gemma2-9b");
+  expected.source = "g/config.json";
+  EXPECT_EQ(*gemma, expected);
+  EXPECT_EQ(parameter_count(*gemma), 9'241'705'984);
+
+  config["final_logit_softcapping"] = nullptr;  // explicitly off
+  EXPECT_FALSE(parse_hf_config(config.dump(), "g/config.json", "g")->final_logit_softcap.has_value());
+
+  auto mistral = nlohmann::json::parse(test::source_file("tests/data/hf/mistral-7b/config.json"));
+  mistral.erase("sliding_window");
+  mistral.erase("num_key_value_heads");
+  mistral.erase("max_position_embeddings");
+  auto m = parse_hf_config(mistral.dump(), "m/config.json", "m");
+  ASSERT_TRUE(m) << m.error().message;
+  EXPECT_EQ(m->sliding_window, (SlidingWindow{4096, SlidingLayers::all}));  // MistralConfig default
+  EXPECT_EQ(m->num_kv_heads, 8);
+  EXPECT_EQ(m->max_position_embeddings, 131072);
+  mistral["sliding_window"] = nullptr;  // Mistral 7B v0.2 and later
+  EXPECT_FALSE(parse_hf_config(mistral.dump(), "m/config.json", "m")->sliding_window.has_value());
+
+  auto qwen = nlohmann::json::parse(test::source_file("tests/data/hf/qwen2-7b/config.json"));
+  qwen.erase("max_position_embeddings");
+  auto q = parse_hf_config(qwen.dump(), "q/config.json", "q");
+  ASSERT_TRUE(q) << q.error().message;
+  EXPECT_EQ(q->max_position_embeddings, 32768);
+  qwen.erase("num_key_value_heads");  // Qwen2Config's default is 32, which 28 heads cannot use
+  EXPECT_THAT(parse_hf_config(qwen.dump(), "q/config.json", "q").error().message,
+              HasSubstr("32 key/value heads do not divide 28 attention heads"));
+}
+
+TEST(HfConfig, ErrorsPointIntoTheFile) {
+  const std::string text = "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"hidden_size\": 0\n}";
+  auto m = parse_hf_config(text, "c.json", "c");
+  ASSERT_FALSE(m);
+  EXPECT_EQ(m.error().message, "c.json:3:3: field 'hidden_size': expected a positive integer, got 0");
+
+  const std::string rope = R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10,
+    "rope_parameters": {"rope_type": "default", "rope_theta": "big"}})";
+  auto r = parse_hf_config(rope, "r.json", "r");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "r.json:3:49: field 'rope_parameters.rope_theta': expected a positive number, got \"big\"");
+
+  const std::string act = R"({"architectures": ["Gemma2ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 10, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "relu"})";
+  EXPECT_THAT(parse_hf_config(act, "a.json", "a").error().message, HasSubstr("field 'hidden_activation'"));
 }
 
 TEST(HfConfig, ReadsTransformersV5RopeParameters) {
