@@ -1,7 +1,7 @@
 #include "cli/cli.h"
 
-#include <charconv>
 #include <optional>
+#include <variant>
 #include <ostream>
 
 #include <CLI/CLI.hpp>
@@ -36,20 +36,28 @@ ExitCode exit_code_of(const Error& error) {
   return error.kind == ErrorKind::usage ? ExitCode::usage : ExitCode::input;
 }
 
-// Flag values as typed; parsed by us so that every message has the same shape.
+// A flag's value as typed, and whether it was given at all (an empty value is still given).
+struct Flag {
+  std::string value;
+  CLI::Option* option = nullptr;
+  [[nodiscard]] bool given() const { return option != nullptr && option->count() > 0; }
+};
+
+// The plan command's flags, parsed by us so that every message has the same shape.
 struct PlanFlags {
-  std::string model;
-  std::string gpu;
-  std::string scenario;
-  std::string batch;
-  std::string seq;
-  std::string precision;
-  std::string optimizer;
-  std::optional<bool> optimizer_in_backward;
-  std::string grad_accum;
-  std::string attention;
-  std::string profile;
+  Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile;
+  Flag in_backward, not_in_backward;  // values unused: presence is the flag
   bool json = false;
+
+  /// Every plan flag that was given, as typed: subcommands refuse them.
+  [[nodiscard]] std::vector<std::string> given_names() const {
+    std::vector<std::string> out;
+    for (const Flag* f : {&model, &gpu, &scenario, &batch, &seq, &precision, &optimizer, &grad_accum, &attention,
+                          &profile, &in_backward, &not_in_backward}) {
+      if (f->given()) out.push_back(f->option->get_name());
+    }
+    return out;
+  }
 };
 
 std::optional<Failure> usage(std::string message) { return Failure{ExitCode::usage, std::move(message)}; }
@@ -57,27 +65,16 @@ std::optional<Failure> usage(std::string message) { return Failure{ExitCode::usa
 // "--batch: expected a positive integer, got '0'".
 std::optional<Failure> parse_positive(const std::string& flag, const std::string& text, std::int64_t& out,
                                       bool size_suffixes = false) {
-  std::int64_t multiplier = 1;
-  std::string digits = text;
-  if (size_suffixes && !digits.empty()) {
-    const char last = digits.back();
-    if (last == 'k' || last == 'K') multiplier = 1024;
-    if (last == 'm' || last == 'M') multiplier = 1024 * 1024;
-    if (multiplier != 1) digits.pop_back();
-  }
   const std::string expected =
       size_suffixes ? "a positive integer (K = 1024 and M = 1048576 suffixes allowed) or 'search'" : "a positive integer";
-  std::int64_t value = 0;
-  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
-  if (ec == std::errc::result_out_of_range) {
-    return usage(fmt::format("{}: expected {}, got '{}', which is out of the 64-bit range", flag, expected, text));
+  const auto parsed = parse_count(text, size_suffixes);
+  if (std::holds_alternative<CountError>(parsed)) {
+    return usage(std::get<CountError>(parsed) == CountError::out_of_range
+                     ? fmt::format("{}: expected {}, got '{}', which is out of the 64-bit range", flag, expected, text)
+                     : fmt::format("{}: expected {}, got '{}'", flag, expected, text));
   }
-  if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || value <= 0) {
-    return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
-  }
-  auto scaled = checked_mul(value, multiplier);
-  if (!scaled) return usage(fmt::format("{}: '{}' is out of the 64-bit range", flag, text));
-  out = *scaled;
+  if (std::get<std::int64_t>(parsed) <= 0) return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+  out = std::get<std::int64_t>(parsed);
   return std::nullopt;
 }
 
@@ -96,22 +93,26 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   auto run = [&](std::optional<Failure> result) {
     if (!failure && result) failure = std::move(result);
   };
-  if (!f.batch.empty()) run(parse_positive("--batch", f.batch, s.batch));
-  if (!f.seq.empty()) {
-    if (f.seq == "search") {
+  if (f.in_backward.given() && f.not_in_backward.given()) {
+    return usage("--optimizer-in-backward and --no-optimizer-in-backward contradict each other; give one");
+  }
+  if (f.batch.given()) run(parse_positive("--batch", f.batch.value, s.batch));
+  if (f.seq.given()) {
+    if (f.seq.value == "search") {
       s.seq_len.reset();
     } else {
       std::int64_t seq = 0;
-      run(parse_positive("--seq", f.seq, seq, true));
+      run(parse_positive("--seq", f.seq.value, seq, true));
       s.seq_len = seq;
     }
   }
-  if (!f.precision.empty()) run(parse_choice("--precision", f.precision, s.precision));
-  if (!f.optimizer.empty()) run(parse_choice("--optimizer", f.optimizer, s.optimizer));
-  if (f.optimizer_in_backward) s.optimizer_in_backward = *f.optimizer_in_backward;
-  if (!f.grad_accum.empty()) run(parse_positive("--grad-accum", f.grad_accum, s.grad_accum));
-  if (!f.attention.empty()) run(parse_choice("--attention", f.attention, s.attention));
-  if (!f.profile.empty()) run(parse_choice("--profile", f.profile, s.profile));
+  if (f.precision.given()) run(parse_choice("--precision", f.precision.value, s.precision));
+  if (f.optimizer.given()) run(parse_choice("--optimizer", f.optimizer.value, s.optimizer));
+  if (f.in_backward.given()) s.optimizer_in_backward = true;
+  if (f.not_in_backward.given()) s.optimizer_in_backward = false;
+  if (f.grad_accum.given()) run(parse_positive("--grad-accum", f.grad_accum.value, s.grad_accum));
+  if (f.attention.given()) run(parse_choice("--attention", f.attention.value, s.attention));
+  if (f.profile.given()) run(parse_choice("--profile", f.profile.value, s.profile));
   return failure;
 }
 
@@ -146,17 +147,17 @@ void print_plan_text(std::ostream& out, const ModelSpec& model, const GpuSpec& g
              format_thousands(counts.mlp), format_thousands(counts.norms),
              counts.lm_head > 0 ? fmt::format(" + LM head {}", format_thousands(counts.lm_head)) : " (LM head tied)");
 
-  const bool mixed = setup.precision == Precision::mixed;
-  const bool autocast = mixed && setup.profile == Profile::pytorch;
+  const ParameterStorage storage = parameter_storage(setup);
   fmt::print(out, "static memory (independent of the sequence length)\n");
   auto row = [&](std::string_view what, std::int64_t bytes, const std::string& note) {
     fmt::print(out, "  {:<17} {:>9} GiB   {}\n", what, format_gib(bytes), note);
   };
-  row("weights", m.weights_bytes, autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : "bf16");
-  if (m.master_weights_bytes > 0) row("master weights", m.master_weights_bytes, "fp32");
+  row("weights", m.weights_bytes,
+      storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights)));
+  if (storage.master) row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)));
   std::string state_note;
   switch (setup.optimizer) {
-    case OptimizerKind::adamw: state_note = fmt::format("AdamW m and v in {}", mixed ? "fp32" : "bf16"); break;
+    case OptimizerKind::adamw: state_note = fmt::format("AdamW m and v in {}", to_string(*storage.adam_state)); break;
     case OptimizerKind::adamw_8bit: state_note = "AdamW m and v in 8 bits with fp32 scales per 256 elements"; break;
     case OptimizerKind::sgd: state_note = "SGD keeps no state"; break;
     case OptimizerKind::none: state_note = "frozen weights"; break;
@@ -166,7 +167,7 @@ void print_plan_text(std::ostream& out, const ModelSpec& model, const GpuSpec& g
     row("gradients", 0, "none: weights are frozen");
   } else if (m.persistent_gradients) {
     row("gradients", m.gradient_bytes,
-        fmt::format("{}, kept {}", mixed ? "fp32" : "bf16",
+        fmt::format("{}, kept {}", to_string(*storage.gradients),
                     setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
                                          : std::string("until the optimizer step")));
   } else {
@@ -195,23 +196,36 @@ void print_plan_text(std::ostream& out, const ModelSpec& model, const GpuSpec& g
   }
 }
 
+// Resolves a model or GPU argument; errors about one taken from the scenario name its field.
+template <typename Spec>
+Expected<Spec> resolve_reference(const Flag& flag, const std::optional<std::string>& from_scenario,
+                                 const std::string& scenario_file, std::string_view field,
+                                 Expected<Spec> (*resolve)(const std::string&)) {
+  if (flag.given()) return resolve(flag.value);
+  auto spec = resolve(*from_scenario);
+  if (!spec) return Error{spec.error().kind, fmt::format("{}: field '{}': {}", scenario_file, field, spec.error().message)};
+  return spec;
+}
+
 std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   Scenario scenario;
-  if (!f.scenario.empty()) {
-    auto loaded = load_scenario_file(f.scenario);
+  if (f.scenario.given()) {
+    if (f.scenario.value.empty()) return usage("--scenario: expected a file, got ''");
+    auto loaded = load_scenario_file(f.scenario.value);
     if (!loaded) return Failure{exit_code_of(loaded.error()), loaded.error().message};
     scenario = std::move(*loaded);
   }
-  const std::string model_arg = !f.model.empty() ? f.model : scenario.model.value_or("");
-  const std::string gpu_arg = !f.gpu.empty() ? f.gpu : scenario.gpu.value_or("");
-  if (model_arg.empty()) return usage("--model is required (or a scenario file with a 'model' field); e.g. --model llama3-8b");
-  if (gpu_arg.empty()) return usage("--gpu is required (or a scenario file with a 'gpu' field); e.g. --gpu A100-80G");
-
+  if (!f.model.given() && !scenario.model) {
+    return usage("--model is required (or a scenario file with a 'model' field); e.g. --model llama3-8b");
+  }
+  if (!f.gpu.given() && !scenario.gpu) {
+    return usage("--gpu is required (or a scenario file with a 'gpu' field); e.g. --gpu A100-80G");
+  }
   TrainingSetup setup = scenario.setup;
   if (auto failure = apply_flags(f, setup)) return failure;
-  auto model = resolve_model(model_arg);
+  auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);
   if (!model) return Failure{exit_code_of(model.error()), model.error().message};
-  auto gpu = resolve_gpu(gpu_arg);
+  auto gpu = resolve_reference<GpuSpec>(f.gpu, scenario.gpu, scenario.source, "gpu", resolve_gpu);
   if (!gpu) return Failure{exit_code_of(gpu.error()), gpu.error().message};
   if (auto error = check_setup_for_model(setup, *model, scenario.source.empty() ? "flags" : scenario.source)) {
     return Failure{exit_code_of(*error), error->message};
@@ -224,7 +238,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     j["gpu"] = gpu_json(*gpu);
     j["setup"] = setup_json(setup);
     j["static"] = static_memory_json(*model, *gpu, setup);
-    out << j.dump(2) << '\n';
+    out << json_text(j) << '\n';
   } else {
     print_plan_text(out, *model, *gpu, setup);
   }
@@ -236,7 +250,7 @@ std::optional<Failure> run_models(const std::string& which, bool json, std::ostr
     auto model = resolve_model(which);
     if (!model) return Failure{exit_code_of(model.error()), model.error().message};
     if (json) {
-      out << model_json(*model).dump(2) << '\n';
+      out << json_text(model_json(*model)) << '\n';
     } else {
       fmt::print(out, "# {} parameters (derived from the shapes below); read from {}\n{}",
                  format_thousands(parameter_count(*model)), model->source, model_to_yaml(*model));
@@ -246,7 +260,7 @@ std::optional<Failure> run_models(const std::string& which, bool json, std::ostr
   if (json) {
     nlohmann::json list = nlohmann::json::array();
     for (const ModelSpec& m : builtin_models()) list.push_back(model_json(m));
-    out << list.dump(2) << '\n';
+    out << json_text(list) << '\n';
     return std::nullopt;
   }
   fmt::print(out, "{:<13} {:<8} {:>16} {:>6} {:>6} {:>6} {:>9} {:>7}  {}\n", "model", "family", "parameters", "layers",
@@ -273,7 +287,7 @@ std::optional<Failure> run_gpus(const std::string& which, bool json, std::ostrea
     auto gpu = resolve_gpu(which);
     if (!gpu) return Failure{exit_code_of(gpu.error()), gpu.error().message};
     if (json) {
-      out << gpu_json(*gpu).dump(2) << '\n';
+      out << json_text(gpu_json(*gpu)) << '\n';
     } else {
       fmt::print(out, "# read from {}\n{}", gpu->source, gpu_to_yaml(*gpu));
     }
@@ -282,7 +296,7 @@ std::optional<Failure> run_gpus(const std::string& which, bool json, std::ostrea
   if (json) {
     nlohmann::json list = nlohmann::json::array();
     for (const GpuSpec& g : builtin_gpus()) list.push_back(gpu_json(g));
-    out << list.dump(2) << '\n';
+    out << json_text(list) << '\n';
     return std::nullopt;
   }
   fmt::print(out, "{:<9} {:>12} {:>10} {:>11} {:>10} {:>10} {:>10}  {}\n", "gpu", "capacity GiB", "reserve GiB",
@@ -297,6 +311,7 @@ std::optional<Failure> run_gpus(const std::string& which, bool json, std::ostrea
 
 std::optional<Failure> run_devices(bool json, std::ostream& out) {
   const runtime::DeviceProbe probe = runtime::probe_devices();
+  if (probe.devices.empty()) return Failure{ExitCode::unavailable, fmt::format("no CUDA device: {}", probe.status)};
   if (json) {
     nlohmann::json j = {{"cuda_compiled", probe.cuda_compiled},
                         {"driver_version", probe.driver_version},
@@ -315,12 +330,10 @@ std::optional<Failure> run_devices(bool json, std::ostream& out) {
                               {"catalog_gpu", match ? nlohmann::json(match->name) : nlohmann::json(nullptr)},
                               {"catalog_capacity_bytes", match ? nlohmann::json(match->capacity_bytes) : nlohmann::json(nullptr)}});
     }
-    out << j.dump(2) << '\n';
+    out << json_text(j) << '\n';
   } else {
-    if (probe.cuda_compiled) {
-      fmt::print(out, "CUDA runtime {} (built with), driver supports {}\n", runtime::cuda_version_string(probe.runtime_version),
-                 probe.driver_version > 0 ? runtime::cuda_version_string(probe.driver_version) : std::string("unknown"));
-    }
+    fmt::print(out, "CUDA runtime {} (built with), driver supports {}\n", runtime::cuda_version_string(probe.runtime_version),
+               probe.driver_version > 0 ? runtime::cuda_version_string(probe.driver_version) : std::string("unknown"));
     for (const auto& d : probe.devices) {
       const GpuSpec* match = find_gpu_by_device_name(d.name);
       fmt::print(out, "device {}: {} (sm_{}{}, {} SMs, bus {})\n", d.index, d.name, d.compute_major, d.compute_minor,
@@ -339,7 +352,7 @@ std::optional<Failure> run_devices(bool json, std::ostream& out) {
       }
     }
   }
-  if (probe.devices.empty()) return Failure{ExitCode::unavailable, fmt::format("no CUDA device: {}", probe.status)};
+  if (!probe.status.empty()) return Failure{ExitCode::unavailable, probe.status};  // a device failed its query
   return std::nullopt;
 }
 
@@ -352,8 +365,9 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan gpus                      # the GPU catalog
   mst-plan devices                   # the CUDA devices of this machine against the catalog
 
-Exit codes: 0 success, 1 internal error, 2 usage (bad flag or value), 3 bad input (model, GPU or
-scenario not found, unreadable, malformed or invalid), 4 unavailable (no CUDA device).
+Exit codes: 0 success, 1 output not written or internal error, 2 usage (bad flag or value), 3 bad
+input (model, GPU or scenario not found, unreadable, malformed or invalid), 4 unavailable (no CUDA
+device).
 Formats of model, GPU and scenario files: docs/specs.md.)";
 
 }  // namespace
@@ -374,42 +388,38 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   PlanFlags f;
   bool version = false;
   app.add_flag("--version", version, "Print the version and whether the CUDA backend is compiled in");
-  app.add_option("--model,-m", f.model,
-                 "Model: a catalog name (mst-plan models), a YAML spec, or a Hugging Face config.json; "
-                 "e.g. --model llama3-8b")
-      ->type_name("NAME|PATH");
-  app.add_option("--gpu,-g", f.gpu, "GPU: a catalog name or alias (mst-plan gpus) or a YAML spec; e.g. --gpu A100-80G")
-      ->type_name("NAME|PATH");
-  app.add_option("--scenario,-s", f.scenario,
-                 "Scenario YAML with the setup (and optionally model and GPU); flags override it; "
-                 "e.g. --scenario scenarios/examples/llama3-8b-a100.yaml")
-      ->type_name("FILE");
-  app.add_option("--batch,-b", f.batch, "Sequences per micro-batch (default 1); e.g. --batch 2")->type_name("N");
-  app.add_option("--seq", f.seq, "Sequence length in tokens, or 'search' for the maximum (default); e.g. --seq 128K")
-      ->type_name("N|search");
-  app.add_option("--precision", f.precision,
-                 "bf16: bf16 weights and optimizer state (default); mixed: fp32 master weights and state; "
-                 "e.g. --precision mixed")
-      ->type_name("bf16|mixed");
-  app.add_option("--optimizer", f.optimizer,
-                 "adamw (default), adamw-8bit, sgd (no momentum), none (frozen weights); e.g. --optimizer adamw-8bit")
-      ->type_name("NAME");
-  app.add_flag_callback(
-      "--optimizer-in-backward", [&f] { f.optimizer_in_backward = true; },
-      "Apply each parameter's update as soon as its gradient is complete (the default); e.g. "
-      "--optimizer-in-backward");
-  app.add_flag_callback(
-      "--no-optimizer-in-backward", [&f] { f.optimizer_in_backward = false; },
+  auto option = [&app](Flag& flag, const char* names, const char* type, const std::string& help) {
+    flag.option = app.add_option(names, flag.value, help)->type_name(type);
+  };
+  option(f.model, "--model,-m", "NAME|PATH",
+         "Model: a catalog name (mst-plan models), a YAML spec, or a Hugging Face config.json or its folder; "
+         "e.g. --model llama3-8b");
+  option(f.gpu, "--gpu,-g", "NAME|PATH", "GPU: a catalog name or alias (mst-plan gpus) or a YAML spec; e.g. --gpu A100-80G");
+  option(f.scenario, "--scenario,-s", "FILE",
+         "Scenario YAML with the setup (and optionally model and GPU); flags override it; "
+         "e.g. --scenario scenarios/examples/llama3-8b-a100.yaml");
+  option(f.batch, "--batch,-b", "N", "Sequences per micro-batch (default 1); e.g. --batch 2");
+  option(f.seq, "--seq", "N|search", "Sequence length in tokens, or 'search' for the maximum (default); e.g. --seq 128K");
+  option(f.precision, "--precision", "bf16|mixed",
+         "bf16: bf16 weights and optimizer state (default); mixed: fp32 master weights and state; "
+         "e.g. --precision mixed");
+  option(f.optimizer, "--optimizer", "NAME",
+         "adamw (default), adamw-8bit, sgd (no momentum), none (frozen weights); e.g. --optimizer adamw-8bit");
+  bool in_backward = false;  // presence is read through the options
+  bool not_in_backward = false;
+  f.in_backward.option = app.add_flag("--optimizer-in-backward", in_backward,
+                                      "Apply each parameter's update as soon as its gradient is complete (the default); "
+                                      "e.g. --optimizer-in-backward");
+  f.not_in_backward.option = app.add_flag(
+      "--no-optimizer-in-backward", not_in_backward,
       "Keep every gradient until a separate optimizer step after backward; e.g. --no-optimizer-in-backward");
-  app.add_option("--grad-accum", f.grad_accum, "Micro-batches accumulated per optimizer step (default 1); e.g. --grad-accum 4")
-      ->type_name("N");
-  app.add_option("--attention", f.attention, "flash (default, O(S) extra memory) or eager (S x S scores); e.g. --attention eager")
-      ->type_name("flash|eager");
-  app.add_option("--profile", f.profile,
-                 "Who executes the step: native (this project's runtime, default) or pytorch (transformers on "
-                 "autograd); e.g. --profile pytorch")
-      ->type_name("native|pytorch");
-  app.add_flag("--json", f.json, "Print JSON instead of tables; e.g. --json | jq .model.parameters");
+  option(f.grad_accum, "--grad-accum", "N", "Micro-batches accumulated per optimizer step (default 1); e.g. --grad-accum 4");
+  option(f.attention, "--attention", "flash|eager",
+         "flash (default, O(S) extra memory) or eager (S x S scores); e.g. --attention eager");
+  option(f.profile, "--profile", "native|pytorch",
+         "Who executes the step: native (this project's runtime, default) or pytorch (transformers on "
+         "autograd); e.g. --profile pytorch");
+  app.add_flag("--json", f.json, "Print JSON instead of tables (also for the subcommands); e.g. --json | jq .model.parameters");
 
   std::string models_which;
   bool models_json = false;
@@ -450,12 +460,16 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     return 0;
   }
   std::optional<Failure> failure;
-  if (models->parsed()) {
-    failure = run_models(models_which, models_json, out);
+  CLI::App* subcommand = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
+  if (subcommand && !f.given_names().empty()) {
+    failure = usage(fmt::format("{} applies to planning, not to 'mst-plan {}'", f.given_names().front(),
+                                subcommand->get_name()));
+  } else if (models->parsed()) {
+    failure = run_models(models_which, models_json || f.json, out);
   } else if (gpus->parsed()) {
-    failure = run_gpus(gpus_which, gpus_json, out);
+    failure = run_gpus(gpus_which, gpus_json || f.json, out);
   } else if (devices->parsed()) {
-    failure = run_devices(devices_json, out);
+    failure = run_devices(devices_json || f.json, out);
   } else {
     failure = run_plan(f, out);
   }

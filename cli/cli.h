@@ -6,7 +6,7 @@
 //
 // Exit codes (also in --help and the README):
 //   0  success
-//   1  internal error (a bug: please report it with the command line)
+//   1  the output could not be written, or an internal error (a bug: please report it)
 //   2  usage: unknown flag, bad flag value, missing --model or --gpu
 //   3  bad input: a model, GPU or scenario that cannot be found, read, parsed or accepted
 //   4  unavailable: what was asked for needs something this machine lacks (a CUDA device)

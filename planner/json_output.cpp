@@ -2,6 +2,10 @@
 
 namespace mstplan {
 
+std::string json_text(const nlohmann::json& value) {
+  return value.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 nlohmann::json model_json(const ModelSpec& m) {
   const ParameterCounts counts = count_parameters(m);
   nlohmann::json j = {

@@ -13,6 +13,10 @@
 
 namespace mstplan {
 
+/// Indented JSON text; invalid UTF-8 in strings (a file name, say) becomes U+FFFD instead of an
+/// exception.
+[[nodiscard]] std::string json_text(const nlohmann::json& value);
+
 [[nodiscard]] nlohmann::json model_json(const ModelSpec& model);
 [[nodiscard]] nlohmann::json gpu_json(const GpuSpec& gpu);
 [[nodiscard]] nlohmann::json setup_json(const TrainingSetup& setup);

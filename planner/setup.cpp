@@ -115,12 +115,27 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
   return std::nullopt;
 }
 
+ParameterStorage parameter_storage(const TrainingSetup& s) {
+  const bool mixed = s.precision == Precision::mixed;
+  const bool trained = s.optimizer != OptimizerKind::none;
+  ParameterStorage p;
+  p.autocast = mixed && s.profile == Profile::pytorch;
+  p.weights = p.autocast ? DType::fp32 : DType::bf16;
+  if (mixed && trained && !p.autocast) p.master = DType::fp32;
+  if (trained) p.gradients = mixed ? DType::fp32 : DType::bf16;
+  if (s.optimizer == OptimizerKind::adamw) p.adam_state = mixed ? DType::fp32 : DType::bf16;
+  if (s.optimizer == OptimizerKind::adamw_8bit) p.adam_state = DType::int8;
+  return p;
+}
+
 std::string describe_setup(const TrainingSetup& s) {
-  std::string weights = s.precision == Precision::bf16 ? "bf16 weights" : "bf16 compute with fp32 master weights";
-  const char* state_dtype = s.precision == Precision::bf16 ? "bf16" : "fp32";
+  const ParameterStorage p = parameter_storage(s);
+  std::string weights = p.autocast ? "fp32 weights under bf16 autocast"
+                        : p.master ? "bf16 compute with fp32 master weights"
+                                   : "bf16 weights";
   std::string optimizer;
   switch (s.optimizer) {
-    case OptimizerKind::adamw: optimizer = fmt::format("AdamW state {}", state_dtype); break;
+    case OptimizerKind::adamw: optimizer = fmt::format("AdamW state {}", to_string(*p.adam_state)); break;
     case OptimizerKind::adamw_8bit: optimizer = "AdamW state 8-bit"; break;
     case OptimizerKind::sgd: optimizer = "SGD (no state)"; break;
     case OptimizerKind::none: optimizer = "frozen weights (no optimizer)"; break;

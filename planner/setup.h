@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "planner/dtype.h"
 #include "planner/enum_names.h"
 #include "planner/error.h"
 
@@ -135,8 +136,21 @@ struct Scenario {
   std::string source;  ///< the file, for messages
 };
 
+/// The dtypes each parameter is stored in under a setup (Note [Static bytes per parameter] in
+/// static_memory.h gives the bytes). One place decides them; the static memory, the setup line
+/// and the tables all read it.
+struct ParameterStorage {
+  DType weights = DType::bf16;       ///< what the kernels read
+  std::optional<DType> master;       ///< fp32 master copy (mixed precision, native profile, trained)
+  std::optional<DType> gradients;    ///< nullopt: frozen weights
+  std::optional<DType> adam_state;   ///< m and v of AdamW (bf16 or fp32); int8 for adamw-8bit
+  bool autocast = false;             ///< fp32 parameters cast to bf16 per op (pytorch profile, mixed)
+};
+[[nodiscard]] ParameterStorage parameter_storage(const TrainingSetup& setup);
+
 /// Reads a scenario from YAML text; every field is optional, unknown fields are refused.
-/// Paths in `model` and `gpu` are made relative to `origin`'s folder when that file exists.
+/// Paths in `model` and `gpu` (arguments with a '/' or a .yaml/.yml/.json ending) are taken
+/// relative to `origin`'s folder.
 [[nodiscard]] Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::string& origin);
 [[nodiscard]] Expected<Scenario> load_scenario_file(const std::string& path);
 /// The setup as YAML fields of a scenario (knobs only where set).

@@ -54,16 +54,16 @@ struct StaticMemory {
 /// Static bytes of `model` trained with `setup` (see the Note above).
 [[nodiscard]] StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup);
 
-/// A single change of the setup, for "would fit with ..." advice.
+/// A change of the setup, for "would fit with ..." advice.
 struct SetupChange {
-  std::string flags;        ///< as typed on the command line: "--precision bf16"
-  TrainingSetup setup;      ///< the setup with the change applied
-  std::int64_t static_bytes = 0;
+  std::string flags;              ///< as typed on the command line: "--precision bf16"
+  std::int64_t static_bytes = 0;  ///< static bytes with the change
 };
 
-/// Changes (one setting, else two) under which the static state fits in the GPU's usable bytes,
-/// in order of preference (precision and optimizer placement before a different optimizer).
-/// Empty when the setup already fits or nothing would.
+/// Changes of one or two settings under which the static state fits in the GPU's usable bytes,
+/// least intrusive first: storage and optimizer placement before accumulation and 8-bit state,
+/// and those before a different optimizer; a pair is offered only when neither of its changes
+/// fits alone. Empty when the setup already fits or nothing would.
 [[nodiscard]] std::vector<SetupChange> static_fixes(const ModelSpec& model, const GpuSpec& gpu,
                                                     const TrainingSetup& setup);
 

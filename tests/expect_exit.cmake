@@ -1,13 +1,31 @@
-# Runs CMD with ARGS and checks its exit code (EXPECT_CODE) and that stderr contains
-# EXPECT_STDERR while stdout stays empty (an error never writes half a result).
-execute_process(COMMAND ${CMD} ${ARGS} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+# Runs CMD with ARGS and checks its exit code (EXPECT_CODE) and its output:
+#   EXPECT_STDERR: a text stderr must contain (failures); stdout must then stay empty, since an
+#                  error never writes half a result.
+#   EXPECT_STDOUT: a regular expression stdout must match (successes); stderr must be empty.
+#   STDOUT_FILE:   send stdout there instead (/dev/full: a write that fails).
+if(DEFINED STDOUT_FILE)
+  execute_process(COMMAND ${CMD} ${ARGS} RESULT_VARIABLE code OUTPUT_FILE ${STDOUT_FILE} ERROR_VARIABLE err)
+  set(out "")
+else()
+  execute_process(COMMAND ${CMD} ${ARGS} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+endif()
 if(NOT code EQUAL EXPECT_CODE)
   message(FATAL_ERROR "exit code ${code}, expected ${EXPECT_CODE}; stderr: ${err}")
 endif()
-string(FIND "${err}" "${EXPECT_STDERR}" at)
-if(at EQUAL -1)
-  message(FATAL_ERROR "stderr lacks '${EXPECT_STDERR}': ${err}")
+if(DEFINED EXPECT_STDERR)
+  string(FIND "${err}" "${EXPECT_STDERR}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "stderr lacks '${EXPECT_STDERR}': ${err}")
+  endif()
+  if(NOT out STREQUAL "")
+    message(FATAL_ERROR "stdout should be empty on error, got: ${out}")
+  endif()
 endif()
-if(NOT out STREQUAL "")
-  message(FATAL_ERROR "stdout should be empty on error, got: ${out}")
+if(DEFINED EXPECT_STDOUT)
+  if(NOT out MATCHES "${EXPECT_STDOUT}")
+    message(FATAL_ERROR "stdout does not match '${EXPECT_STDOUT}':\n${out}")
+  endif()
+  if(NOT err STREQUAL "")
+    message(FATAL_ERROR "stderr should be empty on success, got: ${err}")
+  endif()
 endif()

@@ -130,12 +130,25 @@ TEST(Cli, VersionAndCatalogs) {
   EXPECT_EQ(nlohmann::json::parse(gpus.out).size(), builtin_gpus().size());
   const auto one = test::run({"gpus", "h200"});
   EXPECT_THAT(one.out, HasSubstr("capacity_bytes: 150109945856"));
+  // --json works before the subcommand too.
+  const auto before = test::run({"--json", "models", "tiny-llama"});
+  ASSERT_EQ(before.code, 0) << before.err;
+  EXPECT_EQ(nlohmann::json::parse(before.out)["parameters"], 158'400);
+}
+
+TEST(Cli, JsonSurvivesFileNamesThatAreNotUtf8) {
+  test::ScratchDir dir;
+  const std::string spec = dir.write("model-\xff.yaml", test::source_file("models/tiny-llama.yaml"));
+  const auto r = test::run({"--model", spec, "--gpu", "a100", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(nlohmann::json::parse(r.out)["model"]["source"].get<std::string>(), HasSubstr("model-\xef\xbf\xbd.yaml"));
 }
 
 TEST(Cli, DevicesSaysWhatItFound) {
   const auto r = test::run({"devices"});
   if (runtime::probe_devices().devices.empty()) {
     EXPECT_EQ(r.code, 4);
+    EXPECT_EQ(r.out, "");  // an error writes no partial result
     EXPECT_THAT(r.err, StartsWith("mst-plan: no CUDA device: "));
   } else {
     EXPECT_EQ(r.code, 0) << r.err;

@@ -44,7 +44,7 @@ TEST(Scenario, ReadsEveryFieldOfTheExamples) {
   EXPECT_FALSE(s.knobs.recompute_layers.has_value());  // all
   EXPECT_EQ(s.knobs.offload_checkpoints, false);
   EXPECT_EQ(describe_setup(s),
-            "bf16 compute with fp32 master weights, AdamW state 8-bit, optimizer after backward, 4 micro-batches "
+            "fp32 weights under bf16 autocast, AdamW state 8-bit, optimizer after backward, 4 micro-batches "
             "accumulated, batch 2, flash attention, profile pytorch");
 }
 

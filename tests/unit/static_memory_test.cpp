@@ -113,6 +113,14 @@ TEST(StaticMemory, FixesSayWhichChangeWouldFit) {
   for (const SetupChange& c : static_fixes(llama, *resolve_gpu("A100-80G"), mixed)) flags.push_back(c.flags);
   EXPECT_THAT(flags, ::testing::ElementsAre("--precision bf16", "--optimizer adamw-8bit", "--optimizer sgd"));
 
+  // bf16 but optimizer after backward (6 bytes per parameter, 48.2 GB) on the A100-40G: SGD alone
+  // fits (4 B), but keeping AdamW with 8-bit state applied in backward (~4 B) changes less.
+  TrainingSetup after;
+  after.optimizer_in_backward = false;
+  flags.clear();
+  for (const SetupChange& c : static_fixes(llama, *resolve_gpu("A100-40G"), after)) flags.push_back(c.flags);
+  EXPECT_THAT(flags, ::testing::ElementsAre("--optimizer-in-backward --optimizer adamw-8bit", "--optimizer sgd"));
+
   EXPECT_TRUE(static_fixes(llama, *resolve_gpu("A100-80G"), TrainingSetup{}).empty());  // already fits
   EXPECT_TRUE(static_fixes(*resolve_model("llama3-70b"), *resolve_gpu("A100-80G"), mixed).empty());  // nothing fits
 }
