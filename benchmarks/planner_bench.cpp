@@ -29,7 +29,7 @@ void BM_ParseCatalog(benchmark::State& state) {
 }
 BENCHMARK(BM_ParseCatalog)->Unit(benchmark::kMicrosecond);
 
-// Every parameter tensor of llama3-70b (80 layers x 11 tensors + 3).
+// Every parameter tensor of llama3-70b (80 layers x 9 tensors + 3).
 void BM_ParametersLlama70b(benchmark::State& state) {
   const ModelSpec model = *resolve_model("llama3-70b");
   for (auto _ : state) benchmark::DoNotOptimize(parameters(model));

@@ -55,7 +55,8 @@ std::vector<ParamTensor> enumerate_parameters(const ModelSpec& s) {
   return out;
 }
 
-// The size fields with their names in the YAML spec / config.json.
+// The size fields with their names in the YAML spec / config.json; max_position_embeddings,
+// which no parameter depends on, comes last.
 std::array<std::pair<std::int64_t, const char*>, 8> size_fields(const ModelSpec& s) {
   return {{{s.vocab_size, "vocab_size"},
            {s.hidden_size, "hidden_size"},
@@ -98,10 +99,6 @@ ParameterCounts count_parameters(const ModelSpec& spec) {
   for (const ParamTensor& p : parameters(spec)) {
     const std::int64_t n = p.numel();
     c.total += n;
-    if (n > c.largest_tensor) {
-      c.largest_tensor = n;
-      c.largest_tensor_name = p.name;
-    }
     if (p.name == "embed.weight") {
       c.embedding += n;
     } else if (p.name == "lm_head.weight") {
@@ -158,8 +155,8 @@ std::optional<SpecProblem> check_model_relations(const ModelSpec& s) {
   // bf16 copy, fp32 gradient, two fp32 optimizer states), so total * 32 must fit in int64.
   const auto total = checked_parameter_count(s);
   if (!total || !checked_mul(*total, 32)) {
-    // Blame the largest size.
-    const auto* largest = &*std::max_element(sizes.begin(), sizes.end());
+    // Blame the largest size among those that enter the count (not max_position_embeddings, last).
+    const auto* largest = &*std::max_element(sizes.begin(), sizes.end() - 1);
     return problem(largest->second, "sizes too large: the parameter bytes of this model would overflow 64 bits");
   }
   return std::nullopt;

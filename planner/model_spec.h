@@ -132,8 +132,6 @@ struct ParameterCounts {
   std::int64_t norms = 0;      ///< all layers' norms and the final norm
   std::int64_t lm_head = 0;    ///< 0 when tied
   std::int64_t total = 0;
-  std::int64_t largest_tensor = 0;  ///< elements of the largest single parameter tensor
-  std::string largest_tensor_name;
 };
 
 /// Counts derived from the shapes; the spec never states its own parameter count.

@@ -40,7 +40,7 @@ Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::strin
   if (auto model = r.optional_string("model")) sc.model = resolve_relative(*model, origin);
   if (auto gpu = r.optional_string("gpu")) sc.gpu = resolve_relative(*gpu, origin);
   s.batch = r.optional_int("batch").value_or(s.batch);
-  s.seq_len = r.optional_int("seq_len", IntRange::positive(), "search");
+  s.seq_len = r.optional_int("seq_len", IntRange::tokens(), "search");
   s.precision = r.optional_enum<Precision>("precision").value_or(s.precision);
   s.optimizer = r.optional_enum<OptimizerKind>("optimizer").value_or(s.optimizer);
   s.optimizer_in_backward = r.optional_bool("optimizer_in_backward").value_or(s.optimizer_in_backward);

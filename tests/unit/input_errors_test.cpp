@@ -9,6 +9,7 @@
 
 #include "planner/gpu_spec.h"
 #include "planner/hf_config.h"
+#include "planner/json_output.h"
 #include "planner/model_spec.h"
 #include "planner/setup.h"
 #include "test_util.h"
@@ -151,7 +152,8 @@ std::vector<BadInput> cases() {
       {"scenario unrelated field", s("colour: blue\n"), sargs, 3,
        {"unknown field 'colour' in scenario (known fields: model, gpu, batch, seq_len"}},
       {"scenario zero batch", s("batch: 0\n"), sargs, 3, {"field 'batch': expected a positive integer, got 0"}},
-      {"scenario bad seq", s("seq_len: lots\n"), sargs, 3, {"field 'seq_len': expected a positive integer or 'search', got 'lots'"}},
+      {"scenario bad seq", s("seq_len: lots\n"), sargs, 3,
+       {"field 'seq_len': expected a positive integer (K = 1024 and M = 1048576 suffixes allowed) or 'search', got 'lots'"}},
       {"scenario chunks twice", s("mlp: {chunks: 4, chunk_tokens: 1024}\n"), sargs, 3,
        {"field 'mlp.chunk_tokens': give either chunks or chunk_tokens for the MLP, not both"}},
       {"scenario layer out of range", s("recompute: {kind: full, layers: [0, 5]}\n"), sargs, 3,
@@ -237,12 +239,14 @@ RC_GTEST_PROP(InputFuzz, ReadersNeverCrash, ()) {
 
   const auto model = parse_model_yaml(text, "fuzz.yaml");
   if (!model) RC_ASSERT(model.error().message.starts_with("fuzz.yaml"));
+  if (model) RC_ASSERT(!json_text(model_json(*model)).empty());
   const auto gpu = parse_gpu_yaml(text, "fuzz.yaml");
   if (!gpu) RC_ASSERT(gpu.error().message.starts_with("fuzz.yaml"));
   const auto scenario = parse_scenario_yaml(text, "fuzz.yaml");
   if (!scenario) RC_ASSERT(scenario.error().message.starts_with("fuzz.yaml"));
   const auto hf = parse_hf_config(text, "fuzz.json", "fuzz");
   if (!hf) RC_ASSERT(hf.error().message.starts_with("fuzz.json"));
+  if (hf) RC_ASSERT(!json_text(model_json(*hf)).empty());
 }
 
 // Valid documents with one value replaced: these pass the syntax and reach the field checks
@@ -267,6 +271,7 @@ RC_GTEST_PROP(InputFuzz, OneBadValueInAValidDocument, ()) {
   const auto model = parse_model_yaml(text, "m.yaml");
   if (!model) RC_ASSERT(model.error().message.starts_with("m.yaml"));
   if (model) RC_ASSERT(!check_model_relations(*model).has_value());
+  if (model) RC_ASSERT(!json_text(model_json(*model)).empty());
   const auto gpu = parse_gpu_yaml(text, "m.yaml");
   if (!gpu) RC_ASSERT(gpu.error().message.starts_with("m.yaml"));
   if (gpu) RC_ASSERT(gpu->usable_bytes() > 0);

@@ -137,6 +137,11 @@ TEST(ModelSpec, RelationsNameTheFieldToBlame) {
   EXPECT_EQ(check_model_relations(m)->field, "vocab_size");
   EXPECT_THAT(check_model_relations(m)->message, ::testing::HasSubstr("overflow 64 bits"));
 
+  m = builtin("tiny-llama");
+  m.max_position_embeddings = INT64_MAX;  // the largest number, but no parameter depends on it
+  m.vocab_size = INT64_MAX / 4;
+  EXPECT_EQ(check_model_relations(m)->field, "vocab_size");
+
   // Far but not too far: a vocabulary of 2^40 gives about 2^47 parameters, 2^52 bytes at 32
   // bytes each, which fits.
   m = builtin("tiny-llama");

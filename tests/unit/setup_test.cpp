@@ -57,6 +57,12 @@ TEST(Scenario, KnobsLeftOutAreSearched) {
   EXPECT_FALSE(sc->setup.knobs.recompute.has_value());
 }
 
+TEST(Scenario, SequenceLengthsTakeSizeSuffixes) {
+  EXPECT_EQ(parse_scenario_yaml("seq_len: 128K\n", "s.yaml")->setup.seq_len, 131072);
+  EXPECT_EQ(parse_scenario_yaml("seq_len: 1M\n", "s.yaml")->setup.seq_len, 1048576);
+  EXPECT_FALSE(parse_scenario_yaml("batch: 2K\n", "s.yaml"));  // only lengths take suffixes
+}
+
 TEST(Scenario, FilePathsAreRelativeToTheScenario) {
   auto sc = parse_scenario_yaml("model: ../models/x.yaml\ngpu: A100-80G\n", "/data/scenarios/s.yaml");
   ASSERT_TRUE(sc);
