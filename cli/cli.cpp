@@ -334,6 +334,7 @@ std::optional<Failure> run_devices(bool json, std::ostream& out) {
   } else {
     fmt::print(out, "CUDA runtime {} (built with), driver supports {}\n", runtime::cuda_version_string(probe.runtime_version),
                probe.driver_version > 0 ? runtime::cuda_version_string(probe.driver_version) : std::string("unknown"));
+    if (!probe.status.empty()) fmt::print(out, "{}\n", probe.status);  // a device that failed its query
     for (const auto& d : probe.devices) {
       const GpuSpec* match = find_gpu_by_device_name(d.name);
       fmt::print(out, "device {}: {} (sm_{}{}, {} SMs, bus {})\n", d.index, d.name, d.compute_major, d.compute_minor,
@@ -352,7 +353,6 @@ std::optional<Failure> run_devices(bool json, std::ostream& out) {
       }
     }
   }
-  if (!probe.status.empty()) return Failure{ExitCode::unavailable, probe.status};  // a device failed its query
   return std::nullopt;
 }
 
