@@ -47,6 +47,7 @@ enum class MlpMode {
   tiled,  ///< keep only each chunk's input; recompute its intermediates in the chunk's backward
 };
 enum class LmHeadMode {
+  keep,          ///< logits kept from forward to backward (plain autograd; the unchunked baseline)
   recompute,     ///< logits recomputed chunk by chunk in backward
   forward_grad,  ///< dX and dW computed in the forward pass; only dX kept
 };
@@ -86,8 +87,8 @@ struct EnumNames<MlpMode> {
 };
 template <>
 struct EnumNames<LmHeadMode> {
-  static constexpr std::array<std::pair<LmHeadMode, std::string_view>, 2> table{
-      {{LmHeadMode::recompute, "recompute"}, {LmHeadMode::forward_grad, "forward-grad"}}};
+  static constexpr std::array<std::pair<LmHeadMode, std::string_view>, 3> table{
+      {{LmHeadMode::keep, "keep"}, {LmHeadMode::recompute, "recompute"}, {LmHeadMode::forward_grad, "forward-grad"}}};
 };
 template <>
 struct EnumNames<RecomputeKind> {

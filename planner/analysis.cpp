@@ -1,0 +1,188 @@
+#include "planner/analysis.h"
+
+#include <algorithm>
+
+namespace mstplan {
+
+AllocatorModel AllocatorModel::for_profile(Profile profile) {
+  return AllocatorModel{profile == Profile::pytorch ? 512 : 256};
+}
+
+MemoryState& MemoryState::operator+=(const MemoryState& o) {
+  live_bytes += o.live_bytes;
+  allocated_bytes += o.allocated_bytes;
+  host_bytes += o.host_bytes;
+  for (std::size_t k = 0; k < kTensorKinds; ++k) by_kind[k] += o.by_kind[k];
+  return *this;
+}
+
+MemoryState& MemoryState::operator-=(const MemoryState& o) {
+  live_bytes -= o.live_bytes;
+  allocated_bytes -= o.allocated_bytes;
+  host_bytes -= o.host_bytes;
+  for (std::size_t k = 0; k < kTensorKinds; ++k) by_kind[k] -= o.by_kind[k];
+  return *this;
+}
+
+namespace {
+
+// When an event of a loop op happens.
+enum class When : std::uint8_t { every, first_iteration, last_iteration };
+
+struct Event {
+  TensorId tensor;
+  When when;
+  std::int64_t instances;  // how many instances it allocates or frees at once
+};
+
+// Allocation and free events of every op, from first writes and last uses.
+class Events {
+ public:
+  Events(const Program& p, const AllocatorModel& allocator) {
+    const std::size_t n_tensors = p.tensors.size();
+    std::vector<std::int64_t> first(n_tensors, -1), last(n_tensors, -1);
+    for (OpId i = 0; i < p.ops.size(); ++i) {
+      const Op& op = p.ops[i];
+      for (TensorId t : p.inputs(op)) last[t] = i;
+      for (TensorId t : p.outputs(op)) {
+        if (first[t] < 0) first[t] = i;
+        last[t] = i;
+      }
+    }
+    unit_.resize(n_tensors);
+    for (TensorId t = 0; t < n_tensors; ++t) {
+      const Tensor& tensor = p.tensors[t];
+      MemoryState& u = unit_[t];
+      if (tensor.device == Device::host) {
+        u.host_bytes = tensor.bytes;
+      } else {
+        u.live_bytes = tensor.bytes;
+        u.allocated_bytes = allocator.allocated(tensor.bytes);
+        u.by_kind[static_cast<std::size_t>(tensor.kind)] = tensor.bytes;
+      }
+    }
+    std::vector<std::vector<Event>> allocs(p.ops.size()), frees(p.ops.size());
+    for (TensorId t = 0; t < n_tensors; ++t) {
+      if (first[t] < 0) continue;  // never written: not part of the step
+      const Tensor& tensor = p.tensors[t];
+      const Op& writer = p.ops[static_cast<std::size_t>(first[t])];
+      const Op& reader = p.ops[static_cast<std::size_t>(last[t])];
+      const bool array = tensor.loop != kNone;
+      const std::int64_t instances = array ? p.loops[static_cast<std::size_t>(tensor.loop)].iterations : 1;
+      MSTPLAN_CHECK(!array || writer.loop == tensor.loop, "array {} first written outside its loop", tensor_name(p, t));
+      allocs[static_cast<std::size_t>(first[t])].push_back(
+          {t, array || writer.loop == kNone ? When::every : When::first_iteration, 1});
+      if (reader.loop == kNone) {
+        frees[static_cast<std::size_t>(last[t])].push_back({t, When::every, instances});
+      } else if (array) {
+        frees[static_cast<std::size_t>(last[t])].push_back({t, When::every, 1});
+      } else {
+        frees[static_cast<std::size_t>(last[t])].push_back({t, When::last_iteration, 1});
+      }
+    }
+    alloc_offset_.push_back(0);
+    free_offset_.push_back(0);
+    for (std::size_t i = 0; i < p.ops.size(); ++i) {
+      alloc_events_.insert(alloc_events_.end(), allocs[i].begin(), allocs[i].end());
+      free_events_.insert(free_events_.end(), frees[i].begin(), frees[i].end());
+      alloc_offset_.push_back(alloc_events_.size());
+      free_offset_.push_back(free_events_.size());
+    }
+  }
+
+  // Applies op `i`'s allocations at `iteration` of `iterations`, reports the state during the op,
+  // then applies its frees.
+  template <typename Report>
+  void run(OpId i, std::int64_t iteration, std::int64_t iterations, MemoryState& state, Report&& report) const {
+    for (std::size_t e = alloc_offset_[i]; e < alloc_offset_[i + 1]; ++e) {
+      apply(alloc_events_[e], iteration, iterations, state, +1);
+    }
+    report(i, iteration, state);
+    for (std::size_t e = free_offset_[i]; e < free_offset_[i + 1]; ++e) {
+      apply(free_events_[e], iteration, iterations, state, -1);
+    }
+  }
+
+ private:
+  void apply(const Event& e, std::int64_t iteration, std::int64_t iterations, MemoryState& state, int sign) const {
+    if (e.when == When::first_iteration && iteration != 0) return;
+    if (e.when == When::last_iteration && iteration != iterations - 1) return;
+    const MemoryState& u = unit_[e.tensor];
+    const std::int64_t k = sign * e.instances;
+    state.live_bytes += k * u.live_bytes;
+    state.allocated_bytes += k * u.allocated_bytes;
+    state.host_bytes += k * u.host_bytes;
+    for (std::size_t j = 0; j < kTensorKinds; ++j) state.by_kind[j] += k * u.by_kind[j];
+  }
+
+  std::vector<Event> alloc_events_, free_events_;
+  std::vector<std::size_t> alloc_offset_, free_offset_;  // op i: [offset[i], offset[i + 1])
+  std::vector<MemoryState> unit_;
+};
+
+// Walks the program, simulating loop iterations as `all_iterations` says.
+template <typename Report>
+void simulate(const Program& p, const Events& events, bool all_iterations, Report&& report) {
+  MemoryState state;
+  OpId i = 0;
+  while (i < p.ops.size()) {
+    const Op& op = p.ops[i];
+    if (op.loop == kNone) {
+      events.run(i, 0, 1, state, report);
+      ++i;
+      continue;
+    }
+    const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
+    const std::int64_t n = loop.iterations;
+    auto iteration = [&](std::int64_t it) {
+      for (OpId j = loop.first_op; j < loop.end_op; ++j) events.run(j, it, n, state, report);
+    };
+    if (all_iterations || n <= 4) {
+      for (std::int64_t it = 0; it < n; ++it) iteration(it);
+    } else {
+      iteration(0);
+      const MemoryState after_first = state;
+      iteration(1);
+      MemoryState delta = state;
+      delta -= after_first;
+      for (std::int64_t skipped = 0; skipped < n - 4; ++skipped) state += delta;
+      iteration(n - 2);
+      iteration(n - 1);
+    }
+    i = loop.end_op;
+  }
+}
+
+}  // namespace
+
+Analysis analyze(const Program& p, const AllocatorModel& allocator) {
+  const Events events(p, allocator);
+  Analysis a;
+  a.op_peak_bytes.assign(p.ops.size(), 0);
+  bool first = true;
+  simulate(p, events, false, [&](OpId op, std::int64_t iteration, const MemoryState& during) {
+    a.op_peak_bytes[op] = std::max(a.op_peak_bytes[op], during.allocated_bytes);
+    auto& phase = a.phase_peak_bytes[static_cast<std::size_t>(p.ops[op].phase)];
+    phase = std::max(phase, during.allocated_bytes);
+    a.peak_live_bytes = std::max(a.peak_live_bytes, during.live_bytes);
+    a.host_peak_bytes = std::max(a.host_peak_bytes, during.host_bytes);
+    if (first || during.allocated_bytes > a.peak.allocated_bytes) {
+      a.peak = during;
+      a.peak_op = op;
+      a.peak_iteration = iteration;
+      first = false;
+    }
+  });
+  return a;
+}
+
+std::vector<TimelinePoint> timeline(const Program& p, const AllocatorModel& allocator) {
+  const Events events(p, allocator);
+  std::vector<TimelinePoint> out;
+  simulate(p, events, true, [&](OpId op, std::int64_t iteration, const MemoryState& during) {
+    out.push_back(TimelinePoint{op, iteration, during});
+  });
+  return out;
+}
+
+}  // namespace mstplan

@@ -1,0 +1,891 @@
+#include "planner/builder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "planner/static_memory.h"
+
+// Note [Native step]
+// ------------------
+// What this project's runtime allocates and keeps, op by op (T = batch x seq tokens, d hidden,
+// qd = heads x head_dim, kvd = kv_heads x head_dim, I intermediate, V vocabulary, R = tokens of a
+// chunk; activations bf16, statistics fp32):
+//   embedding          tokens -> h0 (T x d)                        keeps tokens (data)
+//   attn_norm          h -> n1 (T x d), rstd1 (T fp32)              keeps h, n1, rstd1
+//   attn.q/k/v         n1 -> q (T x qd), k, v (T x kvd)             keeps n1 (already kept)
+//   attn.rope          rotates q, k in place                        nothing
+//   attention (flash)  -> o (T x qd), lse (batch x heads x seq fp32) keeps q, k, v, o, lse
+//   attention (eager)  scores (b x h x S x S fp32, transient) -> probs (bf16, kept) -> o
+//   attn.o             o -> a (T x d)                               keeps o (already kept)
+//   [gemma2] attn_post_norm  a -> a' , rstd                         keeps a, rstd
+//   attn.residual      h + a' -> h_mid                              keeps h_mid
+//   mlp_norm           h_mid -> n2, rstd2                           keeps n2, rstd2
+//   mlp, per chunk     gate, up (R x I), act*up (R x I), down -> m (T x d, written by slices)
+//                      paper mode keeps gate and up of every chunk; tiled keeps nothing (n2 is
+//                      kept) and recomputes them in the chunk's backward; act*up is always
+//                      recomputed from gate and up in backward.
+//   [gemma2] mlp_post_norm  m -> m', rstd                          keeps m, rstd
+//   mlp.residual       h_mid + m' -> next layer's input
+//   final_norm         h_L -> nf, rstd                              keeps nf, rstd
+//   lm_head, per chunk logits (R x V fp32); loss -> lse (R fp32)
+//                      keep: logits and lse kept; recompute: lse kept, logits recomputed in
+//                      backward; forward-grad: dlogits (R x V bf16) and dX (into T x d) formed in
+//                      the forward pass, dW accumulated there; only dX is kept.
+// An op that accumulates into a tensor (a weight gradient over chunks, dX of the LM head, the loss)
+// lists it as an output only: the first write of an instance overwrites, later ones add.
+// Backward mirrors it; activation gradients are transient. Flash attention's backward uses a
+// dq accumulator (T x qd fp32) and a row statistic (batch x heads x seq fp32) as workspace.
+// Full recompute keeps only each recomputed layer's input (a checkpoint, optionally offloaded to
+// host) and reruns the layer's forward, without its output, before the layer's backward.
+// Selective recompute keeps the attention tensors and norm statistics and recomputes the norm
+// outputs and the MLP's intermediates (the MLP then behaves as tiled).
+
+namespace mstplan {
+namespace {
+
+struct ChunkClass {
+  std::int64_t positions;   // per sequence, per chunk
+  std::int64_t iterations;  // chunks of this length
+  std::int64_t first_chunk;
+};
+
+// Balanced split of `positions` into `chunks`: the first (positions mod chunks) chunks are one
+// position longer. At most two classes.
+std::vector<ChunkClass> chunk_classes(std::int64_t positions, std::int64_t chunks) {
+  const std::int64_t base = positions / chunks;
+  const std::int64_t longer = positions % chunks;
+  std::vector<ChunkClass> out;
+  if (longer > 0) out.push_back({base + 1, longer, 0});
+  if (chunks - longer > 0 && base > 0) out.push_back({base, chunks - longer, longer});
+  return out;
+}
+
+class Builder {
+ public:
+  Builder(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len)
+      : m_(model), s_(setup), plan_(plan), B_(setup.batch), S_(seq_len), T_(setup.batch * seq_len),
+        qd_(model.num_heads * model.head_dim), kvd_(model.num_kv_heads * model.head_dim),
+        storage_(parameter_storage(setup)),
+        trained_(setup.optimizer != OptimizerKind::none),
+        persistent_grads_(trained_ && (!setup.optimizer_in_backward || setup.grad_accum > 1)) {}
+
+  Program build();
+
+ private:
+  struct LayerState {
+    TensorId input = kNoTensor;         // h_l (saved or checkpoint)
+    TensorId host_copy = kNoTensor;     // offloaded checkpoint
+    TensorId n1 = kNoTensor, rstd1 = kNoTensor, q = kNoTensor, k = kNoTensor, v = kNoTensor, o = kNoTensor;
+    TensorId lse = kNoTensor, probs = kNoTensor;
+    TensorId a = kNoTensor, rstd_pa = kNoTensor;  // gemma2 post-attention norm input and statistic
+    TensorId h_mid = kNoTensor, n2 = kNoTensor, rstd2 = kNoTensor;
+    TensorId m = kNoTensor, rstd_pm = kNoTensor;  // gemma2 post-mlp norm input and statistic
+    std::vector<TensorId> gate, up;     // paper mode: one array per chunk class
+    bool n1_kept = false, n2_kept = false;
+  };
+  struct LayerParams {
+    std::int32_t attn_norm, q, k, v, qb = kNone, kb = kNone, vb = kNone, o, mlp_norm, gate, up, down;
+    std::int32_t attn_post_norm = kNone, mlp_post_norm = kNone;
+  };
+
+  // Tensors and ops.
+  TensorId tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
+                  Pass pass, bool array = false, Device device = Device::device);
+  OpId op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
+          std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs);
+  OpId matmul(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> inputs,
+              std::initializer_list<TensorId> outputs, std::int64_t m, std::int64_t n, std::int64_t k);
+  void begin_loop(const char* block, const ChunkClass& c);
+  void end_loop();
+  // Allocates (and zeroes) tensors that a chunk loop writes slice by slice or accumulates into,
+  // before the loop: then every chunk count has the same accumulators live in every chunk, and
+  // more chunks can only shrink the peak.
+  void prealloc(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> tensors);
+
+  // Parameters: weight, gradient (created on first accumulation unless persistent), optimizer.
+  TensorId weight(std::int32_t param) const { return weights_[static_cast<std::size_t>(param)]; }
+  TensorId grad(std::int32_t param, std::int32_t layer);  // for accumulation ops: creates on first use
+  void grad_done(std::int32_t param, std::int32_t layer);  // the gradient is complete
+  void optimizer_op(std::int32_t param, Phase phase);
+
+  // Blocks.
+  void static_tensors();
+  void embedding_forward();
+  void layer_forward(std::int32_t l, Pass pass);
+  void mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId out);
+  void lm_head();
+  void layer_backward(std::int32_t l);
+  void mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId dn2);
+  void attention_backward(std::int32_t l, LayerState& st, TensorId da, TensorId dn1);
+  void prefetch(std::int32_t l);
+  void embedding_backward(TensorId dh0);
+
+  std::int64_t rows(std::int64_t positions) const { return B_ * positions; }
+  bool recomputed(std::int32_t l) const { return plan_.recompute == RecomputeKind::full && recomputes_layer(plan_, l); }
+  bool selective(std::int32_t l) const {
+    return plan_.recompute == RecomputeKind::selective && recomputes_layer(plan_, l);
+  }
+  bool offloaded(std::int32_t l) const { return recomputed(l) && plan_.offload_checkpoints; }
+  std::int64_t window(std::int32_t l) const {
+    if (!m_.sliding_window) return 0;
+    if (m_.sliding_window->layers == SlidingLayers::even && l % 2 != 0) return 0;
+    return m_.sliding_window->size;
+  }
+
+  const ModelSpec& m_;
+  const TrainingSetup& s_;
+  const Plan& plan_;
+  const std::int64_t B_, S_, T_, qd_, kvd_;
+  const ParameterStorage storage_;
+  const bool trained_;
+  const bool persistent_grads_;
+  Program p_;
+  std::int32_t loop_ = kNone;  // the loop being emitted
+  std::vector<TensorId> weights_, grads_;
+  std::vector<TensorId> states_;  // per parameter [2i, 2i+1]: (m, v), (m+v, master) or (none, master)
+  std::vector<bool> grad_created_;
+  std::vector<LayerParams> layer_params_;
+  std::int32_t embed_param_ = 0, final_norm_param_ = 0, lm_head_param_ = 0;
+  TensorId tokens_ = kNoTensor, labels_ = kNoTensor, workspace_ = kNoTensor, loss_ = kNoTensor;
+  TensorId final_hidden_ = kNoTensor;  // h_L, the last layer's output
+  TensorId upstream_ = kNoTensor;      // the gradient flowing into the layer being back-propagated
+  std::vector<LayerState> layers_;
+  std::vector<bool> prefetched_;
+  std::vector<std::vector<TensorId>> static_outputs_;
+};
+
+TensorId Builder::tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
+                         Pass pass, bool array, Device device) {
+  Tensor t;
+  t.label = label;
+  t.kind = kind;
+  t.dtype = dtype;
+  t.device = device;
+  t.pass = pass;
+  t.layer = layer;
+  t.loop = array ? loop_ : kNone;
+  t.elements = elements;
+  t.bytes = elements * dtype_bytes(dtype);
+  p_.tensors.push_back(t);
+  return static_cast<TensorId>(p_.tensors.size() - 1);
+}
+
+OpId Builder::op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
+                 std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
+  Op o;
+  o.label = label;
+  o.kind = kind;
+  o.phase = phase;
+  o.pass = pass;
+  o.layer = layer;
+  o.loop = loop_;
+  o.io_begin = static_cast<std::uint32_t>(p_.io.size());
+  o.inputs = static_cast<std::uint16_t>(inputs.size());
+  o.outputs = static_cast<std::uint16_t>(outputs.size());
+  p_.io.insert(p_.io.end(), inputs.begin(), inputs.end());
+  p_.io.insert(p_.io.end(), outputs.begin(), outputs.end());
+  p_.ops.push_back(o);
+  return static_cast<OpId>(p_.ops.size() - 1);
+}
+
+OpId Builder::matmul(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> inputs,
+                     std::initializer_list<TensorId> outputs, std::int64_t m, std::int64_t n, std::int64_t k) {
+  const OpId id = op(label, OpKind::matmul, phase, pass, layer, inputs, outputs);
+  Op& o = p_.ops[id];
+  o.m = m;
+  o.n = n;
+  o.k = k;
+  return id;
+}
+
+void Builder::begin_loop(const char* block, const ChunkClass& c) {
+  MSTPLAN_CHECK(loop_ == kNone, "nested loops");
+  Loop l;
+  l.first_op = static_cast<OpId>(p_.ops.size());
+  l.iterations = c.iterations;
+  l.first_chunk = c.first_chunk;
+  l.rows = c.positions;
+  l.block = block;
+  p_.loops.push_back(l);
+  loop_ = static_cast<std::int32_t>(p_.loops.size() - 1);
+}
+
+void Builder::prealloc(const char* label, Phase phase, Pass pass, std::int32_t layer,
+                       std::initializer_list<TensorId> tensors) {
+  const OpId id = op(label, OpKind::elementwise, phase, pass, layer, {}, {});
+  for (TensorId t : tensors) {
+    if (t == kNoTensor) continue;
+    p_.io.push_back(t);
+    ++p_.ops[id].outputs;
+  }
+}
+
+void Builder::end_loop() {
+  p_.loops[static_cast<std::size_t>(loop_)].end_op = static_cast<OpId>(p_.ops.size());
+  loop_ = kNone;
+}
+
+TensorId Builder::grad(std::int32_t param, std::int32_t layer) {
+  const auto i = static_cast<std::size_t>(param);
+  if (!grad_created_[i]) {
+    const ParamTensor& pt = p_.params[i];
+    grads_[i] = tensor("grad", TensorKind::gradient, *storage_.gradients, pt.numel(), layer, Pass::backward);
+    p_.tensors[grads_[i]].param = param;
+    grad_created_[i] = true;
+  }
+  return grads_[i];
+}
+
+void Builder::optimizer_op(std::int32_t param, Phase phase) {
+  const auto i = static_cast<std::size_t>(param);
+  const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
+  const char* label = s_.optimizer == OptimizerKind::sgd ? "sgd" : "adamw";
+  OpId id = 0;
+  const TensorId g = grads_[i];
+  MSTPLAN_CHECK(g != kNoTensor, "optimizer step for {} without a gradient", p_.params[i].name);
+  const TensorId w = weights_[i];
+  const bool has_moments = !states_.empty() && states_[2 * i] != kNoTensor;
+  const bool has_master = !states_.empty() && states_[2 * i + 1] != kNoTensor && storage_.master;
+  if (!has_moments && !has_master) {
+    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w}, {w});
+  } else if (!has_moments) {
+    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w, states_[2 * i + 1]},
+            {w, states_[2 * i + 1]});
+  } else if (has_master) {
+    const TensorId master = states_[2 * i + 1];
+    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w, states_[2 * i], master},
+            {w, states_[2 * i], master});
+  } else {
+    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w, states_[2 * i], states_[2 * i + 1]},
+            {w, states_[2 * i], states_[2 * i + 1]});
+  }
+  p_.ops[id].param = param;
+  p_.ops[id].m = p_.params[i].numel();
+}
+
+void Builder::grad_done(std::int32_t param, std::int32_t layer) {
+  (void)layer;
+  if (trained_ && s_.optimizer_in_backward) optimizer_op(param, Phase::backward);
+}
+
+// Static tensors: outputs of step.begin. Optimizer state is kept per parameter as two tensors
+// (m and v; with mixed precision m and v together, then the fp32 master), so that per-parameter
+// updates read exactly their own state.
+void Builder::static_tensors() {
+  p_.params = parameters(m_);
+  const std::size_t n = p_.params.size();
+  weights_.resize(n);
+  grads_.assign(n, kNoTensor);
+  grad_created_.assign(n, false);
+  const bool adam = storage_.adam_state.has_value();
+  if (adam || storage_.master) states_.assign(2 * n, kNoTensor);
+  std::vector<TensorId> outs;
+  for (std::size_t i = 0; i < n; ++i) {
+    const ParamTensor& pt = p_.params[i];
+    const auto layer = static_cast<std::int32_t>(pt.layer);
+    const auto param = static_cast<std::int32_t>(i);
+    weights_[i] = tensor("", TensorKind::weight, storage_.weights, pt.numel(), layer, Pass::forward);
+    p_.tensors[weights_[i]].param = param;
+    outs.push_back(weights_[i]);
+    if (adam) {
+      // m and v; 8-bit state carries one fp32 absmax per 256 elements for each (bitsandbytes),
+      // and tensors under 4096 elements keep fp32 state (Note [Static bytes per parameter]).
+      TensorId mv = tensor(storage_.master ? "adam_mv" : "adam_m", TensorKind::optimizer_state, DType::fp32, 0, layer,
+                           Pass::forward);
+      TensorId second = kNoTensor;
+      const std::int64_t numel = pt.numel();
+      std::int64_t state_bytes = 0;
+      if (*storage_.adam_state == DType::int8) {
+        state_bytes = numel < 4096 ? numel * 4 : numel + 4 * ((numel + 255) / 256);
+      } else {
+        state_bytes = numel * dtype_bytes(*storage_.adam_state);
+      }
+      p_.tensors[mv].dtype = *storage_.adam_state;
+      p_.tensors[mv].elements = numel;
+      if (storage_.master) {
+        p_.tensors[mv].bytes = 2 * state_bytes;
+        second = tensor("master", TensorKind::master_weight, DType::fp32, numel, layer, Pass::forward);
+      } else {
+        p_.tensors[mv].bytes = state_bytes;
+        second = tensor("adam_v", TensorKind::optimizer_state, *storage_.adam_state, numel, layer, Pass::forward);
+        p_.tensors[second].bytes = state_bytes;
+      }
+      p_.tensors[mv].param = param;
+      p_.tensors[second].param = param;
+      states_[2 * i] = mv;
+      states_[2 * i + 1] = second;
+      outs.push_back(mv);
+      outs.push_back(second);
+    } else if (storage_.master) {
+      const TensorId master = tensor("master", TensorKind::master_weight, DType::fp32, pt.numel(), layer, Pass::forward);
+      p_.tensors[master].param = param;
+      states_[2 * i + 1] = master;
+      outs.push_back(master);
+    }
+    if (persistent_grads_) {
+      outs.push_back(grad(param, layer));
+    }
+  }
+  tokens_ = tensor("tokens", TensorKind::data, DType::fp32, T_, kNone, Pass::forward);   // int32 ids: 4 bytes
+  labels_ = tensor("labels", TensorKind::data, DType::fp32, T_, kNone, Pass::forward);
+  workspace_ = tensor("gemm_workspace", TensorKind::workspace, DType::int8, kGemmWorkspaceBytes, kNone, Pass::forward);
+  outs.push_back(tokens_);
+  outs.push_back(labels_);
+  outs.push_back(workspace_);
+  static_outputs_.push_back(outs);
+
+  // Parameter indices per layer, in the order parameters() lists them.
+  std::size_t i = 1;  // after embed.weight
+  embed_param_ = 0;
+  for (std::int64_t l = 0; l < m_.num_layers; ++l) {
+    LayerParams lp{};
+    auto next = [&]() { return static_cast<std::int32_t>(i++); };
+    lp.attn_norm = next();
+    if (m_.norm == NormKind::layernorm) next();
+    lp.q = next();
+    lp.k = next();
+    lp.v = next();
+    if (m_.qkv_bias) {
+      lp.qb = next();
+      lp.kb = next();
+      lp.vb = next();
+    }
+    lp.o = next();
+    if (m_.norms_per_layer == 4) {
+      lp.attn_post_norm = next();
+      if (m_.norm == NormKind::layernorm) next();
+    }
+    lp.mlp_norm = next();
+    if (m_.norm == NormKind::layernorm) next();
+    lp.gate = next();
+    lp.up = next();
+    lp.down = next();
+    if (m_.norms_per_layer == 4) {
+      lp.mlp_post_norm = next();
+      if (m_.norm == NormKind::layernorm) next();
+    }
+    layer_params_.push_back(lp);
+  }
+  final_norm_param_ = static_cast<std::int32_t>(i);
+  lm_head_param_ = m_.tied_embeddings ? embed_param_ : static_cast<std::int32_t>(n - 1);
+}
+
+Program Builder::build() {
+  p_.batch = B_;
+  p_.seq_len = S_;
+  p_.profile = s_.profile;
+  p_.mlp_chunks = chunk_count(plan_.mlp, S_);
+  p_.lm_head_chunks = chunk_count(plan_.lm_head, S_ - 1);
+  p_.tensors.reserve(static_cast<std::size_t>(m_.num_layers) * 64 + 4096);
+  p_.ops.reserve(static_cast<std::size_t>(m_.num_layers) * 64 + 1024);
+
+  static_tensors();
+  {
+    const OpId begin = op("step.begin", OpKind::begin, Phase::forward, Pass::forward, kNone, {}, {});
+    p_.ops[begin].io_begin = static_cast<std::uint32_t>(p_.io.size());
+    p_.ops[begin].outputs = 0;
+    // Outputs added one by one: there can be more than an initializer list holds comfortably.
+    for (TensorId t : static_outputs_[0]) p_.io.push_back(t);
+    p_.ops[begin].outputs = static_cast<std::uint16_t>(std::min<std::size_t>(static_outputs_[0].size(), 65535));
+    MSTPLAN_CHECK(static_outputs_[0].size() < 65535, "too many static tensors for one op");
+  }
+  layers_.resize(static_cast<std::size_t>(m_.num_layers));
+  prefetched_.assign(layers_.size(), false);
+
+  embedding_forward();
+  for (std::int32_t l = 0; l < m_.num_layers; ++l) layer_forward(l, Pass::forward);
+  lm_head();
+  // The LM head leaves dh_L in upstream_; walk the layers back.
+  for (std::int32_t l = static_cast<std::int32_t>(m_.num_layers) - 1; l >= 0; --l) layer_backward(l);
+  embedding_backward(upstream_);
+
+  if (trained_ && !s_.optimizer_in_backward) {
+    for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
+  }
+  {
+    const OpId end = op("step.end", OpKind::end, Phase::optimizer, Pass::optimizer, kNone, {}, {});
+    p_.ops[end].io_begin = static_cast<std::uint32_t>(p_.io.size());
+    std::vector<TensorId> ins = static_outputs_[0];
+    ins.push_back(loss_);
+    for (TensorId t : ins) p_.io.push_back(t);
+    p_.ops[end].inputs = static_cast<std::uint16_t>(ins.size());
+  }
+  return std::move(p_);
+}
+
+void Builder::embedding_forward() {
+  const bool checkpoint = recomputed(0);
+  TensorId h0 = tensor("input", checkpoint ? TensorKind::checkpoint : TensorKind::saved, DType::bf16, T_ * m_.hidden_size,
+                       0, Pass::forward);
+  op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
+  layers_[0].input = h0;
+}
+
+void Builder::layer_forward(std::int32_t l, Pass pass) {
+  LayerState& st = layers_[static_cast<std::size_t>(l)];
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const bool recompute = recomputed(l);
+  const bool keep = pass == Pass::recompute || !recompute;  // tensors read again by backward
+  const TensorKind kept = keep ? TensorKind::saved : TensorKind::transient;
+  const bool sel = selective(l);
+  const TensorId h = st.input;
+
+  // Attention block.
+  const TensorId n1 = tensor("attn_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, DType::bf16,
+                             T_ * d, l, pass);
+  const TensorId rstd1 = tensor("attn_norm.rstd", kept, DType::fp32, T_, l, pass);
+  op("attn_norm", OpKind::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {n1, rstd1});
+  const TensorId q = tensor("attn.q", kept, DType::bf16, T_ * qd_, l, pass);
+  const TensorId k = tensor("attn.k", kept, DType::bf16, T_ * kvd_, l, pass);
+  const TensorId v = tensor("attn.v", kept, DType::bf16, T_ * kvd_, l, pass);
+  if (m_.qkv_bias) {
+    matmul("attn.q", Phase::forward, pass, l, {n1, weight(lp.q), weight(lp.qb), workspace_}, {q}, T_, qd_, d);
+    matmul("attn.k", Phase::forward, pass, l, {n1, weight(lp.k), weight(lp.kb), workspace_}, {k}, T_, kvd_, d);
+    matmul("attn.v", Phase::forward, pass, l, {n1, weight(lp.v), weight(lp.vb), workspace_}, {v}, T_, kvd_, d);
+  } else {
+    matmul("attn.q", Phase::forward, pass, l, {n1, weight(lp.q), workspace_}, {q}, T_, qd_, d);
+    matmul("attn.k", Phase::forward, pass, l, {n1, weight(lp.k), workspace_}, {k}, T_, kvd_, d);
+    matmul("attn.v", Phase::forward, pass, l, {n1, weight(lp.v), workspace_}, {v}, T_, kvd_, d);
+  }
+  op("attn.rope", OpKind::elementwise, Phase::forward, pass, l, {q, k}, {q, k});
+  const TensorId o = tensor("attn.out", kept, DType::bf16, T_ * qd_, l, pass);
+  TensorId lse = kNoTensor, probs = kNoTensor;
+  if (s_.attention == AttentionKind::flash) {
+    lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
+    const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {q, k, v}, {o, lse});
+    p_.ops[a].m = B_ * m_.num_heads;
+    p_.ops[a].n = S_;
+    p_.ops[a].k = S_;
+    p_.ops[a].head_dim = m_.head_dim;
+    p_.ops[a].window = window(l);
+  } else {
+    const std::int64_t scores_elements = B_ * m_.num_heads * S_ * S_;
+    const TensorId scores = tensor("attn.scores", TensorKind::transient, DType::fp32, scores_elements, l, pass);
+    probs = tensor("attn.probs", kept, DType::bf16, scores_elements, l, pass);
+    const OpId qk = matmul("attn.scores", Phase::forward, pass, l, {q, k}, {scores}, S_, S_, m_.head_dim);
+    p_.ops[qk].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
+    op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {scores}, {probs});
+    const OpId pv = matmul("attn.pv", Phase::forward, pass, l, {probs, v}, {o}, S_, m_.head_dim, S_);
+    p_.ops[pv].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
+  }
+  st.n1 = n1;
+  st.n1_kept = keep && !sel;
+  st.rstd1 = rstd1;
+  st.q = q;
+  st.k = k;
+  st.v = v;
+  st.o = o;
+  st.lse = lse;
+  st.probs = probs;
+
+  const bool post = m_.norms_per_layer == 4;
+  const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, DType::bf16, T_ * d, l, pass);
+  matmul("attn.o", Phase::forward, pass, l, {o, weight(lp.o), workspace_}, {a}, T_, d, qd_);
+  TensorId a_out = a;
+  if (post) {
+    st.rstd_pa = tensor("attn_post_norm.rstd", kept, DType::fp32, T_, l, pass);
+    a_out = tensor("attn_post_norm.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
+    op("attn_post_norm", OpKind::norm, Phase::forward, pass, l, {a, weight(lp.attn_post_norm)}, {a_out, st.rstd_pa});
+    st.a = a;
+  }
+  const TensorId h_mid = tensor("attn.residual", kept, DType::bf16, T_ * d, l, pass);
+  op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {h_mid});
+  st.h_mid = h_mid;
+
+  // MLP block.
+  const TensorId n2 = tensor("mlp_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, DType::bf16,
+                             T_ * d, l, pass);
+  const TensorId rstd2 = tensor("mlp_norm.rstd", kept, DType::fp32, T_, l, pass);
+  op("mlp_norm", OpKind::norm, Phase::forward, pass, l, {h_mid, weight(lp.mlp_norm)}, {n2, rstd2});
+  st.n2 = n2;
+  st.n2_kept = keep && !sel;
+  st.rstd2 = rstd2;
+
+  if (pass == Pass::recompute) {
+    // The recomputation stops here: backward needs the saved tensors, not the layer's output.
+    // Paper mode recomputes every chunk's gate and up (kept for the chunk backward).
+    if (plan_.mlp_mode == MlpMode::paper && !sel) mlp_forward(l, pass, st, kNoTensor);
+    return;
+  }
+  const TensorId mlp_out = tensor("mlp.out", post ? kept : TensorKind::transient, DType::bf16, T_ * d, l, pass);
+  mlp_forward(l, pass, st, mlp_out);
+  TensorId m_out = mlp_out;
+  if (post) {
+    st.rstd_pm = tensor("mlp_post_norm.rstd", kept, DType::fp32, T_, l, pass);
+    m_out = tensor("mlp_post_norm.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
+    op("mlp_post_norm", OpKind::norm, Phase::forward, pass, l, {mlp_out, weight(lp.mlp_post_norm)}, {m_out, st.rstd_pm});
+    st.m = mlp_out;
+  }
+  const bool last = l + 1 == m_.num_layers;
+  const TensorKind next_kind = !last && recomputed(l + 1) ? TensorKind::checkpoint : TensorKind::saved;
+  const TensorId next = tensor("output", next_kind, DType::bf16, T_ * d, l, pass);
+  op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {h_mid, m_out}, {next});
+  if (!last) layers_[static_cast<std::size_t>(l + 1)].input = next;
+  else final_hidden_ = next;
+
+  if (offloaded(l)) {
+    // The checkpoint goes to host memory once the layer is done with it.
+    st.host_copy = tensor("input", TensorKind::checkpoint, DType::bf16, T_ * d, l, pass, false, Device::host);
+    op("offload", OpKind::copy_to_host, Phase::forward, pass, l, {h}, {st.host_copy});
+  }
+}
+
+void Builder::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId out) {
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const std::int64_t I = m_.intermediate_size;
+  const bool keep_chunks = plan_.mlp_mode == MlpMode::paper && !selective(l) && (pass == Pass::recompute || !recomputed(l));
+  st.gate.clear();
+  st.up.clear();
+  if (out != kNoTensor) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
+  for (const ChunkClass& c : chunk_classes(S_, p_.mlp_chunks)) {
+    begin_loop("mlp", c);
+    const std::int64_t R = rows(c.positions);
+    const TensorKind kind = keep_chunks ? TensorKind::saved : TensorKind::transient;
+    const TensorId g = tensor("mlp.gate", kind, DType::bf16, R * I, l, pass, true);
+    const TensorId u = tensor("mlp.up", kind, DType::bf16, R * I, l, pass, true);
+    matmul("mlp.gate", Phase::forward, pass, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
+    matmul("mlp.up", Phase::forward, pass, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
+    if (out != kNoTensor) {
+      const TensorId act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, pass, true);
+      op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g, u}, {act});
+      matmul("mlp.down", Phase::forward, pass, l, {act, weight(lp.down), workspace_}, {out}, R, d, I);
+    }
+    end_loop();
+    if (keep_chunks) {
+      st.gate.push_back(g);
+      st.up.push_back(u);
+    }
+  }
+}
+
+void Builder::lm_head() {
+  const std::int64_t d = m_.hidden_size;
+  const std::int64_t V = m_.vocab_size;
+  const TensorId h = final_hidden_;
+  const LmHeadMode mode = plan_.lm_head_mode;
+  const TensorId W = weight(lm_head_param_);
+  const TensorId nf =
+      tensor("final_norm.out", mode == LmHeadMode::forward_grad ? TensorKind::transient : TensorKind::saved, DType::bf16,
+             T_ * d, kNone, Pass::forward);
+  const TensorId rstd = tensor("final_norm.rstd", TensorKind::saved, DType::fp32, T_, kNone, Pass::forward);
+  op("final_norm", OpKind::norm, Phase::loss, Pass::forward, kNone, {h, weight(final_norm_param_)}, {nf, rstd});
+  loss_ = tensor("loss", TensorKind::transient, DType::fp32, 1, kNone, Pass::forward);
+
+  // Labelled positions: the last position of each sequence has no next token.
+  const auto classes = chunk_classes(S_ - 1, p_.lm_head_chunks);
+  const bool capped = m_.final_logit_softcap.has_value();
+  std::vector<TensorId> kept_logits, kept_lse;
+  const TensorId dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone,
+                              mode == LmHeadMode::forward_grad ? Pass::forward : Pass::backward);
+
+  auto fresh_lm_grad = [&]() {
+    return trained_ && !grad_created_[static_cast<std::size_t>(lm_head_param_)] ? grad(lm_head_param_, kNone)
+                                                                               : kNoTensor;
+  };
+  if (mode == LmHeadMode::forward_grad) {
+    prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {loss_, dnf, fresh_lm_grad()});
+  } else {
+    prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {loss_});
+  }
+  // Forward over chunks.
+  for (const ChunkClass& c : classes) {
+    begin_loop("lm_head", c);
+    const std::int64_t R = rows(c.positions);
+    const TensorKind logits_kind = mode == LmHeadMode::keep ? TensorKind::saved : TensorKind::transient;
+    const TensorId logits = tensor("lm_head.logits", logits_kind, DType::fp32, R * V, kNone, Pass::forward, true);
+    matmul("lm_head.logits", Phase::loss, Pass::forward, kNone, {nf, W, workspace_}, {logits}, R, V, d);
+    if (capped) op("lm_head.softcap", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits}, {logits});
+    if (mode == LmHeadMode::forward_grad) {
+      const TensorId dlogits = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone,
+                                      Pass::forward, true);
+      const OpId ls = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits, labels_},
+                         {loss_, dlogits});
+      p_.ops[ls].m = R;
+      p_.ops[ls].n = V;
+      matmul("lm_head.dx", Phase::loss, Pass::forward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
+      if (trained_) {
+        const TensorId g = grad(lm_head_param_, kNone);
+        matmul("lm_head.dw", Phase::loss, Pass::forward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
+      }
+    } else {
+      const TensorId lse = tensor("lm_head.lse", TensorKind::saved, DType::fp32, R, kNone, Pass::forward, true);
+      const OpId ls = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits, labels_},
+                         {loss_, lse});
+      p_.ops[ls].m = R;
+      p_.ops[ls].n = V;
+      kept_lse.push_back(lse);
+      kept_logits.push_back(logits);
+    }
+    end_loop();
+  }
+  if (mode == LmHeadMode::forward_grad) {
+    if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
+  } else {
+    // Backward over the same chunks.
+    prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf, fresh_lm_grad()});
+    for (std::size_t ci = 0; ci < classes.size(); ++ci) {
+      const ChunkClass& c = classes[ci];
+      begin_loop("lm_head", c);
+      const std::int64_t R = rows(c.positions);
+      TensorId logits = kept_logits[ci];
+      if (mode == LmHeadMode::recompute) {
+        logits = tensor("lm_head.logits", TensorKind::transient, DType::fp32, R * V, kNone, Pass::recompute, true);
+        matmul("lm_head.logits", Phase::loss, Pass::recompute, kNone, {nf, W, workspace_}, {logits}, R, V, d);
+        if (capped) op("lm_head.softcap", OpKind::elementwise, Phase::loss, Pass::recompute, kNone, {logits}, {logits});
+      }
+      const TensorId dlogits =
+          tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone, Pass::backward, true);
+      const OpId lg = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::backward, kNone,
+                         {logits, kept_lse[ci], labels_, loss_}, {dlogits});
+      p_.ops[lg].m = R;
+      p_.ops[lg].n = V;
+      matmul("lm_head.dx", Phase::loss, Pass::backward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
+      if (trained_) {
+        const TensorId g = grad(lm_head_param_, kNone);
+        matmul("lm_head.dw", Phase::loss, Pass::backward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
+      }
+      end_loop();
+    }
+    if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
+  }
+  // Final norm backward: dh_L.
+  const TensorId dh = tensor("output.grad", TensorKind::transient, DType::bf16, T_ * d,
+                             static_cast<std::int32_t>(m_.num_layers - 1), Pass::backward);
+  if (trained_) {
+    const TensorId gw = grad(final_norm_param_, kNone);
+    op("final_norm.grad", OpKind::norm_grad, Phase::loss, Pass::backward, kNone,
+       {dnf, h, rstd, weight(final_norm_param_)}, {dh, gw});
+    grad_done(final_norm_param_, kNone);
+  } else {
+    op("final_norm.grad", OpKind::norm_grad, Phase::loss, Pass::backward, kNone, {dnf, h, rstd, weight(final_norm_param_)},
+       {dh});
+  }
+  upstream_ = dh;
+}
+
+void Builder::prefetch(std::int32_t l) {
+  LayerState& st = layers_[static_cast<std::size_t>(l)];
+  const TensorId dev = tensor("input", TensorKind::checkpoint, DType::bf16, T_ * m_.hidden_size, l, Pass::backward);
+  op("prefetch", OpKind::copy_to_device, Phase::backward, Pass::backward, l, {st.host_copy}, {dev});
+  st.input = dev;
+  prefetched_[static_cast<std::size_t>(l)] = true;
+}
+
+void Builder::layer_backward(std::int32_t l) {
+  LayerState& st = layers_[static_cast<std::size_t>(l)];
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const bool post = m_.norms_per_layer == 4;
+  const TensorId dh = upstream_;
+
+  // Offloaded checkpoints come back one layer ahead, so the copy overlaps this layer's work.
+  if (offloaded(l) && !prefetched_[static_cast<std::size_t>(l)]) prefetch(l);
+  if (l > 0 && offloaded(l - 1)) prefetch(l - 1);
+  if (recomputed(l)) layer_forward(l, Pass::recompute);
+
+  // MLP block.
+  TensorId dmlp = dh;
+  if (post) {
+    dmlp = tensor("mlp.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+    if (trained_) {
+      const TensorId g = grad(lp.mlp_post_norm, l);
+      op("mlp_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+         {dh, st.m, st.rstd_pm, weight(lp.mlp_post_norm)}, {dmlp, g});
+      grad_done(lp.mlp_post_norm, l);
+    } else {
+      op("mlp_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+         {dh, st.m, st.rstd_pm, weight(lp.mlp_post_norm)}, {dmlp});
+    }
+  }
+  if (!st.n2_kept) {
+    // Selective recompute: the norm output again, from the kept input and statistic.
+    const TensorId n2 = tensor("mlp_norm.out", TensorKind::saved, DType::bf16, T_ * d, l, Pass::recompute);
+    op("mlp_norm.recompute", OpKind::elementwise, Phase::backward, Pass::recompute, l,
+       {st.h_mid, st.rstd2, weight(lp.mlp_norm)}, {n2});
+    st.n2 = n2;
+  }
+  const TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  mlp_backward(l, st, dmlp, dn2);
+  const TensorId dh_mid = tensor("attn.residual.grad", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  if (trained_) {
+    const TensorId g = grad(lp.mlp_norm, l);
+    op("mlp_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+       {dn2, st.h_mid, st.rstd2, weight(lp.mlp_norm), dh}, {dh_mid, g});
+    grad_done(lp.mlp_norm, l);
+  } else {
+    op("mlp_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+       {dn2, st.h_mid, st.rstd2, weight(lp.mlp_norm), dh}, {dh_mid});
+  }
+
+  // Attention block.
+  TensorId da = dh_mid;
+  if (post) {
+    da = tensor("attn.dproj", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+    if (trained_) {
+      const TensorId g = grad(lp.attn_post_norm, l);
+      op("attn_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+         {dh_mid, st.a, st.rstd_pa, weight(lp.attn_post_norm)}, {da, g});
+      grad_done(lp.attn_post_norm, l);
+    } else {
+      op("attn_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+         {dh_mid, st.a, st.rstd_pa, weight(lp.attn_post_norm)}, {da});
+    }
+  }
+  const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  attention_backward(l, st, da, dn1);
+  const TensorId dh_in = tensor("input.grad", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  if (trained_) {
+    const TensorId g = grad(lp.attn_norm, l);
+    op("attn_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+       {dn1, st.input, st.rstd1, weight(lp.attn_norm), dh_mid}, {dh_in, g});
+    grad_done(lp.attn_norm, l);
+  } else {
+    op("attn_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
+       {dn1, st.input, st.rstd1, weight(lp.attn_norm), dh_mid}, {dh_in});
+  }
+  upstream_ = dh_in;
+}
+
+void Builder::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId dn2) {
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const std::int64_t I = m_.intermediate_size;
+  const auto classes = chunk_classes(S_, p_.mlp_chunks);
+  const TensorId fresh = kNoTensor;
+  auto fresh_grad = [&](std::int32_t param) {
+    return trained_ && !grad_created_[static_cast<std::size_t>(param)] ? grad(param, l) : fresh;
+  };
+  prealloc("mlp.grad.alloc", Phase::backward, Pass::backward, l, {dn2, fresh_grad(lp.down), fresh_grad(lp.gate),
+                                                                   fresh_grad(lp.up)});
+  for (std::size_t ci = 0; ci < classes.size(); ++ci) {
+    const ChunkClass& c = classes[ci];
+    begin_loop("mlp", c);
+    const std::int64_t R = rows(c.positions);
+    TensorId g = kNoTensor, u = kNoTensor;
+    if (!st.gate.empty()) {
+      g = st.gate[ci];
+      u = st.up[ci];
+    } else {
+      g = tensor("mlp.gate", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      u = tensor("mlp.up", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      matmul("mlp.gate", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
+      matmul("mlp.up", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
+    }
+    const TensorId act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+    op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g, u}, {act});
+    if (trained_) {
+      const TensorId gd = grad(lp.down, l);
+      matmul("mlp.down.dw", Phase::backward, Pass::backward, l, {dh, act, workspace_}, {gd}, d, I, R);
+    }
+    const TensorId dact = tensor("mlp.dact", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    matmul("mlp.down.dx", Phase::backward, Pass::backward, l, {dh, weight(lp.down), workspace_}, {dact}, R, I, d);
+    const TensorId dg = tensor("mlp.dgate", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    const TensorId du = tensor("mlp.dup", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g, u}, {dg, du});
+    matmul("mlp.gate.dx", Phase::backward, Pass::backward, l, {dg, weight(lp.gate), workspace_}, {dn2}, R, d, I);
+    matmul("mlp.up.dx", Phase::backward, Pass::backward, l, {du, weight(lp.up), workspace_}, {dn2}, R, d, I);
+    if (trained_) {
+      const TensorId gg = grad(lp.gate, l);
+      const TensorId gu = grad(lp.up, l);
+      matmul("mlp.gate.dw", Phase::backward, Pass::backward, l, {dg, st.n2, workspace_}, {gg}, I, d, R);
+      matmul("mlp.up.dw", Phase::backward, Pass::backward, l, {du, st.n2, workspace_}, {gu}, I, d, R);
+    }
+    end_loop();
+  }
+  if (trained_) {
+    grad_done(lp.down, l);
+    grad_done(lp.gate, l);
+    grad_done(lp.up, l);
+  }
+}
+
+void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, TensorId dn1) {
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const TensorId dout = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+  matmul("attn.o.dx", Phase::backward, Pass::backward, l, {da, weight(lp.o), workspace_}, {dout}, T_, qd_, d);
+  if (trained_) {
+    const TensorId g = grad(lp.o, l);
+    matmul("attn.o.dw", Phase::backward, Pass::backward, l, {da, st.o, workspace_}, {g}, d, qd_, T_);
+    grad_done(lp.o, l);
+  }
+  const TensorId dq = tensor("attn.dq", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+  const TensorId dk = tensor("attn.dk", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  if (s_.attention == AttentionKind::flash) {
+    // FlashAttention-2's backward: a dq accumulator in fp32 and a per-row statistic.
+    const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
+    const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,
+                                  Pass::backward);
+    const OpId a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
+                      {st.q, st.k, st.v, st.o, st.lse, dout}, {dq, dk, dv, acc, delta});
+    p_.ops[a].m = B_ * m_.num_heads;
+    p_.ops[a].n = S_;
+    p_.ops[a].k = S_;
+    p_.ops[a].head_dim = m_.head_dim;
+    p_.ops[a].window = window(l);
+  } else {
+    const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
+    const double heads = static_cast<double>(B_ * m_.num_heads);
+    const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
+    OpId mm = matmul("attn.dprobs", Phase::backward, Pass::backward, l, {dout, st.v}, {dprobs}, S_, S_, m_.head_dim);
+    p_.ops[mm].flops_multiplier = heads;
+    mm = matmul("attn.dv", Phase::backward, Pass::backward, l, {st.probs, dout}, {dv}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+    const TensorId dscores = tensor("attn.dscores", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
+    op("attn.softmax.grad", OpKind::softmax, Phase::backward, Pass::backward, l, {st.probs, dprobs}, {dscores});
+    mm = matmul("attn.dq", Phase::backward, Pass::backward, l, {dscores, st.k}, {dq}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+    mm = matmul("attn.dk", Phase::backward, Pass::backward, l, {dscores, st.q}, {dk}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+  }
+  op("attn.rope.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dq, dk}, {dq, dk});
+  if (!st.n1_kept) {
+    const TensorId n1 = tensor("attn_norm.out", TensorKind::saved, DType::bf16, T_ * d, l, Pass::recompute);
+    op("attn_norm.recompute", OpKind::elementwise, Phase::backward, Pass::recompute, l,
+       {st.input, st.rstd1, weight(lp.attn_norm)}, {n1});
+    st.n1 = n1;
+  }
+  matmul("attn.q.dx", Phase::backward, Pass::backward, l, {dq, weight(lp.q), workspace_}, {dn1}, T_, d, qd_);
+  matmul("attn.k.dx", Phase::backward, Pass::backward, l, {dk, weight(lp.k), workspace_}, {dn1}, T_, d, kvd_);
+  matmul("attn.v.dx", Phase::backward, Pass::backward, l, {dv, weight(lp.v), workspace_}, {dn1}, T_, d, kvd_);
+  if (!trained_) return;
+  const TensorId gq = grad(lp.q, l);
+  const TensorId gk = grad(lp.k, l);
+  const TensorId gv = grad(lp.v, l);
+  matmul("attn.q.dw", Phase::backward, Pass::backward, l, {dq, st.n1, workspace_}, {gq}, qd_, d, T_);
+  matmul("attn.k.dw", Phase::backward, Pass::backward, l, {dk, st.n1, workspace_}, {gk}, kvd_, d, T_);
+  matmul("attn.v.dw", Phase::backward, Pass::backward, l, {dv, st.n1, workspace_}, {gv}, kvd_, d, T_);
+  if (m_.qkv_bias) {
+    const TensorId gqb = grad(lp.qb, l);
+    const TensorId gkb = grad(lp.kb, l);
+    const TensorId gvb = grad(lp.vb, l);
+    op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dq, dk, dv},
+       {gqb, gkb, gvb});
+    grad_done(lp.qb, l);
+    grad_done(lp.kb, l);
+    grad_done(lp.vb, l);
+  }
+  grad_done(lp.q, l);
+  grad_done(lp.k, l);
+  grad_done(lp.v, l);
+}
+
+void Builder::embedding_backward(TensorId dh0) {
+  if (!trained_) return;
+  const TensorId g = grad(embed_param_, kNone);
+  op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh0, tokens_}, {g});
+  grad_done(embed_param_, kNone);
+}
+
+}  // namespace
+
+Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len) {
+  MSTPLAN_CHECK(seq_len >= 2, "a step needs at least 2 positions, got {}", seq_len);
+  MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
+  return Builder(model, setup, plan, seq_len).build();
+}
+
+}  // namespace mstplan
