@@ -9,8 +9,13 @@
 #include <fmt/ostream.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/plan_output.h"
+#include "planner/analysis.h"
+#include "planner/builder.h"
 #include "planner/catalog.h"
 #include "planner/json_output.h"
+#include "planner/plan_io.h"
+#include "planner/search.h"
 #include "planner/setup.h"
 #include "planner/static_memory.h"
 #include "planner/units.h"
@@ -45,18 +50,18 @@ struct Flag {
 
 // The plan command's flags, parsed by us so that every message has the same shape.
 struct PlanFlags {
-  Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile;
+  Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile, method, out;
   Flag in_backward, not_in_backward;  // values unused: presence is the flag
   bool json = false;
 
   /// Every plan flag that was given, as typed: subcommands refuse them.
   [[nodiscard]] std::vector<std::string> given_names() const {
-    std::vector<std::string> out;
+    std::vector<std::string> names;
     for (const Flag* f : {&model, &gpu, &scenario, &batch, &seq, &precision, &optimizer, &grad_accum, &attention,
-                          &profile, &in_backward, &not_in_backward}) {
-      if (f->given()) out.push_back(f->option->get_name());
+                          &profile, &method, &out, &in_backward, &not_in_backward}) {
+      if (f->given()) names.push_back(f->option->get_name());
     }
-    return out;
+    return names;
   }
 };
 
@@ -116,86 +121,6 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   return failure;
 }
 
-std::string model_summary(const ModelSpec& m) {
-  std::string shape = fmt::format("{} family, {} layers, hidden {}, MLP {} ({}), {} heads / {} KV heads x {}, vocabulary {}",
-                                  to_string(m.family), m.num_layers, m.hidden_size, m.intermediate_size,
-                                  m.mlp_activation == MlpActivation::swiglu ? "SwiGLU" : "GeGLU", m.num_heads,
-                                  m.num_kv_heads, m.head_dim, m.vocab_size);
-  if (m.tied_embeddings) shape += ", tied embeddings";
-  if (m.qkv_bias) shape += ", q/k/v bias";
-  if (m.sliding_window) {
-    shape += fmt::format(", window {} ({} layers)", m.sliding_window->size,
-                         m.sliding_window->layers == SlidingLayers::all ? "all" : "even");
-  }
-  if (m.final_logit_softcap) shape += fmt::format(", logits soft-capped at {}", *m.final_logit_softcap);
-  return shape;
-}
-
-void print_plan_text(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup) {
-  const ParameterCounts counts = count_parameters(model);
-  const StaticMemory m = static_memory(model, setup);
-  fmt::print(out, "{} ({} parameters) on {} ({} GiB as CUDA reports it, {} GiB reserved for context/workspace)\n",
-             model.name, format_count(counts.total), gpu.name, format_gib(gpu.capacity_bytes),
-             format_gib(gpu.reserve_bytes));
-  fmt::print(out, "setup: {}\n", describe_setup(setup));
-  fmt::print(out, "sequence: {}\n\n",
-             setup.seq_len ? fmt::format("{} tokens", *setup.seq_len) : std::string("search for the maximum"));
-
-  fmt::print(out, "model       {}\n", model_summary(model));
-  fmt::print(out, "parameters  {} = embedding {} + attention {} + MLP {} + norms {}{}\n\n",
-             format_thousands(counts.total), format_thousands(counts.embedding), format_thousands(counts.attention),
-             format_thousands(counts.mlp), format_thousands(counts.norms),
-             counts.lm_head > 0 ? fmt::format(" + LM head {}", format_thousands(counts.lm_head)) : " (LM head tied)");
-
-  const ParameterStorage storage = parameter_storage(setup);
-  fmt::print(out, "static memory (independent of the sequence length)\n");
-  auto row = [&](std::string_view what, std::int64_t bytes, const std::string& note) {
-    fmt::print(out, "  {:<17} {:>9} GiB   {}\n", what, format_gib(bytes), note);
-  };
-  row("weights", m.weights_bytes,
-      storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights)));
-  if (storage.master) row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)));
-  std::string state_note;
-  switch (setup.optimizer) {
-    case OptimizerKind::adamw: state_note = fmt::format("AdamW m and v in {}", to_string(*storage.adam_state)); break;
-    case OptimizerKind::adamw_8bit: state_note = "AdamW m and v in 8 bits with fp32 scales per 256 elements"; break;
-    case OptimizerKind::sgd: state_note = "SGD keeps no state"; break;
-    case OptimizerKind::none: state_note = "frozen weights"; break;
-  }
-  row("optimizer state", m.optimizer_state_bytes, state_note);
-  if (setup.optimizer == OptimizerKind::none) {
-    row("gradients", 0, "none: weights are frozen");
-  } else if (m.persistent_gradients) {
-    row("gradients", m.gradient_bytes,
-        fmt::format("{}, kept {}", to_string(*storage.gradients),
-                    setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
-                                         : std::string("until the optimizer step")));
-  } else {
-    row("gradients", 0,
-        fmt::format("none kept: each applied in backward (the largest, {}, is {} GiB while it lives)",
-                    m.largest_gradient_name, format_gib(m.largest_gradient_bytes)));
-  }
-  const std::int64_t left = gpu.usable_bytes() - m.total_bytes();
-  if (left >= 0) {
-    row("total", m.total_bytes(),
-        fmt::format("of {} GiB usable: {} GiB left for activations and transients", format_gib(gpu.usable_bytes()),
-                    format_gib(left)));
-    return;
-  }
-  row("total", m.total_bytes(), fmt::format("of {} GiB usable", format_gib(gpu.usable_bytes())));
-  fmt::print(out, "\ndoes not fit: the static state alone is {} GiB over the usable {} GiB\n", format_gib(-left),
-             format_gib(gpu.usable_bytes()));
-  const auto fixes = static_fixes(model, gpu, setup);
-  if (fixes.empty()) {
-    fmt::print(out, "no change of precision or optimizer makes it fit on one {}; a larger GPU or sharding "
-                    "(ZeRO / FSDP) is needed\n", gpu.name);
-  }
-  for (const SetupChange& fix : fixes) {
-    fmt::print(out, "would fit with {}: static {} GiB, {} GiB left\n", fix.flags, format_gib(fix.static_bytes),
-               format_gib(gpu.usable_bytes() - fix.static_bytes));
-  }
-}
-
 // Resolves a model or GPU argument; errors about one taken from the scenario name its field.
 template <typename Spec>
 Expected<Spec> resolve_reference(const Flag& flag, const std::optional<std::string>& from_scenario,
@@ -231,6 +156,27 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     return Failure{exit_code_of(*error), error->message};
   }
 
+  Method chosen_method = Method::automatic;
+  std::vector<Method> methods(all_methods().begin(), all_methods().end());
+  if (f.method.given()) {
+    if (auto failure = parse_choice("--method", f.method.value, chosen_method)) return failure;
+    methods = {chosen_method};
+  }
+  if (f.out.given() && f.out.value.empty()) return usage("--out: expected a file name, got ''");
+
+  const bool static_fits = static_memory(*model, setup).total_bytes() <= gpu->usable_bytes();
+  SearchResult result;
+  if (static_fits) result = search(*model, *gpu, setup, methods);
+  const Evaluation* chosen = nullptr;
+  for (const MethodResult& m : result.methods) {
+    if (m.method != chosen_method) continue;
+    if (setup.seq_len) {
+      if (m.at_request && m.at_request->fits) chosen = &*m.at_request;
+    } else if (m.at_max) {
+      chosen = &*m.at_max;
+    }
+  }
+
   if (f.json) {
     nlohmann::json j;
     j["version"] = version_string();
@@ -238,9 +184,59 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     j["gpu"] = gpu_json(*gpu);
     j["setup"] = setup_json(setup);
     j["static"] = static_memory_json(*model, *gpu, setup);
+    add_search_json(j, *model, setup, result, chosen_method, chosen);
     out << json_text(j) << '\n';
   } else {
-    print_plan_text(out, *model, *gpu, setup);
+    if (print_static(out, *model, *gpu, setup)) {
+      print_search(out, *model, *gpu, setup, result, chosen_method, chosen);
+    }
+  }
+  if (f.out.given()) {
+    if (!chosen) {
+      return Failure{ExitCode::no_fit, fmt::format("{}: not written: no {} plan fits{}", f.out.value,
+                                                   to_string(chosen_method),
+                                                   setup.seq_len ? fmt::format(" {} tokens", *setup.seq_len) : "")};
+    }
+    PlanFile file{*model, *gpu, setup, chosen->plan, chosen->seq_len,
+                  Prediction{std::string(to_string(chosen_method)), chosen->analysis.peak.allocated_bytes,
+                             chosen->analysis.peak_live_bytes, chosen->required_bytes, chosen->peak_at,
+                             chosen->time.tokens_per_s}};
+    if (auto error = write_text_file(f.out.value, plan_to_yaml(file))) return Failure{ExitCode::internal, error->message};
+  }
+  return std::nullopt;
+}
+
+// Rebuilds the step a plan file describes and compares the analysis with what the file predicted.
+std::optional<Failure> run_show(const std::string& path, bool json, std::ostream& out) {
+  auto file = load_plan_file(path);
+  if (!file) return Failure{exit_code_of(file.error()), file.error().message};
+  SearchOptions options;
+  Evaluator evaluator(file->model, file->gpu, file->setup, options);
+  const Evaluation e = evaluator.evaluate(file->plan, file->seq_len);
+  const bool same = e.analysis.peak.allocated_bytes == file->predicted.peak_allocated_bytes &&
+                    e.analysis.peak_live_bytes == file->predicted.peak_live_bytes && e.peak_at == file->predicted.peak_at;
+  if (json) {
+    nlohmann::json j = {{"file", path},
+                        {"model", model_json(file->model)},
+                        {"gpu", gpu_json(file->gpu)},
+                        {"setup", setup_json(file->setup)},
+                        {"evaluation", evaluation_json(e, file->model)},
+                        {"predicted_peak_bytes", file->predicted.peak_allocated_bytes},
+                        {"matches_prediction", same}};
+    out << json_text(j) << '\n';
+  } else {
+    fmt::print(out, "{}: {} on {}, {} tokens, batch {}\n", path, file->model.name, file->gpu.name,
+               format_thousands(file->seq_len), file->setup.batch);
+    fmt::print(out, "setup: {}\n", describe_setup(file->setup));
+    fmt::print(out, "plan ({}): {}\n", file->predicted.method, describe_plan(file->plan, file->model, file->seq_len));
+    fmt::print(out, "peak {} GiB (+ {} GiB reserve = {} GiB of {} GiB: {}) during {}\n",
+               format_gib(e.analysis.peak.allocated_bytes), format_gib(file->gpu.reserve_bytes),
+               format_gib(e.required_bytes), format_gib(file->gpu.capacity_bytes), e.fits ? "fits" : "does not fit",
+               e.peak_at);
+    fmt::print(out, "the file predicted {} bytes at {}: {}\n", format_thousands(file->predicted.peak_allocated_bytes),
+               file->predicted.peak_at,
+               same ? "the same" : fmt::format("now {} bytes (the planner changed since)",
+                                               format_thousands(e.analysis.peak.allocated_bytes)));
   }
   return std::nullopt;
 }
@@ -363,11 +359,13 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan --scenario scenarios/examples/llama3-8b-a100.yaml --optimizer adamw-8bit
   mst-plan models                    # the model catalog;  mst-plan models gemma2-9b  prints one spec
   mst-plan gpus                      # the GPU catalog
+  mst-plan --model llama3-8b --gpu H100 --seq 64K --out plan.yaml   # fastest plan for 64K tokens
+  mst-plan show plan.yaml            # rebuild a plan file's step and check its prediction
   mst-plan devices                   # the CUDA devices of this machine against the catalog
 
 Exit codes: 0 success, 1 output not written or internal error, 2 usage (bad flag or value), 3 bad
-input (model, GPU or scenario not found, unreadable, malformed or invalid), 4 unavailable (no CUDA
-device).
+input (model, GPU, scenario or plan not found, unreadable, malformed or invalid), 4 unavailable (no
+CUDA device), 5 nothing fits, so --out wrote no plan.
 Formats of model, GPU and scenario files: docs/specs.md.)";
 
 }  // namespace
@@ -419,6 +417,10 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   option(f.profile, "--profile", "native|pytorch",
          "Who executes the step: native (this project's runtime, default) or pytorch (transformers on "
          "autograd); e.g. --profile pytorch");
+  option(f.method, "--method", "METHOD",
+         "Only this method: vanilla, recompute, mst, mst-offload or auto (default: all, choosing auto's plan); "
+         "e.g. --method mst");
+  option(f.out, "--out,-o", "FILE", "Write the chosen plan as a plan file (read by `mst-plan show`); e.g. --out plan.yaml");
   app.add_flag("--json", f.json, "Print JSON instead of tables (also for the subcommands); e.g. --json | jq .model.parameters");
 
   std::string models_which;
@@ -433,6 +435,13 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   CLI::App* gpus = app.add_subcommand("gpus", "List the GPU catalog, or print one spec as YAML; e.g. mst-plan gpus h100");
   gpus->add_option("gpu", gpus_which, "A GPU name or file")->type_name("NAME|PATH");
   gpus->add_flag("--json", gpus_json, "Print JSON");
+
+  std::string show_file;
+  CLI::App* show = app.add_subcommand("show", "Rebuild the step of a plan file and check the prediction it carries; "
+                                              "e.g. mst-plan show plan.yaml");
+  show->add_option("plan", show_file, "A plan file written by --out")->type_name("FILE")->required();
+  bool show_json = false;
+  show->add_flag("--json", show_json, "Print JSON");
 
   bool devices_json = false;
   CLI::App* devices = app.add_subcommand(
@@ -470,6 +479,8 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     failure = run_gpus(gpus_which, gpus_json || f.json, out);
   } else if (devices->parsed()) {
     failure = run_devices(devices_json || f.json, out);
+  } else if (show->parsed()) {
+    failure = run_show(show_file, show_json || f.json, out);
   } else {
     failure = run_plan(f, out);
   }

@@ -30,18 +30,23 @@ namespace {
 enum class When : std::uint8_t { every, first_iteration, last_iteration };
 
 struct Event {
-  TensorId tensor;
   When when;
+  std::uint8_t kind;       // TensorKind of the tensor, for the breakdown
+  bool host;
   std::int64_t instances;  // how many instances it allocates or frees at once
+  std::int64_t bytes;      // per instance, requested
+  std::int64_t allocated;  // per instance, rounded
 };
 
-// Allocation and free events of every op, from first writes and last uses.
+// Allocation and free events of every op, from first writes and last uses, in flat arrays:
+// op i's allocations are alloc_[alloc_offset_[i] .. alloc_offset_[i + 1]), its frees likewise.
 class Events {
  public:
   Events(const Program& p, const AllocatorModel& allocator) {
     const std::size_t n_tensors = p.tensors.size();
+    const std::size_t n_ops = p.ops.size();
     std::vector<std::int64_t> first(n_tensors, -1), last(n_tensors, -1);
-    for (OpId i = 0; i < p.ops.size(); ++i) {
+    for (OpId i = 0; i < n_ops; ++i) {
       const Op& op = p.ops[i];
       for (TensorId t : p.inputs(op)) last[t] = i;
       for (TensorId t : p.outputs(op)) {
@@ -49,44 +54,41 @@ class Events {
         last[t] = i;
       }
     }
-    unit_.resize(n_tensors);
-    for (TensorId t = 0; t < n_tensors; ++t) {
-      const Tensor& tensor = p.tensors[t];
-      MemoryState& u = unit_[t];
-      if (tensor.device == Device::host) {
-        u.host_bytes = tensor.bytes;
-      } else {
-        u.live_bytes = tensor.bytes;
-        u.allocated_bytes = allocator.allocated(tensor.bytes);
-        u.by_kind[static_cast<std::size_t>(tensor.kind)] = tensor.bytes;
-      }
-    }
-    std::vector<std::vector<Event>> allocs(p.ops.size()), frees(p.ops.size());
+    alloc_offset_.assign(n_ops + 1, 0);
+    free_offset_.assign(n_ops + 1, 0);
     for (TensorId t = 0; t < n_tensors; ++t) {
       if (first[t] < 0) continue;  // never written: not part of the step
+      ++alloc_offset_[static_cast<std::size_t>(first[t]) + 1];
+      ++free_offset_[static_cast<std::size_t>(last[t]) + 1];
+    }
+    for (std::size_t i = 0; i < n_ops; ++i) {
+      alloc_offset_[i + 1] += alloc_offset_[i];
+      free_offset_[i + 1] += free_offset_[i];
+    }
+    alloc_.resize(alloc_offset_.back());
+    free_.resize(free_offset_.back());
+    std::vector<std::size_t> alloc_fill(alloc_offset_.begin(), alloc_offset_.end() - 1);
+    std::vector<std::size_t> free_fill(free_offset_.begin(), free_offset_.end() - 1);
+    for (TensorId t = 0; t < n_tensors; ++t) {
+      if (first[t] < 0) continue;
       const Tensor& tensor = p.tensors[t];
       const Op& writer = p.ops[static_cast<std::size_t>(first[t])];
       const Op& reader = p.ops[static_cast<std::size_t>(last[t])];
       const bool array = tensor.loop != kNone;
       const std::int64_t instances = array ? p.loops[static_cast<std::size_t>(tensor.loop)].iterations : 1;
       MSTPLAN_CHECK(!array || writer.loop == tensor.loop, "array {} first written outside its loop", tensor_name(p, t));
-      allocs[static_cast<std::size_t>(first[t])].push_back(
-          {t, array || writer.loop == kNone ? When::every : When::first_iteration, 1});
+      Event e{When::every, static_cast<std::uint8_t>(tensor.kind), tensor.device == Device::host, 1, tensor.bytes,
+              allocator.allocated(tensor.bytes)};
+      e.when = array || writer.loop == kNone ? When::every : When::first_iteration;
+      alloc_[alloc_fill[static_cast<std::size_t>(first[t])]++] = e;
       if (reader.loop == kNone) {
-        frees[static_cast<std::size_t>(last[t])].push_back({t, When::every, instances});
-      } else if (array) {
-        frees[static_cast<std::size_t>(last[t])].push_back({t, When::every, 1});
+        e.when = When::every;
+        e.instances = instances;
       } else {
-        frees[static_cast<std::size_t>(last[t])].push_back({t, When::last_iteration, 1});
+        e.when = array ? When::every : When::last_iteration;
+        e.instances = 1;
       }
-    }
-    alloc_offset_.push_back(0);
-    free_offset_.push_back(0);
-    for (std::size_t i = 0; i < p.ops.size(); ++i) {
-      alloc_events_.insert(alloc_events_.end(), allocs[i].begin(), allocs[i].end());
-      free_events_.insert(free_events_.end(), frees[i].begin(), frees[i].end());
-      alloc_offset_.push_back(alloc_events_.size());
-      free_offset_.push_back(free_events_.size());
+      free_[free_fill[static_cast<std::size_t>(last[t])]++] = e;
     }
   }
 
@@ -95,29 +97,30 @@ class Events {
   template <typename Report>
   void run(OpId i, std::int64_t iteration, std::int64_t iterations, MemoryState& state, Report&& report) const {
     for (std::size_t e = alloc_offset_[i]; e < alloc_offset_[i + 1]; ++e) {
-      apply(alloc_events_[e], iteration, iterations, state, +1);
+      apply(alloc_[e], iteration, iterations, state, +1);
     }
     report(i, iteration, state);
     for (std::size_t e = free_offset_[i]; e < free_offset_[i + 1]; ++e) {
-      apply(free_events_[e], iteration, iterations, state, -1);
+      apply(free_[e], iteration, iterations, state, -1);
     }
   }
 
  private:
-  void apply(const Event& e, std::int64_t iteration, std::int64_t iterations, MemoryState& state, int sign) const {
+  static void apply(const Event& e, std::int64_t iteration, std::int64_t iterations, MemoryState& state, int sign) {
     if (e.when == When::first_iteration && iteration != 0) return;
     if (e.when == When::last_iteration && iteration != iterations - 1) return;
-    const MemoryState& u = unit_[e.tensor];
     const std::int64_t k = sign * e.instances;
-    state.live_bytes += k * u.live_bytes;
-    state.allocated_bytes += k * u.allocated_bytes;
-    state.host_bytes += k * u.host_bytes;
-    for (std::size_t j = 0; j < kTensorKinds; ++j) state.by_kind[j] += k * u.by_kind[j];
+    if (e.host) {
+      state.host_bytes += k * e.bytes;
+      return;
+    }
+    state.live_bytes += k * e.bytes;
+    state.allocated_bytes += k * e.allocated;
+    state.by_kind[e.kind] += k * e.bytes;
   }
 
-  std::vector<Event> alloc_events_, free_events_;
-  std::vector<std::size_t> alloc_offset_, free_offset_;  // op i: [offset[i], offset[i + 1])
-  std::vector<MemoryState> unit_;
+  std::vector<Event> alloc_, free_;
+  std::vector<std::size_t> alloc_offset_, free_offset_;
 };
 
 // Walks the program, simulating loop iterations as `all_iterations` says.

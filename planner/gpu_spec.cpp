@@ -1,16 +1,12 @@
 #include "planner/gpu_spec.h"
 
 #include "planner/units.h"
+#include "planner/spec_fields.h"
 #include "planner/yaml_input.h"
 
 namespace mstplan {
 
-Expected<GpuSpec> parse_gpu_yaml(const std::string& text, const std::string& origin) {
-  auto node = load_yaml(text, origin, "GPU spec");
-  if (!node) return node.error();
-  FieldReader r = FieldReader::root(*node, origin, "GPU spec");
-  GpuSpec g;
-  g.source = origin;
+void read_gpu_fields(FieldReader& r, GpuSpec& g) {
   g.name = r.required_string("name");
   g.description = r.optional_string("description").value_or("");
   g.aliases = r.optional_string_list("aliases");
@@ -25,6 +21,16 @@ Expected<GpuSpec> parse_gpu_yaml(const std::string& text, const std::string& ori
     r.fail("reserve_bytes", fmt::format("reserve {} ({}) leaves nothing of capacity_bytes {} ({})", g.reserve_bytes,
                                         format_bytes(g.reserve_bytes), g.capacity_bytes, format_bytes(g.capacity_bytes)));
   }
+  (void)r.finish();
+}
+
+Expected<GpuSpec> parse_gpu_yaml(const std::string& text, const std::string& origin) {
+  auto node = load_yaml(text, origin, "GPU spec");
+  if (!node) return node.error();
+  FieldReader r = FieldReader::root(*node, origin, "GPU spec");
+  GpuSpec g;
+  g.source = origin;
+  read_gpu_fields(r, g);
   if (auto error = r.finish()) return *error;
   return g;
 }

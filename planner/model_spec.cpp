@@ -4,6 +4,7 @@
 #include <array>
 
 #include "planner/units.h"
+#include "planner/spec_fields.h"
 #include "planner/yaml_input.h"
 
 namespace mstplan {
@@ -162,12 +163,7 @@ std::optional<SpecProblem> check_model_relations(const ModelSpec& s) {
   return std::nullopt;
 }
 
-Expected<ModelSpec> parse_model_yaml(const std::string& text, const std::string& origin) {
-  auto node = load_yaml(text, origin, "model spec");
-  if (!node) return node.error();
-  FieldReader r = FieldReader::root(*node, origin, "model spec");
-  ModelSpec s;
-  s.source = origin;
+void read_model_fields(FieldReader& r, ModelSpec& s) {
   s.name = r.required_string("name");
   s.family = r.required_enum<Family>("family");
   s.hidden_size = r.required_int("hidden_size");
@@ -209,11 +205,18 @@ Expected<ModelSpec> parse_model_yaml(const std::string& text, const std::string&
                                               s.num_heads, s.hidden_size));
   }
   s.head_dim = head_dim.value_or(r.ok() ? s.hidden_size / s.num_heads : 1);
+  if (r.finish()) return;
+  if (auto problem = check_model_relations(s)) r.fail(problem->field, problem->message);
+}
+
+Expected<ModelSpec> parse_model_yaml(const std::string& text, const std::string& origin) {
+  auto node = load_yaml(text, origin, "model spec");
+  if (!node) return node.error();
+  FieldReader r = FieldReader::root(*node, origin, "model spec");
+  ModelSpec s;
+  s.source = origin;
+  read_model_fields(r, s);
   if (auto error = r.finish()) return *error;
-  if (auto problem = check_model_relations(s)) {
-    r.fail(problem->field, problem->message);
-    return *r.finish();
-  }
   return s;
 }
 

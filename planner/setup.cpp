@@ -4,6 +4,7 @@
 
 #include "planner/catalog.h"
 #include "planner/model_spec.h"
+#include "planner/spec_fields.h"
 #include "planner/yaml_input.h"
 
 namespace mstplan {
@@ -30,15 +31,7 @@ std::optional<ChunkSetting> read_chunks(FieldReader& block, std::string_view wha
 
 }  // namespace
 
-Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::string& origin) {
-  auto node = load_yaml(text, origin, "scenario");
-  if (!node) return node.error();
-  FieldReader r = FieldReader::root(*node, origin, "scenario");
-  Scenario sc;
-  sc.source = origin;
-  TrainingSetup& s = sc.setup;
-  if (auto model = r.optional_string("model")) sc.model = resolve_relative(*model, origin);
-  if (auto gpu = r.optional_string("gpu")) sc.gpu = resolve_relative(*gpu, origin);
+void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.batch = r.optional_int("batch").value_or(s.batch);
   s.seq_len = r.optional_int("seq_len", IntRange::tokens(), "search");
   s.precision = r.optional_enum<Precision>("precision").value_or(s.precision);
@@ -47,28 +40,66 @@ Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::strin
   s.grad_accum = r.optional_int("grad_accum").value_or(s.grad_accum);
   s.attention = r.optional_enum<AttentionKind>("attention").value_or(s.attention);
   s.profile = r.optional_enum<Profile>("profile").value_or(s.profile);
+  read_knob_fields(r, s.knobs);
+}
+
+void read_knob_fields(FieldReader& r, PlanKnobs& knobs) {
   if (auto mlp = r.optional_map("mlp")) {
-    s.knobs.mlp_chunks = read_chunks(*mlp, "MLP");
-    s.knobs.mlp_mode = mlp->optional_enum<MlpMode>("mode");
+    knobs.mlp_chunks = read_chunks(*mlp, "MLP");
+    knobs.mlp_mode = mlp->optional_enum<MlpMode>("mode");
     (void)mlp->finish();
   }
   if (auto head = r.optional_map("lm_head")) {
-    s.knobs.lm_head_chunks = read_chunks(*head, "LM head");
-    s.knobs.lm_head_mode = head->optional_enum<LmHeadMode>("mode");
+    knobs.lm_head_chunks = read_chunks(*head, "LM head");
+    knobs.lm_head_mode = head->optional_enum<LmHeadMode>("mode");
     (void)head->finish();
   }
   if (auto recompute = r.optional_map("recompute")) {
-    s.knobs.recompute = recompute->optional_enum<RecomputeKind>("kind");
-    s.knobs.recompute_layers = recompute->optional_int_list("layers", IntRange::non_negative(), "all");
+    knobs.recompute = recompute->optional_enum<RecomputeKind>("kind");
+    knobs.recompute_layers = recompute->optional_int_list("layers", IntRange::non_negative(), "all");
     (void)recompute->finish();
   }
-  s.knobs.offload_checkpoints = r.optional_bool("offload");
+  knobs.offload_checkpoints = r.optional_bool("offload");
+}
+
+Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::string& origin) {
+  auto node = load_yaml(text, origin, "scenario");
+  if (!node) return node.error();
+  FieldReader r = FieldReader::root(*node, origin, "scenario");
+  Scenario sc;
+  sc.source = origin;
+  if (auto model = r.optional_string("model")) sc.model = resolve_relative(*model, origin);
+  if (auto gpu = r.optional_string("gpu")) sc.gpu = resolve_relative(*gpu, origin);
+  read_setup_fields(r, sc.setup);
   if (auto error = r.finish()) return *error;
   return sc;
 }
 
 Expected<Scenario> load_scenario_file(const std::string& path) {
   return parse_file(path, parse_scenario_yaml);
+}
+
+std::string knobs_to_yaml(const PlanKnobs& knobs) {
+  std::string out;
+  auto block = [&](std::string_view key, const std::optional<ChunkSetting>& chunks, auto mode) {
+    std::string fields;
+    if (chunks && chunks->chunks) fields += fmt::format("chunks: {}", *chunks->chunks);
+    if (chunks && chunks->chunk_tokens) fields += fmt::format("chunk_tokens: {}", *chunks->chunk_tokens);
+    if (mode) fields += fmt::format("{}mode: {}", fields.empty() ? "" : ", ", to_string(*mode));
+    if (!fields.empty()) out += fmt::format("{}: {{{}}}\n", key, fields);
+  };
+  block("mlp", knobs.mlp_chunks, knobs.mlp_mode);
+  block("lm_head", knobs.lm_head_chunks, knobs.lm_head_mode);
+  if (knobs.recompute || knobs.recompute_layers) {
+    std::string fields;
+    if (knobs.recompute) fields += fmt::format("kind: {}", to_string(*knobs.recompute));
+    if (knobs.recompute_layers) {
+      fields += fmt::format("{}layers: [{}]", fields.empty() ? "" : ", ", fmt::join(*knobs.recompute_layers, ", "));
+    }
+    out += fmt::format("recompute: {{{}}}\n", fields);
+  }
+  if (knobs.offload_checkpoints) out += fmt::format("offload: {}\n", *knobs.offload_checkpoints);
+  return out;
 }
 
 std::string setup_to_yaml(const TrainingSetup& s) {
@@ -81,24 +112,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   out += fmt::format("grad_accum: {}\n", s.grad_accum);
   out += fmt::format("attention: {}\n", to_string(s.attention));
   out += fmt::format("profile: {}\n", to_string(s.profile));
-  auto block = [&](std::string_view key, const std::optional<ChunkSetting>& chunks, auto mode) {
-    std::string fields;
-    if (chunks && chunks->chunks) fields += fmt::format("chunks: {}", *chunks->chunks);
-    if (chunks && chunks->chunk_tokens) fields += fmt::format("chunk_tokens: {}", *chunks->chunk_tokens);
-    if (mode) fields += fmt::format("{}mode: {}", fields.empty() ? "" : ", ", to_string(*mode));
-    if (!fields.empty()) out += fmt::format("{}: {{{}}}\n", key, fields);
-  };
-  block("mlp", s.knobs.mlp_chunks, s.knobs.mlp_mode);
-  block("lm_head", s.knobs.lm_head_chunks, s.knobs.lm_head_mode);
-  if (s.knobs.recompute || s.knobs.recompute_layers) {
-    std::string fields;
-    if (s.knobs.recompute) fields += fmt::format("kind: {}", to_string(*s.knobs.recompute));
-    if (s.knobs.recompute_layers) {
-      fields += fmt::format("{}layers: [{}]", fields.empty() ? "" : ", ", fmt::join(*s.knobs.recompute_layers, ", "));
-    }
-    out += fmt::format("recompute: {{{}}}\n", fields);
-  }
-  if (s.knobs.offload_checkpoints) out += fmt::format("offload: {}\n", *s.knobs.offload_checkpoints);
+  out += knobs_to_yaml(s.knobs);
   return out;
 }
 

@@ -1,0 +1,260 @@
+#include "cli/plan_output.h"
+
+#include <ostream>
+
+#include <fmt/format.h>
+#include <fmt/ostream.h>
+
+#include "planner/json_output.h"
+#include "planner/static_memory.h"
+#include "planner/units.h"
+
+namespace mstplan::cli {
+
+namespace {
+
+std::string model_summary(const ModelSpec& m) {
+  std::string shape = fmt::format("{} family, {} layers, hidden {}, MLP {} ({}), {} heads / {} KV heads x {}, vocabulary {}",
+                                  to_string(m.family), m.num_layers, m.hidden_size, m.intermediate_size,
+                                  m.mlp_activation == MlpActivation::swiglu ? "SwiGLU" : "GeGLU", m.num_heads,
+                                  m.num_kv_heads, m.head_dim, m.vocab_size);
+  if (m.tied_embeddings) shape += ", tied embeddings";
+  if (m.qkv_bias) shape += ", q/k/v bias";
+  if (m.sliding_window) {
+    shape += fmt::format(", window {} ({} layers)", m.sliding_window->size,
+                         m.sliding_window->layers == SlidingLayers::all ? "all" : "even");
+  }
+  if (m.final_logit_softcap) shape += fmt::format(", logits soft-capped at {}", *m.final_logit_softcap);
+  return shape;
+}
+
+}  // namespace
+
+bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup) {
+  const ParameterCounts counts = count_parameters(model);
+  const StaticMemory m = static_memory(model, setup);
+  fmt::print(out, "{} ({} parameters) on {} ({} GiB as CUDA reports it, {} GiB reserved for context/workspace)\n",
+             model.name, format_count(counts.total), gpu.name, format_gib(gpu.capacity_bytes),
+             format_gib(gpu.reserve_bytes));
+  fmt::print(out, "setup: {}\n", describe_setup(setup));
+  fmt::print(out, "sequence: {}\n\n",
+             setup.seq_len ? fmt::format("{} tokens", *setup.seq_len) : std::string("search for the maximum"));
+
+  fmt::print(out, "model       {}\n", model_summary(model));
+  fmt::print(out, "parameters  {} = embedding {} + attention {} + MLP {} + norms {}{}\n\n",
+             format_thousands(counts.total), format_thousands(counts.embedding), format_thousands(counts.attention),
+             format_thousands(counts.mlp), format_thousands(counts.norms),
+             counts.lm_head > 0 ? fmt::format(" + LM head {}", format_thousands(counts.lm_head)) : " (LM head tied)");
+
+  const ParameterStorage storage = parameter_storage(setup);
+  fmt::print(out, "static memory (independent of the sequence length)\n");
+  auto row = [&](std::string_view what, std::int64_t bytes, const std::string& note) {
+    fmt::print(out, "  {:<17} {:>9} GiB   {}\n", what, format_gib(bytes), note);
+  };
+  row("weights", m.weights_bytes,
+      storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights)));
+  if (storage.master) row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)));
+  std::string state_note;
+  switch (setup.optimizer) {
+    case OptimizerKind::adamw: state_note = fmt::format("AdamW m and v in {}", to_string(*storage.adam_state)); break;
+    case OptimizerKind::adamw_8bit: state_note = "AdamW m and v in 8 bits with fp32 scales per 256 elements"; break;
+    case OptimizerKind::sgd: state_note = "SGD keeps no state"; break;
+    case OptimizerKind::none: state_note = "frozen weights"; break;
+  }
+  row("optimizer state", m.optimizer_state_bytes, state_note);
+  if (setup.optimizer == OptimizerKind::none) {
+    row("gradients", 0, "none: weights are frozen");
+  } else if (m.persistent_gradients) {
+    row("gradients", m.gradient_bytes,
+        fmt::format("{}, kept {}", to_string(*storage.gradients),
+                    setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
+                                         : std::string("until the optimizer step")));
+  } else {
+    row("gradients", 0,
+        fmt::format("none kept: each applied in backward (the largest, {}, is {} GiB while it lives)",
+                    m.largest_gradient_name, format_gib(m.largest_gradient_bytes)));
+  }
+  const std::int64_t left = gpu.usable_bytes() - m.total_bytes();
+  if (left >= 0) {
+    row("total", m.total_bytes(),
+        fmt::format("of {} GiB usable: {} GiB left for activations and transients", format_gib(gpu.usable_bytes()),
+                    format_gib(left)));
+    return true;
+  }
+  row("total", m.total_bytes(), fmt::format("of {} GiB usable", format_gib(gpu.usable_bytes())));
+  fmt::print(out, "\ndoes not fit: the static state alone is {} GiB over the usable {} GiB\n", format_gib(-left),
+             format_gib(gpu.usable_bytes()));
+  const auto fixes = static_fixes(model, gpu, setup);
+  if (fixes.empty()) {
+    fmt::print(out, "no change of precision or optimizer makes it fit on one {}; a larger GPU or sharding "
+                    "(ZeRO / FSDP) is needed\n", gpu.name);
+  }
+  for (const SetupChange& fix : fixes) {
+    fmt::print(out, "would fit with {}: static {} GiB, {} GiB left\n", fix.flags, format_gib(fix.static_bytes),
+               format_gib(gpu.usable_bytes() - fix.static_bytes));
+  }
+  return false;
+}
+
+
+namespace {
+
+std::string gib(std::int64_t bytes) { return format_gib(bytes); }
+
+// "49.1 GiB": breakdown of the device bytes at the peak by kind, skipping empty kinds.
+std::string breakdown(const MemoryState& m) {
+  std::string out;
+  for (std::size_t k = 0; k < kTensorKinds; ++k) {
+    if (gib(m.by_kind[k]) == "0.00") continue;
+    out += fmt::format("{}{} {}", out.empty() ? "" : " | ", to_string(static_cast<TensorKind>(k)), gib(m.by_kind[k]));
+  }
+  return out + " GiB";
+}
+
+std::string tokens_per_s(double value) { return value > 0 ? format_thousands(static_cast<std::int64_t>(value + 0.5)) : "-"; }
+
+}  // namespace
+
+void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                  const SearchResult& result, Method chosen_method, const Evaluation* chosen) {
+  const std::optional<std::int64_t> request = setup.seq_len;
+  fmt::print(out, "\nlongest sequence per method (multiples of 64 tokens; peak = device bytes the step allocates, "
+                  "of {} GiB usable)\n", gib(gpu.usable_bytes()));
+  if (request) {
+    fmt::print(out, "{:<12} {:>11} {:>9}  {:<36} {:>9}   {:>6} {:>9} {:>9}\n", "method", "max length", "peak GiB",
+               "peak at", "tokens/s", fmt::format("at {}", format_thousands(*request)), "peak GiB", "tokens/s");
+  } else {
+    fmt::print(out, "{:<12} {:>11} {:>9}  {:<36} {:>9}\n", "method", "max length", "peak GiB", "peak at", "tokens/s");
+  }
+  for (const MethodResult& m : result.methods) {
+    std::string row;
+    if (m.at_max) {
+      const Evaluation& e = *m.at_max;
+      row = fmt::format("{:<12} {:>11} {:>9}  {:<36} {:>9}", to_string(m.method), format_thousands(e.seq_len),
+                        gib(e.analysis.peak.allocated_bytes), e.peak_at, tokens_per_s(e.time.tokens_per_s));
+    } else {
+      row = fmt::format("{:<12} {:>11} {:>9}  {:<36} {:>9}", to_string(m.method), "none fits", "-", "-", "-");
+    }
+    if (request) {
+      if (m.at_request) {
+        const Evaluation& r = *m.at_request;
+        row += fmt::format("   {:>6} {:>9} {:>9}", r.fits ? "fits" : "no", gib(r.analysis.peak.allocated_bytes),
+                           r.fits ? tokens_per_s(r.time.tokens_per_s) : "-");
+      } else {
+        row += fmt::format("   {:>6} {:>9} {:>9}", "no", "-", "-");
+      }
+    }
+    fmt::print(out, "{}\n", row);
+  }
+  if (!chosen) {
+    if (request) {
+      fmt::print(out, "\nno plan of {} fits {} tokens on {}\n", to_string(chosen_method), format_thousands(*request),
+                 gpu.name);
+    }
+    return;
+  }
+  const Evaluation& c = *chosen;
+  fmt::print(out, "\n{} plan at {} tokens: {}\n", to_string(chosen_method), format_thousands(c.seq_len),
+             describe_plan(c.plan, model, c.seq_len));
+  fmt::print(out, "  peak {} GiB (+ {} GiB reserve = {} GiB of {} GiB) during {} ({})\n",
+             gib(c.analysis.peak.allocated_bytes), gib(gpu.reserve_bytes), gib(c.required_bytes),
+             gib(gpu.capacity_bytes), c.peak_at, to_string(c.peak_phase));
+  fmt::print(out, "  at the peak: {}\n", breakdown(c.analysis.peak));
+  if (c.analysis.host_peak_bytes > 0) {
+    fmt::print(out, "  host memory: {} GiB of offloaded checkpoints at most\n", gib(c.analysis.host_peak_bytes));
+  }
+  const double mfu = c.time.step_seconds > 0 ? c.time.model_flops / c.time.step_seconds / (gpu.bf16_tflops * 1e12) : 0.0;
+  fmt::print(out, "  estimated {} tokens/s (step {:.3g} s, model FLOPs at {:.0f}% of the bf16 peak)\n",
+             tokens_per_s(c.time.tokens_per_s), c.time.step_seconds, 100.0 * mfu);
+  if (chosen_method == Method::automatic && !request && result.pareto.size() > 1) {
+    fmt::print(out, "\nauto's trade-offs (longest sequence against speed, none better on both):\n");
+    for (const Evaluation& e : result.pareto) {
+      fmt::print(out, "  {:>11} tokens {:>9} tokens/s  {}\n", format_thousands(e.seq_len), tokens_per_s(e.time.tokens_per_s),
+                 describe_plan(e.plan, model, e.seq_len));
+    }
+  }
+  fmt::print(out, "\nwrite it with --out plan.yaml; check it with `mst-plan show plan.yaml`\n");
+}
+
+nlohmann::json plan_json(const Plan& p, const ModelSpec& model, std::int64_t seq_len) {
+  auto chunks = [&](const ChunkSetting& c, std::int64_t positions) {
+    nlohmann::json j = {{"chunks", chunk_count(c, positions)}};
+    if (c.chunk_tokens) j["chunk_tokens"] = *c.chunk_tokens;
+    return j;
+  };
+  nlohmann::json j;
+  j["mlp"] = chunks(p.mlp, seq_len);
+  j["mlp"]["mode"] = to_string(p.mlp_mode);
+  j["lm_head"] = chunks(p.lm_head, std::max<std::int64_t>(seq_len - 1, 1));
+  j["lm_head"]["mode"] = to_string(p.lm_head_mode);
+  nlohmann::json layers = nlohmann::json::array();
+  if (p.recompute != RecomputeKind::none) {
+    for (std::int64_t l = 0; l < model.num_layers; ++l) {
+      if (recomputes_layer(p, l)) layers.push_back(l);
+    }
+  }
+  j["recompute"] = {{"kind", to_string(p.recompute)}, {"layers", layers}};
+  j["offload"] = p.offload_checkpoints;
+  j["description"] = describe_plan(p, model, seq_len);
+  return j;
+}
+
+nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
+  nlohmann::json by_kind;
+  for (std::size_t k = 0; k < kTensorKinds; ++k) {
+    by_kind[std::string(to_string(static_cast<TensorKind>(k)))] = e.analysis.peak.by_kind[k];
+  }
+  return {{"seq_len", e.seq_len},
+          {"fits", e.fits},
+          {"peak_bytes", e.analysis.peak.allocated_bytes},
+          {"peak_live_bytes", e.analysis.peak_live_bytes},
+          {"required_bytes", e.required_bytes},
+          {"host_peak_bytes", e.analysis.host_peak_bytes},
+          {"peak_at", e.peak_at},
+          {"peak_phase", to_string(e.peak_phase)},
+          {"peak_breakdown_bytes", by_kind},
+          {"tokens_per_s", e.time.tokens_per_s},
+          {"step_seconds", e.time.step_seconds},
+          {"plan", plan_json(e.plan, model, e.seq_len)}};
+}
+
+void add_search_json(nlohmann::json& out, const ModelSpec& model, const TrainingSetup& setup, const SearchResult& result,
+                     Method chosen_method, const Evaluation* chosen) {
+  nlohmann::json methods = nlohmann::json::array();
+  for (const MethodResult& m : result.methods) {
+    nlohmann::json j = {{"method", to_string(m.method)}};
+    if (m.at_max) {
+      j["max_seq_len"] = m.at_max->seq_len;
+      j["peak_bytes"] = m.at_max->analysis.peak.allocated_bytes;
+      j["peak_at"] = m.at_max->peak_at;
+      j["tokens_per_s"] = m.at_max->time.tokens_per_s;
+      j["plan"] = plan_json(m.at_max->plan, model, m.at_max->seq_len);
+      j["at_max"] = evaluation_json(*m.at_max, model);
+    } else {
+      j["max_seq_len"] = 0;
+      j["peak_bytes"] = nullptr;
+      j["peak_at"] = nullptr;
+      j["tokens_per_s"] = nullptr;
+      j["plan"] = nullptr;
+    }
+    if (setup.seq_len) {
+      j["seq_len"] = *setup.seq_len;
+      j["fits"] = m.at_request && m.at_request->fits;
+      j["peak_bytes_at_seq"] = m.at_request ? nlohmann::json(m.at_request->analysis.peak.allocated_bytes) : nlohmann::json(nullptr);
+      j["at_seq"] = m.at_request ? evaluation_json(*m.at_request, model) : nlohmann::json(nullptr);
+    }
+    methods.push_back(j);
+  }
+  out["methods"] = methods;
+  nlohmann::json pareto = nlohmann::json::array();
+  for (const Evaluation& e : result.pareto) pareto.push_back(evaluation_json(e, model));
+  out["pareto"] = pareto;
+  if (setup.seq_len) {
+    out["fastest_at_seq"] = result.fastest_at_request ? evaluation_json(*result.fastest_at_request, model) : nlohmann::json(nullptr);
+  }
+  out["chosen"] = chosen ? nlohmann::json{{"method", to_string(chosen_method)}, {"evaluation", evaluation_json(*chosen, model)}}
+                         : nlohmann::json(nullptr);
+  out["evaluations"] = result.evaluations;
+}
+
+}  // namespace mstplan::cli

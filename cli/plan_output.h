@@ -1,0 +1,29 @@
+#pragma once
+// What the plan command prints: the static memory, the table of methods with their longest
+// sequences, the chosen plan with its memory breakdown at the peak, and the same as JSON.
+#include <iosfwd>
+
+#include <nlohmann/json.hpp>
+
+#include "planner/gpu_spec.h"
+#include "planner/model_spec.h"
+#include "planner/search.h"
+#include "planner/setup.h"
+
+namespace mstplan::cli {
+
+/// The first lines (model, GPU, setup) and the static memory table; with "does not fit" advice
+/// when the static state alone exceeds the GPU. Returns whether the static state fits.
+bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup);
+
+/// The methods table, the chosen plan and its breakdown, the Pareto set of auto.
+void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                  const SearchResult& result, Method chosen_method, const Evaluation* chosen);
+
+[[nodiscard]] nlohmann::json plan_json(const Plan& plan, const ModelSpec& model, std::int64_t seq_len);
+[[nodiscard]] nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model);
+/// The `methods` array (and `pareto`, `fastest_at_seq`, `chosen`) of the --json contract.
+void add_search_json(nlohmann::json& out, const ModelSpec& model, const TrainingSetup& setup, const SearchResult& result,
+                     Method chosen_method, const Evaluation* chosen);
+
+}  // namespace mstplan::cli

@@ -1,0 +1,134 @@
+#include "planner/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace mstplan {
+namespace {
+
+// Bytes an op moves through device memory, one execution: its tensors once each (per-chunk
+// instances for arrays; a full tensor read by a chunk op is counted in proportion to a chunk).
+double op_bytes(const Program& p, const Op& op) {
+  if (op.kind == OpKind::matmul) {
+    const double out = p.outputs(op).empty() ? 2.0 : static_cast<double>(dtype_bytes(p.tensors[p.outputs(op)[0]].dtype));
+    const double heads = std::max(op.flops_multiplier, 1.0);
+    return heads * (2.0 * static_cast<double>(op.m * op.k + op.k * op.n) + out * static_cast<double>(op.m * op.n));
+  }
+  double share = 1.0;
+  if (op.loop != kNone) {
+    const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
+    share = static_cast<double>(loop.rows) / static_cast<double>(std::max<std::int64_t>(p.seq_len, 1));
+  }
+  double bytes = 0;
+  auto count = [&](TensorId t) {
+    const Tensor& tensor = p.tensors[t];
+    const bool whole = tensor.loop == kNone && op.loop != kNone && tensor.kind != TensorKind::weight;
+    bytes += static_cast<double>(tensor.bytes) * (whole ? share : 1.0);
+  };
+  for (TensorId t : p.inputs(op)) count(t);
+  for (TensorId t : p.outputs(op)) count(t);
+  return bytes;
+}
+
+// Keys each query attends to, on average: causal, possibly within a sliding window.
+double mean_keys(std::int64_t queries, std::int64_t window) {
+  const auto s = static_cast<double>(queries);
+  if (window > 0 && window < queries) {
+    const auto w = static_cast<double>(window);
+    return (s * w - w * w / 2.0) / s;
+  }
+  return (s + 1.0) / 2.0;
+}
+
+}  // namespace
+
+double op_flops(const Program& p, OpId id) {
+  const Op& op = p.ops[id];
+  switch (op.kind) {
+    case OpKind::matmul:
+      return 2.0 * static_cast<double>(op.m) * static_cast<double>(op.n) * static_cast<double>(op.k) *
+             std::max(op.flops_multiplier, 1.0);
+    case OpKind::attention:
+    case OpKind::attention_grad: {
+      // Forward: QK^T and PV, 2 x 2 x keys x head_dim per query and head. Backward: 2.5 times
+      // that (FlashAttention-2 recomputes P and runs four more GEMM-like passes).
+      const double forward = 4.0 * static_cast<double>(op.m) * static_cast<double>(op.n) * mean_keys(op.n, op.window) *
+                             static_cast<double>(op.head_dim);
+      return op.kind == OpKind::attention ? forward : 2.5 * forward;
+    }
+    default: return 0.0;
+  }
+}
+
+double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptions& o) {
+  const Op& op = p.ops[id];
+  if (op.kind == OpKind::begin || op.kind == OpKind::end) return 0.0;
+  const double bandwidth = gpu.memory_bandwidth_gb_per_s * 1e9 * o.memory_efficiency;
+  const double bytes = op_bytes(p, op);
+  if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
+    return bytes / (gpu.host_link_gb_per_s * 1e9 * o.host_link_efficiency) + o.launch_seconds;
+  }
+  const double peak = gpu.bf16_tflops * 1e12;
+  double compute = 0.0;
+  if (op.kind == OpKind::matmul) {
+    const double smallest = static_cast<double>(std::min({op.m, op.n, op.k}));
+    const double efficiency = o.gemm_efficiency * smallest / (smallest + o.gemm_half_dim);
+    compute = op_flops(p, id) / (peak * efficiency);
+  } else if (op.kind == OpKind::attention || op.kind == OpKind::attention_grad) {
+    compute = op_flops(p, id) / (peak * o.attention_efficiency);
+  }
+  return std::max(compute, bytes / bandwidth) + o.launch_seconds;
+}
+
+StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_accum, const CostOptions& o) {
+  StepTime t;
+  double compute = 0.0;  // the compute stream's clock
+  double copy = 0.0;     // the copy stream's clock
+  std::vector<double> ready(p.tensors.size(), 0.0);  // when a copied tensor is on the device
+  double forward_flops = 0.0;
+  OpId i = 0;
+  while (i < p.ops.size()) {
+    const Op& op = p.ops[i];
+    if (op.loop != kNone) {
+      const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
+      const auto n = static_cast<double>(loop.iterations);
+      for (OpId j = loop.first_op; j < loop.end_op; ++j) {
+        const double seconds = n * op_seconds(p, j, gpu, o);
+        const double flops = n * op_flops(p, j);
+        compute += seconds;
+        t.phase_seconds[static_cast<std::size_t>(p.ops[j].phase)] += seconds;
+        t.flops += flops;
+        if (p.ops[j].pass == Pass::forward) forward_flops += flops;
+      }
+      i = loop.end_op;
+      continue;
+    }
+    const double seconds = op_seconds(p, i, gpu, o);
+    if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
+      // The copy starts once its input is produced (in program order) and the stream is free.
+      const double start = std::max(copy, compute);
+      copy = start + seconds;
+      for (TensorId out : p.outputs(op)) ready[out] = copy;
+      t.copy_seconds += seconds;
+    } else {
+      double start = compute;
+      for (TensorId in : p.inputs(op)) start = std::max(start, ready[in]);
+      compute = start + seconds;
+      t.phase_seconds[static_cast<std::size_t>(op.phase)] += seconds;
+      const double flops = op_flops(p, i);
+      t.flops += flops;
+      if (op.pass == Pass::forward) forward_flops += flops;
+    }
+    ++i;
+  }
+  t.compute_seconds = compute;  // including waits for prefetches
+  t.step_seconds = std::max(compute, copy);
+  t.model_flops = 3.0 * forward_flops;
+  const double optimizer = t.phase_seconds[static_cast<std::size_t>(Phase::optimizer)];
+  const double amortised =
+      t.step_seconds - optimizer * (1.0 - 1.0 / static_cast<double>(std::max<std::int64_t>(grad_accum, 1)));
+  t.tokens_per_s = amortised > 0 ? static_cast<double>(p.batch * p.seq_len) / amortised : 0.0;
+  return t;
+}
+
+}  // namespace mstplan

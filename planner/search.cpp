@@ -1,0 +1,254 @@
+#include "planner/search.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "planner/builder.h"
+
+namespace mstplan {
+namespace {
+
+std::int64_t round_down(std::int64_t value, std::int64_t granularity) { return value / granularity * granularity; }
+
+// Plans auto compares: from plain autograd to the most memory-frugal, each with the MST chunk
+// sizes that keep GEMMs efficient (MLP chunks of d tokens, LM head in ceil(V / d) chunks), plus
+// one with finer chunks for the very longest sequences.
+std::vector<Plan> auto_candidates(const ModelSpec& m, const PlanKnobs& knobs) {
+  const Plan mst = Plan::mst_reference(m);
+  std::vector<Plan> out;
+  out.push_back(Plan::vanilla());
+  {
+    Plan p = mst;  // no recompute: gate and up kept (paper), transients chunked
+    p.recompute = RecomputeKind::none;
+    p.mlp_mode = MlpMode::paper;
+    out.push_back(p);
+  }
+  {
+    Plan p = mst;
+    p.recompute = RecomputeKind::selective;
+    out.push_back(p);
+  }
+  out.push_back(mst);
+  {
+    Plan p = mst;
+    p.lm_head_mode = LmHeadMode::forward_grad;
+    out.push_back(p);
+  }
+  {
+    Plan p = mst;
+    p.offload_checkpoints = true;
+    out.push_back(p);
+  }
+  {
+    Plan p = mst;
+    p.offload_checkpoints = true;
+    p.lm_head_mode = LmHeadMode::forward_grad;
+    out.push_back(p);
+  }
+  {
+    Plan p = mst;  // finest: quarter-d MLP chunks (at least 256 tokens), LM head chunks of 512 tokens
+    p.offload_checkpoints = true;
+    p.mlp = ChunkSetting{{}, std::max<std::int64_t>(m.hidden_size / 4, 256)};
+    p.lm_head = ChunkSetting{{}, 512};
+    out.push_back(p);
+  }
+  for (Plan& p : out) p = apply_knobs(p, knobs);
+  std::vector<Plan> unique;
+  for (const Plan& p : out) {
+    if (std::find(unique.begin(), unique.end(), p) == unique.end()) unique.push_back(p);
+  }
+  return unique;
+}
+
+// Keeps the points no other point beats on both length and speed; longest first.
+std::vector<Evaluation> pareto_front(std::vector<Evaluation> points) {
+  std::sort(points.begin(), points.end(), [](const Evaluation& a, const Evaluation& b) {
+    return a.seq_len != b.seq_len ? a.seq_len > b.seq_len : a.time.tokens_per_s > b.time.tokens_per_s;
+  });
+  std::vector<Evaluation> front;
+  double best_speed = -1.0;
+  for (Evaluation& e : points) {
+    if (e.time.tokens_per_s > best_speed) {
+      best_speed = e.time.tokens_per_s;
+      front.push_back(std::move(e));
+    }
+  }
+  return front;
+}
+
+}  // namespace
+
+std::span<const Method> all_methods() {
+  static constexpr std::array<Method, 5> methods{Method::vanilla, Method::recompute, Method::mst, Method::mst_offload,
+                                                 Method::automatic};
+  return methods;
+}
+
+Plan method_plan(Method method, const ModelSpec& model) {
+  switch (method) {
+    case Method::vanilla: return Plan::vanilla();
+    case Method::recompute: return Plan::recompute_all();
+    case Method::mst_offload: {
+      Plan p = Plan::mst_reference(model);
+      p.offload_checkpoints = true;
+      return p;
+    }
+    case Method::mst:
+    case Method::automatic: return Plan::mst_reference(model);
+  }
+  return Plan::vanilla();
+}
+
+Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options)
+    : model_(model), gpu_(gpu), setup_(setup), options_(options), allocator_(AllocatorModel::for_profile(setup.profile)) {}
+
+Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) {
+  ++evaluations_;
+  const Program p = build_program(model_, setup_, plan, seq_len);
+  Evaluation e;
+  e.plan = plan;
+  e.seq_len = seq_len;
+  e.mlp_chunks = p.mlp_chunks;
+  e.lm_head_chunks = p.lm_head_chunks;
+  e.analysis = analyze(p, allocator_);
+  e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost);
+  e.required_bytes = e.analysis.peak.allocated_bytes + gpu_.reserve_bytes;
+  e.fits = e.required_bytes <= gpu_.capacity_bytes;
+  e.peak_at = op_name(p, e.analysis.peak_op, e.analysis.peak_iteration);
+  e.peak_phase = p.ops[e.analysis.peak_op].phase;
+  e.peak_layer = p.ops[e.analysis.peak_op].layer;
+  return e;
+}
+
+std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
+  const std::int64_t g = std::max<std::int64_t>(options_.granularity, 2);
+  const std::int64_t ceiling = std::max(round_down(options_.max_seq_len, g), g);
+  Evaluation lo = evaluate(plan, g);
+  if (!lo.fits) return std::nullopt;
+  auto excess = [&](const Evaluation& e) { return static_cast<double>(e.required_bytes - gpu_.capacity_bytes); };
+
+  // Grow until a length does not fit, aiming where the line through the last two points meets
+  // the capacity (memory is nearly affine in S), at least doubling.
+  std::optional<Evaluation> hi;
+  Evaluation previous = lo;
+  bool have_previous = false;
+  while (!hi) {
+    if (lo.seq_len >= ceiling) return lo;
+    std::int64_t next = 2 * lo.seq_len;
+    if (have_previous && lo.seq_len > previous.seq_len) {
+      const double slope = (excess(lo) - excess(previous)) / static_cast<double>(lo.seq_len - previous.seq_len);
+      if (slope > 0) {
+        const double target = static_cast<double>(lo.seq_len) - excess(lo) / slope;
+        next = std::max(next, static_cast<std::int64_t>(target * 1.02));
+      }
+    }
+    next = std::min(round_down(next, g), ceiling);
+    if (next <= lo.seq_len) next = lo.seq_len + g;
+    Evaluation e = evaluate(plan, next);
+    previous = lo;
+    have_previous = true;
+    if (e.fits) {
+      lo = std::move(e);
+    } else {
+      hi = std::move(e);
+    }
+  }
+  // Narrow the bracket [lo fits, hi does not]: false position, or bisection when it stalls.
+  bool bisect = false;
+  while (hi->seq_len - lo.seq_len > g) {
+    std::int64_t next = 0;
+    const double f_lo = excess(lo);
+    const double f_hi = excess(*hi);
+    if (!bisect && f_hi > f_lo) {
+      const double t = -f_lo / (f_hi - f_lo);
+      next = lo.seq_len + static_cast<std::int64_t>(t * static_cast<double>(hi->seq_len - lo.seq_len));
+    } else {
+      next = lo.seq_len + (hi->seq_len - lo.seq_len) / 2;
+    }
+    next = std::clamp(round_down(next, g), lo.seq_len + g, hi->seq_len - g);
+    Evaluation e = evaluate(plan, next);
+    // False position lands on the fitting side of a convex curve over and over; alternate.
+    bisect = !bisect && e.fits;
+    if (e.fits) {
+      lo = std::move(e);
+    } else {
+      hi = std::move(e);
+    }
+  }
+  return lo;
+}
+
+SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                    std::span<const Method> methods, const SearchOptions& options) {
+  Evaluator evaluator(model, gpu, setup, options);
+  SearchResult result;
+  // Longest lengths are memoised per plan: auto's candidates include the fixed methods' plans.
+  std::vector<std::pair<Plan, std::optional<Evaluation>>> memo;
+  auto longest = [&](const Plan& plan) -> std::optional<Evaluation> {
+    for (const auto& [p, e] : memo) {
+      if (p == plan) return e;
+    }
+    memo.emplace_back(plan, evaluator.longest(plan));
+    return memo.back().second;
+  };
+  const std::optional<std::int64_t> request = setup.seq_len;
+
+  for (Method method : methods) {
+    MethodResult r;
+    r.method = method;
+    if (method != Method::automatic) {
+      const Plan plan = method_plan(method, model);
+      r.at_max = longest(plan);
+      if (request) r.at_request = evaluator.evaluate(plan, *request);
+    } else {
+      std::vector<Evaluation> points;
+      for (const Plan& plan : auto_candidates(model, setup.knobs)) {
+        if (auto e = longest(plan)) points.push_back(*e);
+      }
+      // auto's answer: the longest; among equals, the fastest.
+      for (const Evaluation& e : points) {
+        if (!r.at_max || e.seq_len > r.at_max->seq_len ||
+            (e.seq_len == r.at_max->seq_len && e.time.tokens_per_s > r.at_max->time.tokens_per_s)) {
+          r.at_max = e;
+        }
+      }
+      result.pareto = pareto_front(points);
+      if (request) {
+        std::vector<Plan> plans = auto_candidates(model, setup.knobs);
+        // Partial recompute: the fewest recomputed layers that fit, when all of them do.
+        Plan partial = apply_knobs(Plan::mst_reference(model), setup.knobs);
+        if (partial.recompute == RecomputeKind::full && partial.recompute_layers.empty() &&
+            evaluator.evaluate(partial, *request).fits) {
+          std::int64_t lo = 0, hi = model.num_layers;  // hi layers fit; lo do not (checked lazily)
+          while (hi - lo > 1) {
+            const std::int64_t mid = (lo + hi) / 2;
+            Plan p = partial;
+            for (std::int64_t l = 0; l < mid; ++l) p.recompute_layers.push_back(l);
+            if (evaluator.evaluate(p, *request).fits) {
+              hi = mid;
+            } else {
+              lo = mid;
+            }
+          }
+          if (hi < model.num_layers) {
+            for (std::int64_t l = 0; l < hi; ++l) partial.recompute_layers.push_back(l);
+            plans.push_back(partial);
+          }
+        }
+        for (const Plan& plan : plans) {
+          Evaluation e = evaluator.evaluate(plan, *request);
+          if (!e.fits) continue;
+          if (!result.fastest_at_request || e.time.tokens_per_s > result.fastest_at_request->time.tokens_per_s) {
+            result.fastest_at_request = std::move(e);
+          }
+        }
+        r.at_request = result.fastest_at_request;
+      }
+    }
+    result.methods.push_back(std::move(r));
+  }
+  result.evaluations = evaluator.evaluations();
+  return result;
+}
+
+}  // namespace mstplan

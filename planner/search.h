@@ -1,0 +1,101 @@
+#pragma once
+// The search: for each method, the longest sequence that fits on the GPU, its peak and where it
+// happens, and the estimated throughput; for `auto`, the best plan over the knobs, the Pareto set
+// of (longest sequence, tokens/s), and the fastest plan that reaches a requested length.
+//
+// A plan fits at S when the device bytes its step allocates at the peak, plus the GPU's reserve,
+// stay within the GPU's capacity. Maximum lengths are multiples of `granularity` tokens, found by
+// false position with bisection fallback on the (nearly affine) peak against S, each point
+// checked exactly by building and analysing the step.
+//
+//   SearchResult r = search(model, gpu, setup, all_methods(), SearchOptions{});
+//   for (const MethodResult& m : r.methods) fmt::print("{} {}\n", to_string(m.method), m.at_max->seq_len);
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "planner/analysis.h"
+#include "planner/cost_model.h"
+#include "planner/gpu_spec.h"
+#include "planner/model_spec.h"
+#include "planner/plan.h"
+#include "planner/setup.h"
+
+namespace mstplan {
+
+enum class Method { vanilla, recompute, mst, mst_offload, automatic };
+
+template <>
+struct EnumNames<Method> {
+  static constexpr std::array<std::pair<Method, std::string_view>, 5> table{
+      {{Method::vanilla, "vanilla"},
+       {Method::recompute, "recompute"},
+       {Method::mst, "mst"},
+       {Method::mst_offload, "mst-offload"},
+       {Method::automatic, "auto"}}};
+};
+
+/// vanilla, recompute, mst, mst-offload, auto.
+[[nodiscard]] std::span<const Method> all_methods();
+
+struct SearchOptions {
+  std::int64_t granularity = 64;           ///< maximum lengths are multiples of this many tokens
+  std::int64_t max_seq_len = 1 << 24;      ///< the search stops at 16M tokens
+  CostOptions cost;
+};
+
+/// One plan at one length: memory, time, whether it fits.
+struct Evaluation {
+  Plan plan;
+  std::int64_t seq_len = 0;
+  std::int64_t mlp_chunks = 1;       ///< resolved at this length
+  std::int64_t lm_head_chunks = 1;
+  Analysis analysis;
+  StepTime time;
+  std::int64_t required_bytes = 0;   ///< allocated peak + the GPU's reserve
+  bool fits = false;
+  std::string peak_at;               ///< the op's name
+  Phase peak_phase = Phase::forward;
+  std::int32_t peak_layer = kNone;
+};
+
+struct MethodResult {
+  Method method = Method::vanilla;
+  std::optional<Evaluation> at_max;      ///< the longest length that fits; nullopt: none fits
+  std::optional<Evaluation> at_request;  ///< at the requested length (setup.seq_len)
+};
+
+struct SearchResult {
+  std::vector<MethodResult> methods;
+  std::vector<Evaluation> pareto;              ///< auto: (max length, tokens/s) non-dominated, longest first
+  std::optional<Evaluation> fastest_at_request;  ///< auto: the fastest plan that fits the requested length
+  std::int64_t evaluations = 0;                ///< programs built and analysed
+};
+
+/// The plan a fixed method uses (auto has none: it searches).
+[[nodiscard]] Plan method_plan(Method method, const ModelSpec& model);
+
+/// Builds, analyses and times one plan at one length.
+class Evaluator {
+ public:
+  Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options);
+  [[nodiscard]] Evaluation evaluate(const Plan& plan, std::int64_t seq_len);
+  /// The longest multiple of the granularity that fits (nullopt when even the granularity does not).
+  [[nodiscard]] std::optional<Evaluation> longest(const Plan& plan);
+  [[nodiscard]] std::int64_t evaluations() const { return evaluations_; }
+
+ private:
+  const ModelSpec& model_;
+  const GpuSpec& gpu_;
+  const TrainingSetup& setup_;
+  const SearchOptions& options_;
+  AllocatorModel allocator_;
+  std::int64_t evaluations_ = 0;
+};
+
+[[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                                  std::span<const Method> methods, const SearchOptions& options = {});
+
+}  // namespace mstplan
