@@ -50,6 +50,84 @@ TEST(Cli, JsonCarriesTheContractFields) {
             j["gpu"]["usable_bytes"].get<std::int64_t>() - j["static"]["total_bytes"].get<std::int64_t>());
 }
 
+// The --json contract of the planner: one object per method with its longest sequence.
+TEST(Cli, JsonMethodsCarryTheContractFields) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "A100-80G", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["methods"].size(), 5u);
+  std::vector<std::string> names;
+  for (const auto& m : j["methods"]) {
+    names.push_back(m["method"]);
+    ASSERT_TRUE(m["max_seq_len"].is_number_integer());
+    EXPECT_GT(m["max_seq_len"].get<std::int64_t>(), 0);
+    EXPECT_TRUE(m["peak_bytes"].is_number_integer());
+    EXPECT_LE(m["peak_bytes"].get<std::int64_t>(), j["gpu"]["usable_bytes"].get<std::int64_t>());
+    EXPECT_TRUE(m["peak_at"].is_string());
+    EXPECT_GT(m["tokens_per_s"].get<double>(), 0.0);
+    EXPECT_TRUE(m["plan"]["mlp"]["chunks"].is_number_integer());
+    EXPECT_FALSE(m.contains("seq_len"));  // only with --seq
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("vanilla", "recompute", "mst", "mst-offload", "auto"));
+  EXPECT_EQ(j["chosen"]["method"], "auto");
+  EXPECT_FALSE(j["pareto"].empty());
+}
+
+TEST(Cli, JsonAtARequestedLength) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "A100-80G", "--seq", "16K", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  for (const auto& m : j["methods"]) {
+    EXPECT_EQ(m["seq_len"], 16384);
+    ASSERT_TRUE(m["fits"].is_boolean());
+    if (m["method"] == "vanilla") EXPECT_FALSE(m["fits"].get<bool>());
+    if (m["method"] == "mst") {
+      EXPECT_TRUE(m["fits"].get<bool>());
+      EXPECT_TRUE(m["peak_bytes_at_seq"].is_number_integer());
+    }
+  }
+  EXPECT_EQ(j["fastest_at_seq"]["seq_len"], 16384);
+  EXPECT_TRUE(j["fastest_at_seq"]["fits"].get<bool>());
+}
+
+TEST(Cli, OneMethodOnly) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "A100-80G", "--method", "mst", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["methods"].size(), 1u);
+  EXPECT_EQ(j["chosen"]["method"], "mst");
+  EXPECT_EQ(test::run({"--model", "llama3-8b", "--gpu", "A100-80G", "--method", "magic"}).code, 2);
+}
+
+// --out writes the chosen plan; `show` rebuilds its step and finds the same peak.
+TEST(Cli, PlanFilesRoundTrip) {
+  test::ScratchDir dir;
+  const std::string path = (dir.path() / "plan.yaml").string();
+  const auto r = test::run({"--model", "tiny-gemma2", "--gpu", "A10G", "--seq", "2048", "--batch", "2", "--out", path});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto shown = test::run({"show", path, "--json"});
+  ASSERT_EQ(shown.code, 0) << shown.err;
+  const auto j = nlohmann::json::parse(shown.out);
+  EXPECT_TRUE(j["matches_prediction"].get<bool>());
+  EXPECT_EQ(j["evaluation"]["seq_len"], 2048);
+  EXPECT_EQ(j["setup"]["batch"], 2);
+  EXPECT_EQ(j["model"]["name"], "tiny-gemma2");
+  EXPECT_THAT(test::run({"show", path}).out, HasSubstr(": the same"));
+}
+
+// When nothing fits, --out writes nothing and says so (exit 5); an existing file is untouched.
+TEST(Cli, NothingFitsWritesNoPlan) {
+  test::ScratchDir dir;
+  const std::string path = dir.write("plan.yaml", "old contents\n");
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "A100-80G", "--seq", "4M", "--method", "vanilla", "--out", path});
+  EXPECT_EQ(r.code, 5);
+  EXPECT_THAT(r.err, HasSubstr("not written: no vanilla plan fits 4194304 tokens"));
+  EXPECT_EQ(test::source_file_at(path), "old contents\n");
+  const auto into_dir = test::run({"--model", "tiny-llama", "--gpu", "A100-80G", "--out", dir.path().string()});
+  EXPECT_EQ(into_dir.code, 1);
+  EXPECT_THAT(into_dir.err, HasSubstr("is a directory"));
+}
+
 TEST(Cli, SaysByHowMuchItDoesNotFitAndWhatWould) {
   const auto r = test::run({"--model", "llama3-8b", "--gpu", "A100-40G", "--precision", "mixed"});
   ASSERT_EQ(r.code, 0) << r.err;

@@ -161,6 +161,13 @@ std::vector<BadInput> cases() {
       {"scenario names a missing model", s("model: ../nowhere/model.yaml\n"), {"--scenario", "{dir}/s.yaml", "--gpu", "a100"}, 3,
        {"nowhere/model.yaml: no such file"}},
 
+      // Plan files.
+      {"missing plan file", {}, {"show", "{dir}/none.yaml"}, 3, {"none.yaml: no such file"}},
+      {"plan file without a model", {{"p.yaml", "mst_plan_version: 1\nseq_len: 128\n"}}, {"show", "{dir}/p.yaml"}, 3,
+       {"p.yaml:1:1: field 'model': missing section"}},
+      {"plan file of another version", {{"p.yaml", "mst_plan_version: 2\nseq_len: 128\n"}}, {"show", "{dir}/p.yaml"}, 3,
+       {"field 'mst_plan_version': expected an integer from 1 to 1, got 2"}},
+
       // Usage: exit 2.
       {"missing --model", {}, with_gpu, 2, {"--model is required"}},
       {"missing --gpu", {}, {"--model", "tiny-llama"}, 2, {"--gpu is required"}},

@@ -43,6 +43,13 @@ std::string source_file(const std::string& relative) {
   return buffer.str();
 }
 
+std::string source_file_at(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
 std::string data_path(const std::string& relative) {
   return (std::filesystem::path(MSTPLAN_TEST_DATA_DIR) / relative).string();
 }

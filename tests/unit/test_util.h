@@ -35,6 +35,9 @@ CliResult run(const std::vector<std::string>& args);
 /// Text of a file of the source tree ("models/llama3-8b.yaml").
 std::string source_file(const std::string& relative);
 
+/// Text of any file (empty when it cannot be read).
+std::string source_file_at(const std::string& path);
+
 /// Path of a file under tests/data.
 std::string data_path(const std::string& relative);
 
