@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "planner/static_memory.h"
+#include "planner/builder_internal.h"
 
 // Note [Native step]
 // ------------------
@@ -40,119 +40,23 @@
 // Selective recompute keeps the attention tensors and norm statistics and recomputes the norm
 // outputs and the MLP's intermediates (the MLP then behaves as tiled).
 
-namespace mstplan {
-namespace {
+namespace mstplan::detail {
 
-struct ChunkClass {
-  std::int64_t positions;   // per sequence, per chunk
-  std::int64_t iterations;  // chunks of this length
-  std::int64_t first_chunk;
-};
-
-// Balanced split of `positions` into `chunks`: the first (positions mod chunks) chunks are one
-// position longer. At most two classes.
-std::vector<ChunkClass> chunk_classes(std::int64_t positions, std::int64_t chunks) {
+std::vector<ChunkClass> chunk_classes(std::int64_t positions, std::int64_t chunks, bool split_first) {
   const std::int64_t base = positions / chunks;
   const std::int64_t longer = positions % chunks;
   std::vector<ChunkClass> out;
   if (longer > 0) out.push_back({base + 1, longer, 0});
   if (chunks - longer > 0 && base > 0) out.push_back({base, chunks - longer, longer});
+  if (split_first && !out.empty() && out.front().iterations > 1) {
+    ChunkClass rest = out.front();
+    out.front().iterations = 1;
+    rest.iterations -= 1;
+    rest.first_chunk += 1;
+    out.insert(out.begin() + 1, rest);
+  }
   return out;
 }
-
-class Builder {
- public:
-  Builder(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len)
-      : m_(model), s_(setup), plan_(plan), B_(setup.batch), S_(seq_len), T_(setup.batch * seq_len),
-        qd_(model.num_heads * model.head_dim), kvd_(model.num_kv_heads * model.head_dim),
-        storage_(parameter_storage(setup)),
-        trained_(setup.optimizer != OptimizerKind::none),
-        persistent_grads_(trained_ && (!setup.optimizer_in_backward || setup.grad_accum > 1)) {}
-
-  Program build();
-
- private:
-  struct LayerState {
-    TensorId input = kNoTensor;         // h_l (saved or checkpoint)
-    TensorId host_copy = kNoTensor;     // offloaded checkpoint
-    TensorId n1 = kNoTensor, rstd1 = kNoTensor, q = kNoTensor, k = kNoTensor, v = kNoTensor, o = kNoTensor;
-    TensorId lse = kNoTensor, probs = kNoTensor;
-    TensorId a = kNoTensor, rstd_pa = kNoTensor;  // gemma2 post-attention norm input and statistic
-    TensorId h_mid = kNoTensor, n2 = kNoTensor, rstd2 = kNoTensor;
-    TensorId m = kNoTensor, rstd_pm = kNoTensor;  // gemma2 post-mlp norm input and statistic
-    std::vector<TensorId> gate, up;     // paper mode: one array per chunk class
-    bool n1_kept = false, n2_kept = false;
-  };
-  struct LayerParams {
-    std::int32_t attn_norm, q, k, v, qb = kNone, kb = kNone, vb = kNone, o, mlp_norm, gate, up, down;
-    std::int32_t attn_post_norm = kNone, mlp_post_norm = kNone;
-  };
-
-  // Tensors and ops.
-  TensorId tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
-                  Pass pass, bool array = false, Device device = Device::device);
-  OpId op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
-          std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs);
-  OpId matmul(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> inputs,
-              std::initializer_list<TensorId> outputs, std::int64_t m, std::int64_t n, std::int64_t k);
-  void begin_loop(const char* block, const ChunkClass& c);
-  void end_loop();
-  // Allocates (and zeroes) tensors that a chunk loop writes slice by slice or accumulates into,
-  // before the loop: then every chunk count has the same accumulators live in every chunk, and
-  // more chunks can only shrink the peak.
-  void prealloc(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> tensors);
-
-  // Parameters: weight, gradient (created on first accumulation unless persistent), optimizer.
-  TensorId weight(std::int32_t param) const { return weights_[static_cast<std::size_t>(param)]; }
-  TensorId grad(std::int32_t param, std::int32_t layer);  // for accumulation ops: creates on first use
-  void grad_done(std::int32_t param, std::int32_t layer);  // the gradient is complete
-  void optimizer_op(std::int32_t param, Phase phase);
-
-  // Blocks.
-  void static_tensors();
-  void embedding_forward();
-  void layer_forward(std::int32_t l, Pass pass);
-  void mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId out);
-  void lm_head();
-  void layer_backward(std::int32_t l);
-  void mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId dn2);
-  void attention_backward(std::int32_t l, LayerState& st, TensorId da, TensorId dn1);
-  void prefetch(std::int32_t l);
-  void embedding_backward(TensorId dh0);
-
-  std::int64_t rows(std::int64_t positions) const { return B_ * positions; }
-  bool recomputed(std::int32_t l) const { return plan_.recompute == RecomputeKind::full && recomputes_layer(plan_, l); }
-  bool selective(std::int32_t l) const {
-    return plan_.recompute == RecomputeKind::selective && recomputes_layer(plan_, l);
-  }
-  bool offloaded(std::int32_t l) const { return recomputed(l) && plan_.offload_checkpoints; }
-  std::int64_t window(std::int32_t l) const {
-    if (!m_.sliding_window) return 0;
-    if (m_.sliding_window->layers == SlidingLayers::even && l % 2 != 0) return 0;
-    return m_.sliding_window->size;
-  }
-
-  const ModelSpec& m_;
-  const TrainingSetup& s_;
-  const Plan& plan_;
-  const std::int64_t B_, S_, T_, qd_, kvd_;
-  const ParameterStorage storage_;
-  const bool trained_;
-  const bool persistent_grads_;
-  Program p_;
-  std::int32_t loop_ = kNone;  // the loop being emitted
-  std::vector<TensorId> weights_, grads_;
-  std::vector<TensorId> states_;  // per parameter [2i, 2i+1]: (m, v), (m+v, master) or (none, master)
-  std::vector<bool> grad_created_;
-  std::vector<LayerParams> layer_params_;
-  std::int32_t embed_param_ = 0, final_norm_param_ = 0, lm_head_param_ = 0;
-  TensorId tokens_ = kNoTensor, labels_ = kNoTensor, workspace_ = kNoTensor, loss_ = kNoTensor;
-  TensorId final_hidden_ = kNoTensor;  // h_L, the last layer's output
-  TensorId upstream_ = kNoTensor;      // the gradient flowing into the layer being back-propagated
-  std::vector<LayerState> layers_;
-  std::vector<bool> prefetched_;
-  std::vector<std::vector<TensorId>> static_outputs_;
-};
 
 TensorId Builder::tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
                          Pass pass, bool array, Device device) {
@@ -180,8 +84,8 @@ OpId Builder::op(const char* label, OpKind kind, Phase phase, Pass pass, std::in
   o.layer = layer;
   o.loop = loop_;
   o.io_begin = static_cast<std::uint32_t>(p_.io.size());
-  o.inputs = static_cast<std::uint16_t>(inputs.size());
-  o.outputs = static_cast<std::uint16_t>(outputs.size());
+  o.inputs = static_cast<std::uint32_t>(inputs.size());
+  o.outputs = static_cast<std::uint32_t>(outputs.size());
   p_.io.insert(p_.io.end(), inputs.begin(), inputs.end());
   p_.io.insert(p_.io.end(), outputs.begin(), outputs.end());
   p_.ops.push_back(o);
@@ -261,6 +165,14 @@ void Builder::optimizer_op(std::int32_t param, Phase phase) {
   }
   p_.ops[id].param = param;
   p_.ops[id].m = p_.params[i].numel();
+  if (s_.profile == Profile::pytorch && s_.optimizer == OptimizerKind::adamw) {
+    // torch's single-tensor AdamW (one hook per parameter): exp_avg_sq.sqrt() and its division by
+    // the bias correction are two temporaries the size of the parameter.
+    const TensorId temp = tensor("adamw.denom", TensorKind::workspace, storage_.weights, 2 * p_.params[i].numel(), layer,
+                                 Pass::optimizer);
+    p_.io.push_back(temp);
+    ++p_.ops[id].outputs;
+  }
 }
 
 void Builder::grad_done(std::int32_t param, std::int32_t layer) {
@@ -326,8 +238,10 @@ void Builder::static_tensors() {
       outs.push_back(grad(param, layer));
     }
   }
-  tokens_ = tensor("tokens", TensorKind::data, DType::fp32, T_, kNone, Pass::forward);   // int32 ids: 4 bytes
-  labels_ = tensor("labels", TensorKind::data, DType::fp32, T_, kNone, Pass::forward);
+  // Token ids: int32 in our runtime, int64 in PyTorch (input_ids and labels are LongTensors).
+  const DType ids = s_.profile == Profile::pytorch ? DType::int64 : DType::int32;
+  tokens_ = tensor("tokens", TensorKind::data, ids, T_, kNone, Pass::forward);
+  labels_ = tensor("labels", TensorKind::data, ids, T_, kNone, Pass::forward);
   workspace_ = tensor("gemm_workspace", TensorKind::workspace, DType::int8, kGemmWorkspaceBytes, kNone, Pass::forward);
   outs.push_back(tokens_);
   outs.push_back(labels_);
@@ -383,24 +297,24 @@ Program Builder::build() {
   {
     const OpId begin = op("step.begin", OpKind::begin, Phase::forward, Pass::forward, kNone, {}, {});
     p_.ops[begin].io_begin = static_cast<std::uint32_t>(p_.io.size());
-    p_.ops[begin].outputs = 0;
-    // Outputs added one by one: there can be more than an initializer list holds comfortably.
     for (TensorId t : static_outputs_[0]) p_.io.push_back(t);
-    p_.ops[begin].outputs = static_cast<std::uint16_t>(std::min<std::size_t>(static_outputs_[0].size(), 65535));
-    MSTPLAN_CHECK(static_outputs_[0].size() < 65535, "too many static tensors for one op");
+    p_.ops[begin].outputs = static_cast<std::uint32_t>(static_outputs_[0].size());
   }
   layers_.resize(static_cast<std::size_t>(m_.num_layers));
   prefetched_.assign(layers_.size(), false);
 
-  embedding_forward();
-  for (std::int32_t l = 0; l < m_.num_layers; ++l) layer_forward(l, Pass::forward);
-  lm_head();
-  // The LM head leaves dh_L in upstream_; walk the layers back.
-  for (std::int32_t l = static_cast<std::int32_t>(m_.num_layers) - 1; l >= 0; --l) layer_backward(l);
-  embedding_backward(upstream_);
-
-  if (trained_ && !s_.optimizer_in_backward) {
-    for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
+  if (s_.profile == Profile::pytorch) {
+    pt_build();
+  } else {
+    embedding_forward();
+    for (std::int32_t l = 0; l < m_.num_layers; ++l) layer_forward(l, Pass::forward);
+    lm_head();
+    // The LM head leaves dh_L in upstream_; walk the layers back.
+    for (std::int32_t l = static_cast<std::int32_t>(m_.num_layers) - 1; l >= 0; --l) layer_backward(l);
+    embedding_backward(upstream_);
+    if (trained_ && !s_.optimizer_in_backward) {
+      for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
+    }
   }
   {
     const OpId end = op("step.end", OpKind::end, Phase::optimizer, Pass::optimizer, kNone, {}, {});
@@ -408,7 +322,7 @@ Program Builder::build() {
     std::vector<TensorId> ins = static_outputs_[0];
     ins.push_back(loss_);
     for (TensorId t : ins) p_.io.push_back(t);
-    p_.ops[end].inputs = static_cast<std::uint16_t>(ins.size());
+    p_.ops[end].inputs = static_cast<std::uint32_t>(ins.size());
   }
   return std::move(p_);
 }
@@ -880,12 +794,14 @@ void Builder::embedding_backward(TensorId dh0) {
   grad_done(embed_param_, kNone);
 }
 
-}  // namespace
+}  // namespace mstplan::detail
+
+namespace mstplan {
 
 Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len) {
   MSTPLAN_CHECK(seq_len >= 2, "a step needs at least 2 positions, got {}", seq_len);
   MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
-  return Builder(model, setup, plan, seq_len).build();
+  return detail::Builder(model, setup, plan, seq_len).build();
 }
 
 }  // namespace mstplan

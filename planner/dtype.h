@@ -9,12 +9,16 @@
 
 namespace mstplan {
 
-enum class DType { bf16, fp16, fp32, int8 };
+enum class DType { bf16, fp16, fp32, int8, int32, int64 };
 
 template <>
 struct EnumNames<DType> {
-  static constexpr std::array<std::pair<DType, std::string_view>, 4> table{
-      {{DType::bf16, "bf16"}, {DType::fp16, "fp16"}, {DType::fp32, "fp32"}, {DType::int8, "int8"}}};
+  static constexpr std::array<std::pair<DType, std::string_view>, 6> table{{{DType::bf16, "bf16"},
+                                                                           {DType::fp16, "fp16"},
+                                                                           {DType::fp32, "fp32"},
+                                                                           {DType::int8, "int8"},
+                                                                           {DType::int32, "int32"},
+                                                                           {DType::int64, "int64"}}};
 };
 
 /// Bytes per element.
@@ -24,6 +28,8 @@ struct EnumNames<DType> {
     case DType::fp16: return 2;
     case DType::fp32: return 4;
     case DType::int8: return 1;
+    case DType::int32: return 4;
+    case DType::int64: return 8;
   }
   return 0;
 }

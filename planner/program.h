@@ -125,8 +125,8 @@ struct Op {
   std::int32_t loop = kNone;   ///< runs once per iteration of this loop
   std::int32_t param = kNone;  ///< optimizer ops: the parameter they update
   std::uint32_t io_begin = 0;  ///< Program::io[io_begin, +inputs) are inputs, then outputs
-  std::uint16_t inputs = 0;
-  std::uint16_t outputs = 0;
+  std::uint32_t inputs = 0;
+  std::uint32_t outputs = 0;
   // Sizes for the cost model: matmul (m x k).(k x n); attention: m = batch x heads, n = query
   // rows, k = key rows (per chunk), window = sliding window or 0; elementwise: none (bytes come
   // from the tensors).

@@ -182,8 +182,11 @@ TEST(Program, AnalysisAgreesWithTheOracleAcrossShapesAndPlans) {
         setup.optimizer_in_backward = false;
         setup.precision = Precision::mixed;
       }
-      SCOPED_TRACE(fmt::format("{} variant {}", name, variant));
-      expect_analysis_matches_oracle(build_program(m, setup, plan, 37 + 11 * variant));
+      for (Profile profile : {Profile::native, Profile::pytorch}) {
+        setup.profile = profile;
+        SCOPED_TRACE(fmt::format("{} variant {} profile {}", name, variant, to_string(profile)));
+        expect_analysis_matches_oracle(build_program(m, setup, plan, 37 + 11 * variant));
+      }
     }
   }
 }
@@ -192,6 +195,7 @@ RC_GTEST_PROP(ProgramProperty, AnalysisAgreesWithTheOracle, ()) {
   const ModelSpec m = model(*rc::gen::element<std::string>("tiny-llama", "tiny-qwen2", "tiny-gemma2"));
   TrainingSetup setup;
   setup.batch = *rc::gen::inRange<std::int64_t>(1, 3);
+  setup.profile = *rc::gen::element(Profile::native, Profile::pytorch);
   setup.precision = *rc::gen::element(Precision::bf16, Precision::mixed);
   setup.optimizer = *rc::gen::element(OptimizerKind::adamw, OptimizerKind::adamw_8bit, OptimizerKind::sgd, OptimizerKind::none);
   setup.optimizer_in_backward = *rc::gen::arbitrary<bool>();

@@ -1,0 +1,759 @@
+// The PyTorch profile of the step program: what Hugging Face transformers on PyTorch autograd
+// allocates and keeps, op by op.
+//
+// Note [PyTorch step]
+// -------------------
+// Versions: transformers >= 4.54 (ForCausalLMLoss pads labels instead of slicing logits; SDPA is
+// called with enable_gqa, so key/value heads are not repeated) and torch >= 2.5, bf16 parameters
+// (or fp32 parameters under torch.autocast for `mixed`). Sources: tools/autograd/derivatives.yaml
+// (what each backward formula reads; gen_variable_type.py saves an operand of mul/mm only when
+// the other operand requires grad), transformers models/llama/modeling_llama.py,
+// models/gemma2/modeling_gemma2.py, integrations/sdpa_attention.py, loss/loss_utils.py,
+// torch/optim/adamw.py, c10/cuda/CUDACachingAllocator.cpp. T = batch x seq tokens.
+//
+//   embedding         saves the int64 ids; Gemma 2 multiplies by sqrt(d) (a new tensor)
+//   rotary tables     cos, sin (batch x seq x head_dim) once per forward, saved by every RoPE mul
+//   LlamaRMSNorm      x.to(fp32) (saved by pow and mul), pow (transient), rsqrt (saved, T fp32),
+//                     x32 * rstd (transient fp32), .to(bf16) (saved by weight *), weight * that
+//                     -> output. Gemma2RMSNorm: keeps x32 and the fp32 normalised tensor, applies
+//                     (1 + w) in fp32, casts the result.
+//   q/k/v/o, MLP linears  save their input (a view) and the weight
+//   RoPE              q * cos, rotate_half(q) (neg of a half, then cat), * sin, add: transients;
+//                     the rotated q and k are new tensors, saved by attention
+//   SDPA (flash)      saves q, k, v, the output and logsumexp (batch x heads x seq fp32); the output
+//                     is transposed and made contiguous (a copy, saved by o_proj)
+//   eager attention   repeat_kv copies of k and v, scores (bf16), softmax in fp32 (saved), cast to
+//                     bf16 (saved by the PV matmul); Gemma 2 soft-caps the scores with tanh (saved)
+//   MLP               gate (saved by silu / gelu), act (saved by mul), up (saved by mul),
+//                     act * up (saved by down_proj): 4 x T x I; MST paper mode keeps these for
+//                     every chunk; tiled mode (a custom autograd Function) keeps only the input
+//   residual adds     save nothing: the residual stream itself is not kept in bf16
+//   LM head + loss    logits (bf16), logits.float() (fp32), log_softmax (fp32, saved); the bf16
+//                     logits die with the model output once the loss is computed (HF Trainer
+//                     drops `outputs` before backward). Backward: nll grad (fp32), log_softmax grad
+//                     (fp32), cast to bf16. MST modes are a custom Function per chunk: forward
+//                     under no_grad, the backward recomputes logits, softmax in fp32, cast to bf16.
+//   weight gradients  the first one is stolen as .grad; a later one (chunk loops, accumulation)
+//                     is a new tensor added into .grad, so both exist for a moment
+//   input gradients of a tensor used several times are summed (InputBuffer, in place)
+//   torch.split       backward concatenates the chunk gradients into one tensor
+//   checkpointing     (torch.utils.checkpoint) keeps the layer input; the recomputation reruns the
+//                     layer and stops after the last saved tensor (no final residual add)
+//   AdamW             in backward (a hook per parameter, single-tensor code): exp_avg_sq.sqrt()
+//                     and the division make two parameter-sized temporaries; at the end
+//                     (foreach): one temporary list the size of all parameters (exp_avg_sq_sqrt)
+//   allocator         every request rounded up to 512 bytes (round_size)
+// Under autocast (mixed): fp32 parameters and an fp32 residual stream; each linear reads bf16
+// copies of its input and of its weight (weight copies are cached until autocast exits, after the
+// loss, and saved until the linear's backward). Not modelled yet: fp32 type promotion in RoPE
+// under autocast, the allocator's segment rounding (2 MiB / 20 MiB) and caching. Chunk backward
+// loops run in forward order here; autograd runs them last chunk first, which changes the peak by
+// less than one chunk's transients.
+
+#include "planner/builder_internal.h"
+
+namespace mstplan::detail {
+namespace {
+
+// Literal labels of one norm's tensors and ops.
+struct NormLabels {
+  const char* name;
+  const char* upcast;
+  const char* x32;
+  const char* pow;
+  const char* rstd;
+  const char* rsqrt;
+  const char* scale;
+  const char* normed;
+  const char* weight;
+  const char* weighted;
+  const char* out;
+  const char* downcast;
+  const char* grad_weight;
+  const char* d_normed;
+  const char* grad_upcast;
+  const char* d_x32;
+  const char* grad_scale;
+  const char* grad_variance;
+  const char* grad_downcast;
+  const char* d_in;
+  const char* residual_grad;
+  const char* workspace;
+};
+#define MSTPLAN_NORM_LABELS(n)                                                                                     \
+  NormLabels {                                                                                                     \
+    n, n ".upcast", n ".x32", n ".pow", n ".rstd", n ".rsqrt", n ".scale", n ".normed", n ".weight",            \
+        n ".weighted", n ".out", n ".downcast", n ".weight.grad", n ".dnormed", n ".downcast.grad", n ".dx32",     \
+        n ".scale.grad", n ".variance.grad", n ".upcast.grad", n ".din", n ".residual.grad", n ".grad.tmp"       \
+  }
+const NormLabels kAttnNorm = MSTPLAN_NORM_LABELS("attn_norm");
+const NormLabels kAttnPostNorm = MSTPLAN_NORM_LABELS("attn_post_norm");
+const NormLabels kMlpNorm = MSTPLAN_NORM_LABELS("mlp_norm");
+const NormLabels kMlpPostNorm = MSTPLAN_NORM_LABELS("mlp_post_norm");
+const NormLabels kFinalNorm = MSTPLAN_NORM_LABELS("final_norm");
+#undef MSTPLAN_NORM_LABELS
+
+const NormLabels& labels_of(const char* name) {
+  const std::string_view n(name);
+  if (n == "attn_post_norm") return kAttnPostNorm;
+  if (n == "mlp_norm") return kMlpNorm;
+  if (n == "mlp_post_norm") return kMlpPostNorm;
+  if (n == "final_norm") return kFinalNorm;
+  return kAttnNorm;
+}
+
+struct RopeLabels {
+  const char* cos;
+  const char* rotated;
+  const char* neg;
+  const char* sin;
+  const char* out;
+  const char* add;
+  const char* grad;
+  const char* d_in;
+  const char* tmp_a;
+  const char* tmp_b;
+  const char* tmp_neg;
+  const char* cos_op;
+  const char* rotate_op;
+  const char* sin_op;
+};
+const RopeLabels kRopeQ{"attn.q.cos", "attn.q.rotated", "attn.q.neg", "attn.q.sin", "attn.q.rope", "attn.rope.q.add",
+                        "attn.rope.q.grad", "attn.dq", "attn.dq.cos", "attn.dq.sin", "attn.dq.neg", "attn.rope.q.cos",
+                        "attn.rope.q.rotate", "attn.rope.q.sin"};
+const RopeLabels kRopeK{"attn.k.cos", "attn.k.rotated", "attn.k.neg", "attn.k.sin", "attn.k.rope", "attn.rope.k.add",
+                        "attn.rope.k.grad", "attn.dk", "attn.dk.cos", "attn.dk.sin", "attn.dk.neg", "attn.rope.k.cos",
+                        "attn.rope.k.rotate", "attn.rope.k.sin"};
+
+}  // namespace
+
+void Builder::pt_build() {
+  act_dtype_ = storage_.autocast ? DType::fp32 : DType::bf16;
+  pt_layers_.resize(static_cast<std::size_t>(m_.num_layers));
+  pt_embedding_forward();
+  for (std::int32_t l = 0; l < m_.num_layers; ++l) pt_layer_forward(l, Pass::forward);
+  pt_lm_head();
+  for (std::int32_t l = static_cast<std::int32_t>(m_.num_layers) - 1; l >= 0; --l) pt_layer_backward(l);
+  pt_embedding_backward(upstream_);
+  if (!trained_ || s_.optimizer_in_backward) return;
+  if (s_.optimizer != OptimizerKind::adamw) {
+    for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
+    return;
+  }
+  // torch.optim.AdamW, foreach: one pass over all parameters with one temporary list the size of
+  // all parameters (exp_avg_sq_sqrt, in the parameters' dtype).
+  std::int64_t elements = 0;
+  for (const ParamTensor& pt : p_.params) elements += pt.numel();
+  const TensorId temp = tensor("adamw.exp_avg_sq_sqrt", TensorKind::workspace, storage_.weights, elements, kNone,
+                               Pass::optimizer);
+  const OpId id = op("adamw.foreach", OpKind::optimizer, Phase::optimizer, Pass::optimizer, kNone, {}, {});
+  Op& o = p_.ops[id];
+  o.io_begin = static_cast<std::uint32_t>(p_.io.size());
+  std::vector<TensorId> ins, outs;
+  for (std::size_t i = 0; i < p_.params.size(); ++i) {
+    ins.push_back(grads_[i]);
+    ins.push_back(weights_[i]);
+    outs.push_back(weights_[i]);
+    for (TensorId st : {states_[2 * i], states_[2 * i + 1]}) {
+      if (st == kNoTensor) continue;
+      ins.push_back(st);
+      outs.push_back(st);
+    }
+  }
+  outs.push_back(temp);
+  p_.io.insert(p_.io.end(), ins.begin(), ins.end());
+  p_.io.insert(p_.io.end(), outs.begin(), outs.end());
+  p_.ops[id].inputs = static_cast<std::uint32_t>(ins.size());
+  p_.ops[id].outputs = static_cast<std::uint32_t>(outs.size());
+  p_.ops[id].m = elements;
+  // zero_grad(set_to_none=True) then drops the gradients: they are not read after this op.
+}
+
+void Builder::pt_embedding_forward() {
+  const std::int64_t d = m_.hidden_size;
+  const TensorKind kind = recomputed(0) ? TensorKind::checkpoint : TensorKind::transient;
+  TensorId h0 = tensor("input", m_.family == Family::gemma2 ? TensorKind::transient : kind, act_dtype_, T_ * d, 0,
+                       Pass::forward);
+  op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
+  if (m_.family == Family::gemma2) {
+    const TensorId scaled = tensor("input", kind, act_dtype_, T_ * d, 0, Pass::forward);
+    op("embedding.scale", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {h0}, {scaled});
+    h0 = scaled;
+  }
+  layers_[0].input = h0;
+  rope_cos_ = tensor("rope.cos", TensorKind::saved, act_dtype_, B_ * S_ * m_.head_dim, kNone, Pass::forward);
+  rope_sin_ = tensor("rope.sin", TensorKind::saved, act_dtype_, B_ * S_ * m_.head_dim, kNone, Pass::forward);
+  op("rope.tables", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {rope_cos_, rope_sin_});
+}
+
+TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep,
+                          NormState& ns, Phase phase) {
+  const NormLabels& n = labels_of(name);
+  const std::int64_t d = m_.hidden_size;
+  const bool gemma = m_.family == Family::gemma2;
+  const TensorKind kept = keep ? TensorKind::saved : TensorKind::transient;
+  TensorId x32 = x;  // .to(float32) of an fp32 tensor is the tensor itself
+  if (p_.tensors[x].dtype != DType::fp32) {
+    x32 = tensor(n.x32, kept, DType::fp32, T_ * d, l, pass);
+    op(n.upcast, OpKind::elementwise, phase, pass, l, {x}, {x32});
+  } else if (keep && p_.tensors[x].kind == TensorKind::transient) {
+    p_.tensors[x].kind = TensorKind::saved;
+  }
+  const TensorId pw = tensor(n.pow, TensorKind::transient, DType::fp32, T_ * d, l, pass);
+  op(n.pow, OpKind::elementwise, phase, pass, l, {x32}, {pw});
+  const TensorId rstd = tensor(n.rstd, kept, DType::fp32, T_, l, pass);
+  op(n.rsqrt, OpKind::elementwise, phase, pass, l, {pw}, {rstd});
+  const bool fp32_out = gemma || act_dtype_ == DType::fp32;
+  const TensorId y32 = tensor(n.normed, fp32_out ? kept : TensorKind::transient, DType::fp32, T_ * d, l, pass);
+  op(n.scale, OpKind::elementwise, phase, pass, l, {x32, rstd}, {y32});
+  const TensorId w = weight(param);
+  TensorId out = kNoTensor;
+  ns.normed = y32;
+  if (gemma) {
+    const TensorId weighted = tensor(n.weighted, TensorKind::transient, DType::fp32, T_ * d, l, pass);
+    op(n.weight, OpKind::elementwise, phase, pass, l, {y32, w}, {weighted});
+    out = tensor(n.out, TensorKind::transient, act_dtype_ == DType::fp32 ? DType::fp32 : DType::bf16, T_ * d, l, pass);
+    op(n.downcast, OpKind::elementwise, phase, pass, l, {weighted}, {out});
+  } else if (act_dtype_ == DType::fp32) {
+    out = tensor(n.out, TensorKind::transient, DType::fp32, T_ * d, l, pass);
+    op(n.weight, OpKind::elementwise, phase, pass, l, {w, y32}, {out});
+  } else {
+    const TensorId yb = tensor(n.normed, kept, DType::bf16, T_ * d, l, pass);
+    op(n.downcast, OpKind::elementwise, phase, pass, l, {y32}, {yb});
+    out = tensor(n.out, TensorKind::transient, DType::bf16, T_ * d, l, pass);
+    op(n.weight, OpKind::elementwise, phase, pass, l, {w, yb}, {out});
+    ns.normed = yb;
+  }
+  ns.input = x;
+  ns.x32 = x32;
+  ns.rstd = rstd;
+  ns.param = param;
+  return out;
+}
+
+TensorId Builder::pt_norm_grad(const char* name, TensorId dout, const NormState& ns, std::int32_t l,
+                               TensorId residual_grad, Phase phase) {
+  const NormLabels& n = labels_of(name);
+  const std::int64_t d = m_.hidden_size;
+  const bool gemma = m_.family == Family::gemma2;
+  const TensorId w = weight(ns.param);
+  // weight * normed: the gradient of normed, and the weight's (a T x d product, then a sum).
+  const DType product = gemma || act_dtype_ == DType::fp32 ? DType::fp32 : DType::bf16;
+  TensorId d_normed = tensor(n.d_normed, TensorKind::transient, product, T_ * d, l, Pass::backward);
+  const TensorId tmp = tensor(n.workspace, TensorKind::workspace, product, T_ * d, l, Pass::backward);
+  if (trained_) {
+    const bool exists = grad_created_[static_cast<std::size_t>(ns.param)];
+    const TensorId g = grad(ns.param, l);
+    if (exists) {
+      const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
+                                      p_.params[static_cast<std::size_t>(ns.param)].numel(), l, Pass::backward);
+      op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w}, {d_normed, tmp, g, partial});
+    } else {
+      op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w}, {d_normed, tmp, g});
+    }
+    grad_done(ns.param, l);
+  } else {
+    op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w}, {d_normed, tmp});
+  }
+  TensorId d_y32 = d_normed;
+  if (product != DType::fp32) {
+    d_y32 = tensor(n.d_x32, TensorKind::transient, DType::fp32, T_ * d, l, Pass::backward);
+    op(n.grad_upcast, OpKind::elementwise, phase, Pass::backward, l, {d_normed}, {d_y32});
+  }
+  // x32 * rstd: d_x32 = d_y32 * rstd, and d_rstd = sum(d_y32 * x32) through a T x d product.
+  const TensorId d_x32 = tensor(n.d_x32, TensorKind::transient, DType::fp32, T_ * d, l, Pass::backward);
+  const TensorId tmp1 = tensor(n.workspace, TensorKind::workspace, DType::fp32, T_ * d, l, Pass::backward);
+  op(n.grad_scale, OpKind::elementwise, phase, Pass::backward, l, {d_y32, ns.x32, ns.rstd}, {d_x32, tmp1});
+  // rsqrt, mean and pow: d_pow expanded to T x d, times 2 x32, added into d_x32.
+  const TensorId tmp2 = tensor(n.workspace, TensorKind::workspace, DType::fp32, T_ * d, l, Pass::backward);
+  const TensorId tmp3 = tensor(n.workspace, TensorKind::workspace, DType::fp32, T_ * d, l, Pass::backward);
+  op(n.grad_variance, OpKind::elementwise, phase, Pass::backward, l, {d_x32, ns.x32, ns.rstd}, {d_x32, tmp2, tmp3});
+  TensorId d_in = d_x32;
+  if (p_.tensors[ns.input].dtype != DType::fp32) {
+    d_in = tensor(n.d_in, TensorKind::transient, p_.tensors[ns.input].dtype, T_ * d, l, Pass::backward);
+    op(n.grad_downcast, OpKind::elementwise, phase, Pass::backward, l, {d_x32}, {d_in});
+  }
+  if (residual_grad == kNoTensor) return d_in;
+  // The residual branch's gradient is summed into it (autograd's InputBuffer, in place).
+  op(n.residual_grad, OpKind::elementwise, phase, Pass::backward, l, {residual_grad}, {d_in});
+  return d_in;
+}
+
+void Builder::pt_dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
+                    std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k) {
+  if (!trained_) return;
+  const bool exists = grad_created_[static_cast<std::size_t>(param)];
+  const TensorId g = grad(param, l);
+  OpId id = 0;
+  if (exists) {
+    // A gradient already there: the new one is a separate tensor, added into .grad.
+    const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
+                                    p_.params[static_cast<std::size_t>(param)].numel(), l, Pass::backward);
+    id = op(label, OpKind::matmul, phase, Pass::backward, l, inputs, {g, partial});
+  } else {
+    id = op(label, OpKind::matmul, phase, Pass::backward, l, inputs, {g});
+  }
+  p_.ops[id].m = m;
+  p_.ops[id].n = n;
+  p_.ops[id].k = k;
+}
+
+TensorId Builder::pt_rope(const char* which, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
+  const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
+  const TensorId xc = tensor(r.cos, TensorKind::transient, DType::bf16, T_ * width, l, pass);
+  op(r.cos_op, OpKind::elementwise, Phase::forward, pass, l, {x, rope_cos_}, {xc});
+  const TensorId neg = tensor(r.neg, TensorKind::transient, DType::bf16, T_ * width / 2, l, pass);
+  const TensorId rot = tensor(r.rotated, TensorKind::transient, DType::bf16, T_ * width, l, pass);
+  op(r.rotate_op, OpKind::elementwise, Phase::forward, pass, l, {x}, {neg, rot});
+  const TensorId xs = tensor(r.sin, TensorKind::transient, DType::bf16, T_ * width, l, pass);
+  op(r.sin_op, OpKind::elementwise, Phase::forward, pass, l, {rot, rope_sin_}, {xs});
+  const TensorId out = tensor(r.out, TensorKind::saved, DType::bf16, T_ * width, l, pass);
+  op(r.add, OpKind::elementwise, Phase::forward, pass, l, {xc, xs}, {out});
+  return out;
+}
+
+TensorId Builder::pt_rope_grad(const char* which, TensorId dx, std::int64_t width, std::int32_t l) {
+  const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
+  const TensorId d_in = tensor(r.d_in, TensorKind::transient, DType::bf16, T_ * width, l, Pass::backward);
+  const TensorId a = tensor(r.tmp_a, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
+  const TensorId b = tensor(r.tmp_b, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
+  const TensorId neg = tensor(r.tmp_neg, TensorKind::workspace, DType::bf16, T_ * width / 2, l, Pass::backward);
+  op(r.grad, OpKind::elementwise, Phase::backward, Pass::backward, l, {dx, rope_cos_, rope_sin_}, {d_in, a, b, neg});
+  return d_in;
+}
+
+void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
+  LayerState& base = layers_[static_cast<std::size_t>(l)];
+  PtLayerState& st = pt_layers_[static_cast<std::size_t>(l)];
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const bool keep = pass == Pass::recompute || !recomputed(l);
+  const bool keep_mlp = keep && !selective(l);
+  const TensorKind kept = keep ? TensorKind::saved : TensorKind::transient;
+  const TensorId h = base.input;
+
+  if (storage_.autocast) {
+    // autocast casts each fp32 weight to bf16 once per forward (cached until it exits) and the
+    // matmuls save the copies: here one tensor for the layer's matmul weights.
+    std::int64_t elements = 0;
+    for (std::int32_t p : {lp.q, lp.k, lp.v, lp.o, lp.gate, lp.up, lp.down}) {
+      elements += p_.params[static_cast<std::size_t>(p)].numel();
+    }
+    st.weights_bf16 = tensor("autocast.weights", TensorKind::saved, DType::bf16, elements, l, pass);
+    op("autocast.cast", OpKind::elementwise, Phase::forward, pass, l, {weight(lp.q)}, {st.weights_bf16});
+    if (pass == Pass::forward) autocast_cache_.push_back(st.weights_bf16);
+  }
+  const TensorId n1 = pt_norm("attn_norm", h, lp.attn_norm, l, pass, keep, st.attn_norm);
+  p_.tensors[n1].kind = kept;  // saved by the q/k/v linears
+  auto linear = [&](const char* label, TensorId in, std::int32_t param, std::int32_t bias, TensorId out, std::int64_t n,
+                    std::int64_t k) {
+    if (bias != kNone) {
+      matmul(label, Phase::forward, pass, l, {in, weight(param), weight(bias)}, {out}, T_, n, k);
+    } else {
+      matmul(label, Phase::forward, pass, l, {in, weight(param)}, {out}, T_, n, k);
+    }
+  };
+  const TensorId q = tensor("attn.q", TensorKind::transient, DType::bf16, T_ * qd_, l, pass);
+  const TensorId k = tensor("attn.k", TensorKind::transient, DType::bf16, T_ * kvd_, l, pass);
+  const TensorId v = tensor("attn.v", kept, DType::bf16, T_ * kvd_, l, pass);
+  linear("attn.q", n1, lp.q, lp.qb, q, qd_, d);
+  linear("attn.k", n1, lp.k, lp.kb, k, kvd_, d);
+  linear("attn.v", n1, lp.v, lp.vb, v, kvd_, d);
+  st.n1 = n1;
+  st.q = pt_rope("q", q, qd_, l, pass);
+  st.k = pt_rope("k", k, kvd_, l, pass);
+  p_.tensors[st.q].kind = kept;
+  p_.tensors[st.k].kind = kept;
+  st.v = v;
+  st.o = tensor("attn.out", kept, DType::bf16, T_ * qd_, l, pass);
+  if (s_.attention == AttentionKind::flash) {
+    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
+    const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {st.q, st.k, st.v}, {st.o, st.lse});
+    p_.ops[a].m = B_ * m_.num_heads;
+    p_.ops[a].n = S_;
+    p_.ops[a].k = S_;
+    p_.ops[a].head_dim = m_.head_dim;
+    p_.ops[a].window = window(l);
+  } else {
+    const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
+    const double heads = static_cast<double>(B_ * m_.num_heads);
+    st.k_rep = tensor("attn.k.repeated", kept, DType::bf16, T_ * qd_, l, pass);
+    st.v_rep = tensor("attn.v.repeated", kept, DType::bf16, T_ * qd_, l, pass);
+    op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
+    TensorId s = tensor("attn.scores", TensorKind::transient, DType::bf16, scores, l, pass);
+    OpId mm = matmul("attn.scores", Phase::forward, pass, l, {st.q, st.k_rep}, {s}, S_, S_, m_.head_dim);
+    p_.ops[mm].flops_multiplier = heads;
+    if (m_.attn_logit_softcap) {
+      const TensorId tanh = tensor("attn.scores.tanh", kept, DType::bf16, scores, l, pass);
+      const TensorId capped = tensor("attn.scores.capped", TensorKind::transient, DType::bf16, scores, l, pass);
+      op("attn.softcap", OpKind::elementwise, Phase::forward, pass, l, {s}, {tanh, capped});
+      s = capped;
+    }
+    const TensorId masked = tensor("attn.scores.masked", TensorKind::transient, DType::bf16, scores, l, pass);
+    op("attn.mask", OpKind::elementwise, Phase::forward, pass, l, {s}, {masked});
+    st.probs32 = tensor("attn.probs32", kept, DType::fp32, scores, l, pass);
+    op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {masked}, {st.probs32});
+    st.probs = tensor("attn.probs", kept, DType::bf16, scores, l, pass);
+    op("attn.probs.cast", OpKind::elementwise, Phase::forward, pass, l, {st.probs32}, {st.probs});
+    mm = matmul("attn.pv", Phase::forward, pass, l, {st.probs, st.v_rep}, {st.o}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+  }
+  st.o_contig = tensor("attn.out.contiguous", kept, DType::bf16, T_ * qd_, l, pass);
+  op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
+  const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
+  matmul("attn.o", Phase::forward, pass, l, {st.o_contig, weight(lp.o)}, {a}, T_, d, qd_);
+  TensorId a_out = a;
+  if (m_.norms_per_layer == 4) a_out = pt_norm("attn_post_norm", a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
+  st.h_mid = tensor("attn.residual", TensorKind::transient, act_dtype_, T_ * d, l, pass);
+  op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {st.h_mid});
+
+  st.n2 = pt_norm("mlp_norm", st.h_mid, lp.mlp_norm, l, pass, keep_mlp, st.mlp_norm);
+  if (selective(l) && pass == Pass::forward) p_.tensors[st.h_mid].kind = TensorKind::checkpoint;  // the MLP's checkpoint
+  p_.tensors[st.n2].kind = keep_mlp ? TensorKind::saved : TensorKind::transient;
+  const TensorId mlp_out = tensor("mlp.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
+  pt_mlp_forward(l, pass, st, mlp_out, keep_mlp);
+  TensorId m_out = mlp_out;
+  if (m_.norms_per_layer == 4) {
+    m_out = pt_norm("mlp_post_norm", mlp_out, lp.mlp_post_norm, l, pass, keep, st.mlp_post_norm);
+  }
+  if (pass == Pass::recompute) return;  // checkpoint's early stop: no final residual add
+  const bool last = l + 1 == m_.num_layers;
+  TensorKind next_kind = TensorKind::transient;
+  if (!last && recomputed(l + 1)) next_kind = TensorKind::checkpoint;
+  const TensorId next = tensor("output", next_kind, act_dtype_, T_ * d, l, pass);
+  op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {st.h_mid, m_out}, {next});
+  if (!last) {
+    layers_[static_cast<std::size_t>(l + 1)].input = next;
+  } else {
+    final_hidden_ = next;
+  }
+  if (offloaded(l)) {
+    base.host_copy = tensor("input", TensorKind::checkpoint, act_dtype_, T_ * d, l, pass, false, Device::host);
+    op("offload", OpKind::copy_to_host, Phase::forward, pass, l, {h}, {base.host_copy});
+  }
+}
+
+void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, TensorId out, bool keep) {
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const std::int64_t I = m_.intermediate_size;
+  const bool paper = plan_.mlp_mode == MlpMode::paper && !selective(l);
+  const bool keep_chunks = paper && keep;
+  const TensorKind kind = keep_chunks ? TensorKind::saved : TensorKind::transient;
+  st.gate.clear();
+  st.act.clear();
+  st.up.clear();
+  st.prod.clear();
+  prealloc("mlp.alloc", Phase::forward, pass, l, {out});
+  for (const ChunkClass& c : chunk_classes(S_, p_.mlp_chunks, true)) {
+    begin_loop("mlp", c);
+    const std::int64_t R = rows(c.positions);
+    const TensorId g = tensor("mlp.gate", kind, DType::bf16, R * I, l, pass, true);
+    const TensorId act = tensor("mlp.act", kind, DType::bf16, R * I, l, pass, true);
+    const TensorId u = tensor("mlp.up", kind, DType::bf16, R * I, l, pass, true);
+    const TensorId prod = tensor("mlp.prod", kind, DType::bf16, R * I, l, pass, true);
+    matmul("mlp.gate", Phase::forward, pass, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
+    op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g}, {act});
+    matmul("mlp.up", Phase::forward, pass, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
+    op("mlp.mul", OpKind::elementwise, Phase::forward, pass, l, {act, u}, {prod});
+    matmul("mlp.down", Phase::forward, pass, l, {prod, weight(lp.down)}, {out}, R, d, I);
+    end_loop();
+    if (keep_chunks) {
+      st.gate.push_back(g);
+      st.act.push_back(act);
+      st.up.push_back(u);
+      st.prod.push_back(prod);
+    }
+  }
+}
+
+void Builder::pt_lm_head() {
+  const std::int64_t d = m_.hidden_size;
+  const std::int64_t V = m_.vocab_size;
+  const LmHeadMode mode = plan_.lm_head_mode;
+  const TensorId W = weight(lm_head_param_);
+  NormState ns;
+  const TensorId nf = pt_norm("final_norm", final_hidden_, final_norm_param_, kNone, Pass::forward, true, ns, Phase::loss);
+  p_.tensors[nf].kind = TensorKind::saved;
+  loss_ = tensor("loss", TensorKind::transient, DType::fp32, 1, kNone, Pass::forward);
+  const std::optional<double> cap = m_.final_logit_softcap;
+  TensorId dnf = kNoTensor;
+
+  if (mode == LmHeadMode::keep) {
+    // Plain transformers: logits for every position, upcast, log_softmax (saved), NLL.
+    const std::int64_t rows_all = T_;
+    const TensorId logits = tensor("lm_head.logits", TensorKind::transient, DType::bf16, rows_all * V, kNone,
+                                   Pass::forward);
+    matmul("lm_head.logits", Phase::loss, Pass::forward, kNone, {nf, W}, {logits}, rows_all, V, d);
+    TensorId capped = logits, tanh = kNoTensor;
+    if (cap) {
+      tanh = tensor("lm_head.logits.tanh", TensorKind::saved, DType::bf16, rows_all * V, kNone, Pass::forward);
+      capped = tensor("lm_head.logits.capped", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::forward);
+      const TensorId scaled = tensor("lm_head.logits.scaled", TensorKind::transient, DType::bf16, rows_all * V, kNone,
+                                     Pass::forward);
+      op("lm_head.softcap.div", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits}, {scaled});
+      op("lm_head.softcap.tanh", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {scaled}, {tanh});
+      op("lm_head.softcap.mul", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {tanh}, {capped});
+    }
+    const TensorId logits32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, rows_all * V, kNone,
+                                     Pass::forward);
+    op("lm_head.upcast", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {capped}, {logits32});
+    const TensorId lsm = tensor("lm_head.log_softmax", TensorKind::saved, DType::fp32, rows_all * V, kNone, Pass::forward);
+    const OpId ls = op("lm_head.log_softmax", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits32}, {lsm});
+    p_.ops[ls].m = rows_all;
+    p_.ops[ls].n = V;
+    // The model output (and its bf16 logits) lives until the loss is computed.
+    op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {lsm, labels_, logits, capped}, {loss_});
+    autocast_exit();
+    // Backward.
+    const TensorId nll = tensor("lm_head.nll.grad", TensorKind::transient, DType::fp32, rows_all * V, kNone, Pass::backward);
+    op("lm_head.loss.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {loss_, labels_}, {nll});
+    const TensorId dlsm = tensor("lm_head.log_softmax.grad", TensorKind::transient, DType::fp32, rows_all * V, kNone,
+                                 Pass::backward);
+    const OpId lg = op("lm_head.log_softmax.grad", OpKind::loss, Phase::loss, Pass::backward, kNone, {nll, lsm}, {dlsm});
+    p_.ops[lg].m = rows_all;
+    p_.ops[lg].n = V;
+    TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
+    op("lm_head.upcast.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dlsm}, {dl});
+    if (cap) {
+      const TensorId d1 = tensor("lm_head.dcapped", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
+      op("lm_head.softcap.mul.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dl}, {d1});
+      const TensorId d2 = tensor("lm_head.dtanh", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
+      op("lm_head.softcap.tanh.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d1, tanh}, {d2});
+      dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
+      op("lm_head.softcap.div.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d2}, {dl});
+    }
+    dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone, Pass::backward);
+    matmul("lm_head.dx", Phase::loss, Pass::backward, kNone, {dl, W}, {dnf}, rows_all, d, V);
+    pt_dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, rows_all);
+  } else {
+    // MST: a custom autograd Function over the labelled positions, chunk by chunk.
+    dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone,
+                 mode == LmHeadMode::forward_grad ? Pass::forward : Pass::backward);
+    const auto classes = chunk_classes(S_ - 1, p_.lm_head_chunks, true);
+    // One chunk: logits (bf16) -> fp32 (soft-capped in place) -> softmax-like fp32 pass -> dlogits (bf16).
+    auto chunk = [&](Pass pass, bool gradient) {
+      const std::int64_t R = rows(p_.loops[static_cast<std::size_t>(loop_)].rows);
+      const TensorId lb = tensor("lm_head.logits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
+      matmul("lm_head.logits", Phase::loss, pass, kNone, {nf, W}, {lb}, R, V, d);
+      const TensorId l32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
+      op("lm_head.upcast", OpKind::elementwise, Phase::loss, pass, kNone, {lb}, {l32});
+      const TensorId sm = tensor("lm_head.softmax", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
+      const OpId ls = op("lm_head.softmax", OpKind::loss, Phase::loss, pass, kNone, {l32, labels_}, {sm, loss_});
+      p_.ops[ls].m = R;
+      p_.ops[ls].n = V;
+      if (!gradient) return;
+      const TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
+      op("lm_head.dlogits", OpKind::elementwise, Phase::loss, pass, kNone, {sm, l32, labels_}, {dl});
+      matmul("lm_head.dx", Phase::loss, pass, kNone, {dl, W}, {dnf}, R, d, V);
+      pt_dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, R);
+    };
+    if (mode == LmHeadMode::forward_grad) prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {dnf});
+    for (const ChunkClass& c : classes) {
+      begin_loop("lm_head", c);
+      chunk(Pass::forward, mode == LmHeadMode::forward_grad);
+      end_loop();
+    }
+    autocast_exit();
+    if (mode != LmHeadMode::forward_grad) {
+      prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf});
+      for (const ChunkClass& c : classes) {
+        begin_loop("lm_head", c);
+        chunk(Pass::recompute, true);
+        end_loop();
+      }
+    }
+  }
+  if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
+  upstream_ = pt_norm_grad("final_norm", dnf, ns, kNone, kNoTensor, Phase::loss);
+}
+
+void Builder::pt_layer_backward(std::int32_t l) {
+  LayerState& base = layers_[static_cast<std::size_t>(l)];
+  PtLayerState& st = pt_layers_[static_cast<std::size_t>(l)];
+  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+  const std::int64_t d = m_.hidden_size;
+  const std::int64_t I = m_.intermediate_size;
+  const TensorId dh = upstream_;
+
+  if (offloaded(l) && !prefetched_[static_cast<std::size_t>(l)]) prefetch(l);
+  if (l > 0 && offloaded(l - 1)) prefetch(l - 1);
+  if (recomputed(l)) pt_layer_forward(l, Pass::recompute);
+  if (selective(l)) {
+    // The checkpointed MLP block reruns from its input: its norm and (below) its chunks.
+    st.n2 = pt_norm("mlp_norm", st.h_mid, lp.mlp_norm, l, Pass::recompute, true, st.mlp_norm, Phase::backward);
+    p_.tensors[st.n2].kind = TensorKind::saved;
+  }
+
+  TensorId dm = dh;
+  if (m_.norms_per_layer == 4) dm = pt_norm_grad("mlp_post_norm", dh, st.mlp_post_norm, l, kNoTensor);
+
+  // MLP, chunk by chunk: down, mul, up, act, gate (autograd's order).
+  const bool tiled = plan_.mlp_mode == MlpMode::tiled || selective(l) || st.gate.empty();
+  const auto classes = chunk_classes(S_, p_.mlp_chunks, true);
+  const bool split = p_.mlp_chunks > 1 && !tiled;
+  TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  if (!split) prealloc("mlp.grad.alloc", Phase::backward, Pass::backward, l, {dn2});
+  std::vector<TensorId> chunk_grads;
+  for (std::size_t ci = 0; ci < classes.size(); ++ci) {
+    const ChunkClass& c = classes[ci];
+    begin_loop("mlp", c);
+    const std::int64_t R = rows(c.positions);
+    TensorId g, act, u, prod;
+    if (!tiled) {
+      g = st.gate[ci];
+      act = st.act[ci];
+      u = st.up[ci];
+      prod = st.prod[ci];
+    } else {
+      g = tensor("mlp.gate", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      u = tensor("mlp.up", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      prod = tensor("mlp.prod", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      matmul("mlp.gate", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
+      op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g}, {act});
+      matmul("mlp.up", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
+      op("mlp.mul", OpKind::elementwise, Phase::backward, Pass::recompute, l, {act, u}, {prod});
+    }
+    const TensorId dprod = tensor("mlp.dprod", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    matmul("mlp.down.dx", Phase::backward, Pass::backward, l, {dm, weight(lp.down)}, {dprod}, R, I, d);
+    pt_dw("mlp.down.dw", Phase::backward, l, {dm, prod}, lp.down, d, I, R);
+    const TensorId dact = tensor("mlp.dact", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    const TensorId dup = tensor("mlp.dup", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    op("mlp.mul.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprod, act, u}, {dact, dup});
+    const TensorId dx = split ? tensor("mlp.dinput", TensorKind::transient, DType::bf16, R * d, l, Pass::backward, true) : dn2;
+    matmul("mlp.up.dx", Phase::backward, Pass::backward, l, {dup, weight(lp.up)}, {dx}, R, d, I);
+    pt_dw("mlp.up.dw", Phase::backward, l, {dup, st.n2}, lp.up, I, d, R);
+    const TensorId dgate = tensor("mlp.dgate", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g}, {dgate});
+    matmul("mlp.gate.dx", Phase::backward, Pass::backward, l, {dgate, weight(lp.gate)}, {dx}, R, d, I);
+    pt_dw("mlp.gate.dw", Phase::backward, l, {dgate, st.n2}, lp.gate, I, d, R);
+    end_loop();
+    if (split) chunk_grads.push_back(dx);
+  }
+  if (split) {
+    // torch.split's backward concatenates the chunk gradients.
+    const OpId cat = op("mlp.split.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {}, {});
+    p_.ops[cat].io_begin = static_cast<std::uint32_t>(p_.io.size());
+    for (TensorId t : chunk_grads) p_.io.push_back(t);
+    p_.io.push_back(dn2);
+    p_.ops[cat].inputs = static_cast<std::uint32_t>(chunk_grads.size());
+    p_.ops[cat].outputs = 1;
+  }
+  if (trained_) {
+    grad_done(lp.down, l);
+    grad_done(lp.up, l);
+    grad_done(lp.gate, l);
+  }
+  const TensorId dh_mid = pt_norm_grad("mlp_norm", dn2, st.mlp_norm, l, dh);
+
+  // Attention.
+  TensorId da = dh_mid;
+  if (m_.norms_per_layer == 4) da = pt_norm_grad("attn_post_norm", dh_mid, st.attn_post_norm, l, kNoTensor);
+  const TensorId doc = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+  matmul("attn.o.dx", Phase::backward, Pass::backward, l, {da, weight(lp.o)}, {doc}, T_, qd_, d);
+  pt_dw("attn.o.dw", Phase::backward, l, {da, st.o_contig}, lp.o, d, qd_, T_);
+  if (trained_) grad_done(lp.o, l);
+  const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+  const TensorId dk = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  if (s_.attention == AttentionKind::flash) {
+    const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
+    const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,
+                                  Pass::backward);
+    const OpId a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
+                      {st.q, st.k, st.v, st.o, st.lse, doc}, {dq, dk, dv, acc, delta});
+    p_.ops[a].m = B_ * m_.num_heads;
+    p_.ops[a].n = S_;
+    p_.ops[a].k = S_;
+    p_.ops[a].head_dim = m_.head_dim;
+    p_.ops[a].window = window(l);
+  } else {
+    const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
+    const double heads = static_cast<double>(B_ * m_.num_heads);
+    const TensorId dv_rep = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+    OpId mm = matmul("attn.pv.dv", Phase::backward, Pass::backward, l, {st.probs, doc}, {dv_rep}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+    const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
+    mm = matmul("attn.pv.dprobs", Phase::backward, Pass::backward, l, {doc, st.v_rep}, {dprobs}, S_, S_, m_.head_dim);
+    p_.ops[mm].flops_multiplier = heads;
+    const TensorId d32 = tensor("attn.dprobs32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
+    op("attn.probs.cast.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprobs}, {d32});
+    const TensorId dscores32 = tensor("attn.dscores32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
+    op("attn.softmax.grad", OpKind::softmax, Phase::backward, Pass::backward, l, {d32, st.probs32}, {dscores32});
+    TensorId ds = tensor("attn.dscores", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
+    op("attn.mask.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dscores32}, {ds});
+    if (m_.attn_logit_softcap) {
+      const TensorId dt = tensor("attn.dscores.tanh", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
+      op("attn.softcap.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {ds}, {dt});
+      ds = dt;
+    }
+    const TensorId dk_rep = tensor("attn.dk.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+    mm = matmul("attn.scores.dq", Phase::backward, Pass::backward, l, {ds, st.k_rep}, {dq}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+    mm = matmul("attn.scores.dk", Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, S_, m_.head_dim, S_);
+    p_.ops[mm].flops_multiplier = heads;
+    op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
+  }
+  const TensorId dq_in = pt_rope_grad("q", dq, qd_, l);
+  const TensorId dk_in = pt_rope_grad("k", dk, kvd_, l);
+  const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  matmul("attn.q.dx", Phase::backward, Pass::backward, l, {dq_in, weight(lp.q)}, {dn1}, T_, d, qd_);
+  // The k and v input gradients are new tensors summed into dn1 (InputBuffer).
+  const TensorId tk = tensor("attn.k.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
+  matmul("attn.k.dx", Phase::backward, Pass::backward, l, {dk_in, weight(lp.k)}, {dn1, tk}, T_, d, kvd_);
+  const TensorId tv = tensor("attn.v.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
+  matmul("attn.v.dx", Phase::backward, Pass::backward, l, {dv, weight(lp.v)}, {dn1, tv}, T_, d, kvd_);
+  pt_dw("attn.q.dw", Phase::backward, l, {dq_in, st.n1}, lp.q, qd_, d, T_);
+  pt_dw("attn.k.dw", Phase::backward, l, {dk_in, st.n1}, lp.k, kvd_, d, T_);
+  pt_dw("attn.v.dw", Phase::backward, l, {dv, st.n1}, lp.v, kvd_, d, T_);
+  if (trained_ && m_.qkv_bias) {
+    for (auto [bias, dy] : {std::pair{lp.qb, dq_in}, std::pair{lp.kb, dk_in}, std::pair{lp.vb, dv}}) {
+      const TensorId gb = grad(bias, l);
+      op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dy}, {gb});
+      grad_done(bias, l);
+    }
+  }
+  if (trained_) {
+    grad_done(lp.q, l);
+    grad_done(lp.k, l);
+    grad_done(lp.v, l);
+  }
+  if (st.weights_bf16 != kNoTensor) {
+    op("autocast.release", OpKind::elementwise, Phase::backward, Pass::backward, l, {st.weights_bf16}, {});
+  }
+  upstream_ = pt_norm_grad("attn_norm", dn1, st.attn_norm, l, dh_mid);
+  (void)base;
+}
+
+void Builder::autocast_exit() {
+  if (autocast_cache_.empty()) return;
+  // Leaving the autocast region (after the loss) drops the cast cache.
+  const OpId id = op("autocast.exit", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {}, {});
+  p_.ops[id].io_begin = static_cast<std::uint32_t>(p_.io.size());
+  for (TensorId t : autocast_cache_) p_.io.push_back(t);
+  p_.ops[id].inputs = static_cast<std::uint32_t>(autocast_cache_.size());
+  autocast_cache_.clear();
+}
+
+void Builder::pt_embedding_backward(TensorId dh0) {
+  TensorId dh = dh0;
+  if (m_.family == Family::gemma2) {
+    dh = tensor("input.grad.scaled", TensorKind::transient, act_dtype_, T_ * m_.hidden_size, 0, Pass::backward);
+    op("embedding.scale.grad", OpKind::elementwise, Phase::backward, Pass::backward, kNone, {dh0}, {dh});
+  }
+  if (!trained_) return;
+  // embedding_dense_backward: a (V x d) gradient, added into the tied LM head's if there is one.
+  const bool exists = grad_created_[static_cast<std::size_t>(embed_param_)];
+  const TensorId g = grad(embed_param_, kNone);
+  if (exists) {
+    const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
+                                    p_.params[static_cast<std::size_t>(embed_param_)].numel(), kNone, Pass::backward);
+    op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_}, {g, partial});
+  } else {
+    op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_}, {g});
+  }
+  grad_done(embed_param_, kNone);
+}
+
+}  // namespace mstplan::detail
