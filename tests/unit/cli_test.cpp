@@ -80,7 +80,9 @@ TEST(Cli, JsonAtARequestedLength) {
   for (const auto& m : j["methods"]) {
     EXPECT_EQ(m["seq_len"], 16384);
     ASSERT_TRUE(m["fits"].is_boolean());
-    if (m["method"] == "vanilla") EXPECT_FALSE(m["fits"].get<bool>());
+    if (m["method"] == "vanilla") {
+      EXPECT_FALSE(m["fits"].get<bool>());
+    }
     if (m["method"] == "mst") {
       EXPECT_TRUE(m["fits"].get<bool>());
       EXPECT_TRUE(m["peak_bytes_at_seq"].is_number_integer());
