@@ -6,7 +6,10 @@
 #include <benchmark/benchmark.h>
 
 #include "cli/cli.h"
+#include "planner/analysis.h"
+#include "planner/builder.h"
 #include "planner/catalog.h"
+#include "planner/search.h"
 #include "planner/static_memory.h"
 
 namespace mstplan {
@@ -55,6 +58,45 @@ void BM_MainCommand(benchmark::State& state) {
   state.SetLabel(json ? "--json" : "text");
 }
 BENCHMARK(BM_MainCommand)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace mstplan
+
+namespace mstplan {
+namespace {
+
+// The size benchmark: the llama3-70b program at 128K tokens, MST's reference plan.
+void BM_BuildAndAnalyzeLlama70b128K(benchmark::State& state) {
+  const ModelSpec model = *resolve_model("llama3-70b");
+  const Plan plan = Plan::mst_reference(model);
+  const AllocatorModel allocator = AllocatorModel::for_profile(Profile::native);
+  std::int64_t ops = 0;
+  for (auto _ : state) {
+    const Program p = build_program(model, TrainingSetup{}, plan, 131072);
+    benchmark::DoNotOptimize(analyze(p, allocator));
+    ops = static_cast<std::int64_t>(p.ops.size());
+  }
+  state.counters["ops"] = static_cast<double>(ops);
+}
+BENCHMARK(BM_BuildAndAnalyzeLlama70b128K)->Unit(benchmark::kMillisecond);
+
+// A full search (every method, auto's candidates and Pareto set) for llama3-8b on an A100-80G.
+void BM_AutoSearchLlama8b(benchmark::State& state) {
+  const ModelSpec model = *resolve_model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("A100-80G");
+  const auto profile = static_cast<Profile>(state.range(0));
+  TrainingSetup setup;
+  setup.profile = profile;
+  std::int64_t evaluations = 0;
+  for (auto _ : state) {
+    const SearchResult r = search(model, gpu, setup, all_methods());
+    evaluations = r.evaluations;
+    benchmark::DoNotOptimize(r);
+  }
+  state.counters["evaluations"] = static_cast<double>(evaluations);
+  state.SetLabel(std::string(to_string(profile)));
+}
+BENCHMARK(BM_AutoSearchLlama8b)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace mstplan

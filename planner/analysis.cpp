@@ -38,6 +38,14 @@ struct Event {
   std::int64_t allocated;  // per instance, rounded
 };
 
+// Buffers of one analysis, kept per thread between calls: the search analyses dozens of programs
+// in a row, and fresh allocations of these sizes cost page faults each time.
+struct Buffers {
+  std::vector<std::int64_t> first, last;
+  std::vector<std::size_t> alloc_offset, free_offset, alloc_fill, free_fill;
+  std::vector<Event> alloc, free;
+};
+
 // Allocation and free events of every op, from first writes and last uses, in flat arrays:
 // op i's allocations are alloc_[alloc_offset_[i] .. alloc_offset_[i + 1]), its frees likewise.
 class Events {
@@ -45,7 +53,10 @@ class Events {
   Events(const Program& p, const AllocatorModel& allocator) {
     const std::size_t n_tensors = p.tensors.size();
     const std::size_t n_ops = p.ops.size();
-    std::vector<std::int64_t> first(n_tensors, -1), last(n_tensors, -1);
+    std::vector<std::int64_t>& first = buffers().first;
+    std::vector<std::int64_t>& last = buffers().last;
+    first.assign(n_tensors, -1);
+    last.assign(n_tensors, -1);
     for (OpId i = 0; i < n_ops; ++i) {
       const Op& op = p.ops[i];
       for (TensorId t : p.inputs(op)) last[t] = i;
@@ -67,8 +78,10 @@ class Events {
     }
     alloc_.resize(alloc_offset_.back());
     free_.resize(free_offset_.back());
-    std::vector<std::size_t> alloc_fill(alloc_offset_.begin(), alloc_offset_.end() - 1);
-    std::vector<std::size_t> free_fill(free_offset_.begin(), free_offset_.end() - 1);
+    std::vector<std::size_t>& alloc_fill = buffers().alloc_fill;
+    std::vector<std::size_t>& free_fill = buffers().free_fill;
+    alloc_fill.assign(alloc_offset_.begin(), alloc_offset_.end() - 1);
+    free_fill.assign(free_offset_.begin(), free_offset_.end() - 1);
     for (TensorId t = 0; t < n_tensors; ++t) {
       if (first[t] < 0) continue;
       const Tensor& tensor = p.tensors[t];
@@ -119,8 +132,14 @@ class Events {
     state.by_kind[e.kind] += k * e.bytes;
   }
 
-  std::vector<Event> alloc_, free_;
-  std::vector<std::size_t> alloc_offset_, free_offset_;
+  static Buffers& buffers() {
+    thread_local Buffers b;
+    return b;
+  }
+  std::vector<Event>& alloc_ = buffers().alloc;
+  std::vector<Event>& free_ = buffers().free;
+  std::vector<std::size_t>& alloc_offset_ = buffers().alloc_offset;
+  std::vector<std::size_t>& free_offset_ = buffers().free_offset;
 };
 
 // Walks the program, simulating loop iterations as `all_iterations` says.

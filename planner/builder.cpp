@@ -804,4 +804,13 @@ Program build_program(const ModelSpec& model, const TrainingSetup& setup, const 
   return detail::Builder(model, setup, plan, seq_len).build();
 }
 
+Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len,
+                      Program&& recycled) {
+  MSTPLAN_CHECK(seq_len >= 2, "a step needs at least 2 positions, got {}", seq_len);
+  MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
+  detail::Builder builder(model, setup, plan, seq_len);
+  builder.recycle(std::move(recycled));
+  return builder.build();
+}
+
 }  // namespace mstplan

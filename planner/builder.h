@@ -24,5 +24,9 @@ inline constexpr std::int64_t kGemmWorkspaceBytes = std::int64_t{32} << 20;
 /// runs the optimizer). `seq_len` is at least 2 (one position needs a next token to predict).
 [[nodiscard]] Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan,
                                     std::int64_t seq_len);
+/// The same, reusing the storage of `recycled` (a program no longer needed): the search builds
+/// many programs in a row.
+[[nodiscard]] Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan,
+                                    std::int64_t seq_len, Program&& recycled);
 
 }  // namespace mstplan

@@ -30,6 +30,14 @@ class Builder {
         persistent_grads_(trained_ && (!setup.optimizer_in_backward || setup.grad_accum > 1)) {}
 
   Program build();
+  /// Reuse the vectors of a program no longer needed (their capacity, not their contents).
+  void recycle(Program&& old) {
+    p_ = std::move(old);
+    p_.tensors.clear();
+    p_.ops.clear();
+    p_.loops.clear();
+    p_.io.clear();
+  }
 
  private:
   struct LayerState {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <optional>
 
 #include "planner/hf_config.h"
 
@@ -26,6 +27,22 @@ std::vector<Spec> parse_builtin(std::string_view folder, Parse parse) {
   }
   std::sort(out.begin(), out.end(), [](const Spec& a, const Spec& b) { return a.name < b.name; });
   return out;
+}
+
+// The catalog file named after `argument` ("models/" + lower-case name + ".yaml"), parsed alone:
+// a process that names one model or GPU need not parse the whole catalog.
+template <typename Spec, typename Parse>
+std::optional<Spec> parse_named(std::string_view folder, const std::string& argument, Parse parse) {
+  std::string file(folder);
+  for (char c : argument) file += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  file += ".yaml";
+  for (const EmbeddedFile& f : builtin_files()) {
+    if (f.path != file) continue;
+    auto spec = parse(std::string(f.text), "builtin:" + std::string(f.path));
+    MSTPLAN_CHECK(spec.has_value(), "invalid built-in file: {}", spec.error().message);
+    if (iequals(spec->name, argument)) return std::move(*spec);
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -54,6 +71,7 @@ Expected<ModelSpec> resolve_model(const std::string& argument) {
     if (path.extension() == ".json" || std::filesystem::is_directory(path, ec)) return load_hf_config(argument);
     return load_model_file(argument);
   }
+  if (auto named = parse_named<ModelSpec>("models/", argument, parse_model_yaml)) return std::move(*named);
   for (const ModelSpec& m : builtin_models()) {
     if (iequals(m.name, argument)) return m;
   }
@@ -66,6 +84,7 @@ Expected<ModelSpec> resolve_model(const std::string& argument) {
 Expected<GpuSpec> resolve_gpu(const std::string& argument) {
   if (argument.empty()) return make_error(ErrorKind::usage, "--gpu: empty GPU name");
   if (names_a_path(argument)) return load_gpu_file(argument);
+  if (auto named = parse_named<GpuSpec>("scenarios/gpus/", argument, parse_gpu_yaml)) return std::move(*named);
   for (const GpuSpec& g : builtin_gpus()) {
     if (iequals(g.name, argument)) return g;
     for (const std::string& alias : g.aliases) {

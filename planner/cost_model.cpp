@@ -84,7 +84,8 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
   StepTime t;
   double compute = 0.0;  // the compute stream's clock
   double copy = 0.0;     // the copy stream's clock
-  std::vector<double> ready(p.tensors.size(), 0.0);  // when a copied tensor is on the device
+  thread_local std::vector<double> ready;  // when a copied tensor is on the device (kept per thread)
+  ready.assign(p.tensors.size(), 0.0);
   double forward_flops = 0.0;
   OpId i = 0;
   while (i < p.ops.size()) {

@@ -104,7 +104,8 @@ Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingS
 
 Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) {
   ++evaluations_;
-  const Program p = build_program(model_, setup_, plan, seq_len);
+  scratch_ = build_program(model_, setup_, plan, seq_len, std::move(scratch_));
+  const Program& p = scratch_;
   Evaluation e;
   e.plan = plan;
   e.seq_len = seq_len;

@@ -21,6 +21,7 @@
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
 #include "planner/plan.h"
+#include "planner/program.h"
 #include "planner/setup.h"
 
 namespace mstplan {
@@ -93,6 +94,7 @@ class Evaluator {
   const SearchOptions& options_;
   AllocatorModel allocator_;
   std::int64_t evaluations_ = 0;
+  Program scratch_;  // the last program built, whose storage the next one reuses
 };
 
 [[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
