@@ -14,6 +14,7 @@
 #include "planner/builder.h"
 #include "planner/catalog.h"
 #include "planner/json_output.h"
+#include "planner/placement.h"
 #include "planner/plan_io.h"
 #include "planner/search.h"
 #include "planner/setup.h"
@@ -215,6 +216,9 @@ std::optional<Failure> run_show(const std::string& path, bool json, std::ostream
   const Evaluation e = evaluator.evaluate(file->plan, file->seq_len);
   const bool same = e.analysis.peak.allocated_bytes == file->predicted.peak_allocated_bytes &&
                     e.analysis.peak_live_bytes == file->predicted.peak_live_bytes && e.peak_at == file->predicted.peak_at;
+  // Where a planned allocator would put every tensor: one arena, best fit.
+  const Program program = build_program(file->model, file->setup, file->plan, file->seq_len);
+  const Placement placement = place(program, AllocatorModel::for_profile(file->setup.profile));
   if (json) {
     nlohmann::json j = {{"file", path},
                         {"model", model_json(file->model)},
@@ -222,7 +226,9 @@ std::optional<Failure> run_show(const std::string& path, bool json, std::ostream
                         {"setup", setup_json(file->setup)},
                         {"evaluation", evaluation_json(e, file->model)},
                         {"predicted_peak_bytes", file->predicted.peak_allocated_bytes},
-                        {"matches_prediction", same}};
+                        {"matches_prediction", same},
+                        {"arena_high_water_bytes", placement.high_water_bytes},
+                        {"ops_executed", placement.flat.ops.size()}};
     out << json_text(j) << '\n';
   } else {
     fmt::print(out, "{}: {} on {}, {} tokens, batch {}\n", path, file->model.name, file->gpu.name,
@@ -233,6 +239,13 @@ std::optional<Failure> run_show(const std::string& path, bool json, std::ostream
                format_gib(e.analysis.peak.allocated_bytes), format_gib(file->gpu.reserve_bytes),
                format_gib(e.required_bytes), format_gib(file->gpu.capacity_bytes), e.fits ? "fits" : "does not fit",
                e.peak_at);
+    fmt::print(out, "arena (best-fit placement of every tensor, in step order): {} GiB for a live peak of {} GiB "
+                    "({:.1f}% fragmentation), {} kernels\n",
+               format_gib(placement.high_water_bytes), format_gib(placement.live_peak_bytes),
+               placement.live_peak_bytes > 0 ? 100.0 * static_cast<double>(placement.high_water_bytes - placement.live_peak_bytes) /
+                                                   static_cast<double>(placement.live_peak_bytes)
+                                             : 0.0,
+               format_thousands(static_cast<std::int64_t>(placement.flat.ops.size())));
     fmt::print(out, "the file predicted {} bytes at {}: {}\n", format_thousands(file->predicted.peak_allocated_bytes),
                file->predicted.peak_at,
                same ? "the same" : fmt::format("now {} bytes (the planner changed since)",
