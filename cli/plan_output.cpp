@@ -164,8 +164,10 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
     fmt::print(out, "  host memory: {} GiB of offloaded checkpoints at most\n", gib(c.analysis.host_peak_bytes));
   }
   const double mfu = c.time.step_seconds > 0 ? c.time.model_flops / c.time.step_seconds / (gpu.bf16_tflops * 1e12) : 0.0;
-  fmt::print(out, "  estimated {} tokens/s (step {:.3g} s, model FLOPs at {:.0f}% of the bf16 peak)\n",
-             tokens_per_s(c.time.tokens_per_s), c.time.step_seconds, 100.0 * mfu);
+  const std::string step = c.time.step_seconds >= 100 ? format_thousands(static_cast<std::int64_t>(c.time.step_seconds + 0.5))
+                                                       : fmt::format("{:.2f}", c.time.step_seconds);
+  fmt::print(out, "  estimated {} tokens/s (step {} s, model FLOPs at {:.0f}% of the bf16 peak)\n",
+             tokens_per_s(c.time.tokens_per_s), step, 100.0 * mfu);
   if (chosen_method == Method::automatic && !request && result.pareto.size() > 1) {
     fmt::print(out, "\nauto's trade-offs (longest sequence against speed, none better on both):\n");
     for (const Evaluation& e : result.pareto) {
