@@ -206,6 +206,10 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
   for (std::size_t k = 0; k < kTensorKinds; ++k) {
     by_kind[std::string(to_string(static_cast<TensorKind>(k)))] = e.analysis.peak.by_kind[k];
   }
+  nlohmann::json by_phase;
+  for (std::size_t k = 0; k < kPhases; ++k) {
+    by_phase[std::string(to_string(static_cast<Phase>(k)))] = e.analysis.phase_peak_bytes[k];
+  }
   return {{"seq_len", e.seq_len},
           {"fits", e.fits},
           {"peak_bytes", e.analysis.peak.allocated_bytes},
@@ -215,6 +219,7 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
           {"peak_at", e.peak_at},
           {"peak_phase", to_string(e.peak_phase)},
           {"peak_breakdown_bytes", by_kind},
+          {"phase_peak_bytes", by_phase},
           {"tokens_per_s", e.time.tokens_per_s},
           {"step_seconds", e.time.step_seconds},
           {"plan", plan_json(e.plan, model, e.seq_len)}};

@@ -71,6 +71,15 @@ TEST(Cli, JsonMethodsCarryTheContractFields) {
   EXPECT_THAT(names, ::testing::ElementsAre("vanilla", "recompute", "mst", "mst-offload", "auto"));
   EXPECT_EQ(j["chosen"]["method"], "auto");
   EXPECT_FALSE(j["pareto"].empty());
+  // The chosen evaluation's peak is the largest of its phase peaks, and its breakdown sums to the
+  // requested bytes at the peak.
+  const auto& chosen = j["chosen"]["evaluation"];
+  std::int64_t largest = 0, kinds = 0;
+  for (const auto& [phase, bytes] : chosen["phase_peak_bytes"].items()) largest = std::max(largest, bytes.get<std::int64_t>());
+  for (const auto& [kind, bytes] : chosen["peak_breakdown_bytes"].items()) kinds += bytes.get<std::int64_t>();
+  EXPECT_EQ(largest, chosen["peak_bytes"].get<std::int64_t>());
+  EXPECT_LE(kinds, chosen["peak_bytes"].get<std::int64_t>());
+  EXPECT_GT(kinds, chosen["peak_bytes"].get<std::int64_t>() - 1024 * 1024);  // rounding only
 }
 
 TEST(Cli, JsonAtARequestedLength) {
