@@ -16,6 +16,7 @@
 #include "planner/json_output.h"
 #include "planner/placement.h"
 #include "planner/plan_io.h"
+#include "planner/schedule_check.h"
 #include "planner/search.h"
 #include "planner/setup.h"
 #include "planner/static_memory.h"
@@ -218,6 +219,7 @@ std::optional<Failure> run_show(const std::string& path, bool json, std::ostream
                     e.analysis.peak_live_bytes == file->predicted.peak_live_bytes && e.peak_at == file->predicted.peak_at;
   // Where a planned allocator would put every tensor: one arena, best fit.
   const Program program = build_program(file->model, file->setup, file->plan, file->seq_len);
+  if (auto problem = check_schedule(program)) MSTPLAN_CHECK(false, "the builder made an invalid schedule: {}", *problem);
   const Placement placement = place(program, AllocatorModel::for_profile(file->setup.profile));
   if (json) {
     nlohmann::json j = {{"file", path},
