@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/plan_output.h"
+#include "cli/run_command.h"
 #include "planner/analysis.h"
 #include "planner/builder.h"
 #include "planner/catalog.h"
@@ -377,10 +378,13 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan --model llama3-8b --gpu H100 --seq 64K --out plan.yaml   # fastest plan for 64K tokens
   mst-plan show plan.yaml            # rebuild a plan file's step and check its prediction
   mst-plan devices                   # the CUDA devices of this machine against the catalog
+  mst-plan --model tiny-llama --gpu A100-80G --seq 256 --out tiny.yaml && mst-plan verify tiny.yaml
+  mst-plan run tiny.yaml --steps 20  # execute it: loss per step, predicted against measured memory
 
 Exit codes: 0 success, 1 output not written or internal error, 2 usage (bad flag or value), 3 bad
 input (model, GPU, scenario or plan not found, unreadable, malformed or invalid), 4 unavailable (no
-CUDA device), 5 nothing fits, so --out wrote no plan.
+CUDA device, or a plan too large for this machine's memory), 5 nothing fits, so --out wrote no
+plan, 6 run/verify found memory, loss or gradients beyond the documented tolerance.
 Formats of model, GPU and scenario files: docs/specs.md.)";
 
 }  // namespace
@@ -413,8 +417,9 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
          "e.g. --scenario scenarios/examples/llama3-8b-a100.yaml");
   option(f.batch, "--batch,-b", "N", "Sequences per micro-batch (default 1); e.g. --batch 2");
   option(f.seq, "--seq", "N|search", "Sequence length in tokens, or 'search' for the maximum (default); e.g. --seq 128K");
-  option(f.precision, "--precision", "bf16|mixed",
+  option(f.precision, "--precision", "bf16|mixed|fp32",
          "bf16: bf16 weights and optimizer state (default); mixed: fp32 master weights and state; "
+         "fp32: everything fp32 (native profile); "
          "e.g. --precision mixed");
   option(f.optimizer, "--optimizer", "NAME",
          "adamw (default), adamw-8bit, sgd (no momentum), none (frozen weights); e.g. --optimizer adamw-8bit");
@@ -458,6 +463,26 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   bool show_json = false;
   show->add_flag("--json", show_json, "Print JSON");
 
+  RunCommand run_cmd, verify_cmd;
+  verify_cmd.verify = true;
+  CLI::App* run = app.add_subcommand(
+      "run", "Execute a plan file with the bundled runtime and compare measured with predicted memory; "
+             "e.g. mst-plan run plan.yaml --steps 3");
+  CLI::App* verify = app.add_subcommand(
+      "verify", "Run one step of a plan file and check memory, loss, every gradient and every updated parameter "
+                "against a plain step (no chunks, no recompute); e.g. mst-plan verify plan.yaml");
+  for (auto [sub, cmd] : {std::pair{run, &run_cmd}, std::pair{verify, &verify_cmd}}) {
+    sub->add_option("plan", cmd->plan_file, "A plan file written by --out")->type_name("FILE")->required();
+    sub->add_option("--backend", cmd->backend, "cpu (the reference kernels; default) or cuda")->type_name("NAME");
+    sub->add_option("--seed", cmd->seed, "Seed of the synthetic weights and data (default 1)")->type_name("N");
+    sub->add_option("--ignore-fraction", cmd->ignore_fraction,
+                    "Share of labels set to -100 (ignored by the loss), 0 to 1 (default 0)")
+        ->type_name("X")
+        ->check(CLI::Range(0.0, 1.0));
+    sub->add_flag("--json", cmd->json, "Print JSON");
+  }
+  run->add_option("--steps", run_cmd.steps, "Training steps to run (default 3)")->type_name("N")->check(CLI::Range(1, 1000000));
+
   bool devices_json = false;
   CLI::App* devices = app.add_subcommand(
       "devices", "Probe this machine's CUDA devices and compare their memory with the catalog; e.g. mst-plan devices");
@@ -496,6 +521,11 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     failure = run_devices(devices_json || f.json, out);
   } else if (show->parsed()) {
     failure = run_show(show_file, show_json || f.json, out);
+  } else if (run->parsed() || verify->parsed()) {
+    RunCommand& cmd = run->parsed() ? run_cmd : verify_cmd;
+    cmd.json = cmd.json || f.json;
+    const RunOutcome outcome = run_command(cmd, out);
+    if (outcome.code != 0) failure = Failure{static_cast<ExitCode>(outcome.code), outcome.message};
   } else {
     failure = run_plan(f, out);
   }

@@ -11,13 +11,14 @@
 //   3  bad input: a model, GPU or scenario that cannot be found, read, parsed or accepted
 //   4  unavailable: what was asked for needs something this machine lacks (a CUDA device)
 //   5  no fit: no plan fits, so --out wrote nothing
+//   6  mismatch: run/verify measured memory, loss or gradients beyond the documented tolerance
 #include <iosfwd>
 #include <string>
 #include <vector>
 
 namespace mstplan::cli {
 
-enum class ExitCode : int { ok = 0, internal = 1, usage = 2, input = 3, unavailable = 4, no_fit = 5 };
+enum class ExitCode : int { ok = 0, internal = 1, usage = 2, input = 3, unavailable = 4, no_fit = 5, mismatch = 6 };
 
 /// Runs mst-plan with `args` (without the program name); writes results to `out` and one-line
 /// errors to `err`; returns the exit code.

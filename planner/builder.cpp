@@ -329,7 +329,7 @@ Program Builder::build() {
 
 void Builder::embedding_forward() {
   const bool checkpoint = recomputed(0);
-  TensorId h0 = tensor("input", checkpoint ? TensorKind::checkpoint : TensorKind::saved, DType::bf16, T_ * m_.hidden_size,
+  TensorId h0 = tensor("input", checkpoint ? TensorKind::checkpoint : TensorKind::saved, act_, T_ * m_.hidden_size,
                        0, Pass::forward);
   op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
   layers_[0].input = h0;
@@ -346,13 +346,13 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
   const TensorId h = st.input;
 
   // Attention block.
-  const TensorId n1 = tensor("attn_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, DType::bf16,
+  const TensorId n1 = tensor("attn_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, act_,
                              T_ * d, l, pass);
   const TensorId rstd1 = tensor("attn_norm.rstd", kept, DType::fp32, T_, l, pass);
   op("attn_norm", OpKind::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {n1, rstd1});
-  const TensorId q = tensor("attn.q", kept, DType::bf16, T_ * qd_, l, pass);
-  const TensorId k = tensor("attn.k", kept, DType::bf16, T_ * kvd_, l, pass);
-  const TensorId v = tensor("attn.v", kept, DType::bf16, T_ * kvd_, l, pass);
+  const TensorId q = tensor("attn.q", kept, act_, T_ * qd_, l, pass);
+  const TensorId k = tensor("attn.k", kept, act_, T_ * kvd_, l, pass);
+  const TensorId v = tensor("attn.v", kept, act_, T_ * kvd_, l, pass);
   if (m_.qkv_bias) {
     matmul("attn.q", Phase::forward, pass, l, {n1, weight(lp.q), weight(lp.qb), workspace_}, {q}, T_, qd_, d);
     matmul("attn.k", Phase::forward, pass, l, {n1, weight(lp.k), weight(lp.kb), workspace_}, {k}, T_, kvd_, d);
@@ -363,7 +363,7 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
     matmul("attn.v", Phase::forward, pass, l, {n1, weight(lp.v), workspace_}, {v}, T_, kvd_, d);
   }
   op("attn.rope", OpKind::elementwise, Phase::forward, pass, l, {q, k}, {q, k});
-  const TensorId o = tensor("attn.out", kept, DType::bf16, T_ * qd_, l, pass);
+  const TensorId o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
   TensorId lse = kNoTensor, probs = kNoTensor;
   if (s_.attention == AttentionKind::flash) {
     lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
@@ -376,7 +376,7 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
   } else {
     const std::int64_t scores_elements = B_ * m_.num_heads * S_ * S_;
     const TensorId scores = tensor("attn.scores", TensorKind::transient, DType::fp32, scores_elements, l, pass);
-    probs = tensor("attn.probs", kept, DType::bf16, scores_elements, l, pass);
+    probs = tensor("attn.probs", kept, act_, scores_elements, l, pass);
     const OpId qk = matmul("attn.scores", Phase::forward, pass, l, {q, k}, {scores}, S_, S_, m_.head_dim);
     p_.ops[qk].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
     op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {scores}, {probs});
@@ -394,21 +394,21 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
   st.probs = probs;
 
   const bool post = m_.norms_per_layer == 4;
-  const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, DType::bf16, T_ * d, l, pass);
+  const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, act_, T_ * d, l, pass);
   matmul("attn.o", Phase::forward, pass, l, {o, weight(lp.o), workspace_}, {a}, T_, d, qd_);
   TensorId a_out = a;
   if (post) {
     st.rstd_pa = tensor("attn_post_norm.rstd", kept, DType::fp32, T_, l, pass);
-    a_out = tensor("attn_post_norm.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
+    a_out = tensor("attn_post_norm.out", TensorKind::transient, act_, T_ * d, l, pass);
     op("attn_post_norm", OpKind::norm, Phase::forward, pass, l, {a, weight(lp.attn_post_norm)}, {a_out, st.rstd_pa});
     st.a = a;
   }
-  const TensorId h_mid = tensor("attn.residual", kept, DType::bf16, T_ * d, l, pass);
+  const TensorId h_mid = tensor("attn.residual", kept, act_, T_ * d, l, pass);
   op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {h_mid});
   st.h_mid = h_mid;
 
   // MLP block.
-  const TensorId n2 = tensor("mlp_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, DType::bf16,
+  const TensorId n2 = tensor("mlp_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, act_,
                              T_ * d, l, pass);
   const TensorId rstd2 = tensor("mlp_norm.rstd", kept, DType::fp32, T_, l, pass);
   op("mlp_norm", OpKind::norm, Phase::forward, pass, l, {h_mid, weight(lp.mlp_norm)}, {n2, rstd2});
@@ -422,25 +422,25 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
     if (plan_.mlp_mode == MlpMode::paper && !sel) mlp_forward(l, pass, st, kNoTensor);
     return;
   }
-  const TensorId mlp_out = tensor("mlp.out", post ? kept : TensorKind::transient, DType::bf16, T_ * d, l, pass);
+  const TensorId mlp_out = tensor("mlp.out", post ? kept : TensorKind::transient, act_, T_ * d, l, pass);
   mlp_forward(l, pass, st, mlp_out);
   TensorId m_out = mlp_out;
   if (post) {
     st.rstd_pm = tensor("mlp_post_norm.rstd", kept, DType::fp32, T_, l, pass);
-    m_out = tensor("mlp_post_norm.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
+    m_out = tensor("mlp_post_norm.out", TensorKind::transient, act_, T_ * d, l, pass);
     op("mlp_post_norm", OpKind::norm, Phase::forward, pass, l, {mlp_out, weight(lp.mlp_post_norm)}, {m_out, st.rstd_pm});
     st.m = mlp_out;
   }
   const bool last = l + 1 == m_.num_layers;
   const TensorKind next_kind = !last && recomputed(l + 1) ? TensorKind::checkpoint : TensorKind::saved;
-  const TensorId next = tensor("output", next_kind, DType::bf16, T_ * d, l, pass);
+  const TensorId next = tensor("output", next_kind, act_, T_ * d, l, pass);
   op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {h_mid, m_out}, {next});
   if (!last) layers_[static_cast<std::size_t>(l + 1)].input = next;
   else final_hidden_ = next;
 
   if (offloaded(l)) {
     // The checkpoint goes to host memory once the layer is done with it.
-    st.host_copy = tensor("input", TensorKind::checkpoint, DType::bf16, T_ * d, l, pass, false, Device::host);
+    st.host_copy = tensor("input", TensorKind::checkpoint, act_, T_ * d, l, pass, false, Device::host);
     op("offload", OpKind::copy_to_host, Phase::forward, pass, l, {h}, {st.host_copy});
   }
 }
@@ -457,12 +457,12 @@ void Builder::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId ou
     begin_loop("mlp", c);
     const std::int64_t R = rows(c.positions);
     const TensorKind kind = keep_chunks ? TensorKind::saved : TensorKind::transient;
-    const TensorId g = tensor("mlp.gate", kind, DType::bf16, R * I, l, pass, true);
-    const TensorId u = tensor("mlp.up", kind, DType::bf16, R * I, l, pass, true);
+    const TensorId g = tensor("mlp.gate", kind, act_, R * I, l, pass, true);
+    const TensorId u = tensor("mlp.up", kind, act_, R * I, l, pass, true);
     matmul("mlp.gate", Phase::forward, pass, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
     matmul("mlp.up", Phase::forward, pass, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
     if (out != kNoTensor) {
-      const TensorId act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, pass, true);
+      const TensorId act = tensor("mlp.act", TensorKind::transient, act_, R * I, l, pass, true);
       op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g, u}, {act});
       matmul("mlp.down", Phase::forward, pass, l, {act, weight(lp.down), workspace_}, {out}, R, d, I);
     }
@@ -481,7 +481,7 @@ void Builder::lm_head() {
   const LmHeadMode mode = plan_.lm_head_mode;
   const TensorId W = weight(lm_head_param_);
   const TensorId nf =
-      tensor("final_norm.out", mode == LmHeadMode::forward_grad ? TensorKind::transient : TensorKind::saved, DType::bf16,
+      tensor("final_norm.out", mode == LmHeadMode::forward_grad ? TensorKind::transient : TensorKind::saved, act_,
              T_ * d, kNone, Pass::forward);
   const TensorId rstd = tensor("final_norm.rstd", TensorKind::saved, DType::fp32, T_, kNone, Pass::forward);
   op("final_norm", OpKind::norm, Phase::loss, Pass::forward, kNone, {h, weight(final_norm_param_)}, {nf, rstd});
@@ -491,7 +491,7 @@ void Builder::lm_head() {
   const auto classes = chunk_classes(S_ - 1, p_.lm_head_chunks);
   const bool capped = m_.final_logit_softcap.has_value();
   std::vector<TensorId> kept_logits, kept_lse;
-  const TensorId dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone,
+  const TensorId dnf = tensor("final_norm.dout", TensorKind::transient, act_, T_ * d, kNone,
                               mode == LmHeadMode::forward_grad ? Pass::forward : Pass::backward);
 
   auto fresh_lm_grad = [&]() {
@@ -512,7 +512,7 @@ void Builder::lm_head() {
     matmul("lm_head.logits", Phase::loss, Pass::forward, kNone, {nf, W, workspace_}, {logits}, R, V, d);
     if (capped) op("lm_head.softcap", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits}, {logits});
     if (mode == LmHeadMode::forward_grad) {
-      const TensorId dlogits = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone,
+      const TensorId dlogits = tensor("lm_head.dlogits", TensorKind::transient, act_, R * V, kNone,
                                       Pass::forward, true);
       const OpId ls = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits, labels_},
                          {loss_, dlogits});
@@ -550,7 +550,7 @@ void Builder::lm_head() {
         if (capped) op("lm_head.softcap", OpKind::elementwise, Phase::loss, Pass::recompute, kNone, {logits}, {logits});
       }
       const TensorId dlogits =
-          tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone, Pass::backward, true);
+          tensor("lm_head.dlogits", TensorKind::transient, act_, R * V, kNone, Pass::backward, true);
       const OpId lg = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::backward, kNone,
                          {logits, kept_lse[ci], labels_, loss_}, {dlogits});
       p_.ops[lg].m = R;
@@ -565,7 +565,7 @@ void Builder::lm_head() {
     if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
   }
   // Final norm backward: dh_L.
-  const TensorId dh = tensor("output.grad", TensorKind::transient, DType::bf16, T_ * d,
+  const TensorId dh = tensor("output.grad", TensorKind::transient, act_, T_ * d,
                              static_cast<std::int32_t>(m_.num_layers - 1), Pass::backward);
   if (trained_) {
     const TensorId gw = grad(final_norm_param_, kNone);
@@ -581,7 +581,7 @@ void Builder::lm_head() {
 
 void Builder::prefetch(std::int32_t l) {
   LayerState& st = layers_[static_cast<std::size_t>(l)];
-  const TensorId dev = tensor("input", TensorKind::checkpoint, DType::bf16, T_ * m_.hidden_size, l, Pass::backward);
+  const TensorId dev = tensor("input", TensorKind::checkpoint, act_, T_ * m_.hidden_size, l, Pass::backward);
   op("prefetch", OpKind::copy_to_device, Phase::backward, Pass::backward, l, {st.host_copy}, {dev});
   st.input = dev;
   prefetched_[static_cast<std::size_t>(l)] = true;
@@ -602,7 +602,7 @@ void Builder::layer_backward(std::int32_t l) {
   // MLP block.
   TensorId dmlp = dh;
   if (post) {
-    dmlp = tensor("mlp.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+    dmlp = tensor("mlp.dout", TensorKind::transient, act_, T_ * d, l, Pass::backward);
     if (trained_) {
       const TensorId g = grad(lp.mlp_post_norm, l);
       op("mlp_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
@@ -615,14 +615,14 @@ void Builder::layer_backward(std::int32_t l) {
   }
   if (!st.n2_kept) {
     // Selective recompute: the norm output again, from the kept input and statistic.
-    const TensorId n2 = tensor("mlp_norm.out", TensorKind::saved, DType::bf16, T_ * d, l, Pass::recompute);
+    const TensorId n2 = tensor("mlp_norm.out", TensorKind::saved, act_, T_ * d, l, Pass::recompute);
     op("mlp_norm.recompute", OpKind::elementwise, Phase::backward, Pass::recompute, l,
        {st.h_mid, st.rstd2, weight(lp.mlp_norm)}, {n2});
     st.n2 = n2;
   }
-  const TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  const TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, act_, T_ * d, l, Pass::backward);
   mlp_backward(l, st, dmlp, dn2);
-  const TensorId dh_mid = tensor("attn.residual.grad", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  const TensorId dh_mid = tensor("attn.residual.grad", TensorKind::transient, act_, T_ * d, l, Pass::backward);
   if (trained_) {
     const TensorId g = grad(lp.mlp_norm, l);
     op("mlp_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
@@ -636,7 +636,7 @@ void Builder::layer_backward(std::int32_t l) {
   // Attention block.
   TensorId da = dh_mid;
   if (post) {
-    da = tensor("attn.dproj", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+    da = tensor("attn.dproj", TensorKind::transient, act_, T_ * d, l, Pass::backward);
     if (trained_) {
       const TensorId g = grad(lp.attn_post_norm, l);
       op("attn_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
@@ -647,9 +647,9 @@ void Builder::layer_backward(std::int32_t l) {
          {dh_mid, st.a, st.rstd_pa, weight(lp.attn_post_norm)}, {da});
     }
   }
-  const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, act_, T_ * d, l, Pass::backward);
   attention_backward(l, st, da, dn1);
-  const TensorId dh_in = tensor("input.grad", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
+  const TensorId dh_in = tensor("input.grad", TensorKind::transient, act_, T_ * d, l, Pass::backward);
   if (trained_) {
     const TensorId g = grad(lp.attn_norm, l);
     op("attn_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
@@ -682,21 +682,21 @@ void Builder::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId
       g = st.gate[ci];
       u = st.up[ci];
     } else {
-      g = tensor("mlp.gate", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
-      u = tensor("mlp.up", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+      g = tensor("mlp.gate", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
+      u = tensor("mlp.up", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
       matmul("mlp.gate", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
       matmul("mlp.up", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
     }
-    const TensorId act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
+    const TensorId act = tensor("mlp.act", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
     op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g, u}, {act});
     if (trained_) {
       const TensorId gd = grad(lp.down, l);
       matmul("mlp.down.dw", Phase::backward, Pass::backward, l, {dh, act, workspace_}, {gd}, d, I, R);
     }
-    const TensorId dact = tensor("mlp.dact", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    const TensorId dact = tensor("mlp.dact", TensorKind::transient, act_, R * I, l, Pass::backward, true);
     matmul("mlp.down.dx", Phase::backward, Pass::backward, l, {dh, weight(lp.down), workspace_}, {dact}, R, I, d);
-    const TensorId dg = tensor("mlp.dgate", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
-    const TensorId du = tensor("mlp.dup", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
+    const TensorId dg = tensor("mlp.dgate", TensorKind::transient, act_, R * I, l, Pass::backward, true);
+    const TensorId du = tensor("mlp.dup", TensorKind::transient, act_, R * I, l, Pass::backward, true);
     op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g, u}, {dg, du});
     matmul("mlp.gate.dx", Phase::backward, Pass::backward, l, {dg, weight(lp.gate), workspace_}, {dn2}, R, d, I);
     matmul("mlp.up.dx", Phase::backward, Pass::backward, l, {du, weight(lp.up), workspace_}, {dn2}, R, d, I);
@@ -718,16 +718,16 @@ void Builder::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId
 void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, TensorId dn1) {
   const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
   const std::int64_t d = m_.hidden_size;
-  const TensorId dout = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+  const TensorId dout = tensor("attn.dout", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
   matmul("attn.o.dx", Phase::backward, Pass::backward, l, {da, weight(lp.o), workspace_}, {dout}, T_, qd_, d);
   if (trained_) {
     const TensorId g = grad(lp.o, l);
     matmul("attn.o.dw", Phase::backward, Pass::backward, l, {da, st.o, workspace_}, {g}, d, qd_, T_);
     grad_done(lp.o, l);
   }
-  const TensorId dq = tensor("attn.dq", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-  const TensorId dk = tensor("attn.dk", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
-  const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  const TensorId dq = tensor("attn.dq", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+  const TensorId dk = tensor("attn.dk", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
+  const TensorId dv = tensor("attn.dv", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
   if (s_.attention == AttentionKind::flash) {
     // FlashAttention-2's backward: a dq accumulator in fp32 and a per-row statistic.
     const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
@@ -748,7 +748,7 @@ void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, Te
     p_.ops[mm].flops_multiplier = heads;
     mm = matmul("attn.dv", Phase::backward, Pass::backward, l, {st.probs, dout}, {dv}, S_, m_.head_dim, S_);
     p_.ops[mm].flops_multiplier = heads;
-    const TensorId dscores = tensor("attn.dscores", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
+    const TensorId dscores = tensor("attn.dscores", TensorKind::transient, act_, scores, l, Pass::backward);
     op("attn.softmax.grad", OpKind::softmax, Phase::backward, Pass::backward, l, {st.probs, dprobs}, {dscores});
     mm = matmul("attn.dq", Phase::backward, Pass::backward, l, {dscores, st.k}, {dq}, S_, m_.head_dim, S_);
     p_.ops[mm].flops_multiplier = heads;
@@ -757,7 +757,7 @@ void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, Te
   }
   op("attn.rope.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dq, dk}, {dq, dk});
   if (!st.n1_kept) {
-    const TensorId n1 = tensor("attn_norm.out", TensorKind::saved, DType::bf16, T_ * d, l, Pass::recompute);
+    const TensorId n1 = tensor("attn_norm.out", TensorKind::saved, act_, T_ * d, l, Pass::recompute);
     op("attn_norm.recompute", OpKind::elementwise, Phase::backward, Pass::recompute, l,
        {st.input, st.rstd1, weight(lp.attn_norm)}, {n1});
     st.n1 = n1;
@@ -801,6 +801,8 @@ namespace mstplan {
 Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len) {
   MSTPLAN_CHECK(seq_len >= 2, "a step needs at least 2 positions, got {}", seq_len);
   MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
+  MSTPLAN_CHECK(setup.precision != Precision::fp32 || setup.profile == Profile::native,
+                "precision fp32 is modelled for the native profile only");
   return detail::Builder(model, setup, plan, seq_len).build();
 }
 

@@ -26,6 +26,7 @@ class Builder {
       : m_(model), s_(setup), plan_(plan), B_(setup.batch), S_(seq_len), T_(setup.batch * seq_len),
         qd_(model.num_heads * model.head_dim), kvd_(model.num_kv_heads * model.head_dim),
         storage_(parameter_storage(setup)),
+        act_(setup.precision == Precision::fp32 ? DType::fp32 : DType::bf16),
         trained_(setup.optimizer != OptimizerKind::none),
         persistent_grads_(trained_ && (!setup.optimizer_in_backward || setup.grad_accum > 1)) {}
 
@@ -140,6 +141,7 @@ class Builder {
   const Plan& plan_;
   const std::int64_t B_, S_, T_, qd_, kvd_;
   const ParameterStorage storage_;
+  const DType act_;  // activations of the native step: bf16, or fp32 with precision fp32
   const bool trained_;
   const bool persistent_grads_;
   Program p_;

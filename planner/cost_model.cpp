@@ -68,7 +68,10 @@ double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptio
   if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
     return bytes / (gpu.host_link_gb_per_s * 1e9 * o.host_link_efficiency) + o.launch_seconds;
   }
-  const double peak = gpu.bf16_tflops * 1e12;
+  // fp32 inputs (precision fp32) run at the fp32 peak: TF32 tensor cores are not assumed, since
+  // they change the arithmetic the fp32 setup exists to keep.
+  const bool fp32_inputs = op.inputs > 0 && p.tensors[p.inputs(op)[0]].dtype == DType::fp32;
+  const double peak = (fp32_inputs ? gpu.fp32_tflops : gpu.bf16_tflops) * 1e12;
   double compute = 0.0;
   if (op.kind == OpKind::matmul) {
     const double smallest = static_cast<double>(std::min({op.m, op.n, op.k}));

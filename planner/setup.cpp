@@ -118,6 +118,11 @@ std::string setup_to_yaml(const TrainingSetup& s) {
 
 std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
                                            const std::string& origin) {
+  if (setup.precision == Precision::fp32 && setup.profile == Profile::pytorch) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'precision': fp32 is modelled for the native profile only, not with profile pytorch",
+                      origin);
+  }
   if (setup.knobs.recompute_layers) {
     for (std::int64_t layer : *setup.knobs.recompute_layers) {
       if (layer >= model.num_layers) {
@@ -134,19 +139,21 @@ ParameterStorage parameter_storage(const TrainingSetup& s) {
   const bool trained = s.optimizer != OptimizerKind::none;
   ParameterStorage p;
   p.autocast = mixed && s.profile == Profile::pytorch;
-  p.weights = p.autocast ? DType::fp32 : DType::bf16;
+  const bool fp32 = s.precision == Precision::fp32;
+  p.weights = p.autocast || fp32 ? DType::fp32 : DType::bf16;
   if (mixed && trained && !p.autocast) p.master = DType::fp32;
-  if (trained) p.gradients = mixed ? DType::fp32 : DType::bf16;
-  if (s.optimizer == OptimizerKind::adamw) p.adam_state = mixed ? DType::fp32 : DType::bf16;
+  if (trained) p.gradients = mixed || fp32 ? DType::fp32 : DType::bf16;
+  if (s.optimizer == OptimizerKind::adamw) p.adam_state = mixed || fp32 ? DType::fp32 : DType::bf16;
   if (s.optimizer == OptimizerKind::adamw_8bit) p.adam_state = DType::int8;
   return p;
 }
 
 std::string describe_setup(const TrainingSetup& s) {
   const ParameterStorage p = parameter_storage(s);
-  std::string weights = p.autocast ? "fp32 weights under bf16 autocast"
-                        : p.master ? "bf16 compute with fp32 master weights"
-                                   : "bf16 weights";
+  std::string weights = p.autocast                       ? "fp32 weights under bf16 autocast"
+                        : p.master                           ? "bf16 compute with fp32 master weights"
+                        : s.precision == Precision::fp32 ? "fp32 weights and activations"
+                                                             : "bf16 weights";
   std::string optimizer;
   switch (s.optimizer) {
     case OptimizerKind::adamw: optimizer = fmt::format("AdamW state {}", to_string(*p.adam_state)); break;

@@ -26,6 +26,7 @@ struct ModelSpec;
 enum class Precision {
   bf16,   ///< bf16 weights, bf16 gradients, optimizer state in bf16 (the MST reference)
   mixed,  ///< bf16 compute with fp32 master weights, fp32 gradients and fp32 optimizer state
+  fp32,   ///< everything fp32: weights, gradients, state and activations (native profile only)
 };
 enum class OptimizerKind {
   adamw,       ///< two moments per parameter, in the precision's state dtype
@@ -59,8 +60,8 @@ enum class RecomputeKind {
 
 template <>
 struct EnumNames<Precision> {
-  static constexpr std::array<std::pair<Precision, std::string_view>, 2> table{
-      {{Precision::bf16, "bf16"}, {Precision::mixed, "mixed"}}};
+  static constexpr std::array<std::pair<Precision, std::string_view>, 3> table{
+      {{Precision::bf16, "bf16"}, {Precision::mixed, "mixed"}, {Precision::fp32, "fp32"}}};
 };
 template <>
 struct EnumNames<OptimizerKind> {

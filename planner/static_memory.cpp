@@ -56,7 +56,7 @@ std::vector<SetupChange> static_fixes(const ModelSpec& model, const GpuSpec& gpu
   const bool adam = setup.optimizer == OptimizerKind::adamw;
   const bool trained = setup.optimizer != OptimizerKind::none;
   const std::vector<Change> changes = {
-      {"--precision bf16", setup.precision == Precision::mixed && trained, 1, false,
+      {"--precision bf16", setup.precision != Precision::bf16 && trained, 1, false,
        [](TrainingSetup& s) { s.precision = Precision::bf16; }},
       {"--optimizer-in-backward", !setup.optimizer_in_backward && trained, 1, false,
        [](TrainingSetup& s) { s.optimizer_in_backward = true; }},

@@ -12,6 +12,8 @@
 //   mixed + adamw             2        4        4       4 + 4   (fp32 gradients, as Megatron-LM's
 //   mixed + adamw-8bit        2        4        4       8-bit    main_grad accumulates them)
 //   mixed + sgd               2        4        4       0
+//   fp32  + adamw             4        -        4       4 + 4   (activations fp32 too: the
+//   fp32  + sgd               4        -        4       0        runtime's exact-arithmetic checks)
 //   any   + none              2        -        -       -       (frozen: no gradients, no master)
 //
 // Profile pytorch with mixed precision (torch.autocast): the parameters themselves are fp32 (4)

@@ -147,7 +147,7 @@ std::vector<BadInput> cases() {
       // Scenarios.
       {"missing scenario", {}, {"--scenario", "{dir}/none.yaml"}, 3, {"none.yaml: no such file"}},
       {"scenario bad enum", s("precision: fp8\n"), sargs, 3,
-       {"s.yaml:1:12: field 'precision': expected one of bf16, mixed, got 'fp8'"}},
+       {"s.yaml:1:12: field 'precision': expected one of bf16, mixed, fp32, got 'fp8'"}},
       {"scenario unknown field", s("batchsize: 2\n"), sargs, 3, {"s.yaml:1:1: unknown field 'batchsize' in scenario; did you mean 'batch'?"}},
       {"scenario unrelated field", s("colour: blue\n"), sargs, 3,
        {"unknown field 'colour' in scenario (known fields: model, gpu, batch, seq_len"}},
@@ -181,7 +181,7 @@ std::vector<BadInput> cases() {
       {"empty model flag", {}, {"--model", "", "--gpu", "a100"}, 2, {"--model: empty model name"}},
       {"empty scenario flag", {}, {"--scenario", ""}, 2, {"--scenario: expected a file, got ''"}},
       {"empty precision flag", {}, {"--model", "tiny-llama", "--gpu", "a100", "--precision", ""}, 2,
-       {"--precision: expected one of bf16, mixed, got ''"}},
+       {"--precision: expected one of bf16, mixed, fp32, got ''"}},
       {"contradicting flags", {}, {"--model", "tiny-llama", "--gpu", "a100", "--optimizer-in-backward",
                                    "--no-optimizer-in-backward"}, 2, {"contradict each other"}},
       {"plan flag with a subcommand", {}, {"--model", "tiny-llama", "gpus"}, 2,

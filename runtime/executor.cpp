@@ -1,0 +1,283 @@
+#include "runtime/executor.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "planner/analysis.h"
+#include "planner/builder.h"
+
+namespace mstplan {
+namespace {
+
+// Deterministic random numbers that do not depend on the standard library's distributions.
+std::uint64_t splitmix(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+double uniform01(std::uint64_t& state) { return (static_cast<double>(splitmix(state) >> 11) + 0.5) * 0x1.0p-53; }
+double normal(std::uint64_t& state) {
+  const double u = uniform01(state), v = uniform01(state);
+  return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+}
+
+constexpr std::int32_t kNoLabel = -100;
+
+}  // namespace
+
+Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan,
+                                                     std::int64_t seq_len, Backend& backend, const RunOptions& options) {
+  if (setup.profile != Profile::native) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'profile': the runtime executes the native profile; 'pytorch' describes what PyTorch "
+                      "keeps and is checked against PyTorch itself");
+  }
+  if (setup.optimizer == OptimizerKind::adamw_8bit) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'optimizer': the runtime has no 8-bit AdamW (the planner models its bytes); use adamw or sgd");
+  }
+  if (model.norm != NormKind::rmsnorm) {
+    return make_error(ErrorKind::unsupported, "model {}: the runtime implements RMSNorm only", model.name);
+  }
+  if (setup.attention == AttentionKind::eager && model.attn_logit_softcap) {
+    return make_error(ErrorKind::unsupported,
+                      "model {}: eager attention with soft-capped scores is not executed (its backward needs the capped "
+                      "scores, which the eager step does not keep); use attention flash",
+                      model.name);
+  }
+  if (seq_len < 2) return make_error(ErrorKind::invalid, "field 'seq_len': {} (a step needs at least 2 positions)", seq_len);
+  Program program = build_program(model, setup, plan, seq_len);
+  return std::unique_ptr<Executor>(new Executor(model, setup, seq_len, backend, options, std::move(program)));
+}
+
+Executor::Executor(const ModelSpec& model, const TrainingSetup& setup, std::int64_t seq_len, Backend& backend,
+                   const RunOptions& options, Program program)
+    : model_(model), setup_(setup), seq_len_(seq_len), backend_(backend), options_(options),
+      program_(std::move(program)) {
+  flat_ = expand(program_);
+  first_instance_.resize(program_.tensors.size());
+  for (std::uint32_t i = static_cast<std::uint32_t>(flat_.instances.size()); i-- > 0;) {
+    first_instance_[flat_.instances[i].tensor] = i;
+  }
+  last_use_.assign(flat_.instances.size(), 0);
+  for (std::uint32_t i = 0; i < flat_.ops.size(); ++i) {
+    for (std::uint32_t x : flat_.ops[i].inputs) last_use_[x] = i;
+    for (std::uint32_t x : flat_.ops[i].outputs) last_use_[x] = i;
+  }
+  static_tensor_.assign(program_.tensors.size(), false);
+  for (TensorId t : program_.outputs(program_.ops.front())) static_tensor_[t] = true;
+  for (TensorId t = 0; t < program_.tensors.size(); ++t) {
+    const Tensor& tensor = program_.tensors[t];
+    if (std::strcmp(tensor.label, "loss") == 0) loss_tensor_ = t;
+    if (std::strcmp(tensor.label, "tokens") == 0) tokens_ = t;
+    if (std::strcmp(tensor.label, "labels") == 0) labels_ = t;
+  }
+  MSTPLAN_CHECK(loss_tensor_ != kNoTensor && tokens_ != kNoTensor && labels_ != kNoTensor, "program without data or loss");
+  instances_.resize(flat_.instances.size());
+  allocator_ = std::make_unique<Allocator>(
+      backend_, AllocatorOptions{.granularity_bytes = AllocatorModel::for_profile(Profile::native).granularity_bytes,
+                                 .guard_bytes = options_.guard_bytes,
+                                 .trace = options_.trace});
+}
+
+Executor::~Executor() {
+  for (Instance& i : instances_) {
+    if (i.live) allocator_->release(i.block);
+  }
+}
+
+std::uint32_t Executor::instance(TensorId t, std::int64_t iteration) const {
+  const Tensor& tensor = program_.tensors[t];
+  return first_instance_[t] + (tensor.loop == kNone ? 0u : static_cast<std::uint32_t>(iteration));
+}
+
+// The view an op sees of a tensor (see reference.h): parameters are their (rows x cols) matrix;
+// arrays of a chunk loop are the chunk's rows; full-sequence tensors are B sequences of S rows,
+// or, inside a chunk loop, the chunk's positions of each sequence.
+View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
+  const Tensor& tensor = program_.tensors[t];
+  const std::uint32_t id = instance(t, iteration);
+  MSTPLAN_CHECK(instances_[id].live, "tensor {} read before it was written", tensor_name(program_, t, iteration));
+  View v;
+  v.data = instances_[id].block.data;
+  v.dtype = tensor.dtype;
+  const std::int64_t B = program_.batch, S = program_.seq_len, T = B * S;
+  if (tensor.param >= 0) {
+    const ParamTensor& p = program_.params[static_cast<std::size_t>(tensor.param)];
+    // Vectors (norm weights, biases) are one row, as the kernels take them.
+    return p.cols == 1 ? ref::contiguous(v.data, v.dtype, 1, p.rows) : ref::contiguous(v.data, v.dtype, p.rows, p.cols);
+  }
+  if (tensor.loop != kNone) {
+    const Loop& loop = program_.loops[static_cast<std::size_t>(tensor.loop)];
+    v.positions = loop.rows;
+    v.seq_stride = loop.rows;
+    v.seqs = B;
+    v.cols = tensor.elements / (B * loop.rows);
+    return v;
+  }
+  if (tensor.elements % T != 0) return ref::contiguous(v.data, v.dtype, tensor.elements, 1);  // the loss, say
+  v.cols = tensor.elements / T;
+  v.seqs = B;
+  v.seq_stride = S;
+  v.positions = S;
+  if (op.loop != kNone) {
+    const Loop& loop = program_.loops[static_cast<std::size_t>(op.loop)];
+    const bool lm = std::strcmp(loop.block, "lm_head") == 0;
+    const std::int64_t positions = lm ? S - 1 : S;
+    const std::int64_t chunks = lm ? program_.lm_head_chunks : program_.mlp_chunks;
+    const std::int64_t base = positions / chunks, longer = positions % chunks;
+    const std::int64_t c = loop.first_chunk + iteration;
+    v.first = c * base + std::min(c, longer);
+    v.positions = loop.rows;
+  }
+  return v;
+}
+
+std::vector<float> Executor::read(TensorId t) const {
+  const Tensor& tensor = program_.tensors[t];
+  const Instance& i = instances_[instance(t, 0)];
+  MSTPLAN_CHECK(i.live, "reading {} while it is not allocated", tensor_name(program_, t));
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(tensor.bytes));
+  backend_.copy_bytes(bytes.data(), i.block.data, bytes.size());
+  const View v = ref::contiguous(bytes.data(), tensor.dtype, tensor.elements, 1);
+  std::vector<float> out(static_cast<std::size_t>(tensor.elements));
+  for (std::int64_t e = 0; e < tensor.elements; ++e) out[static_cast<std::size_t>(e)] = ref::load(v, e, 0);
+  return out;
+}
+
+void Executor::write(TensorId t, std::span<const float> values) {
+  const Tensor& tensor = program_.tensors[t];
+  MSTPLAN_CHECK(static_cast<std::int64_t>(values.size()) == tensor.elements, "wrong element count for {}",
+                tensor_name(program_, t));
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(tensor.bytes));
+  const View v = ref::contiguous(bytes.data(), tensor.dtype, tensor.elements, 1);
+  for (std::int64_t e = 0; e < tensor.elements; ++e) {
+    const float x = values[static_cast<std::size_t>(e)];
+    const auto i = static_cast<std::size_t>(e);
+    if (tensor.dtype == DType::int32) {
+      reinterpret_cast<std::int32_t*>(bytes.data())[i] = static_cast<std::int32_t>(x);
+    } else if (tensor.dtype == DType::int64) {
+      reinterpret_cast<std::int64_t*>(bytes.data())[i] = static_cast<std::int64_t>(x);
+    } else {
+      ref::store(v, e, 0, x);
+    }
+  }
+  backend_.copy_bytes(instances_[instance(t, 0)].block.data, bytes.data(), bytes.size());
+}
+
+std::vector<float> Executor::parameter(std::int32_t param) const {
+  TensorId weight = kNoTensor, master = kNoTensor;
+  for (TensorId t : program_.outputs(program_.ops.front())) {
+    const Tensor& tensor = program_.tensors[t];
+    if (tensor.param != param) continue;
+    if (tensor.kind == TensorKind::weight) weight = t;
+    if (tensor.kind == TensorKind::master_weight) master = t;
+  }
+  MSTPLAN_CHECK(weight != kNoTensor, "no parameter {}", param);
+  return read(master != kNoTensor ? master : weight);
+}
+
+std::optional<Error> Executor::initialise_statics() {
+  // Weights: N(0, 0.02); norm weights near identity; master = the fp32 values; state and
+  // persistent gradients 0; the GEMM workspace is left as it is.
+  const bool offset_norms = model_.family == Family::gemma2;
+  for (TensorId t : program_.outputs(program_.ops.front())) {
+    const Tensor& tensor = program_.tensors[t];
+    if (tensor.kind == TensorKind::workspace || tensor.kind == TensorKind::data) continue;
+    std::vector<float> values(static_cast<std::size_t>(tensor.elements), 0.0f);
+    if (tensor.kind == TensorKind::weight || tensor.kind == TensorKind::master_weight) {
+      const ParamTensor& p = program_.params[static_cast<std::size_t>(tensor.param)];
+      std::uint64_t state = options_.seed * 0x100000001B3ull + static_cast<std::uint64_t>(tensor.param) * 7919u + 1;
+      const bool norm = p.name.find("norm") != std::string::npos;
+      for (float& x : values) {
+        const double n = normal(state);
+        x = static_cast<float>(norm ? (offset_norms ? 0.0 : 1.0) + 0.1 * n : 0.02 * n);
+      }
+    }
+    if (tensor.kind == TensorKind::optimizer_state) {
+      // adam_mv holds m then v: elements count one of them, bytes both.
+      const std::int64_t count = tensor.bytes / dtype_bytes(tensor.dtype);
+      std::vector<unsigned char> zeros(static_cast<std::size_t>(count * dtype_bytes(tensor.dtype)), 0);
+      backend_.copy_bytes(instances_[instance(t, 0)].block.data, zeros.data(), zeros.size());
+      continue;
+    }
+    write(t, values);
+  }
+  statics_ready_ = true;
+  return std::nullopt;
+}
+
+void Executor::write_data(std::int64_t micro_batch) {
+  const std::int64_t B = program_.batch, S = program_.seq_len;
+  std::uint64_t state = options_.seed * 0x2545F4914F6CDD1Dull + static_cast<std::uint64_t>(micro_batch) + 17;
+  std::vector<float> tokens(static_cast<std::size_t>(B * S)), labels(tokens.size());
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<float>(splitmix(state) % static_cast<std::uint64_t>(model_.vocab_size));
+    labels[i] = uniform01(state) < options_.ignore_fraction ? static_cast<float>(kNoLabel) : tokens[i];
+  }
+  targets_ = 0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t s = 1; s < S; ++s) targets_ += labels[static_cast<std::size_t>(b * S + s)] != kNoLabel ? 1 : 0;
+  }
+  write(tokens_, tokens);
+  write(labels_, labels);
+}
+
+Expected<StepReport> Executor::step() {
+  allocator_->reset_peaks();
+  StepReport report;
+  loss_sum_ = 0;
+  for (std::int64_t mb = 0; mb < setup_.grad_accum; ++mb) {
+    const bool last = mb + 1 == setup_.grad_accum;
+    for (std::uint32_t i = 0; i < flat_.ops.size(); ++i) {
+      const FlatOp& f = flat_.ops[i];
+      const Op& op = program_.ops[f.op];
+      allocator_->enter(op.phase, op.layer, i);
+      // Allocate what the op writes first.
+      for (std::uint32_t x : f.outputs) {
+        Instance& inst = instances_[x];
+        if (inst.live) continue;
+        const Tensor& t = program_.tensors[flat_.instances[x].tensor];
+        Expected<Block> b = allocator_->allocate(t.device, t.bytes);
+        if (!b) return b.error();
+        inst.block = *b;
+        inst.live = true;
+        fresh_.push_back(x);
+      }
+      if (f.op == 0 && !statics_ready_) {
+        if (auto e = initialise_statics()) return *e;
+      }
+      if (f.op == 0) write_data(mb);
+      dispatch(f, last);
+      fresh_.clear();
+      if (options_.guard_bytes > 0) {
+        if (auto damage = allocator_->check_guards()) {
+          return make_error(ErrorKind::invalid, "after {}: {}", op_name(program_, f.op, f.iteration), *damage);
+        }
+      }
+      // Free what the op used last (static tensors live on).
+      auto release = [&](std::uint32_t x) {
+        Instance& inst = instances_[x];
+        if (!inst.live || last_use_[x] != i || static_tensor_[flat_.instances[x].tensor]) return;
+        allocator_->release(inst.block);
+        inst.live = false;
+      };
+      for (std::uint32_t x : f.inputs) release(x);
+      for (std::uint32_t x : f.outputs) release(x);
+    }
+  }
+  if (setup_.optimizer != OptimizerKind::none) ++optimizer_steps_;
+  report.loss = loss_sum_;
+  const PoolStats& d = allocator_->device();
+  report.memory.peak_allocated_bytes = d.peak_allocated_bytes;
+  report.memory.peak_live_bytes = d.peak_live_bytes;
+  report.memory.host_peak_bytes = allocator_->host().peak_allocated_bytes;
+  report.memory.phase_peak_bytes = allocator_->phase_peak_bytes();
+  report.memory.layer_peak_bytes = allocator_->layer_peak_bytes();
+  const FlatOp& at = flat_.ops[allocator_->peak_op()];
+  report.memory.peak_at = op_name(program_, at.op, at.iteration);
+  return report;
+}
+
+}  // namespace mstplan

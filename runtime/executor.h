@@ -1,0 +1,126 @@
+#pragma once
+// The executor: runs the step program the planner analyses, op by op, on a backend.
+//
+// It walks the unrolled program (expand.h): before an op it allocates the tensor instances the
+// op writes first, runs the op's kernel, and after it frees every instance the op used last.
+// Static tensors (weights, optimizer state, persistent gradients, the data, the GEMM workspace)
+// are allocated once, by the first step's `step.begin`, and live until the executor goes. So the
+// allocator sees exactly the lifetimes the planner's analysis assumes, and its peaks can be
+// compared with the prediction to the byte.
+//
+// Data and weights are synthetic and deterministic: weights ~ N(0, 0.02) (Hugging Face's
+// initializer_range), norm weights near their identity value (1 + N(0, 0.1), or N(0, 0.1) where
+// the norm multiplies by 1 + weight), token ids uniform from a seed, labels = the tokens (the
+// loss shifts them by one position), each label ignored (-100) with `ignore_fraction`.
+//
+// The loss of a micro-batch is the mean cross-entropy over its non-ignored labels, divided by the
+// number of micro-batches, so the gradients of a step are those of the mean over the step.
+//
+//   std::unique_ptr<Backend> cpu = make_cpu_backend();
+//   Expected<std::unique_ptr<Executor>> ex = Executor::create(model, setup, plan, 256, *cpu, {});
+//   Expected<StepReport> r = (*ex)->step();      // r->loss, r->memory
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "planner/error.h"
+#include "planner/expand.h"
+#include "planner/model_spec.h"
+#include "planner/plan.h"
+#include "planner/program.h"
+#include "planner/setup.h"
+#include "runtime/allocator.h"
+#include "runtime/backend.h"
+
+namespace mstplan {
+
+struct RunOptions {
+  std::uint64_t seed = 1;           ///< weights and data
+  double ignore_fraction = 0.0;     ///< share of labels set to -100
+  float learning_rate = 1e-3f;      ///< AdamW and SGD
+  float weight_decay = 0.0f;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  std::int64_t guard_bytes = 0;     ///< allocator guards, checked after every op (tests)
+  bool trace = false;               ///< keep the allocator's events
+};
+
+/// What one step allocated: device and host pools, per phase and per layer (index layer + 1).
+struct MeasuredMemory {
+  std::int64_t peak_allocated_bytes = 0;
+  std::int64_t peak_live_bytes = 0;
+  std::int64_t host_peak_bytes = 0;
+  std::array<std::int64_t, kPhases> phase_peak_bytes{};
+  std::vector<std::int64_t> layer_peak_bytes;
+  std::string peak_at;  ///< the op's name
+};
+
+struct StepReport {
+  double loss = 0;  ///< mean over the step's non-ignored labels
+  MeasuredMemory memory;
+};
+
+class Executor {
+ public:
+  /// Fails (as a value) on what the runtime does not execute: the pytorch profile, 8-bit AdamW,
+  /// layer norms, eager attention with soft-capped scores.
+  [[nodiscard]] static Expected<std::unique_ptr<Executor>> create(const ModelSpec& model, const TrainingSetup& setup,
+                                                                  const Plan& plan, std::int64_t seq_len,
+                                                                  Backend& backend, const RunOptions& options);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  /// One optimizer step: `grad_accum` micro-batches, the optimizer applied in the last one.
+  [[nodiscard]] Expected<StepReport> step();
+
+  /// Called with each parameter's complete gradient (fp32 values) just before the optimizer
+  /// consumes it.
+  using GradientHook = std::function<void(std::int32_t param, std::span<const float> gradient)>;
+  void on_gradient(GradientHook hook) { gradient_hook_ = std::move(hook); }
+
+  /// A parameter's current values (the master copy when there is one).
+  [[nodiscard]] std::vector<float> parameter(std::int32_t param) const;
+  [[nodiscard]] const Program& program() const { return program_; }
+  [[nodiscard]] const Allocator& allocator() const { return *allocator_; }
+
+ private:
+  Executor(const ModelSpec& model, const TrainingSetup& setup, std::int64_t seq_len, Backend& backend,
+           const RunOptions& options, Program program);
+  struct Instance {
+    Block block;
+    bool live = false;
+  };
+  [[nodiscard]] std::optional<Error> initialise_statics();
+  [[nodiscard]] std::optional<Error> run_op(const FlatOp& f, std::int64_t micro_batch, bool last_micro_batch);
+  void dispatch(const FlatOp& f, bool last_micro_batch);
+  void write_data(std::int64_t micro_batch);
+  [[nodiscard]] std::uint32_t instance(TensorId t, std::int64_t iteration) const;
+  [[nodiscard]] View view(TensorId t, const Op& op, std::int64_t iteration) const;
+  [[nodiscard]] std::vector<float> read(TensorId t) const;
+  void write(TensorId t, std::span<const float> values);
+
+  ModelSpec model_;
+  TrainingSetup setup_;
+  std::int64_t seq_len_;
+  Backend& backend_;
+  RunOptions options_;
+  Program program_;
+  FlatProgram flat_;
+  std::vector<std::uint32_t> first_instance_;
+  std::vector<std::uint32_t> last_use_;  // per instance: the flat op that uses it last
+  std::vector<bool> static_tensor_;
+  std::vector<Instance> instances_;
+  std::vector<std::uint32_t> fresh_;  // instances the running op allocated: it writes them first
+  std::unique_ptr<Allocator> allocator_;
+  GradientHook gradient_hook_;
+  TensorId loss_tensor_ = kNoTensor, tokens_ = kNoTensor, labels_ = kNoTensor;
+  std::int64_t optimizer_steps_ = 0;
+  std::int64_t targets_ = 0;  // non-ignored labels of the current micro-batch
+  double loss_sum_ = 0;
+  bool statics_ready_ = false;
+};
+
+}  // namespace mstplan

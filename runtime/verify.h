@@ -1,0 +1,75 @@
+#pragma once
+// Running a plan file on a backend and checking it: predicted against measured memory, and (for
+// `verify`) the loss, every gradient and every updated parameter against a reference step of the
+// same model, setup, weights and data with no chunking and no recompute.
+//
+// Memory tolerance: the runtime executes the program the planner analysed, with an allocator
+// that rounds as the planner's native allocator model does (256 bytes), so live and allocated
+// bytes must agree to the byte, in total, per phase and per layer (`tolerance_bytes` = 0). A
+// difference is a bug in the analysis or in the executor, never noise.
+//
+// Numerical tolerances (norm-wise relative error ||x - ref|| / ||ref|| per tensor):
+//  - loss: 1e-5 (fp32 sums of the same terms in another order);
+//  - fp32 storage: 1e-5 for every gradient and parameter;
+//  - bf16 storage: activation gradients of a chunk are computed row by row exactly as without
+//    chunks (same kernels, same inputs), and recomputation repeats the same arithmetic, so only
+//    weight gradients accumulated over M mini-sequences differ: each of the M - 1 additions in
+//    bf16 storage rounds once (unit roundoff 2^-9), so the bound is (M - 1) x 2^-8 (twice the
+//    roundoff, for the partial sums' own rounding), plus 1e-5. Updated bf16 parameters then
+//    differ by at most one bf16 step where the gradient did: 2^-8 relative.
+//
+//   auto cpu = make_cpu_backend();
+//   Expected<RunReport> r = run_plan(plan_file, *cpu, RunOptions{}, 3);
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "planner/plan_io.h"
+#include "runtime/executor.h"
+
+namespace mstplan {
+
+struct MemoryRow {
+  std::string what;  ///< "device peak allocated", "phase backward", "layer 3", ...
+  std::int64_t predicted_bytes = 0;
+  std::int64_t measured_bytes = 0;
+};
+
+struct RunReport {
+  std::string backend;
+  std::vector<double> losses;          ///< one per step
+  std::vector<MemoryRow> memory;       ///< the first step
+  std::string predicted_peak_at, measured_peak_at;
+  std::int64_t tolerance_bytes = 0;
+  bool memory_ok = true;               ///< every row of every step within the tolerance
+  double seconds_per_step = 0;         ///< wall clock, this machine
+};
+
+struct TensorCheck {
+  std::string name;
+  double error = 0;  ///< ||x - ref|| / ||ref|| (absolute when ref is 0)
+  double tolerance = 0;
+  bool ok = true;
+};
+
+struct VerifyReport {
+  RunReport run;
+  double loss = 0, reference_loss = 0;
+  TensorCheck loss_check;
+  std::vector<TensorCheck> gradients;   ///< one per parameter
+  std::vector<TensorCheck> parameters;  ///< after the update
+  bool ok = true;                       ///< memory, loss, gradients and parameters
+};
+
+/// Refuses plans whose predicted bytes exceed what this machine can give the CPU backend.
+[[nodiscard]] std::optional<Error> check_fits_host(const PlanFile& plan, const std::string& origin);
+
+[[nodiscard]] Expected<RunReport> run_plan(const PlanFile& plan, Backend& backend, const RunOptions& options,
+                                           std::int64_t steps);
+/// One step of the plan and one of the plain step; needs a trained setup (an optimizer).
+[[nodiscard]] Expected<VerifyReport> verify_plan(const PlanFile& plan, Backend& backend, const RunOptions& options);
+
+/// ||a - b|| / ||b|| (or ||a - b|| when b is 0).
+[[nodiscard]] double relative_error(const std::vector<float>& a, const std::vector<float>& b);
+
+}  // namespace mstplan
