@@ -15,8 +15,10 @@
 //    chunks (same kernels, same inputs), and recomputation repeats the same arithmetic, so only
 //    weight gradients accumulated over M mini-sequences differ: each of the M - 1 additions in
 //    bf16 storage rounds once (unit roundoff 2^-9), so the bound is (M - 1) x 2^-8 (twice the
-//    roundoff, for the partial sums' own rounding), plus 1e-5. Updated bf16 parameters then
-//    differ by at most one bf16 step where the gradient did: 2^-8 relative.
+//    roundoff, for the partial sums' own rounding), plus 1e-5. Updated bf16 parameters of such
+//    weights may then round to the neighbouring bf16 value: one bf16 step is at most 2^-7 of a
+//    value, so 2^-7 plus 1e-5 (AdamW's first steps hardly depend on the gradient's size, so the
+//    update itself adds nothing larger). Master weights (mixed) are fp32: 1e-5.
 //
 //   auto cpu = make_cpu_backend();
 //   Expected<RunReport> r = run_plan(plan_file, *cpu, RunOptions{}, 3);

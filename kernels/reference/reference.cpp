@@ -25,6 +25,25 @@ constexpr i64 kKeyBlock = 64;  ///< keys per block of the online softmax
 /// Index of element (r, c) of a view in its buffer, in elements.
 i64 element_index(const View& v, i64 r, i64 c) { return v.buffer_row(r) * v.cols + c; }
 
+/// Row r of a view as fp32 into `out` (cols values): the row's address is computed once.
+void load_row(const View& v, i64 r, float* out) {
+  const i64 base = v.buffer_row(r) * v.cols;
+  switch (v.dtype) {
+    case DType::bf16: {
+      const auto* p = static_cast<const std::uint16_t*>(v.data) + base;
+      for (i64 c = 0; c < v.cols; ++c) out[c] = from_bf16(p[c]);
+      return;
+    }
+    case DType::fp32: {
+      const auto* p = static_cast<const float*>(v.data) + base;
+      std::copy(p, p + v.cols, out);
+      return;
+    }
+    default:
+      for (i64 c = 0; c < v.cols; ++c) out[c] = load(v, r, c);
+  }
+}
+
 /// Element k (row-major over the view's rows and cols) of a view: for kernels that only need
 /// equal element counts (the optimizers).
 float load_flat(const View& v, i64 k) { return load(v, k / v.cols, k % v.cols); }
@@ -253,10 +272,13 @@ void matmul_xwt(const View& x, const View& w, const std::optional<View>& bias, c
     check_rows(*bias, 1, "matmul_xwt", "bias");
     check_cols(*bias, out, "matmul_xwt", "bias");
   }
+  std::vector<float> xr(static_cast<std::size_t>(in)), wr(xr.size());  // one row of each
   for (i64 r = 0; r < rows; ++r) {
+    load_row(x, r, xr.data());
     for (i64 o = 0; o < out; ++o) {
+      load_row(w, o, wr.data());
       float acc = 0.0f;
-      for (i64 i = 0; i < in; ++i) acc += load(x, r, i) * load(w, o, i);
+      for (std::size_t i = 0; i < xr.size(); ++i) acc += xr[i] * wr[i];
       if (bias) acc += load(*bias, 0, o);
       if (accumulate) acc += load(y, r, o);
       store(y, r, o, acc);
@@ -269,12 +291,13 @@ void matmul_xw(const View& dy, const View& w, const View& dx, bool accumulate) {
   check_rows(w, out, "matmul_xw", "w");
   check_rows(dx, rows, "matmul_xw", "dx");
   check_cols(dx, in, "matmul_xw", "dx");
-  std::vector<float> acc(static_cast<std::size_t>(in));  // one output row
+  std::vector<float> acc(static_cast<std::size_t>(in)), wr(acc.size());  // one output row, one w row
   for (i64 r = 0; r < rows; ++r) {
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (i64 o = 0; o < out; ++o) {
       const float d = load(dy, r, o);
-      for (i64 i = 0; i < in; ++i) acc[static_cast<std::size_t>(i)] += d * load(w, o, i);
+      load_row(w, o, wr.data());
+      for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += d * wr[i];
     }
     for (i64 i = 0; i < in; ++i) {
       float value = acc[static_cast<std::size_t>(i)];
@@ -289,12 +312,13 @@ void matmul_dw(const View& dy, const View& x, const View& dw, bool accumulate) {
   check_rows(x, rows, "matmul_dw", "x");
   check_rows(dw, out, "matmul_dw", "dw");
   check_cols(dw, in, "matmul_dw", "dw");
-  std::vector<float> acc(static_cast<std::size_t>(in));  // one output row
+  std::vector<float> acc(static_cast<std::size_t>(in)), xr(acc.size());  // one output row, one x row
   for (i64 o = 0; o < out; ++o) {
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (i64 r = 0; r < rows; ++r) {
       const float d = load(dy, r, o);
-      for (i64 i = 0; i < in; ++i) acc[static_cast<std::size_t>(i)] += d * load(x, r, i);
+      load_row(x, r, xr.data());
+      for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += d * xr[i];
     }
     for (i64 i = 0; i < in; ++i) {
       float value = acc[static_cast<std::size_t>(i)];
