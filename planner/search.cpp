@@ -216,9 +216,10 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
       result.pareto = pareto_front(points);
       if (request) {
         std::vector<Plan> plans = auto_candidates(model, setup.knobs);
-        // Partial recompute: the fewest recomputed layers that fit, when all of them do.
+        // Partial recompute: the fewest recomputed layers that fit, when all of them do (and the
+        // scenario did not fix the layers, `layers: all` included).
         Plan partial = apply_knobs(Plan::mst_reference(model), setup.knobs);
-        if (partial.recompute == RecomputeKind::full && partial.recompute_layers.empty() &&
+        if (partial.recompute == RecomputeKind::full && !setup.knobs.recompute_layers &&
             evaluator.evaluate(partial, *request).fits) {
           std::int64_t lo = 0, hi = model.num_layers;  // hi layers fit; lo do not (checked lazily)
           while (hi - lo > 1) {

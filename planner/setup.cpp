@@ -94,7 +94,9 @@ std::string knobs_to_yaml(const PlanKnobs& knobs) {
     std::string fields;
     if (knobs.recompute) fields += fmt::format("kind: {}", to_string(*knobs.recompute));
     if (knobs.recompute_layers) {
-      fields += fmt::format("{}layers: [{}]", fields.empty() ? "" : ", ", fmt::join(*knobs.recompute_layers, ", "));
+      const std::string layers = knobs.recompute_layers->empty() ? std::string("all")
+                                                                 : fmt::format("[{}]", fmt::join(*knobs.recompute_layers, ", "));
+      fields += fmt::format("{}layers: {}", fields.empty() ? "" : ", ", layers);
     }
     out += fmt::format("recompute: {{{}}}\n", fields);
   }

@@ -348,7 +348,7 @@ std::optional<std::vector<std::int64_t>> FieldReader::optional_int_list(std::str
                                                                         std::string_view word) {
   Field* field = find(key);
   if (!field) return std::nullopt;
-  if (field->value.IsScalar() && field->value.Scalar() == word) return std::nullopt;
+  if (field->value.IsScalar() && field->value.Scalar() == word) return std::vector<std::int64_t>{};
   const std::string item_expectation = int_expectation(range);
   if (!field->value.IsSequence()) {
     fail_field(*field, fmt::format("expected '{}' or a list of integers ({} each), like [0, 1, 2]", word, item_expectation));

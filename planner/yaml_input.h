@@ -82,7 +82,8 @@ class FieldReader {
   /// An integer; `word` (if given) is accepted in its place and also gives nullopt ("search").
   std::optional<std::int64_t> optional_int(std::string_view key, IntRange range = IntRange::positive(),
                                            std::string_view word = {});
-  /// A list of integers, or `word` in its place (nullopt, as when absent).
+  /// A list of integers, or `word` in its place (an empty list: `layers: all` is a choice, not
+  /// an absence); nullopt when absent.
   std::optional<std::vector<std::int64_t>> optional_int_list(std::string_view key, IntRange range,
                                                              std::string_view word);
   std::optional<double> optional_number(std::string_view key);  ///< a positive, finite number

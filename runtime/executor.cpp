@@ -178,6 +178,18 @@ std::vector<float> Executor::parameter(std::int32_t param) const {
   return read(master != kNoTensor ? master : weight);
 }
 
+void Executor::set_parameter(std::int32_t param, std::span<const float> values) {
+  MSTPLAN_CHECK(statics_ready_, "set_parameter before the first step allocated the parameters");
+  bool found = false;
+  for (TensorId t : program_.outputs(program_.ops.front())) {
+    const Tensor& tensor = program_.tensors[t];
+    if (tensor.param != param || (tensor.kind != TensorKind::weight && tensor.kind != TensorKind::master_weight)) continue;
+    write(t, values);
+    found = true;
+  }
+  MSTPLAN_CHECK(found, "no parameter {}", param);
+}
+
 std::optional<Error> Executor::initialise_statics() {
   // Weights: N(0, 0.02); norm weights near identity; master = the fp32 values; state and
   // persistent gradients 0; the GEMM workspace is left as it is.
@@ -210,11 +222,17 @@ std::optional<Error> Executor::initialise_statics() {
 
 void Executor::write_data(std::int64_t micro_batch) {
   const std::int64_t B = program_.batch, S = program_.seq_len;
-  std::uint64_t state = options_.seed * 0x2545F4914F6CDD1Dull + static_cast<std::uint64_t>(micro_batch) + 17;
   std::vector<float> tokens(static_cast<std::size_t>(B * S)), labels(tokens.size());
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<float>(splitmix(state) % static_cast<std::uint64_t>(model_.vocab_size));
-    labels[i] = uniform01(state) < options_.ignore_fraction ? static_cast<float>(kNoLabel) : tokens[i];
+  for (std::int64_t b = 0; b < B; ++b) {
+    // Each sequence from its own stream, numbered across micro-batches: batch 2 in one
+    // micro-batch and batch 1 in two see the same sequences.
+    const auto sequence = static_cast<std::uint64_t>(micro_batch * B + b);
+    std::uint64_t state = options_.seed * 0x2545F4914F6CDD1Dull + sequence * 0x9E3779B97F4A7C15ull + 17;
+    for (std::int64_t s = 0; s < S; ++s) {
+      const auto i = static_cast<std::size_t>(b * S + s);
+      tokens[i] = static_cast<float>(splitmix(state) % static_cast<std::uint64_t>(model_.vocab_size));
+      labels[i] = uniform01(state) < options_.ignore_fraction ? static_cast<float>(kNoLabel) : tokens[i];
+    }
   }
   targets_ = 0;
   for (std::int64_t b = 0; b < B; ++b) {

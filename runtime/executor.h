@@ -83,6 +83,9 @@ class Executor {
 
   /// A parameter's current values (the master copy when there is one).
   [[nodiscard]] std::vector<float> parameter(std::int32_t param) const;
+  /// Overwrites a parameter (its master copy too, when there is one), rounding to its dtype. The
+  /// parameters exist from the first step on: calling this before it is an invariant violation.
+  void set_parameter(std::int32_t param, std::span<const float> values);
   [[nodiscard]] const Program& program() const { return program_; }
   [[nodiscard]] const Allocator& allocator() const { return *allocator_; }
 

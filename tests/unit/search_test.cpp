@@ -104,6 +104,28 @@ TEST(Search, FastestPlanAtARequestedLength) {
   }
 }
 
+// Knobs a scenario fixes are kept: `recompute: {kind: full, layers: all}` must not come back as
+// the fewest layers that fit (the partial-recompute candidate is for unfixed layers only).
+TEST(Search, FixedRecomputeLayersAreKept) {
+  TrainingSetup setup;
+  setup.seq_len = 50;
+  setup.batch = 2;
+  setup.knobs.mlp_chunks = ChunkSetting{4, {}};
+  setup.knobs.lm_head_chunks = ChunkSetting{3, {}};
+  setup.knobs.recompute = RecomputeKind::full;
+  {
+    const SearchResult free = search(model("tiny-llama"), gpu("A100-80G"), setup, all_methods());
+    ASSERT_TRUE(free.fastest_at_request);
+    // Unfixed, 50 tokens need no recompute at all: the fewest layers tried is one, which wins.
+    EXPECT_THAT(free.fastest_at_request->plan.recompute_layers, ::testing::ElementsAre(0));
+  }
+  setup.knobs.recompute_layers = std::vector<std::int64_t>{};  // "all"
+  const SearchResult fixed = search(model("tiny-llama"), gpu("A100-80G"), setup, all_methods());
+  ASSERT_TRUE(fixed.fastest_at_request);
+  EXPECT_EQ(fixed.fastest_at_request->plan.recompute, RecomputeKind::full);
+  EXPECT_TRUE(fixed.fastest_at_request->plan.recompute_layers.empty());
+}
+
 TEST(Search, NothingFitsWhenTheStaticStateDoesNot) {
   TrainingSetup setup;
   setup.precision = Precision::mixed;

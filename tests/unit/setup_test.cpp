@@ -41,7 +41,8 @@ TEST(Scenario, ReadsEveryFieldOfTheExamples) {
   EXPECT_EQ(s.knobs.lm_head_chunks->chunk_tokens, 4096);
   EXPECT_EQ(s.knobs.lm_head_mode, LmHeadMode::recompute);
   EXPECT_EQ(s.knobs.recompute, RecomputeKind::full);
-  EXPECT_FALSE(s.knobs.recompute_layers.has_value());  // all
+  ASSERT_TRUE(s.knobs.recompute_layers.has_value());  // `layers: all` fixes the layers: every one
+  EXPECT_TRUE(s.knobs.recompute_layers->empty());
   EXPECT_EQ(s.knobs.offload_checkpoints, false);
   EXPECT_EQ(describe_setup(s),
             "fp32 weights under bf16 autocast, AdamW state 8-bit, optimizer after backward, 4 micro-batches "

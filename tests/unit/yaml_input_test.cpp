@@ -50,7 +50,8 @@ TEST(FieldReader, NullCountsAsAbsent) {
 TEST(FieldReader, WordsStandInForIntegers) {
   FieldReader r = reader("seq: search\nlayers: all\nother: [1, 2]\n");
   EXPECT_EQ(r.optional_int("seq", IntRange::positive(), "search"), std::nullopt);
-  EXPECT_EQ(r.optional_int_list("layers", IntRange::non_negative(), "all"), std::nullopt);
+  EXPECT_EQ(r.optional_int_list("layers", IntRange::non_negative(), "all"), std::vector<std::int64_t>{});  // chosen
+  EXPECT_EQ(r.optional_int_list("absent", IntRange::non_negative(), "all"), std::nullopt);
   EXPECT_EQ(r.optional_int_list("other", IntRange::non_negative(), "all"), (std::vector<std::int64_t>{1, 2}));
   EXPECT_FALSE(r.finish());
 }
