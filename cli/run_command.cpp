@@ -11,6 +11,7 @@
 #include "planner/plan_io.h"
 #include "planner/units.h"
 #include "runtime/cpu_backend.h"
+#include "runtime/cuda_backend.h"
 #include "runtime/verify.h"
 
 namespace mstplan::cli {
@@ -27,19 +28,41 @@ void print_memory(const RunReport& r, std::ostream& out) {
              r.backend, r.tolerance_bytes);
   fmt::print(out, "  {:<24} {:>16} {:>16} {:>10}\n", "", "predicted", "measured", "diff");
   for (const MemoryRow& row : r.memory) {
-    fmt::print(out, "  {:<24} {:>16} {:>16} {:>10}\n", row.what, format_thousands(row.predicted_bytes),
-               format_thousands(row.measured_bytes), signed_bytes(row.measured_bytes - row.predicted_bytes));
+    fmt::print(out, "  {:<24} {:>16} {:>16} {:>10}{}\n", row.what, format_thousands(row.predicted_bytes),
+               format_thousands(row.measured_bytes), signed_bytes(row.measured_bytes - row.predicted_bytes),
+               row.tolerance_bytes > 0 ? fmt::format("  (tolerance {})", format_thousands(row.tolerance_bytes)) : "");
   }
   fmt::print(out, "  peak during: predicted {}, measured {}\n", r.predicted_peak_at, r.measured_peak_at);
+  if (r.device) {
+    const DeviceMemoryReport& d = *r.device;
+    fmt::print(out, "  device {}: {} in all; context and other processes {}, cuBLASLt {}, used after the step {}\n",
+               d.device, format_bytes(d.total_bytes), format_bytes(d.context_bytes), format_bytes(d.library_bytes),
+               format_bytes(d.used_after_bytes));
+  }
   fmt::print(out, "memory {}\n", r.memory_ok ? "matches the prediction" : "DIFFERS from the prediction");
 }
 
 nlohmann::json memory_json(const RunReport& r) {
   nlohmann::json rows = nlohmann::json::array();
   for (const MemoryRow& row : r.memory) {
-    rows.push_back({{"what", row.what}, {"predicted_bytes", row.predicted_bytes}, {"measured_bytes", row.measured_bytes}});
+    rows.push_back({{"what", row.what},
+                    {"predicted_bytes", row.predicted_bytes},
+                    {"measured_bytes", row.measured_bytes},
+                    {"tolerance_bytes", row.tolerance_bytes}});
+  }
+  nlohmann::json device = nullptr;
+  if (r.device) {
+    const DeviceMemoryReport& d = *r.device;
+    device = {{"name", d.device},
+              {"total_bytes", d.total_bytes},
+              {"context_bytes", d.context_bytes},
+              {"library_bytes", d.library_bytes},
+              {"pool_used_high_bytes", d.pool_used_high_bytes},
+              {"pool_reserved_high_bytes", d.pool_reserved_high_bytes},
+              {"used_after_bytes", d.used_after_bytes}};
   }
   return {{"backend", r.backend},
+          {"device", device},
           {"rows", rows},
           {"tolerance_bytes", r.tolerance_bytes},
           {"predicted_peak_at", r.predicted_peak_at},
@@ -54,19 +77,23 @@ nlohmann::json check_json(const TensorCheck& c) {
 }  // namespace
 
 RunOutcome run_command(const RunCommand& c, std::ostream& out) {
-  if (c.backend != "cpu") {
-    if (c.backend == "cuda") {
-      return {code(ExitCode::unavailable), "--backend cuda: the CUDA backend is not built yet; use --backend cpu"};
-    }
+  if (c.backend != "cpu" && c.backend != "cuda") {
     return {code(ExitCode::usage), fmt::format("--backend: expected cpu or cuda, got '{}'", c.backend)};
   }
   auto file = load_plan_file(c.plan_file);
-  if (!file) return {code(c.verify ? ExitCode::input : ExitCode::input), file.error().message};
-  if (auto e = check_fits_host(*file, c.plan_file)) return {code(ExitCode::unavailable), e->message};
+  if (!file) return {code(ExitCode::input), file.error().message};
+  std::unique_ptr<Backend> backend;
+  if (c.backend == "cpu") {
+    if (auto e = check_fits_host(*file, c.plan_file)) return {code(ExitCode::unavailable), e->message};
+    backend = make_cpu_backend();
+  } else {
+    auto gpu = make_cuda_backend();
+    if (!gpu) return {code(ExitCode::unavailable), fmt::format("--backend cuda: {}", gpu.error().message)};
+    backend = std::move(*gpu);
+  }
   RunOptions options;
   options.seed = c.seed;
   options.ignore_fraction = c.ignore_fraction;
-  std::unique_ptr<Backend> backend = make_cpu_backend();
   const std::string header =
       fmt::format("{}: {} ({}), {} tokens x batch {}, backend {}", c.plan_file, file->model.name,
                   describe_plan(file->plan, file->model, file->seq_len), format_thousands(file->seq_len),

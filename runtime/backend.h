@@ -6,7 +6,9 @@
 // Views (kernels/reference/reference.h) describe the operands: pointers from `allocate`, a dtype
 // and a strided set of rows. Every call has the reference kernel's contract, documented there.
 #include <cstddef>
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "kernels/reference/reference.h"
@@ -20,6 +22,19 @@ using ref::GatedActivation;
 using ref::Rope;
 using ref::View;
 
+/// What a device backend measures besides the allocator's own counts (CUDA: the stream-ordered
+/// pool's high-water marks and cudaMemGetInfo). Context and library bytes are not the step's: they
+/// are reported apart, as the planner's GPU reserve covers them.
+struct DeviceMemoryReport {
+  std::string device;                     ///< "NVIDIA H100 80GB HBM3"
+  std::int64_t total_bytes = 0;           ///< cudaMemGetInfo total
+  std::int64_t context_bytes = 0;         ///< used once the context existed (other processes too)
+  std::int64_t library_bytes = 0;         ///< used by creating the libraries' handles (cuBLASLt)
+  std::int64_t pool_used_high_bytes = 0;  ///< the pool's used high-water mark since the last reset
+  std::int64_t pool_reserved_high_bytes = 0;  ///< its reserved high-water mark
+  std::int64_t used_after_bytes = 0;      ///< cudaMemGetInfo used after the step
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -30,8 +45,17 @@ class Backend {
   virtual void release(Device where, void* pointer, std::size_t bytes) = 0;
   /// Whether device pointers can be read by the host (guard bytes are checked then).
   [[nodiscard]] virtual bool host_accessible() const = 0;
-  /// Copies between any two pointers this backend handed out, or host memory of the caller.
+  /// Copies between any two pointers this backend handed out, or host memory of the caller;
+  /// returns when the copy is complete (after every kernel queued before it).
   virtual void copy_bytes(void* dst, const void* src, std::size_t bytes) = 0;
+  /// The program's GEMM workspace tensor, bound by the executor once it is allocated.
+  virtual void bind_workspace(void* /*data*/, std::size_t /*bytes*/) {}
+  /// A failure of the kernels or copies issued since the last call (launch or library errors),
+  /// as text; the executor asks after every op.
+  [[nodiscard]] virtual std::optional<std::string> take_error() { return std::nullopt; }
+  /// Device-side memory figures (nullopt on the CPU) and the reset of their high-water marks.
+  [[nodiscard]] virtual std::optional<DeviceMemoryReport> device_memory() { return std::nullopt; }
+  virtual void reset_device_peaks() {}
 
   // ---- Kernels (see kernels/reference/reference.h for each contract).
   virtual void matmul_xwt(const View& x, const View& w, const std::optional<View>& bias, const View& y,

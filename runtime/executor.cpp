@@ -134,9 +134,12 @@ View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
   return v;
 }
 
-std::vector<float> Executor::read(TensorId t) const {
+std::vector<float> Executor::read(TensorId t) const { return read_instance(instance(t, 0)); }
+
+std::vector<float> Executor::read_instance(std::uint32_t id) const {
+  const TensorId t = flat_.instances[id].tensor;
   const Tensor& tensor = program_.tensors[t];
-  const Instance& i = instances_[instance(t, 0)];
+  const Instance& i = instances_[id];
   MSTPLAN_CHECK(i.live, "reading {} while it is not allocated", tensor_name(program_, t));
   std::vector<unsigned char> bytes(static_cast<std::size_t>(tensor.bytes));
   backend_.copy_bytes(bytes.data(), i.block.data, bytes.size());
@@ -196,6 +199,10 @@ std::optional<Error> Executor::initialise_statics() {
   const bool offset_norms = model_.family == Family::gemma2;
   for (TensorId t : program_.outputs(program_.ops.front())) {
     const Tensor& tensor = program_.tensors[t];
+    if (tensor.kind == TensorKind::workspace && std::strcmp(tensor.label, "gemm_workspace") == 0) {
+      const Block& b = instances_[instance(t, 0)].block;
+      backend_.bind_workspace(b.data, static_cast<std::size_t>(b.requested_bytes));
+    }
     if (tensor.kind == TensorKind::workspace || tensor.kind == TensorKind::data) continue;
     std::vector<float> values(static_cast<std::size_t>(tensor.elements), 0.0f);
     if (tensor.kind == TensorKind::weight || tensor.kind == TensorKind::master_weight) {
@@ -244,6 +251,7 @@ void Executor::write_data(std::int64_t micro_batch) {
 
 Expected<StepReport> Executor::step() {
   allocator_->reset_peaks();
+  backend_.reset_device_peaks();
   StepReport report;
   loss_sum_ = 0;
   for (std::int64_t mb = 0; mb < setup_.grad_accum; ++mb) {
@@ -269,6 +277,17 @@ Expected<StepReport> Executor::step() {
       if (f.op == 0) write_data(mb);
       dispatch(f, last);
       fresh_.clear();
+      if (auto failure = backend_.take_error()) {
+        return make_error(ErrorKind::invalid, "{} backend, after {}: {}", backend_.name(), op_name(program_, f.op, f.iteration),
+                          *failure);
+      }
+      if (op_hook_) {
+        std::vector<std::vector<float>> outputs;
+        for (std::uint32_t x : f.outputs) {
+          if (program_.tensors[flat_.instances[x].tensor].kind != TensorKind::workspace) outputs.push_back(read_instance(x));
+        }
+        op_hook_(i, op_name(program_, f.op, f.iteration), outputs);
+      }
       if (options_.guard_bytes > 0) {
         if (auto damage = allocator_->check_guards()) {
           return make_error(ErrorKind::invalid, "after {}: {}", op_name(program_, f.op, f.iteration), *damage);
@@ -295,6 +314,7 @@ Expected<StepReport> Executor::step() {
   report.memory.layer_peak_bytes = allocator_->layer_peak_bytes();
   const FlatOp& at = flat_.ops[allocator_->peak_op()];
   report.memory.peak_at = op_name(program_, at.op, at.iteration);
+  report.memory.device = backend_.device_memory();
   return report;
 }
 

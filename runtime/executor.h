@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "planner/error.h"
@@ -55,6 +56,7 @@ struct MeasuredMemory {
   std::array<std::int64_t, kPhases> phase_peak_bytes{};
   std::vector<std::int64_t> layer_peak_bytes;
   std::string peak_at;  ///< the op's name
+  std::optional<DeviceMemoryReport> device;  ///< the backend's own figures (CUDA), after the step
 };
 
 struct StepReport {
@@ -81,6 +83,12 @@ class Executor {
   using GradientHook = std::function<void(std::int32_t param, std::span<const float> gradient)>;
   void on_gradient(GradientHook hook) { gradient_hook_ = std::move(hook); }
 
+  /// Called after every op with its name and the values (fp32) of every tensor instance it wrote,
+  /// in the program's output order; for comparing two backends op by op (slow: copies each one).
+  using OpHook = std::function<void(std::uint32_t flat_op, const std::string& name,
+                                    const std::vector<std::vector<float>>& outputs)>;
+  void on_op(OpHook hook) { op_hook_ = std::move(hook); }
+
   /// A parameter's current values (the master copy when there is one).
   [[nodiscard]] std::vector<float> parameter(std::int32_t param) const;
   /// Overwrites a parameter (its master copy too, when there is one), rounding to its dtype. The
@@ -103,6 +111,7 @@ class Executor {
   [[nodiscard]] std::uint32_t instance(TensorId t, std::int64_t iteration) const;
   [[nodiscard]] View view(TensorId t, const Op& op, std::int64_t iteration) const;
   [[nodiscard]] std::vector<float> read(TensorId t) const;
+  [[nodiscard]] std::vector<float> read_instance(std::uint32_t instance) const;
   void write(TensorId t, std::span<const float> values);
 
   ModelSpec model_;
@@ -119,6 +128,7 @@ class Executor {
   std::vector<std::uint32_t> fresh_;  // instances the running op allocated: it writes them first
   std::unique_ptr<Allocator> allocator_;
   GradientHook gradient_hook_;
+  OpHook op_hook_;
   TensorId loss_tensor_ = kNoTensor, tokens_ = kNoTensor, labels_ = kNoTensor;
   std::int64_t optimizer_steps_ = 0;
   std::int64_t targets_ = 0;  // non-ignored labels of the current micro-batch

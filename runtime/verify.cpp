@@ -33,6 +33,11 @@ std::vector<MemoryRow> compare(const Program& program, const Analysis& a, const 
     const std::int64_t measured = slot < m.layer_peak_bytes.size() ? m.layer_peak_bytes[slot] : 0;
     rows.push_back({layer == kNone ? std::string("outside layers") : fmt::format("layer {}", layer), predicted, measured});
   }
+  if (m.device) {
+    const auto tolerance = static_cast<std::int64_t>(kPoolTolerance * static_cast<double>(a.peak.allocated_bytes));
+    rows.push_back({"pool used high-water", a.peak.allocated_bytes, m.device->pool_used_high_bytes, tolerance});
+    rows.push_back({"pool reserved high-water", a.peak.allocated_bytes, m.device->pool_reserved_high_bytes, tolerance});
+  }
   return rows;
 }
 
@@ -90,10 +95,11 @@ Expected<RunReport> run_plan(const PlanFile& f, Backend& backend, const RunOptio
     r.losses.push_back(step->loss);
     auto rows = compare(e.program(), a, step->memory, e.allocator().host().peak_live_bytes);
     for (const MemoryRow& row : rows) {
-      if (std::llabs(row.predicted_bytes - row.measured_bytes) > r.tolerance_bytes) r.memory_ok = false;
+      if (!row.ok()) r.memory_ok = false;
     }
     if (s == 0) {
       r.memory = std::move(rows);
+      r.device = step->memory.device;
       r.measured_peak_at = step->memory.peak_at;
     }
   }
@@ -130,8 +136,9 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
       run->predicted_peak_at = op_name(e.program(), a.peak_op, a.peak_iteration);
       run->measured_peak_at = step->memory.peak_at;
       run->seconds_per_step = elapsed.count();
+      run->device = step->memory.device;
       for (const MemoryRow& row : run->memory) {
-        if (std::llabs(row.predicted_bytes - row.measured_bytes) > run->tolerance_bytes) run->memory_ok = false;
+        if (!row.ok()) run->memory_ok = false;
       }
     }
     for (std::size_t i = 0; i < n; ++i) p[i] = e.parameter(static_cast<std::int32_t>(i));

@@ -1,0 +1,50 @@
+#pragma once
+// Device-side helpers shared by the kernels (included by .cu files only): element access of a
+// View with fp32 arithmetic and round-to-nearest-even bf16 stores, as the reference does.
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/view.h"
+
+namespace mstplan::cuda {
+
+/// Address of element (r, c) of a view.
+__device__ __forceinline__ char* element_address(const View& v, std::int64_t r, std::int64_t c) {
+  const std::int64_t size = v.dtype == DType::bf16 ? 2 : (v.dtype == DType::int64 ? 8 : 4);
+  return static_cast<char*>(v.data) + (v.buffer_row(r) * v.cols + c) * size;
+}
+
+__device__ __forceinline__ float load(const View& v, std::int64_t r, std::int64_t c) {
+  const char* p = element_address(v, r, c);
+  switch (v.dtype) {
+    case DType::bf16: return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(p));
+    case DType::fp32: return *reinterpret_cast<const float*>(p);
+    case DType::int32: return static_cast<float>(*reinterpret_cast<const std::int32_t*>(p));
+    case DType::int64: return static_cast<float>(*reinterpret_cast<const std::int64_t*>(p));
+  }
+  return 0.0f;
+}
+
+__device__ __forceinline__ void store(const View& v, std::int64_t r, std::int64_t c, float x) {
+  char* p = element_address(v, r, c);
+  switch (v.dtype) {
+    case DType::bf16: *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(x); break;
+    case DType::fp32: *reinterpret_cast<float*>(p) = x; break;
+    case DType::int32: *reinterpret_cast<std::int32_t*>(p) = static_cast<std::int32_t>(x); break;
+    case DType::int64: *reinterpret_cast<std::int64_t*>(p) = static_cast<std::int64_t>(x); break;
+  }
+}
+
+/// Token ids and labels (int32 or int64 views).
+__device__ __forceinline__ std::int64_t load_index(const View& v, std::int64_t r) {
+  const char* p = element_address(v, r, 0);
+  return v.dtype == DType::int64 ? *reinterpret_cast<const std::int64_t*>(p)
+                                 : static_cast<std::int64_t>(*reinterpret_cast<const std::int32_t*>(p));
+}
+
+/// Blocks of `threads` covering `n` items, capped for grid-stride loops.
+inline unsigned blocks_for(std::int64_t n, unsigned threads) {
+  const std::int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 ? 65535 : b));
+}
+
+}  // namespace mstplan::cuda

@@ -1,0 +1,123 @@
+// Rotary embedding in place (reference.h's rope, reference.cpp's arithmetic).
+//
+// The inverse frequencies are computed on the host exactly as the reference computes them (the
+// same double-precision std::pow and scaling code) and passed by value in the kernel's parameters
+// (no device memory). One block per row: the block's threads first compute the row's cos and sin
+// (angle = position * inv_freq in double, as the reference, then rounded to float) into shared
+// memory, then rotate every (head, i) pair, consecutive threads on consecutive columns.
+// The rotation uses the _rn intrinsics (no FMA contraction): x1 cos - x2 sin and x2 cos + x1 sin
+// are the reference's fp32 operations.
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/device.cuh"
+#include "kernels/cuda/rope.cuh"
+
+namespace mstplan::cuda {
+namespace {
+
+using i64 = std::int64_t;
+
+constexpr int kThreads = 128;
+constexpr int kMaxHalf = 256;  ///< head_dim up to 512
+
+struct InvFreq {
+  double f[kMaxHalf];
+};
+
+__device__ __forceinline__ float ld(const View& v, i64 off) {
+  return v.dtype == DType::bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[off])
+                                : static_cast<const float*>(v.data)[off];
+}
+
+__device__ __forceinline__ void st(const View& v, i64 off, float x) {
+  if (v.dtype == DType::bf16) {
+    static_cast<__nv_bfloat16*>(v.data)[off] = __float2bfloat16_rn(x);
+  } else {
+    static_cast<float*>(v.data)[off] = x;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) rope_kernel(View x, i64 head_dim, InvFreq inv, bool inverse) {
+  __shared__ double freq[kMaxHalf];
+  __shared__ float cs[kMaxHalf], sn[kMaxHalf];
+  const i64 half = head_dim / 2, heads = x.cols / head_dim, rows = x.rows();
+  for (i64 i = threadIdx.x; i < half; i += kThreads) freq[i] = inv.f[i];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    __syncthreads();  // freq written; cs / sn no longer read for the previous row
+    const auto pos = static_cast<double>(x.position(r));
+    for (i64 i = threadIdx.x; i < half; i += kThreads) {
+      const double angle = pos * freq[i];
+      const auto s = static_cast<float>(sin(angle));
+      cs[i] = static_cast<float>(cos(angle));
+      sn[i] = inverse ? -s : s;
+    }
+    __syncthreads();
+    const i64 base = x.buffer_row(r) * x.cols;
+    for (i64 p = threadIdx.x; p < heads * half; p += kThreads) {
+      const i64 h = p / half, i = p - h * half;
+      const i64 c1 = base + h * head_dim + i, c2 = c1 + half;
+      const float x1 = ld(x, c1), x2 = ld(x, c2), c = cs[i], s = sn[i];
+      st(x, c1, __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+      st(x, c2, __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+    }
+  }
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("rope: " + what);
+}
+
+}  // namespace
+
+void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t seq_len, bool inverse,
+          cudaStream_t stream) {
+  require(head_dim > 0 && head_dim % 2 == 0, "head_dim must be even and positive");
+  require(x.cols % head_dim == 0, "cols not a multiple of head_dim");
+  require(rope.scaling >= 0 && rope.scaling <= 3, "unknown scaling");
+  require(head_dim / 2 <= kMaxHalf, "head_dim above 512 is not supported");
+  require(x.dtype == DType::bf16 || x.dtype == DType::fp32, "x must be bf16 or fp32");
+  const i64 half = head_dim / 2;
+  const auto dim = static_cast<double>(head_dim);
+
+  // The reference's inverse frequencies, line for line.
+  double base = rope.theta;
+  if (rope.scaling == 2) {
+    require(rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
+    if (seq_len > rope.max_position_embeddings) {
+      const double ratio =
+          rope.factor * static_cast<double>(seq_len) / static_cast<double>(rope.max_position_embeddings);
+      base = rope.theta * std::pow(ratio - (rope.factor - 1.0), dim / (dim - 2.0));
+    }
+  }
+  if (rope.scaling == 3) {
+    require(rope.original_max_position_embeddings > 0, "llama3 scaling needs original_max_position_embeddings");
+    require(rope.high_freq_factor != rope.low_freq_factor, "llama3 needs high_freq_factor != low_freq_factor");
+  }
+  InvFreq inv{};
+  for (i64 i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(base, static_cast<double>(2 * i) / dim);
+    if (rope.scaling == 1) f /= rope.factor;
+    if (rope.scaling == 3) {
+      const auto orig = static_cast<double>(rope.original_max_position_embeddings);
+      const double low_freq_wavelen = orig / rope.low_freq_factor;
+      const double high_freq_wavelen = orig / rope.high_freq_factor;
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      if (wavelen > low_freq_wavelen) {
+        f /= rope.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const double smooth = (orig / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
+        f = (1.0 - smooth) * f / rope.factor + smooth * f;
+      }
+    }
+    inv.f[i] = f;
+  }
+
+  const i64 rows = x.seqs * x.positions;
+  if (rows == 0 || x.cols == 0) return;
+  rope_kernel<<<blocks_for(rows, 1), kThreads, 0, stream>>>(x, head_dim, inv, inverse);
+}
+
+}  // namespace mstplan::cuda
