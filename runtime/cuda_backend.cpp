@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <exception>
+
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/cross_entropy.cuh"
 #include "kernels/cuda/eager.cuh"
@@ -126,75 +128,86 @@ class CudaBackend final : public Backend {
 
   void matmul_xwt(const View& x, const View& w, const std::optional<View>& bias, const View& y, bool accumulate) override {
     const cuda::View b = bias ? cv(*bias) : cuda::View{};
-    gemm_->xwt(cv(x), cv(w), bias ? &b : nullptr, cv(y), accumulate, stream_);
+    guarded([&] { gemm_->xwt(cv(x), cv(w), bias ? &b : nullptr, cv(y), accumulate, stream_); });
+    note_gemm();
   }
   void matmul_xw(const View& dy, const View& w, const View& dx, bool accumulate) override {
-    gemm_->xw(cv(dy), cv(w), cv(dx), accumulate, stream_);
+    guarded([&] { gemm_->xw(cv(dy), cv(w), cv(dx), accumulate, stream_); });
+    note_gemm();
   }
   void matmul_dw(const View& dy, const View& x, const View& dw, bool accumulate) override {
-    gemm_->dw(cv(dy), cv(x), cv(dw), accumulate, stream_);
+    guarded([&] { gemm_->dw(cv(dy), cv(x), cv(dw), accumulate, stream_); });
+    note_gemm();
   }
-  void bias_grad(const View& dy, const View& db, bool accumulate) override { cuda::bias_grad(cv(dy), cv(db), accumulate, stream_); }
+  void bias_grad(const View& dy, const View& db, bool accumulate) override {
+    guarded([&] { cuda::bias_grad(cv(dy), cv(db), accumulate, stream_); });
+  }
   void rmsnorm_forward(const View& x, const View& w, float eps, float offset, const View& y, const View& rstd) override {
-    cuda::rmsnorm_forward(cv(x), cv(w), eps, offset, cv(y), cv(rstd), stream_);
+    guarded([&] { cuda::rmsnorm_forward(cv(x), cv(w), eps, offset, cv(y), cv(rstd), stream_); });
   }
   void rmsnorm_apply(const View& x, const View& rstd, const View& w, float offset, const View& y) override {
-    cuda::rmsnorm_apply(cv(x), cv(rstd), cv(w), offset, cv(y), stream_);
+    guarded([&] { cuda::rmsnorm_apply(cv(x), cv(rstd), cv(w), offset, cv(y), stream_); });
   }
   void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const View& w, float offset,
                         const std::optional<View>& residual, const View& dx, const std::optional<View>& dw,
                         bool dw_accumulate) override {
     const cuda::View r = residual ? cv(*residual) : cuda::View{};
     const cuda::View g = dw ? cv(*dw) : cuda::View{};
-    cuda::rmsnorm_backward(cv(dy), cv(x), cv(rstd), cv(w), offset, residual ? &r : nullptr, cv(dx), dw ? &g : nullptr,
-                           dw_accumulate, stream_);
+    guarded([&] { cuda::rmsnorm_backward(cv(dy), cv(x), cv(rstd), cv(w), offset, residual ? &r : nullptr, cv(dx), dw ? &g : nullptr,
+                           dw_accumulate, stream_); });
   }
   void rope(const View& x, std::int64_t head_dim, const Rope& r, std::int64_t seq_len, bool inverse) override {
     const cuda::Rope c{r.theta, r.scaling, r.factor, r.low_freq_factor, r.high_freq_factor,
                        r.original_max_position_embeddings, r.max_position_embeddings};
-    cuda::rope(cv(x), head_dim, c, seq_len, inverse, stream_);
+    guarded([&] { cuda::rope(cv(x), head_dim, c, seq_len, inverse, stream_); });
   }
   void attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                          const View& lse) override {
-    cuda::attention_forward(cs(s), cv(q), cv(k), cv(v), cv(o), cv(lse), stream_);
+    guarded([&] { cuda::attention_forward(cs(s), cv(q), cv(k), cv(v), cv(o), cv(lse), stream_); });
   }
   void attention_backward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                           const View& lse, const View& dout, const View& dq, const View& dk, const View& dv,
                           const View& dq_accum, const View& delta) override {
-    cuda::attention_backward(cs(s), cv(q), cv(k), cv(v), cv(o), cv(lse), cv(dout), cv(dq), cv(dk), cv(dv), cv(dq_accum),
-                             cv(delta), stream_);
+    guarded([&] { cuda::attention_backward(cs(s), cv(q), cv(k), cv(v), cv(o), cv(lse), cv(dout), cv(dq), cv(dk), cv(dv), cv(dq_accum),
+                             cv(delta), stream_); });
   }
   void eager_scores(const AttentionShape& s, const View& q, const View& k, const View& scores) override {
-    cuda::eager_scores(cs(s), cv(q), cv(k), cv(scores), stream_);
+    guarded([&] { cuda::eager_scores(cs(s), cv(q), cv(k), cv(scores), stream_); });
   }
-  void eager_softmax(const View& scores, const View& probs) override { cuda::eager_softmax(cv(scores), cv(probs), stream_); }
+  void eager_softmax(const View& scores, const View& probs) override {
+    guarded([&] { cuda::eager_softmax(cv(scores), cv(probs), stream_); });
+  }
   void eager_pv(const AttentionShape& s, const View& probs, const View& v, const View& o) override {
-    cuda::eager_pv(cs(s), cv(probs), cv(v), cv(o), stream_);
+    guarded([&] { cuda::eager_pv(cs(s), cv(probs), cv(v), cv(o), stream_); });
   }
   void eager_dprobs(const AttentionShape& s, const View& dout, const View& v, const View& dprobs) override {
-    cuda::eager_dprobs(cs(s), cv(dout), cv(v), cv(dprobs), stream_);
+    guarded([&] { cuda::eager_dprobs(cs(s), cv(dout), cv(v), cv(dprobs), stream_); });
   }
   void eager_dv(const AttentionShape& s, const View& probs, const View& dout, const View& dv) override {
-    cuda::eager_dv(cs(s), cv(probs), cv(dout), cv(dv), stream_);
+    guarded([&] { cuda::eager_dv(cs(s), cv(probs), cv(dout), cv(dv), stream_); });
   }
   void eager_softmax_backward(const View& probs, const View& dprobs, const View& dscores) override {
-    cuda::eager_softmax_backward(cv(probs), cv(dprobs), cv(dscores), stream_);
+    guarded([&] { cuda::eager_softmax_backward(cv(probs), cv(dprobs), cv(dscores), stream_); });
   }
   void eager_dq(const AttentionShape& s, const View& dscores, const View& k, const View& dq) override {
-    cuda::eager_dq(cs(s), cv(dscores), cv(k), cv(dq), stream_);
+    guarded([&] { cuda::eager_dq(cs(s), cv(dscores), cv(k), cv(dq), stream_); });
   }
   void eager_dk(const AttentionShape& s, const View& dscores, const View& q, const View& dk) override {
-    cuda::eager_dk(cs(s), cv(dscores), cv(q), cv(dk), stream_);
+    guarded([&] { cuda::eager_dk(cs(s), cv(dscores), cv(q), cv(dk), stream_); });
   }
   void gated_forward(GatedActivation a, const View& g, const View& u, const View& out) override {
-    cuda::gated_forward(cg(a), cv(g), cv(u), cv(out), stream_);
+    guarded([&] { cuda::gated_forward(cg(a), cv(g), cv(u), cv(out), stream_); });
   }
   void gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg,
                       const View& du) override {
-    cuda::gated_backward(cg(a), cv(dout), cv(g), cv(u), cv(dg), cv(du), stream_);
+    guarded([&] { cuda::gated_backward(cg(a), cv(dout), cv(g), cv(u), cv(dg), cv(du), stream_); });
   }
-  void add(const View& a, const View& b, const View& out) override { cuda::add(cv(a), cv(b), cv(out), stream_); }
-  void softcap(const View& x, float cap) override { cuda::softcap(cv(x), cap, stream_); }
+  void add(const View& a, const View& b, const View& out) override {
+    guarded([&] { cuda::add(cv(a), cv(b), cv(out), stream_); });
+  }
+  void softcap(const View& x, float cap) override {
+    guarded([&] { cuda::softcap(cv(x), cap, stream_); });
+  }
   void copy(const View& src, const View& dst) override {
     // Offload and its return: one DMA copy when both sides are plain blocks of one dtype.
     if (src.dtype == dst.dtype && contiguous_rows(src) && contiguous_rows(dst) && src.cols == dst.cols &&
@@ -206,38 +219,53 @@ class CudaBackend final : public Backend {
            "cudaMemcpyAsync");
       return;
     }
-    cuda::copy(cv(src), cv(dst), stream_);
+    guarded([&] { cuda::copy(cv(src), cv(dst), stream_); });
   }
-  void zero(const View& x) override { cuda::zero(cv(x), stream_); }
+  void zero(const View& x) override {
+    guarded([&] { cuda::zero(cv(x), stream_); });
+  }
   void embedding_forward(const View& tokens, const View& table, float scale, const View& out) override {
-    cuda::embedding_forward(cv(tokens), cv(table), scale, cv(out), stream_);
+    guarded([&] { cuda::embedding_forward(cv(tokens), cv(table), scale, cv(out), stream_); });
   }
   void embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable) override {
-    cuda::embedding_backward(cv(dout), cv(tokens), scale, cv(dtable), stream_);
+    guarded([&] { cuda::embedding_backward(cv(dout), cv(tokens), scale, cv(dtable), stream_); });
   }
   void cross_entropy_forward(const View& logits, const View& targets, float scale, float cap, float* loss,
                              const std::optional<View>& lse, const std::optional<View>& dlogits) override {
     const cuda::View l = lse ? cv(*lse) : cuda::View{};
     const cuda::View d = dlogits ? cv(*dlogits) : cuda::View{};
-    cuda::cross_entropy_forward(cv(logits), cv(targets), scale, cap, loss, lse ? &l : nullptr, dlogits ? &d : nullptr,
-                                stream_);
+    guarded([&] { cuda::cross_entropy_forward(cv(logits), cv(targets), scale, cap, loss, lse ? &l : nullptr, dlogits ? &d : nullptr,
+                                stream_); });
   }
   void cross_entropy_backward(const View& logits, const View& lse, const View& targets, float scale, float cap,
                               const View& dlogits) override {
-    cuda::cross_entropy_backward(cv(logits), cv(lse), cv(targets), scale, cap, cv(dlogits), stream_);
+    guarded([&] { cuda::cross_entropy_backward(cv(logits), cv(lse), cv(targets), scale, cap, cv(dlogits), stream_); });
   }
   void adamw(const AdamW& o, const View& g, const View& w, const View& m, const View& v,
              const std::optional<View>& master) override {
     const cuda::AdamW c{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.step};
     const cuda::View mw = master ? cv(*master) : cuda::View{};
-    cuda::adamw(c, cv(g), cv(w), cv(m), cv(v), master ? &mw : nullptr, stream_);
+    guarded([&] { cuda::adamw(c, cv(g), cv(w), cv(m), cv(v), master ? &mw : nullptr, stream_); });
   }
   void sgd(float lr, float weight_decay, const View& g, const View& w, const std::optional<View>& master) override {
     const cuda::View mw = master ? cv(*master) : cuda::View{};
-    cuda::sgd(lr, weight_decay, cv(g), cv(w), master ? &mw : nullptr, stream_);
+    guarded([&] { cuda::sgd(lr, weight_decay, cv(g), cv(w), master ? &mw : nullptr, stream_); });
   }
 
  private:
+  // The launchers throw on arguments they cannot take (a programming error of the executor) and
+  // on failed launches: both become the error the executor reports after this op.
+  template <class F>
+  void guarded(F&& launch) {
+    try {
+      launch();
+    } catch (const std::exception& e) {
+      if (!error_) error_ = e.what();
+    }
+  }
+  void note_gemm() {  // the GEMM resets its error at the next call: keep it now
+    if (const char* g = gemm_->last_error(); g != nullptr && !error_) error_ = std::string(g);
+  }
   void note(cudaError_t e, const char* what) {
     if (e != cudaSuccess && !error_) error_ = fmt::format("{}: {}", what, cudaGetErrorString(e));
   }
