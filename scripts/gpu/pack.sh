@@ -11,10 +11,10 @@ cd "$(dirname "$0")/../.."
 arch="${MSTPLAN_GPU_ARCH:-90}"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMSTPLAN_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" >/dev/null
-cmake --build build-gpu -j"$(nproc)" --target mst-plan mstplan_tests mstplan_bench mstplan_runtime_bench
+cmake --build build-gpu -j"$(nproc)" --target mst-plan mstplan_tests mstplan_runtime_bench
 rm -rf .device-pack && mkdir -p .device-pack/bin .device-pack/lib
-cp build-gpu/mst-plan build-gpu/tests/mstplan_tests build-gpu/benchmarks/mstplan_bench \
-  build-gpu/benchmarks/mstplan_runtime_bench .device-pack/bin/
+cp build-gpu/mst-plan build-gpu/tests/mstplan_tests build-gpu/benchmarks/mstplan_runtime_bench .device-pack/bin/
+strip .device-pack/bin/*  # the carried tree is limited to 64 MiB
 # Every shared library of the binaries but the C runtime, the GPU driver and CUDA's own.
 for bin in .device-pack/bin/*; do
   ldd "$bin" | awk '/=> \//{print $3}'
@@ -22,3 +22,4 @@ done | sort -u | grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libg
   while read -r lib; do cp -L "$lib" .device-pack/lib/; done
 git rev-parse HEAD > .device-pack/commit
 du -sh .device-pack
+[ "$(du -sm .device-pack | cut -f1)" -lt 60 ] || { echo 'pack.sh: .device-pack is over 60 MiB: the device tool carries 64 MiB at most' >&2; exit 1; }

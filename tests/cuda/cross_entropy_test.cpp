@@ -45,21 +45,10 @@ constexpr double kRel = 1e-4;
 constexpr double kBf16Ulp = 1.0 / 128;
 constexpr float kIgnore = -100.0f;
 
-struct Layout {
-  i64 seqs, positions, seq_stride, first;
-};
-
-Layout plain(i64 rows) { return {1, rows, rows, 0}; }
-i64 buffer_rows(const Layout& l) { return (l.seqs - 1) * l.seq_stride + l.first + l.positions; }
-
-ref::View shaped(HostTensor& t, const Layout& l) {
-  ref::View v = t.view();
-  v.seqs = l.seqs;
-  v.positions = l.positions;
-  v.seq_stride = l.seq_stride;
-  v.first = l.first;
-  return v;
-}
+using test::buffer_rows;
+using test::Layout;
+using test::shaped;
+Layout plain(i64 rows) { return test::contiguous_layout(rows); }
 
 std::string describe(const Layout& l) {
   return "(seqs " + std::to_string(l.seqs) + " positions " + std::to_string(l.positions) + " stride " +

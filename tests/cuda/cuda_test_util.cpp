@@ -100,6 +100,15 @@ HostTensor DeviceTensor::download() const {
   return out;
 }
 
+ref::View shaped(HostTensor& t, const Layout& l) {
+  ref::View v = t.view();
+  v.seqs = l.seqs;
+  v.positions = l.positions;
+  v.seq_stride = l.seq_stride;
+  v.first = l.first;
+  return v;
+}
+
 cuda::DType to_cuda(DType dtype) {
   switch (dtype) {
     case DType::bf16: return cuda::DType::bf16;

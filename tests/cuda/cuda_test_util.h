@@ -39,6 +39,20 @@ struct HostTensor {
   void set(std::int64_t r, std::int64_t c, float x);
 };
 
+/// Rows of a view over a buffer: `seqs` groups of `positions` rows, `seq_stride` apart, from
+/// `first` (a mini-sequence chunk of each sequence, say).
+struct Layout {
+  std::int64_t seqs, positions, seq_stride, first;
+};
+[[nodiscard]] inline Layout contiguous_layout(std::int64_t rows) { return {1, rows, rows, 0}; }
+/// Rows the buffer under a layout needs.
+[[nodiscard]] inline std::int64_t buffer_rows(const Layout& l) {
+  return (l.seqs - 1) * l.seq_stride + l.first + l.positions;
+}
+
+/// A host tensor's view under a layout.
+[[nodiscard]] ref::View shaped(HostTensor& t, const Layout& l);
+
 /// A device copy of a HostTensor (same bytes), freed on destruction.
 class DeviceTensor {
  public:

@@ -40,21 +40,10 @@ constexpr double kFp32Math = 1e-5;
 constexpr double kFp32Activation = 5e-5;
 constexpr double kFp32Atomics = 1e-4;
 
-struct Layout {
-  i64 seqs, positions, seq_stride, first;
-};
-
-Layout contiguous(i64 rows) { return {1, rows, rows, 0}; }
-i64 buffer_rows(const Layout& l) { return (l.seqs - 1) * l.seq_stride + l.first + l.positions; }
-
-ref::View shaped(HostTensor& t, const Layout& l) {
-  ref::View v = t.view();
-  v.seqs = l.seqs;
-  v.positions = l.positions;
-  v.seq_stride = l.seq_stride;
-  v.first = l.first;
-  return v;
-}
+using test::buffer_rows;
+using test::Layout;
+using test::shaped;
+Layout contiguous(i64 rows) { return test::contiguous_layout(rows); }
 
 const char* name(DType d) {
   switch (d) {

@@ -57,22 +57,10 @@ struct GemmFixture {
   [[nodiscard]] std::string error() const { return gemm.last_error() != nullptr ? gemm.last_error() : ""; }
 };
 
-/// Rows of a view over a buffer: `seqs` groups of `positions` rows, `seq_stride` apart, from `first`.
-struct Layout {
-  i64 seqs, positions, seq_stride, first;
-};
-
-Layout plain(i64 rows) { return {1, rows, rows, 0}; }
-i64 buffer_rows(const Layout& l) { return (l.seqs - 1) * l.seq_stride + l.first + l.positions; }
-
-ref::View shaped(HostTensor& t, const Layout& l) {
-  ref::View v = t.view();
-  v.seqs = l.seqs;
-  v.positions = l.positions;
-  v.seq_stride = l.seq_stride;
-  v.first = l.first;
-  return v;
-}
+using test::buffer_rows;
+using test::Layout;
+using test::shaped;
+Layout plain(i64 rows) { return test::contiguous_layout(rows); }
 
 /// The view's elements as fp32, row-major over the view's rows.
 std::vector<float> values(const ref::View& v) {

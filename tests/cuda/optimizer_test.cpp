@@ -23,20 +23,9 @@ using test::DeviceTensor;
 using test::HostTensor;
 using test::max_error;
 
-struct Layout {
-  i64 seqs, positions, seq_stride, first;
-};
-
-i64 buffer_rows(const Layout& l) { return (l.seqs - 1) * l.seq_stride + l.first + l.positions; }
-
-ref::View shaped(HostTensor& t, const Layout& l) {
-  ref::View v = t.view();
-  v.seqs = l.seqs;
-  v.positions = l.positions;
-  v.seq_stride = l.seq_stride;
-  v.first = l.first;
-  return v;
-}
+using test::buffer_rows;
+using test::Layout;
+using test::shaped;
 
 /// A parameter's shape: the gradient / weight layout (rows x cols) and whether the state is a
 /// flat 1 x n buffer.

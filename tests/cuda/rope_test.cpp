@@ -30,20 +30,9 @@ using test::max_error;
 constexpr double kBf16Ulp = 1.0 / 128;
 constexpr double kFp32 = 1e-6;
 
-struct Layout {
-  i64 seqs, positions, seq_stride, first;
-};
-
-i64 buffer_rows(const Layout& l) { return (l.seqs - 1) * l.seq_stride + l.first + l.positions; }
-
-ref::View shaped(HostTensor& t, const Layout& l) {
-  ref::View v = t.view();
-  v.seqs = l.seqs;
-  v.positions = l.positions;
-  v.seq_stride = l.seq_stride;
-  v.first = l.first;
-  return v;
-}
+using test::buffer_rows;
+using test::Layout;
+using test::shaped;
 
 struct Scaling {
   const char* name;
