@@ -57,6 +57,12 @@ class Backend {
   [[nodiscard]] virtual std::optional<DeviceMemoryReport> device_memory() { return std::nullopt; }
   virtual void reset_device_peaks() {}
 
+  /// Initialisation: x[e] = mean + std * n_e, rounded to x's dtype, where n_e is the standard
+  /// normal of element e of the counter-based stream `state`: Box-Muller on splitmix64 outputs
+  /// number 2e + 1 and 2e + 2 (u, v in (0, 1)), computed in double. Every backend gives the same
+  /// values (up to the last bit of a double log or cos); the default computes them on the host.
+  virtual void fill_normal(const View& x, std::uint64_t state, double mean, double std);
+
   // ---- Kernels (see kernels/reference/reference.h for each contract).
   virtual void matmul_xwt(const View& x, const View& w, const std::optional<View>& bias, const View& y,
                           bool accumulate) = 0;

@@ -13,6 +13,7 @@
 #include "kernels/cuda/eager.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/init.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/optimizer.cuh"
 #include "kernels/cuda/rope.cuh"
@@ -126,6 +127,9 @@ class CudaBackend final : public Backend {
     cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReservedMemHigh, &zero);
   }
 
+  void fill_normal(const View& x, std::uint64_t state, double mean, double std) override {
+    guarded([&] { cuda::fill_normal(cv(x), state, mean, std, stream_); });
+  }
   void matmul_xwt(const View& x, const View& w, const std::optional<View>& bias, const View& y, bool accumulate) override {
     const cuda::View b = bias ? cv(*bias) : cuda::View{};
     guarded([&] { gemm_->xwt(cv(x), cv(w), bias ? &b : nullptr, cv(y), accumulate, stream_); });

@@ -10,17 +10,8 @@ namespace mstplan {
 namespace {
 
 // Deterministic random numbers that do not depend on the standard library's distributions.
-std::uint64_t splitmix(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-double uniform01(std::uint64_t& state) { return (static_cast<double>(splitmix(state) >> 11) + 0.5) * 0x1.0p-53; }
-double normal(std::uint64_t& state) {
-  const double u = uniform01(state), v = uniform01(state);
-  return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
-}
+std::uint64_t splitmix(std::uint64_t& state) { return ref::splitmix_at(state += ref::kGolden); }
+double uniform01(std::uint64_t& state) { return ref::uniform01(state += ref::kGolden); }
 
 constexpr std::int32_t kNoLabel = -100;
 
@@ -204,24 +195,18 @@ std::optional<Error> Executor::initialise_statics() {
       backend_.bind_workspace(b.data, static_cast<std::size_t>(b.requested_bytes));
     }
     if (tensor.kind == TensorKind::workspace || tensor.kind == TensorKind::data) continue;
-    std::vector<float> values(static_cast<std::size_t>(tensor.elements), 0.0f);
+    void* data = instances_[instance(t, 0)].block.data;
     if (tensor.kind == TensorKind::weight || tensor.kind == TensorKind::master_weight) {
       const ParamTensor& p = program_.params[static_cast<std::size_t>(tensor.param)];
-      std::uint64_t state = options_.seed * 0x100000001B3ull + static_cast<std::uint64_t>(tensor.param) * 7919u + 1;
+      const std::uint64_t state = options_.seed * 0x100000001B3ull + static_cast<std::uint64_t>(tensor.param) * 7919u + 1;
       const bool norm = p.name.find("norm") != std::string::npos;
-      for (float& x : values) {
-        const double n = normal(state);
-        x = static_cast<float>(norm ? (offset_norms ? 0.0 : 1.0) + 0.1 * n : 0.02 * n);
-      }
-    }
-    if (tensor.kind == TensorKind::optimizer_state) {
-      // adam_mv holds m then v: elements count one of them, bytes both.
-      const std::int64_t count = tensor.bytes / dtype_bytes(tensor.dtype);
-      std::vector<unsigned char> zeros(static_cast<std::size_t>(count * dtype_bytes(tensor.dtype)), 0);
-      backend_.copy_bytes(instances_[instance(t, 0)].block.data, zeros.data(), zeros.size());
+      backend_.fill_normal(ref::contiguous(data, tensor.dtype, tensor.elements, 1), state,
+                           norm ? (offset_norms ? 0.0 : 1.0) : 0.0, norm ? 0.1 : 0.02);
       continue;
     }
-    write(t, values);
+    // Optimizer state (adam_mv holds m then v: elements count one, bytes both), persistent
+    // gradients: zeros, written on the backend.
+    backend_.zero(ref::contiguous(data, tensor.dtype, tensor.bytes / dtype_bytes(tensor.dtype), 1));
   }
   statics_ready_ = true;
   return std::nullopt;

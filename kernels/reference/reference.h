@@ -39,6 +39,19 @@ struct View {
   [[nodiscard]] std::int64_t position(std::int64_t r) const { return first + r % positions; }
 };
 
+/// splitmix64's increment and its output at counter `state` (already incremented), and that
+/// output as a double uniform in (0, 1): the counter-based stream of initialisation.
+inline constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+[[nodiscard]] constexpr std::uint64_t splitmix_at(std::uint64_t state) {
+  std::uint64_t z = state;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+[[nodiscard]] constexpr double uniform01(std::uint64_t state) {
+  return (static_cast<double>(splitmix_at(state) >> 11) + 0.5) * 0x1.0p-53;
+}
+
 /// A plain rows x cols matrix.
 [[nodiscard]] View contiguous(void* data, DType dtype, std::int64_t rows, std::int64_t cols);
 
