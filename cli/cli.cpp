@@ -191,7 +191,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     out << json_text(j) << '\n';
   } else {
     if (print_static(out, *model, *gpu, setup)) {
-      print_search(out, *model, *gpu, setup, result, chosen_method, chosen);
+      print_search(out, *model, *gpu, setup, result, chosen_method, chosen, f.out.given() && chosen ? f.out.value : std::string());
     }
   }
   if (f.out.given()) {

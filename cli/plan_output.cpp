@@ -116,7 +116,8 @@ std::string tokens_per_s(double value) { return value > 0 ? format_thousands(sta
 }  // namespace
 
 void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
-                  const SearchResult& result, Method chosen_method, const Evaluation* chosen) {
+                  const SearchResult& result, Method chosen_method, const Evaluation* chosen,
+                  const std::string& plan_path) {
   const std::optional<std::int64_t> request = setup.seq_len;
   fmt::print(out, "\nlongest sequence per method (multiples of 64 tokens; peak = device bytes the step allocates, "
                   "of {} GiB usable)\n", gib(gpu.usable_bytes()));
@@ -175,7 +176,12 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
                  describe_plan(e.plan, model, e.seq_len));
     }
   }
-  fmt::print(out, "\nwrite it with --out plan.yaml; check it with `mst-plan show plan.yaml`\n");
+  if (plan_path.empty()) {
+    fmt::print(out, "\nwrite it with --out plan.yaml; check it with `mst-plan show plan.yaml`\n");
+  } else {
+    fmt::print(out, "\nplan file: {} (check it with `mst-plan show {}`, run it with `mst-plan run {}`)\n", plan_path,
+               plan_path, plan_path);
+  }
 }
 
 nlohmann::json plan_json(const Plan& p, const ModelSpec& model, std::int64_t seq_len) {

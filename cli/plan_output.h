@@ -16,9 +16,11 @@ namespace mstplan::cli {
 /// when the static state alone exceeds the GPU. Returns whether the static state fits.
 bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup);
 
-/// The methods table, the chosen plan and its breakdown, the Pareto set of auto.
+/// The methods table, the chosen plan and its breakdown, the Pareto set of auto, and where the
+/// plan goes (`plan_path`: the --out file, empty without one).
 void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
-                  const SearchResult& result, Method chosen_method, const Evaluation* chosen);
+                  const SearchResult& result, Method chosen_method, const Evaluation* chosen,
+                  const std::string& plan_path);
 
 [[nodiscard]] nlohmann::json plan_json(const Plan& plan, const ModelSpec& model, std::int64_t seq_len);
 [[nodiscard]] nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model);

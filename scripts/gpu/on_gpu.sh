@@ -38,9 +38,9 @@ PY
 done
 
 # 3. Predicted against measured peak, per method and length (one step each).
-measure() {  # model method seq
+measure() {  # model method seq [gpu spec to plan for]
   local plan="$out/plan.yaml"
-  "$bin/mst-plan" --model "$1" --gpu "$gpu" --seq "$3" --method "$2" --out "$plan" >/dev/null 2>&1 || return 2
+  "$bin/mst-plan" --model "$1" --gpu "${4:-$gpu}" --seq "$3" --method "$2" --out "$plan" >/dev/null 2>&1 || return 2
   "$bin/mst-plan" run "$plan" --backend cuda --steps 2 --json > "$out/run.json" 2>>"$log"
   local rc=$?
   python3 - "$out/run.json" "$1" "$2" "$3" "$rc" >> "$out/measurements.jsonl" <<'PY'
@@ -61,14 +61,23 @@ for model in llama3.2-1b llama3-8b; do
 done
 
 # 4. The longest length the runtime fits (bisection over multiples of 1024 up to the planner's
-#    maximum + 10%), against the planner's maximum.
+#    maximum + 10%), against the planner's maximum. Plans beyond the planner's maximum are written
+#    for a copy of the GPU spec with 25% more memory (the plan's knobs do not depend on it).
+"$bin/mst-plan" gpus "$gpu" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+cap = int(re.search(r"capacity_bytes: (\d+)", text).group(1))
+text = re.sub(r"capacity_bytes: \d+", "capacity_bytes: %d" % (cap * 5 // 4), text)
+text = re.sub(r"(?m)^name: .*$", "name: oversized-for-bisection", text)
+text = re.sub(r"(?m)^(aliases|device_names): .*$", r"\1: []", text)
+print(text)' > "$out/oversized-gpu.yaml"
 for method in mst mst-offload; do
   max=$("$bin/mst-plan" --model llama3-8b --gpu "$gpu" --method "$method" --json | python3 -c \
         'import json,sys; print(json.load(sys.stdin)["methods"][0]["max_seq_len"])')
   lo=1024; hi=$(( (max * 11 / 10) / 1024 * 1024 + 1024 ))
   while [ $((hi - lo)) -gt 1024 ]; do
     mid=$(( (lo + hi) / 2 / 1024 * 1024 ))
-    if measure llama3-8b "$method" "$mid"; then lo=$mid; else hi=$mid; fi
+    if measure llama3-8b "$method" "$mid" "$out/oversized-gpu.yaml"; then lo=$mid; else hi=$mid; fi
   done
   echo "{\"kind\": \"longest\", \"model\": \"llama3-8b\", \"method\": \"$method\", \"planner_max\": $max, \"runtime_max\": $lo}" \
     | tee -a "$out/measurements.jsonl" "$log"
