@@ -482,6 +482,9 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     sub->add_flag("--json", cmd->json, "Print JSON");
   }
   run->add_option("--steps", run_cmd.steps, "Training steps to run (default 3)")->type_name("N")->check(CLI::Range(1, 1000000));
+  run->add_flag("--memory-only", run_cmd.memory_only,
+                "Allocate and free every tensor as the step does but run no kernel: whether a long plan fits, in "
+                "seconds (no loss)");
 
   bool devices_json = false;
   CLI::App* devices = app.add_subcommand(

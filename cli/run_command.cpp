@@ -94,6 +94,8 @@ RunOutcome run_command(const RunCommand& c, std::ostream& out) {
   RunOptions options;
   options.seed = c.seed;
   options.ignore_fraction = c.ignore_fraction;
+  options.memory_only = c.memory_only;
+  if (c.verify && c.memory_only) return {code(ExitCode::usage), "--memory-only: verify compares results, which need the kernels"};
   const std::string header =
       fmt::format("{}: {} ({}), {} tokens x batch {}, backend {}", c.plan_file, file->model.name,
                   describe_plan(file->plan, file->model, file->seq_len), format_thousands(file->seq_len),
@@ -106,11 +108,16 @@ RunOutcome run_command(const RunCommand& c, std::ostream& out) {
     if (c.json) {
       nlohmann::json j = {{"file", c.plan_file},      {"model", file->model.name}, {"seq_len", file->seq_len},
                           {"batch", file->setup.batch}, {"losses", r->losses},     {"memory", memory_json(*r)},
-                          {"seconds_per_step", r->seconds_per_step}};
+                          {"seconds_per_step", r->seconds_per_step}, {"memory_only", c.memory_only}};
       out << json_text(j) << '\n';
     } else {
       fmt::print(out, "{}\n", header);
-      for (std::size_t s = 0; s < r->losses.size(); ++s) fmt::print(out, "step {:>3}  loss {:.6f}\n", s + 1, r->losses[s]);
+      if (c.memory_only) {
+        fmt::print(out, "{} steps, memory only: every tensor allocated and freed as planned, no kernel run\n",
+                   r->losses.size());
+      } else {
+        for (std::size_t s = 0; s < r->losses.size(); ++s) fmt::print(out, "step {:>3}  loss {:.6f}\n", s + 1, r->losses[s]);
+      }
       print_memory(*r, out);
       fmt::print(out, "{:.3f} s per step on this machine\n", r->seconds_per_step);
     }

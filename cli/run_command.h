@@ -17,6 +17,7 @@ struct RunCommand {
   double ignore_fraction = 0.0;
   bool json = false;
   bool verify = false;  ///< verify: one step, plus the reference step
+  bool memory_only = false;  ///< run: allocate and free as the step does, skip the kernels
 };
 
 /// Exit code and message (empty on success); the report goes to `out`.

@@ -260,7 +260,7 @@ Expected<StepReport> Executor::step() {
         if (auto e = initialise_statics()) return *e;
       }
       if (f.op == 0) write_data(mb);
-      dispatch(f, last);
+      if (!options_.memory_only) dispatch(f, last);
       fresh_.clear();
       if (auto failure = backend_.take_error()) {
         return make_error(ErrorKind::invalid, "{} backend, after {}: {}", backend_.name(), op_name(program_, f.op, f.iteration),

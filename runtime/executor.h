@@ -46,6 +46,9 @@ struct RunOptions {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   std::int64_t guard_bytes = 0;     ///< allocator guards, checked after every op (tests)
   bool trace = false;               ///< keep the allocator's events
+  /// Allocate, initialise and free exactly as the step does, but dispatch no op: measures memory
+  /// (and whether a plan fits a device) without the arithmetic; the loss is then 0.
+  bool memory_only = false;
 };
 
 /// What one step allocated: device and host pools, per phase and per layer (index layer + 1).

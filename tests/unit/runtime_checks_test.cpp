@@ -276,6 +276,28 @@ TEST(RuntimeChecks, GradientAccumulationEqualsTheBiggerBatch) {
   }
 }
 
+// Memory-only runs allocate and free exactly as the full step does: the same rows, to the byte,
+// with no kernel run (the loss stays 0).
+TEST(RuntimeChecks, MemoryOnlyRunsAllocateAsTheFullStep) {
+  Plan plan = mst_plan(4, LmHeadMode::recompute, 3);
+  plan.recompute = RecomputeKind::full;
+  plan.offload_checkpoints = true;
+  PlanFile f{catalog_model("tiny-gemma2"), {}, TrainingSetup{}, plan, 40, {}};
+  auto cpu = make_cpu_backend();
+  auto full = run_plan(f, *cpu, RunOptions{}, 1);
+  RunOptions memory_only;
+  memory_only.memory_only = true;
+  auto dry = run_plan(f, *cpu, memory_only, 1);
+  ASSERT_TRUE(full.has_value() && dry.has_value());
+  EXPECT_TRUE(dry->memory_ok);
+  ASSERT_EQ(full->memory.size(), dry->memory.size());
+  for (std::size_t i = 0; i < full->memory.size(); ++i) {
+    EXPECT_EQ(full->memory[i].measured_bytes, dry->memory[i].measured_bytes) << full->memory[i].what;
+  }
+  EXPECT_GT(full->losses[0], 0.0);
+  EXPECT_EQ(dry->losses[0], 0.0);
+}
+
 TEST(RuntimeChecks, RefusesWhatItDoesNotExecute) {
   auto cpu = make_cpu_backend();
   const ModelSpec llama = catalog_model("tiny-llama");
