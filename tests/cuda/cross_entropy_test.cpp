@@ -9,11 +9,15 @@
 // Tolerances:
 //  - lse: the sum of exp(x - max) runs in another order (per-thread strided partial sums merged
 //    in a tree, an online max) than the reference's loop, and expf / logf differ from std::exp /
-//    std::log by an ulp or two. The relative error of a sum of V positive terms is in practice
-//    about sqrt(V) * 2^-24 (3e-5 at V = 256000), an absolute error of log(sum); checked at
-//    2e-5 + 2e-5 |lse| (lse >= log V here: 2.7 at V = 16, 12.4 at V = 256000).
-//  - loss: scale times a sum of (lse - x_t) over the rows, each off by the lse error above, summed
-//    in another order (one atomicAdd per row): 5e-5 of max(1, |loss|).
+//    std::log by an ulp or two. The relative error of such a sum of V positive terms is in
+//    practice about sqrt(V) * 2^-24 (3e-5 at V = 256000), an absolute error of log(sum); checked
+//    at 2e-5 + 2e-5 |lse| (lse >= log V here: 2.7 at V = 16, 12.4 at V = 256000) against the
+//    exact (double) log-sum-exp of the row, not the reference's: the reference's one running
+//    fp32 sum drops the part of each term below half an ulp of the sum, a bias that reaches
+//    -4e-4 of lse at V = 256000 (N(0, 3) logits), above that tolerance.
+//  - loss: scale times a sum of (lse - x_t) over the rows, each off by the lse error above (the
+//    reference's bias included), summed in another order (one atomicAdd per row): 5e-5 of
+//    max(1, |loss|).
 //  - dlogits: (exp(x - lse) - onehot) * scale * dcap with the same IEEE operations; exp's ulps and
 //    the lse error give a relative error of p = exp(x - lse) of a few 1e-6, so an absolute one
 //    below 2e-5 * scale * p (p <= 1), plus 1e-4 of |value|; bf16 dlogits one bf16 ulp (2^-7 of
@@ -100,6 +104,16 @@ std::string describe(const Case& c) {
          (c.with_lse ? " lse" : "") + " dlogits " + grads[static_cast<int>(c.grad)];
 }
 
+/// log(sum(exp(x))) of buffer row r in double: the lse the kernel's is checked against.
+float exact_lse(const HostTensor& logits, i64 r) {
+  double top = -INFINITY;
+  for (i64 c = 0; c < logits.cols; ++c) top = std::max(top, static_cast<double>(logits.at(r, c)));
+  if (top == -INFINITY) return -INFINITY;
+  double sum = 0.0;
+  for (i64 c = 0; c < logits.cols; ++c) sum += std::exp(static_cast<double>(logits.at(r, c)) - top);
+  return static_cast<float>(top + std::log(sum));
+}
+
 /// Logits (capped when softcap > 0) and targets (every fifth view row ignored) of a case; the
 /// targets' view is the logits' one row further on; scale: 1 / the kept rows.
 struct Inputs {
@@ -149,6 +163,9 @@ void check_forward(const Case& c, std::uint64_t seed) {
   if (c.grad == Grad::fp32 || c.grad == Grad::bf16) ref_grad = want_grad_v;
   float want_loss = 0.25f;
   ref::cross_entropy_forward(want_logits_v, in.targets_view, in.scale, c.softcap, &want_loss, ref_lse, ref_grad);
+  if (c.with_lse) {  // the exact lse in place of the reference's (see the header)
+    for (i64 r = 0; r < rows; ++r) want_lse.set(r, 0, exact_lse(in.logits, in.logits_view.buffer_row(r)));
+  }
 
   DeviceTensor d_logits(in.logits), d_targets(in.targets), d_lse(lse), d_grad(grad);
   void* loss_memory = nullptr;
