@@ -39,35 +39,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-/// A view whose rows are (group g, index i) pairs with buffer row base + g * gstride + i: a
-/// batch x seq activation (g = batch) or a (batch*heads) x seq statistic (g = batch*heads + head).
-struct Mat {
-  char* data = nullptr;
-  DType dtype = DType::fp32;
-  i64 cols = 0;
-  i64 base = 0;
-  i64 gstride = 0;
-};
-
-__device__ __forceinline__ i64 mat_index(const Mat& m, i64 g, i64 i, i64 c) {
-  return (m.base + g * m.gstride + i) * m.cols + c;
-}
-
-__device__ __forceinline__ float mat_load(const Mat& m, i64 g, i64 i, i64 c) {
-  const i64 idx = mat_index(m, g, i, c);
-  if (m.dtype == DType::bf16) return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(m.data)[idx]);
-  return reinterpret_cast<const float*>(m.data)[idx];
-}
-
-__device__ __forceinline__ void mat_store(const Mat& m, i64 g, i64 i, i64 c, float x) {
-  const i64 idx = mat_index(m, g, i, c);
-  if (m.dtype == DType::bf16) {
-    reinterpret_cast<__nv_bfloat16*>(m.data)[idx] = __float2bfloat16_rn(x);
-  } else {
-    reinterpret_cast<float*>(m.data)[idx] = x;
-  }
-}
-
 struct Params {
   i64 batch = 0, seq = 0, heads = 0, kv_heads = 0, hd = 0, window = 0;
   float scale = 1.0f, softcap = 0.0f;

@@ -7,6 +7,26 @@
 
 namespace mstplan::cuda {
 
+/// Element `offset` of the view's buffer (counted from its data pointer) as fp32, and storing
+/// with round-to-nearest-even to bf16: for kernels that compute buffer offsets themselves.
+__device__ __forceinline__ float load_at(const View& v, std::int64_t offset) {
+  switch (v.dtype) {
+    case DType::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[offset]);
+    case DType::fp32: return static_cast<const float*>(v.data)[offset];
+    case DType::int32: return static_cast<float>(static_cast<const std::int32_t*>(v.data)[offset]);
+    case DType::int64: return static_cast<float>(static_cast<const std::int64_t*>(v.data)[offset]);
+  }
+  return 0.0f;
+}
+__device__ __forceinline__ void store_at(const View& v, std::int64_t offset, float x) {
+  switch (v.dtype) {
+    case DType::bf16: static_cast<__nv_bfloat16*>(v.data)[offset] = __float2bfloat16_rn(x); break;
+    case DType::fp32: static_cast<float*>(v.data)[offset] = x; break;
+    case DType::int32: static_cast<std::int32_t*>(v.data)[offset] = static_cast<std::int32_t>(x); break;
+    case DType::int64: static_cast<std::int64_t*>(v.data)[offset] = static_cast<std::int64_t>(x); break;
+  }
+}
+
 /// Address of element (r, c) of a view.
 __device__ __forceinline__ char* element_address(const View& v, std::int64_t r, std::int64_t c) {
   const std::int64_t size = v.dtype == DType::bf16 ? 2 : (v.dtype == DType::int64 ? 8 : 4);
@@ -31,6 +51,34 @@ __device__ __forceinline__ void store(const View& v, std::int64_t r, std::int64_
     case DType::fp32: *reinterpret_cast<float*>(p) = x; break;
     case DType::int32: *reinterpret_cast<std::int32_t*>(p) = static_cast<std::int32_t>(x); break;
     case DType::int64: *reinterpret_cast<std::int64_t*>(p) = static_cast<std::int64_t>(x); break;
+  }
+}
+
+/// A bf16 or fp32 matrix whose rows are (group g, index i) pairs at buffer row
+/// base + g * gstride + i: attention's batch x seq activations (g = batch), its (batch*heads) x
+/// seq statistics and eager scores (g = batch*heads + head).
+struct Mat {
+  char* data = nullptr;
+  DType dtype = DType::fp32;
+  std::int64_t cols = 0;
+  std::int64_t base = 0;
+  std::int64_t gstride = 0;
+};
+
+__device__ __forceinline__ std::int64_t mat_index(const Mat& m, std::int64_t g, std::int64_t i, std::int64_t c) {
+  return (m.base + g * m.gstride + i) * m.cols + c;
+}
+__device__ __forceinline__ float mat_load(const Mat& m, std::int64_t g, std::int64_t i, std::int64_t c) {
+  const std::int64_t idx = mat_index(m, g, i, c);
+  if (m.dtype == DType::bf16) return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(m.data)[idx]);
+  return reinterpret_cast<const float*>(m.data)[idx];
+}
+__device__ __forceinline__ void mat_store(const Mat& m, std::int64_t g, std::int64_t i, std::int64_t c, float x) {
+  const std::int64_t idx = mat_index(m, g, i, c);
+  if (m.dtype == DType::bf16) {
+    reinterpret_cast<__nv_bfloat16*>(m.data)[idx] = __float2bfloat16_rn(x);
+  } else {
+    reinterpret_cast<float*>(m.data)[idx] = x;
   }
 }
 

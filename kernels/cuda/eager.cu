@@ -24,37 +24,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-/// A view whose rows are (group g, index i) pairs with buffer row base + g * gstride + i: a
-/// batch x seq activation (g = batch) or a (batch*heads*seq) x seq score matrix (g = batch*heads + head).
-struct Mat {
-  char* data = nullptr;
-  DType dtype = DType::fp32;
-  i64 cols = 0;
-  i64 base = 0;
-  i64 gstride = 0;
-};
-
-__device__ __forceinline__ float load_at(const void* data, DType dtype, i64 idx) {
-  if (dtype == DType::bf16) return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[idx]);
-  return static_cast<const float*>(data)[idx];
-}
-
-__device__ __forceinline__ void store_at(void* data, DType dtype, i64 idx, float x) {
-  if (dtype == DType::bf16) {
-    static_cast<__nv_bfloat16*>(data)[idx] = __float2bfloat16_rn(x);
-  } else {
-    static_cast<float*>(data)[idx] = x;
-  }
-}
-
-__device__ __forceinline__ float mat_load(const Mat& m, i64 g, i64 i, i64 c) {
-  return load_at(m.data, m.dtype, (m.base + g * m.gstride + i) * m.cols + c);
-}
-
-__device__ __forceinline__ void mat_store(const Mat& m, i64 g, i64 i, i64 c, float x) {
-  store_at(m.data, m.dtype, (m.base + g * m.gstride + i) * m.cols + c, x);
-}
-
 /// Index of the first element of view row r in its buffer (View::buffer_row * cols).
 __device__ __forceinline__ i64 row_start(const View& v, i64 r) {
   return ((r / v.positions) * v.seq_stride + v.first + r % v.positions) * v.cols;
@@ -317,17 +286,17 @@ __global__ void __launch_bounds__(kRowThreads) softmax_kernel(View scores, View 
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const i64 s0 = row_start(scores, r), p0 = row_start(probs, r);
     float mx = -INFINITY;
-    for (i64 c = tid; c < cols; c += kRowThreads) mx = fmaxf(mx, load_at(scores.data, scores.dtype, s0 + c));
+    for (i64 c = tid; c < cols; c += kRowThreads) mx = fmaxf(mx, load_at(scores, s0 + c));
     mx = block_reduce(mx, true, red);
     if (mx == -INFINITY) {  // a fully masked row
-      for (i64 c = tid; c < cols; c += kRowThreads) store_at(probs.data, probs.dtype, p0 + c, 0.0f);
+      for (i64 c = tid; c < cols; c += kRowThreads) store_at(probs, p0 + c, 0.0f);
       continue;
     }
     float sum = 0.0f;
-    for (i64 c = tid; c < cols; c += kRowThreads) sum += expf(load_at(scores.data, scores.dtype, s0 + c) - mx);
+    for (i64 c = tid; c < cols; c += kRowThreads) sum += expf(load_at(scores, s0 + c) - mx);
     sum = block_reduce(sum, false, red);
     for (i64 c = tid; c < cols; c += kRowThreads) {
-      store_at(probs.data, probs.dtype, p0 + c, expf(load_at(scores.data, scores.dtype, s0 + c) - mx) / sum);
+      store_at(probs, p0 + c, expf(load_at(scores, s0 + c) - mx) / sum);
     }
   }
 }
@@ -340,12 +309,12 @@ __global__ void __launch_bounds__(kRowThreads) softmax_backward_kernel(View prob
     const i64 p0 = row_start(probs, r), d0 = row_start(dprobs, r), s0 = row_start(dscores, r);
     float dot = 0.0f;
     for (i64 c = tid; c < cols; c += kRowThreads) {
-      dot += load_at(probs.data, probs.dtype, p0 + c) * load_at(dprobs.data, dprobs.dtype, d0 + c);
+      dot += load_at(probs, p0 + c) * load_at(dprobs, d0 + c);
     }
     dot = block_reduce(dot, false, red);
     for (i64 c = tid; c < cols; c += kRowThreads) {
-      const float p = load_at(probs.data, probs.dtype, p0 + c);
-      store_at(dscores.data, dscores.dtype, s0 + c, p * (load_at(dprobs.data, dprobs.dtype, d0 + c) - dot));
+      const float p = load_at(probs, p0 + c);
+      store_at(dscores, s0 + c, p * (load_at(dprobs, d0 + c) - dot));
     }
   }
 }

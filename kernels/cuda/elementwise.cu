@@ -24,25 +24,6 @@ constexpr int kThreads = 256;
 
 // ---- element access by element offset --------------------------------------------------------
 
-__device__ __forceinline__ float ld(const View& v, i64 off) {
-  switch (v.dtype) {
-    case DType::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[off]);
-    case DType::fp32: return static_cast<const float*>(v.data)[off];
-    case DType::int32: return static_cast<float>(static_cast<const std::int32_t*>(v.data)[off]);
-    case DType::int64: return static_cast<float>(static_cast<const std::int64_t*>(v.data)[off]);
-  }
-  return 0.0f;
-}
-
-__device__ __forceinline__ void st(const View& v, i64 off, float x) {
-  switch (v.dtype) {
-    case DType::bf16: static_cast<__nv_bfloat16*>(v.data)[off] = __float2bfloat16_rn(x); break;
-    case DType::fp32: static_cast<float*>(v.data)[off] = x; break;
-    case DType::int32: static_cast<std::int32_t*>(v.data)[off] = static_cast<std::int32_t>(x); break;
-    case DType::int64: static_cast<std::int64_t*>(v.data)[off] = static_cast<std::int64_t>(x); break;
-  }
-}
-
 __device__ __forceinline__ i64 ld_index(const View& v, i64 off) {
   return v.dtype == DType::int64 ? static_cast<const std::int64_t*>(v.data)[off]
                                  : static_cast<i64>(static_cast<const std::int32_t*>(v.data)[off]);
@@ -163,39 +144,39 @@ __device__ __forceinline__ void activation(GatedActivation a, float g, float& va
 struct GatedForwardOp {  // g, u, out
   GatedActivation a;
   __device__ void operator()(const View* v, const i64* off) const {
-    const float g = ld(v[0], off[0]), u = ld(v[1], off[1]);
+    const float g = load_at(v[0], off[0]), u = load_at(v[1], off[1]);
     float act = 0.0f, dact = 0.0f;
     activation(a, g, act, dact);
-    st(v[2], off[2], __fmul_rn(act, u));
+    store_at(v[2], off[2], __fmul_rn(act, u));
   }
 };
 
 struct GatedBackwardOp {  // dout, g, u, dg, du
   GatedActivation a;
   __device__ void operator()(const View* v, const i64* off) const {
-    const float d = ld(v[0], off[0]), g = ld(v[1], off[1]), u = ld(v[2], off[2]);  // all read before any write
+    const float d = load_at(v[0], off[0]), g = load_at(v[1], off[1]), u = load_at(v[2], off[2]);  // all read before any write
     float act = 0.0f, dact = 0.0f;
     activation(a, g, act, dact);
-    st(v[3], off[3], __fmul_rn(__fmul_rn(d, u), dact));
-    st(v[4], off[4], __fmul_rn(d, act));
+    store_at(v[3], off[3], __fmul_rn(__fmul_rn(d, u), dact));
+    store_at(v[4], off[4], __fmul_rn(d, act));
   }
 };
 
 struct AddOp {  // a, b, out
   __device__ void operator()(const View* v, const i64* off) const {
-    st(v[2], off[2], __fadd_rn(ld(v[0], off[0]), ld(v[1], off[1])));
+    store_at(v[2], off[2], __fadd_rn(load_at(v[0], off[0]), load_at(v[1], off[1])));
   }
 };
 
 struct SoftcapOp {  // x
   float cap;
   __device__ void operator()(const View* v, const i64* off) const {
-    st(v[0], off[0], __fmul_rn(cap, tanhf(__fdiv_rn(ld(v[0], off[0]), cap))));
+    store_at(v[0], off[0], __fmul_rn(cap, tanhf(__fdiv_rn(load_at(v[0], off[0]), cap))));
   }
 };
 
 struct ConvertOp {  // src, dst of different dtypes
-  __device__ void operator()(const View* v, const i64* off) const { st(v[1], off[1], ld(v[0], off[0])); }
+  __device__ void operator()(const View* v, const i64* off) const { store_at(v[1], off[1], load_at(v[0], off[0])); }
 };
 
 template <class T>
@@ -222,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) embedding_forward_kernel(View tokens
     const i64 t = ld_index(tokens, row_offset(tokens, r));
     const bool valid = t >= 0 && t < vocab;
     const i64 to = valid ? row_offset(table, t) : 0, oo = row_offset(out, r);
-    for (i64 c = lane; c < cols; c += 32) st(out, oo + c, valid ? __fmul_rn(ld(table, to + c), s) : __int_as_float(0x7fc00000));
+    for (i64 c = lane; c < cols; c += 32) store_at(out, oo + c, valid ? __fmul_rn(load_at(table, to + c), s) : __int_as_float(0x7fc00000));
   }
 }
 
@@ -238,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) embedding_backward_atomic_kernel(Vie
     const i64 t = ld_index(tokens, row_offset(tokens, r));
     if (t < 0 || t >= vocab) continue;  // outside the table: skipped
     const i64 to = row_offset(dtable, t), go = row_offset(dout, r);
-    for (i64 c = lane; c < cols; c += 32) atomicAdd(table + to + c, __fmul_rn(ld(dout, go + c), s));
+    for (i64 c = lane; c < cols; c += 32) atomicAdd(table + to + c, __fmul_rn(load_at(dout, go + c), s));
   }
 }
 
@@ -266,7 +247,7 @@ __global__ void __launch_bounds__(kOrderedThreads) embedding_backward_ordered_ke
         if (r0 + b < rows) {
           const i64 t = ld_index(tokens, ct.off);
           if (t >= 0 && t < vocab) off[b] = row_offset(dtable, t) + c;
-          g[b] = __fmul_rn(ld(dout, cd.off + c), s);
+          g[b] = __fmul_rn(load_at(dout, cd.off + c), s);
           cd.next(dout);
           ct.next(tokens);
         }
@@ -280,15 +261,15 @@ __global__ void __launch_bounds__(kOrderedThreads) embedding_backward_ordered_ke
       if (distinct) {
         float old[kOrderedBatch];
 #pragma unroll
-        for (int b = 0; b < kOrderedBatch; ++b) old[b] = off[b] >= 0 ? ld(dtable, off[b]) : 0.0f;
+        for (int b = 0; b < kOrderedBatch; ++b) old[b] = off[b] >= 0 ? load_at(dtable, off[b]) : 0.0f;
 #pragma unroll
         for (int b = 0; b < kOrderedBatch; ++b) {
-          if (off[b] >= 0) st(dtable, off[b], __fadd_rn(old[b], g[b]));
+          if (off[b] >= 0) store_at(dtable, off[b], __fadd_rn(old[b], g[b]));
         }
       } else {
 #pragma unroll
         for (int b = 0; b < kOrderedBatch; ++b) {
-          if (off[b] >= 0) st(dtable, off[b], __fadd_rn(ld(dtable, off[b]), g[b]));
+          if (off[b] >= 0) store_at(dtable, off[b], __fadd_rn(load_at(dtable, off[b]), g[b]));
         }
       }
     }

@@ -27,25 +27,6 @@ constexpr int kDwSlices = 16;  // row slices per dw block
 
 // ---- element access by element offset (the row's offset computed once) ----------------------
 
-__device__ __forceinline__ float ld(const View& v, i64 off) {
-  switch (v.dtype) {
-    case DType::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[off]);
-    case DType::fp32: return static_cast<const float*>(v.data)[off];
-    case DType::int32: return static_cast<float>(static_cast<const std::int32_t*>(v.data)[off]);
-    case DType::int64: return static_cast<float>(static_cast<const std::int64_t*>(v.data)[off]);
-  }
-  return 0.0f;
-}
-
-__device__ __forceinline__ void st(const View& v, i64 off, float x) {
-  switch (v.dtype) {
-    case DType::bf16: static_cast<__nv_bfloat16*>(v.data)[off] = __float2bfloat16_rn(x); break;
-    case DType::fp32: static_cast<float*>(v.data)[off] = x; break;
-    case DType::int32: static_cast<std::int32_t*>(v.data)[off] = static_cast<std::int32_t>(x); break;
-    case DType::int64: static_cast<std::int64_t*>(v.data)[off] = static_cast<std::int64_t>(x); break;
-  }
-}
-
 /// Element offset of the first element of view row r.
 __device__ __forceinline__ i64 row_offset(const View& v, i64 r) { return v.buffer_row(r) * v.cols; }
 
@@ -92,7 +73,7 @@ __device__ float block_sum(float v) {
 __device__ __forceinline__ void apply_row(const View& x, i64 xo, const View& w, i64 wo, float rs, float offset,
                                           const View& y, i64 yo, i64 cols) {
   for (i64 c = threadIdx.x; c < cols; c += kRowThreads) {
-    st(y, yo + c, __fmul_rn(__fmul_rn(ld(x, xo + c), rs), __fadd_rn(ld(w, wo + c), offset)));
+    store_at(y, yo + c, __fmul_rn(__fmul_rn(load_at(x, xo + c), rs), __fadd_rn(load_at(w, wo + c), offset)));
   }
 }
 
@@ -104,12 +85,12 @@ __global__ void __launch_bounds__(kRowThreads)
     const i64 xo = row_offset(x, r);
     float sum_sq = 0.0f;
     for (i64 c = threadIdx.x; c < cols; c += kRowThreads) {
-      const float v = ld(x, xo + c);
+      const float v = load_at(x, xo + c);
       sum_sq = __fadd_rn(sum_sq, __fmul_rn(v, v));
     }
     sum_sq = block_sum(sum_sq);
     const float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sum_sq, static_cast<float>(cols)), eps)));
-    if (threadIdx.x == 0) st(rstd, row_offset(rstd, r), rs);
+    if (threadIdx.x == 0) store_at(rstd, row_offset(rstd, r), rs);
     apply_row(x, xo, w, wo, rs, offset, y, row_offset(y, r), cols);
   }
 }
@@ -119,7 +100,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const i64 rows = x.rows(), cols = x.cols;
   const i64 wo = row_offset(w, 0);
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-    const float rs = ld(rstd, row_offset(rstd, r));
+    const float rs = load_at(rstd, row_offset(rstd, r));
     apply_row(x, row_offset(x, r), w, wo, rs, offset, y, row_offset(y, r), cols);
   }
 }
@@ -131,23 +112,23 @@ __global__ void __launch_bounds__(kRowThreads)
   const i64 wo = row_offset(w, 0);
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     const i64 xo = row_offset(x, r), dyo = row_offset(dy, r);
-    const float rs = ld(rstd, row_offset(rstd, r));
+    const float rs = load_at(rstd, row_offset(rstd, r));
     float dot = 0.0f;
     for (i64 c = threadIdx.x; c < cols; c += kRowThreads) {
-      const float xhat = __fmul_rn(ld(x, xo + c), rs);
-      const float g = ld(dy, dyo + c);
-      dot = __fadd_rn(dot, __fmul_rn(__fmul_rn(g, __fadd_rn(ld(w, wo + c), offset)), xhat));
+      const float xhat = __fmul_rn(load_at(x, xo + c), rs);
+      const float g = load_at(dy, dyo + c);
+      dot = __fadd_rn(dot, __fmul_rn(__fmul_rn(g, __fadd_rn(load_at(w, wo + c), offset)), xhat));
     }
     dot = block_sum(dot);  // also orders every read of this row before any write of dx
     const float mean = __fdiv_rn(dot, static_cast<float>(cols));
     const i64 dxo = row_offset(dx, r);
     const i64 ro = has_residual ? row_offset(residual, r) : 0;
     for (i64 c = threadIdx.x; c < cols; c += kRowThreads) {
-      const float xhat = __fmul_rn(ld(x, xo + c), rs);
-      const float dxhat = __fmul_rn(ld(dy, dyo + c), __fadd_rn(ld(w, wo + c), offset));
+      const float xhat = __fmul_rn(load_at(x, xo + c), rs);
+      const float dxhat = __fmul_rn(load_at(dy, dyo + c), __fadd_rn(load_at(w, wo + c), offset));
       float value = __fmul_rn(rs, __fsub_rn(dxhat, __fmul_rn(xhat, mean)));
-      if (has_residual) value = __fadd_rn(value, ld(residual, ro + c));
-      st(dx, dxo + c, value);
+      if (has_residual) value = __fadd_rn(value, load_at(residual, ro + c));
+      store_at(dx, dxo + c, value);
     }
   }
 }
@@ -171,9 +152,9 @@ __global__ void __launch_bounds__(kDwCols * kDwSlices)
       cx.init(x, r0);
       crs.init(rstd, r0);
       for (i64 r = r0; r < r1; ++r) {
-        const float rs = ld(rstd, crs.off);
-        const float xhat = __fmul_rn(ld(x, cx.off + c), rs);
-        acc = __fadd_rn(acc, __fmul_rn(ld(dy, cdy.off + c), xhat));
+        const float rs = load_at(rstd, crs.off);
+        const float xhat = __fmul_rn(load_at(x, cx.off + c), rs);
+        acc = __fadd_rn(acc, __fmul_rn(load_at(dy, cdy.off + c), xhat));
         cdy.next(dy);
         cx.next(x);
         crs.next(rstd);
@@ -185,8 +166,8 @@ __global__ void __launch_bounds__(kDwCols * kDwSlices)
       float value = partial[0][threadIdx.x];
       for (int s = 1; s < kDwSlices; ++s) value = __fadd_rn(value, partial[s][threadIdx.x]);
       const i64 o = row_offset(dw, 0) + c;
-      if (accumulate) value = __fadd_rn(value, ld(dw, o));
-      st(dw, o, value);
+      if (accumulate) value = __fadd_rn(value, load_at(dw, o));
+      store_at(dw, o, value);
     }
     __syncthreads();  // partial is rewritten by the next tile
   }

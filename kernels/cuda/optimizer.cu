@@ -18,19 +18,6 @@ using i64 = std::int64_t;
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float ld(const View& v, i64 off) {
-  return v.dtype == DType::bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[off])
-                                : static_cast<const float*>(v.data)[off];
-}
-
-__device__ __forceinline__ void st(const View& v, i64 off, float x) {
-  if (v.dtype == DType::bf16) {
-    static_cast<__nv_bfloat16*>(v.data)[off] = __float2bfloat16_rn(x);
-  } else {
-    static_cast<float*>(v.data)[off] = x;
-  }
-}
-
 /// Buffer offset of the k-th element (row-major over the view's rows and cols).
 __device__ __forceinline__ i64 flat_offset(const View& v, i64 k) {
   if (v.seqs == 1 || v.seq_stride == v.positions) return v.first * v.cols + k;
@@ -50,18 +37,18 @@ __global__ void __launch_bounds__(kThreads)
   const View pv = has_master ? master : w;
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   for (i64 k = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
-    const float grad = ld(g, flat_offset(g, k));
+    const float grad = load_at(g, flat_offset(g, k));
     const i64 po = flat_offset(pv, k), mo = flat_offset(m, k), vo = flat_offset(v, k);
-    float p = ld(pv, po);
+    float p = load_at(pv, po);
     p = __fsub_rn(p, __fmul_rn(o.lr_wd, p));  // decoupled weight decay, applied first
-    const float mk = __fadd_rn(__fmul_rn(o.beta1, ld(m, mo)), __fmul_rn(o.one_minus_beta1, grad));
-    const float vk = __fadd_rn(__fmul_rn(o.beta2, ld(v, vo)), __fmul_rn(__fmul_rn(o.one_minus_beta2, grad), grad));
-    st(m, mo, mk);
-    st(v, vo, vk);
+    const float mk = __fadd_rn(__fmul_rn(o.beta1, load_at(m, mo)), __fmul_rn(o.one_minus_beta1, grad));
+    const float vk = __fadd_rn(__fmul_rn(o.beta2, load_at(v, vo)), __fmul_rn(__fmul_rn(o.one_minus_beta2, grad), grad));
+    store_at(m, mo, mk);
+    store_at(v, vo, vk);
     const float step = __fdiv_rn(__fmul_rn(o.lr, __fdiv_rn(mk, o.bc1)), __fadd_rn(__fsqrt_rn(__fdiv_rn(vk, o.bc2)), o.eps));
     p = __fsub_rn(p, step);
-    st(pv, po, p);
-    if (has_master) st(w, flat_offset(w, k), p);
+    store_at(pv, po, p);
+    if (has_master) store_at(w, flat_offset(w, k), p);
   }
 }
 
@@ -71,10 +58,10 @@ __global__ void __launch_bounds__(kThreads)
   const i64 stride = static_cast<i64>(gridDim.x) * blockDim.x;
   for (i64 k = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
     const i64 po = flat_offset(pv, k);
-    float p = ld(pv, po);
-    p = __fsub_rn(p, __fmul_rn(lr, __fadd_rn(ld(g, flat_offset(g, k)), __fmul_rn(weight_decay, p))));
-    st(pv, po, p);
-    if (has_master) st(w, flat_offset(w, k), p);
+    float p = load_at(pv, po);
+    p = __fsub_rn(p, __fmul_rn(lr, __fadd_rn(load_at(g, flat_offset(g, k)), __fmul_rn(weight_decay, p))));
+    store_at(pv, po, p);
+    if (has_master) store_at(w, flat_offset(w, k), p);
   }
 }
 

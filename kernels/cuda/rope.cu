@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/device.cuh"
 #include "kernels/cuda/rope.cuh"
+#include "kernels/rope_frequencies.h"
 
 namespace mstplan::cuda {
 namespace {
@@ -26,19 +27,6 @@ constexpr int kMaxHalf = 256;  ///< head_dim up to 512
 struct InvFreq {
   double f[kMaxHalf];
 };
-
-__device__ __forceinline__ float ld(const View& v, i64 off) {
-  return v.dtype == DType::bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[off])
-                                : static_cast<const float*>(v.data)[off];
-}
-
-__device__ __forceinline__ void st(const View& v, i64 off, float x) {
-  if (v.dtype == DType::bf16) {
-    static_cast<__nv_bfloat16*>(v.data)[off] = __float2bfloat16_rn(x);
-  } else {
-    static_cast<float*>(v.data)[off] = x;
-  }
-}
 
 __global__ void __launch_bounds__(kThreads) rope_kernel(View x, i64 head_dim, InvFreq inv, bool inverse) {
   __shared__ double freq[kMaxHalf];
@@ -59,9 +47,9 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(View x, i64 head_dim, In
     for (i64 p = threadIdx.x; p < heads * half; p += kThreads) {
       const i64 h = p / half, i = p - h * half;
       const i64 c1 = base + h * head_dim + i, c2 = c1 + half;
-      const float x1 = ld(x, c1), x2 = ld(x, c2), c = cs[i], s = sn[i];
-      st(x, c1, __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
-      st(x, c2, __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+      const float x1 = load_at(x, c1), x2 = load_at(x, c2), c = cs[i], s = sn[i];
+      store_at(x, c1, __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+      store_at(x, c2, __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
     }
   }
 }
@@ -79,41 +67,13 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
   require(rope.scaling >= 0 && rope.scaling <= 3, "unknown scaling");
   require(head_dim / 2 <= kMaxHalf, "head_dim above 512 is not supported");
   require(x.dtype == DType::bf16 || x.dtype == DType::fp32, "x must be bf16 or fp32");
-  const i64 half = head_dim / 2;
-  const auto dim = static_cast<double>(head_dim);
-
-  // The reference's inverse frequencies, line for line.
-  double base = rope.theta;
-  if (rope.scaling == 2) {
-    require(rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
-    if (seq_len > rope.max_position_embeddings) {
-      const double ratio =
-          rope.factor * static_cast<double>(seq_len) / static_cast<double>(rope.max_position_embeddings);
-      base = rope.theta * std::pow(ratio - (rope.factor - 1.0), dim / (dim - 2.0));
-    }
-  }
+  require(rope.scaling != 2 || rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
   if (rope.scaling == 3) {
     require(rope.original_max_position_embeddings > 0, "llama3 scaling needs original_max_position_embeddings");
     require(rope.high_freq_factor != rope.low_freq_factor, "llama3 needs high_freq_factor != low_freq_factor");
   }
-  InvFreq inv{};
-  for (i64 i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(base, static_cast<double>(2 * i) / dim);
-    if (rope.scaling == 1) f /= rope.factor;
-    if (rope.scaling == 3) {
-      const auto orig = static_cast<double>(rope.original_max_position_embeddings);
-      const double low_freq_wavelen = orig / rope.low_freq_factor;
-      const double high_freq_wavelen = orig / rope.high_freq_factor;
-      const double wavelen = 2.0 * std::numbers::pi / f;
-      if (wavelen > low_freq_wavelen) {
-        f /= rope.factor;
-      } else if (wavelen >= high_freq_wavelen) {
-        const double smooth = (orig / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
-        f = (1.0 - smooth) * f / rope.factor + smooth * f;
-      }
-    }
-    inv.f[i] = f;
-  }
+  InvFreq inv{};  // the reference's frequencies (one shared function), passed by value to the kernel
+  kernels::rope_inverse_frequencies(rope, head_dim, seq_len, inv.f);
 
   const i64 rows = x.seqs * x.positions;
   if (rows == 0 || x.cols == 0) return;

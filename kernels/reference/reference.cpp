@@ -2,6 +2,8 @@
 // Scratch is a handful of fp32 vectors of head_dim or cols elements; nothing grows with rows or seq.
 #include "kernels/reference/reference.h"
 
+#include "kernels/rope_frequencies.h"
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -423,44 +425,14 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
   MSTPLAN_CHECK(x.cols % head_dim == 0, "rope: cols {} not a multiple of head_dim {}", x.cols, head_dim);
   MSTPLAN_CHECK(rope.scaling >= 0 && rope.scaling <= 3, "rope: unknown scaling {}", rope.scaling);
   const i64 half = head_dim / 2;
-  const auto dim = static_cast<double>(head_dim);
-
-  // Base (dynamic NTK changes it beyond max_position_embeddings).
-  double base = rope.theta;
-  if (rope.scaling == 2) {
-    MSTPLAN_CHECK(rope.max_position_embeddings > 0, "rope: dynamic scaling needs max_position_embeddings");
-    if (seq_len > rope.max_position_embeddings) {
-      const double ratio = rope.factor * static_cast<double>(seq_len) /
-                           static_cast<double>(rope.max_position_embeddings);
-      base = rope.theta * std::pow(ratio - (rope.factor - 1.0), dim / (dim - 2.0));
-    }
-  }
+  MSTPLAN_CHECK(rope.scaling != 2 || rope.max_position_embeddings > 0, "rope: dynamic scaling needs max_position_embeddings");
   if (rope.scaling == 3) {
     MSTPLAN_CHECK(rope.original_max_position_embeddings > 0,
                   "rope: llama3 scaling needs original_max_position_embeddings");
     MSTPLAN_CHECK(rope.high_freq_factor != rope.low_freq_factor, "rope: llama3 needs high_freq_factor != low_freq_factor");
   }
-
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
-  for (i64 i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(base, static_cast<double>(2 * i) / dim);
-    if (rope.scaling == 1) f /= rope.factor;
-    if (rope.scaling == 3) {
-      // transformers' _compute_llama3_parameters.
-      const auto orig = static_cast<double>(rope.original_max_position_embeddings);
-      const double low_freq_wavelen = orig / rope.low_freq_factor;
-      const double high_freq_wavelen = orig / rope.high_freq_factor;
-      const double wavelen = 2.0 * std::numbers::pi / f;
-      if (wavelen > low_freq_wavelen) {
-        f /= rope.factor;
-      } else if (wavelen >= high_freq_wavelen) {
-        const double smooth =
-            (orig / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
-        f = (1.0 - smooth) * f / rope.factor + smooth * f;
-      }
-    }
-    inv_freq[static_cast<std::size_t>(i)] = f;
-  }
+  kernels::rope_inverse_frequencies(rope, head_dim, seq_len, inv_freq.data());
 
   const i64 heads = x.cols / head_dim;
   for (i64 r = 0; r < x.rows(); ++r) {
