@@ -95,7 +95,6 @@ RunOutcome run_command(const RunCommand& c, std::ostream& out) {
   options.seed = c.seed;
   options.ignore_fraction = c.ignore_fraction;
   options.memory_only = c.memory_only;
-  if (c.verify && c.memory_only) return {code(ExitCode::usage), "--memory-only: verify compares results, which need the kernels"};
   const std::string header =
       fmt::format("{}: {} ({}), {} tokens x batch {}, backend {}", c.plan_file, file->model.name,
                   describe_plan(file->plan, file->model, file->seq_len), format_thousands(file->seq_len),
