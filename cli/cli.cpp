@@ -1,5 +1,8 @@
 #include "cli/cli.h"
 
+#include <unistd.h>
+
+#include <iostream>
 #include <optional>
 #include <variant>
 #include <ostream>
@@ -19,9 +22,14 @@
 #include "planner/plan_io.h"
 #include "planner/schedule_check.h"
 #include "planner/search.h"
+#include "planner/search_json.h"
 #include "planner/setup.h"
 #include "planner/static_memory.h"
 #include "planner/units.h"
+#include "report/measured.h"
+#include "report/report.h"
+#include "report/report_files.h"
+#include "report/sweep.h"
 #include "runtime/device_probe.h"
 
 #ifndef MSTPLAN_VERSION
@@ -135,22 +143,29 @@ Expected<Spec> resolve_reference(const Flag& flag, const std::optional<std::stri
   return spec;
 }
 
-std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
+// What the plan flags (and a scenario file) describe: a model, a GPU and a setup.
+struct PlanInputs {
+  ModelSpec model;
+  GpuSpec gpu;
+  TrainingSetup setup;
+};
+
+std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
   Scenario scenario;
   if (f.scenario.given()) {
-    if (f.scenario.value.empty()) return usage("--scenario: expected a file, got ''");
+    if (f.scenario.value.empty()) return *usage("--scenario: expected a file, got ''");
     auto loaded = load_scenario_file(f.scenario.value);
     if (!loaded) return Failure{exit_code_of(loaded.error()), loaded.error().message};
     scenario = std::move(*loaded);
   }
   if (!f.model.given() && !scenario.model) {
-    return usage("--model is required (or a scenario file with a 'model' field); e.g. --model llama3-8b");
+    return *usage("--model is required (or a scenario file with a 'model' field); e.g. --model llama3-8b");
   }
   if (!f.gpu.given() && !scenario.gpu) {
-    return usage("--gpu is required (or a scenario file with a 'gpu' field); e.g. --gpu A100-80G");
+    return *usage("--gpu is required (or a scenario file with a 'gpu' field); e.g. --gpu A100-80G");
   }
   TrainingSetup setup = scenario.setup;
-  if (auto failure = apply_flags(f, setup)) return failure;
+  if (auto failure = apply_flags(f, setup)) return *failure;
   auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);
   if (!model) return Failure{exit_code_of(model.error()), model.error().message};
   auto gpu = resolve_reference<GpuSpec>(f.gpu, scenario.gpu, scenario.source, "gpu", resolve_gpu);
@@ -158,6 +173,16 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   if (auto error = check_setup_for_model(setup, *model, scenario.source.empty() ? "flags" : scenario.source)) {
     return Failure{exit_code_of(*error), error->message};
   }
+  return PlanInputs{std::move(*model), std::move(*gpu), std::move(setup)};
+}
+
+std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
+  auto resolved = resolve_inputs(f);
+  if (auto* failure = std::get_if<Failure>(&resolved)) return std::move(*failure);
+  PlanInputs& inputs = std::get<PlanInputs>(resolved);
+  const ModelSpec* model = &inputs.model;
+  const GpuSpec* gpu = &inputs.gpu;
+  TrainingSetup& setup = inputs.setup;
 
   Method chosen_method = Method::automatic;
   std::vector<Method> methods(all_methods().begin(), all_methods().end());
@@ -205,6 +230,117 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
                              chosen->analysis.peak_live_bytes, chosen->required_bytes, chosen->peak_at,
                              chosen->time.tokens_per_s}};
     if (auto error = write_text_file(f.out.value, plan_to_yaml(file))) return Failure{ExitCode::internal, error->message};
+  }
+  return std::nullopt;
+}
+
+// The flags of `report` and `sweep` beyond the plan flags.
+struct ReportFlags {
+  std::string out;
+  std::vector<std::string> measured;  // extra measurement files
+  std::vector<std::string> files;     // sweep inputs
+  int jobs = 0;
+  bool json = false;
+};
+
+// The built-in measurements and the files given with --measured.
+std::variant<std::vector<report::Measurement>, Failure> measurements(const ReportFlags& r) {
+  std::vector<report::Measurement> all = report::builtin_measurements();
+  for (const std::string& file : r.measured) {
+    auto loaded = report::load_measurement_file(file);
+    if (!loaded) return Failure{exit_code_of(loaded.error()), loaded.error().message};
+    all.insert(all.end(), loaded->begin(), loaded->end());
+  }
+  return all;
+}
+
+// "mst-plan report --model llama3-8b ...": how the user asked, for the report's first line.
+std::string command_line(const std::vector<std::string>& args) {
+  std::string out = "mst-plan";
+  for (const std::string& a : args) {
+    const bool plain = !a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                                         "-_./=:+,@%") == std::string::npos;
+    out += " " + (plain ? a : "'" + a + "'");
+  }
+  return out;
+}
+
+bool stderr_is_terminal(const std::ostream& err) {
+  return err.rdbuf() == std::cerr.rdbuf() && ::isatty(STDERR_FILENO) == 1;
+}
+
+std::optional<Failure> run_report(const PlanFlags& f, const ReportFlags& r, const std::string& command, std::ostream& out) {
+  if (f.method.given()) return usage("--method: a report covers every method; leave it out");
+  if (r.out.empty()) return usage("report: --out DIR is required (the folder the report is written to)");
+  auto resolved = resolve_inputs(f);
+  if (auto* failure = std::get_if<Failure>(&resolved)) return std::move(*failure);
+  const PlanInputs& inputs = std::get<PlanInputs>(resolved);
+  auto measured = measurements(r);
+  if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
+  report::ReportOptions options;
+  options.measurements = std::move(std::get<std::vector<report::Measurement>>(measured));
+  const report::Report rep = report::build_report(inputs.model, inputs.gpu, inputs.setup, options);
+  auto written = report::write_report(r.out, report::report_files(rep, command), report::find_gnuplot());
+  if (!written) return Failure{ExitCode::internal, written.error().message};
+  if (r.json || f.json) {
+    nlohmann::json j = {{"out", r.out},
+                        {"report", r.out + "/report.md"},
+                        {"figures", written->figures},
+                        {"figures_note", written->figures_note},
+                        {"measured_rows", rep.measured.size()}};
+    nlohmann::json longest;
+    for (const MethodResult& m : rep.search.methods) {
+      longest[std::string(to_string(m.method))] = m.at_max ? m.at_max->seq_len : 0;
+    }
+    j["max_seq_len"] = longest;
+    out << json_text(j) << '\n';
+    return std::nullopt;
+  }
+  fmt::print(out, "{} on {}: longest sequence per method\n", inputs.model.name, inputs.gpu.name);
+  for (const MethodResult& m : rep.search.methods) {
+    fmt::print(out, "  {:<12} {:>10}\n", to_string(m.method), m.at_max ? format_thousands(m.at_max->seq_len) : "none fits");
+  }
+  fmt::print(out, "report written: {}/report.md ({} figures{}, data in {}/data, every number in {}/report.json)\n", r.out,
+             written->figures.size(), rep.measured.empty() ? "" : fmt::format(", {} measured rows", rep.measured.size()),
+             r.out, r.out);
+  if (!written->figures_note.empty()) fmt::print(out, "note: {}\n", written->figures_note);
+  return std::nullopt;
+}
+
+std::optional<Failure> run_sweep_command(const ReportFlags& r, const std::string& command, std::ostream& out,
+                                         std::ostream& err) {
+  if (r.out.empty()) return usage("sweep: --out DIR is required (the folder the reports and the index go to)");
+  if (r.jobs < 0) return usage(fmt::format("--jobs: expected a positive integer, got '{}'", r.jobs));
+  auto inputs = report::load_sweep_inputs(r.files);
+  if (!inputs) return Failure{exit_code_of(inputs.error()), inputs.error().message};
+  auto measured = measurements(r);
+  if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
+  report::SweepOptions options;
+  options.jobs = r.jobs;
+  options.command = command;
+  options.gnuplot = report::find_gnuplot();
+  options.report.measurements = std::move(std::get<std::vector<report::Measurement>>(measured));
+  const bool terminal = stderr_is_terminal(err);
+  options.on_progress = [&](const report::SweepProgress& p) {
+    err << report::format_progress(p, terminal);
+    if (terminal && p.done == p.total) err << '\n';
+    err.flush();
+  };
+  auto result = report::run_sweep(*inputs, r.out, options);
+  if (!result) return Failure{ExitCode::internal, result.error().message};
+  const std::int64_t failures = result->failures();
+  fmt::print(out, "{} reports written to {}/ (index: {}/index.md){}\n",
+             static_cast<std::int64_t>(result->rows.size()) - failures, r.out, r.out,
+             failures > 0 ? fmt::format(", {} failed", failures) : "");
+  if (!options.gnuplot) {
+    fmt::print(out, "note: gnuplot not found (apt-get install gnuplot-nox): the figures' data and scripts are written; "
+                    "draw them with `gnuplot figures/*.gp` in each report's folder\n");
+  }
+  for (const auto& row : result->rows) {
+    if (row.error) {
+      return Failure{ExitCode::internal, fmt::format("{} of {} reports failed; {}: {}", failures, result->rows.size(),
+                                                     row.item->name, row.error->message)};
+    }
   }
   return std::nullopt;
 }
@@ -380,6 +516,8 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan devices                   # the CUDA devices of this machine against the catalog
   mst-plan --model tiny-llama --gpu A100-80G --seq 256 --out tiny.yaml && mst-plan verify tiny.yaml
   mst-plan run tiny.yaml --steps 20  # execute it: loss per step, predicted against measured memory
+  mst-plan report --model llama3-8b --gpu A100-80G --out my-report   # Markdown + SVG trade-off report
+  mst-plan sweep reports/examples.yaml --out reports                 # many reports and an index
 
 Exit codes: 0 success, 1 output not written or internal error, 2 usage (bad flag or value), 3 bad
 input (model, GPU, scenario or plan not found, unreadable, malformed or invalid), 4 unavailable (no
@@ -486,6 +624,31 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
                 "Allocate and free every tensor as the step does but run no kernel: whether a long plan fits, in "
                 "seconds (no loss)");
 
+  ReportFlags report_flags;
+  CLI::App* report_cmd = app.add_subcommand(
+      "report", "Write a trade-off report (Markdown, SVG figures through gnuplot, CSV/JSON data) for a model and a GPU; "
+                "takes the planning flags; e.g. mst-plan report --model llama3-8b --gpu A100-80G --out reports/mine");
+  report_cmd->fallthrough();  // the planning flags (--model, --gpu, --batch, ...) belong to the main command
+  report_cmd->add_option("--out,-o", report_flags.out, "The folder to write (created; an earlier report there is replaced)")
+      ->type_name("DIR");
+  report_cmd->add_option("--measured", report_flags.measured,
+                         "Measurement files to compare with, besides scenarios/measured/ (repeatable)")
+      ->type_name("FILE");
+  report_cmd->add_flag("--json", report_flags.json, "Print what was written as JSON");
+
+  ReportFlags sweep_flags;
+  CLI::App* sweep_cmd = app.add_subcommand(
+      "sweep", "One report per scenario, in parallel, and an index with a summary table; FILEs are scenario files or "
+               "sweep files (models x GPUs x setups); e.g. mst-plan sweep reports/examples.yaml --out reports");
+  sweep_cmd->add_option("files", sweep_flags.files, "Scenario or sweep files")->type_name("FILE...")->required();
+  sweep_cmd->add_option("--out,-o", sweep_flags.out, "The folder for the reports and index.md")->type_name("DIR");
+  sweep_cmd->add_option("--jobs,-j", sweep_flags.jobs, "Reports built at once (default: one per hardware thread)")
+      ->type_name("N")
+      ->check(CLI::Range(1, 1024));
+  sweep_cmd->add_option("--measured", sweep_flags.measured,
+                        "Measurement files to compare with, besides scenarios/measured/ (repeatable)")
+      ->type_name("FILE");
+
   bool devices_json = false;
   CLI::App* devices = app.add_subcommand(
       "devices", "Probe this machine's CUDA devices and compare their memory with the catalog; e.g. mst-plan devices");
@@ -513,9 +676,13 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   }
   std::optional<Failure> failure;
   CLI::App* subcommand = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
-  if (subcommand && !f.given_names().empty()) {
+  if (report_cmd->parsed()) {
+    failure = run_report(f, report_flags, command_line(args), out);
+  } else if (subcommand && !f.given_names().empty()) {
     failure = usage(fmt::format("{} applies to planning, not to 'mst-plan {}'", f.given_names().front(),
                                 subcommand->get_name()));
+  } else if (sweep_cmd->parsed()) {
+    failure = run_sweep_command(sweep_flags, command_line(args), out, err);
   } else if (models->parsed()) {
     failure = run_models(models_which, models_json || f.json, out);
   } else if (gpus->parsed()) {

@@ -3,8 +3,6 @@
 // sequences, the chosen plan with its memory breakdown at the peak, and the same as JSON.
 #include <iosfwd>
 
-#include <nlohmann/json.hpp>
-
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
 #include "planner/search.h"
@@ -21,11 +19,5 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
 void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                   const SearchResult& result, Method chosen_method, const Evaluation* chosen,
                   const std::string& plan_path);
-
-[[nodiscard]] nlohmann::json plan_json(const Plan& plan, const ModelSpec& model, std::int64_t seq_len);
-[[nodiscard]] nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model);
-/// The `methods` array (and `pareto`, `fastest_at_seq`, `chosen`) of the --json contract.
-void add_search_json(nlohmann::json& out, const ModelSpec& model, const TrainingSetup& setup, const SearchResult& result,
-                     Method chosen_method, const Evaluation* chosen);
 
 }  // namespace mstplan::cli

@@ -179,6 +179,39 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
   return lo;
 }
 
+std::optional<Evaluation> fastest_fitting(Evaluator& evaluator, const ModelSpec& model, const TrainingSetup& setup,
+                                          std::int64_t seq_len) {
+  std::vector<Plan> plans = auto_candidates(model, setup.knobs);
+  // Partial recompute: the fewest recomputed layers that fit, when all of them do (and the
+  // scenario did not fix the layers, `layers: all` included).
+  Plan partial = apply_knobs(Plan::mst_reference(model), setup.knobs);
+  if (partial.recompute == RecomputeKind::full && !setup.knobs.recompute_layers &&
+      evaluator.evaluate(partial, seq_len).fits) {
+    std::int64_t lo = 0, hi = model.num_layers;  // hi layers fit; lo do not (checked lazily)
+    while (hi - lo > 1) {
+      const std::int64_t mid = (lo + hi) / 2;
+      Plan p = partial;
+      for (std::int64_t l = 0; l < mid; ++l) p.recompute_layers.push_back(l);
+      if (evaluator.evaluate(p, seq_len).fits) {
+        hi = mid;
+      } else {
+        lo = mid;
+      }
+    }
+    if (hi < model.num_layers) {
+      for (std::int64_t l = 0; l < hi; ++l) partial.recompute_layers.push_back(l);
+      plans.push_back(partial);
+    }
+  }
+  std::optional<Evaluation> fastest;
+  for (const Plan& plan : plans) {
+    Evaluation e = evaluator.evaluate(plan, seq_len);
+    if (!e.fits) continue;
+    if (!fastest || e.time.tokens_per_s > fastest->time.tokens_per_s) fastest = std::move(e);
+  }
+  return fastest;
+}
+
 SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                     std::span<const Method> methods, const SearchOptions& options) {
   Evaluator evaluator(model, gpu, setup, options);
@@ -215,35 +248,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
       }
       result.pareto = pareto_front(points);
       if (request) {
-        std::vector<Plan> plans = auto_candidates(model, setup.knobs);
-        // Partial recompute: the fewest recomputed layers that fit, when all of them do (and the
-        // scenario did not fix the layers, `layers: all` included).
-        Plan partial = apply_knobs(Plan::mst_reference(model), setup.knobs);
-        if (partial.recompute == RecomputeKind::full && !setup.knobs.recompute_layers &&
-            evaluator.evaluate(partial, *request).fits) {
-          std::int64_t lo = 0, hi = model.num_layers;  // hi layers fit; lo do not (checked lazily)
-          while (hi - lo > 1) {
-            const std::int64_t mid = (lo + hi) / 2;
-            Plan p = partial;
-            for (std::int64_t l = 0; l < mid; ++l) p.recompute_layers.push_back(l);
-            if (evaluator.evaluate(p, *request).fits) {
-              hi = mid;
-            } else {
-              lo = mid;
-            }
-          }
-          if (hi < model.num_layers) {
-            for (std::int64_t l = 0; l < hi; ++l) partial.recompute_layers.push_back(l);
-            plans.push_back(partial);
-          }
-        }
-        for (const Plan& plan : plans) {
-          Evaluation e = evaluator.evaluate(plan, *request);
-          if (!e.fits) continue;
-          if (!result.fastest_at_request || e.time.tokens_per_s > result.fastest_at_request->time.tokens_per_s) {
-            result.fastest_at_request = std::move(e);
-          }
-        }
+        result.fastest_at_request = fastest_fitting(evaluator, model, setup, *request);
         r.at_request = result.fastest_at_request;
       }
     }

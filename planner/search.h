@@ -97,6 +97,11 @@ class Evaluator {
   Program scratch_;  // the last program built, whose storage the next one reuses
 };
 
+/// auto at one length: the fastest of its candidate plans (and of partial recompute, the fewest
+/// recomputed first layers, when the scenario leaves the layers free) that fits; nullopt when none does.
+[[nodiscard]] std::optional<Evaluation> fastest_fitting(Evaluator& evaluator, const ModelSpec& model,
+                                                        const TrainingSetup& setup, std::int64_t seq_len);
+
 [[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                                   std::span<const Method> methods, const SearchOptions& options = {});
 

@@ -433,6 +433,29 @@ std::optional<FieldReader> FieldReader::optional_map(std::string_view key) {
   return FieldReader(state_, field->value, describe(key) + ".", what_);
 }
 
+std::vector<FieldReader> FieldReader::optional_map_list(std::string_view key, std::vector<YAML::Mark>* marks) {
+  Field* field = find(key);
+  if (!field) return {};
+  if (!field->value.IsSequence()) {
+    fail_field(*field, field->value.IsScalar()
+                           ? fmt::format("expected a list of mappings, got '{}'", printable(field->value.Scalar()))
+                           : std::string("expected a list of mappings, got a mapping"));
+    return {};
+  }
+  std::vector<FieldReader> out;
+  std::size_t index = 0;
+  for (const auto& item : field->value) {
+    const std::string prefix = fmt::format("{}[{}]", describe(key), index++);
+    if (!item.IsMap()) {
+      fail_at(item.Mark(), fmt::format("field '{}': expected a mapping of fields", prefix));
+      return {};
+    }
+    out.push_back(FieldReader(state_, item, prefix + ".", what_));
+    if (marks) marks->push_back(item.Mark());
+  }
+  return out;
+}
+
 std::optional<Error> FieldReader::finish() {
   if (!ok()) return state_->error;
   for (const Field& field : fields_) {

@@ -96,6 +96,9 @@ class FieldReader {
   }
   /// A nested mapping; nullopt when absent or null (or after an error).
   std::optional<FieldReader> optional_map(std::string_view key);
+  /// A list of mappings ("key[2].field" in messages); empty when absent, null or after an error.
+  /// Each item's line and column are in `marks` when given.
+  std::vector<FieldReader> optional_map_list(std::string_view key, std::vector<YAML::Mark>* marks = nullptr);
 
   /// Records an error at `key` (or at the mapping when the key is absent), unless one is set.
   void fail(std::string_view key, std::string_view message);
