@@ -17,6 +17,7 @@ std::vector<Plan> auto_candidates(const ModelSpec& m, const PlanKnobs& knobs) {
   const Plan mst = Plan::mst_reference(m);
   std::vector<Plan> out;
   out.push_back(Plan::vanilla());
+  out.push_back(Plan::recompute_all());  // every fixed method's plan is a candidate, so auto is never worse
   {
     Plan p = mst;  // no recompute: gate and up kept (paper), transients chunked
     p.recompute = RecomputeKind::none;

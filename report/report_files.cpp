@@ -314,7 +314,7 @@ std::string throughput_gp(const Report& r) {
   gp += fmt::format("set title {} noenhanced\n", gp_text(fmt::format("Estimated tokens/s against sequence length ({} on {})",
                                                           r.model.name, r.gpu.name)));
   gp += "set logscale x 2\nset logscale y 10\nset xlabel 'sequence length (K tokens)'\nset ylabel 'tokens/s (estimated)'\n"
-        "set key inside bottom left box opaque font ',11'\nset format x '%.0f'\n";
+        "set key inside bottom left box font ',11'\nset format x '%.0f'\n";
   std::string plot = "plot ";
   bool first = true;
   for (const MethodResult& m : r.search.methods) {
@@ -459,9 +459,12 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
   if (r.chunk_grid.empty()) {
     line("Not drawn: nothing fits.");
   } else {
-    line(fmt::format("MST's plan ({}), with the MLP and LM-head chunk counts fixed instead of derived from d. Longest "
-                     "sequence in tokens:",
-                     describe_plan(r.chunk_base_plan, r.model, r.search.methods.back().at_max ? r.search.methods.back().at_max->seq_len : 1)));
+    const Plan& p = r.chunk_base_plan;
+    line(fmt::format("MST's plan (MLP {}, LM head + loss {}, {} recompute of {} layers, checkpoints on the {}) with the "
+                     "MLP and LM-head chunk counts fixed instead of derived from d. Longest sequence in tokens:",
+                     to_string(p.mlp_mode), to_string(p.lm_head_mode), to_string(p.recompute),
+                     p.recompute_layers.empty() ? std::string("all") : fmt::format("{}", p.recompute_layers.size()),
+                     p.offload_checkpoints ? "host" : "device"));
     line("");
     std::vector<std::int64_t> mlps, heads;
     for (const ChunkPoint& c : r.chunk_grid) {
@@ -714,7 +717,8 @@ Expected<WrittenReport> write_report(const fs::path& dir, const std::vector<Repo
   fs::create_directories(parent, ec);
   if (ec) return make_error(ErrorKind::io, "{}: cannot create the folder: {}", parent.string(), ec.message());
   const std::string suffix = unique_suffix();
-  const fs::path staging = parent / fmt::format(".{}.partial-{}", target.filename().string(), suffix);
+  // Absolute: gnuplot runs with the staging folder as its working directory.
+  const fs::path staging = fs::absolute(parent / fmt::format(".{}.partial-{}", target.filename().string(), suffix), ec);
   auto fail = [&](Error error) -> Expected<WrittenReport> {
     std::error_code ignored;
     fs::remove_all(staging, ignored);

@@ -150,7 +150,6 @@ nlohmann::json index_json(const SweepInputs& inputs, const SweepResult& result, 
   nlohmann::json rows = nlohmann::json::array();
   for (const SweepResult::Row& row : result.rows) {
     nlohmann::json j = {{"name", row.item->name},
-                        {"origin", row.item->origin},
                         {"model", row.item->model.name},
                         {"gpu", row.item->gpu.name},
                         {"setup", setup_json(row.item->setup)}};
@@ -164,7 +163,6 @@ nlohmann::json index_json(const SweepInputs& inputs, const SweepResult& result, 
       j["max_seq_len"] = longest;
       j["auto_tokens_per_s"] = row.auto_tokens_per_s;
       j["report"] = row.item->name + "/report.md";
-      j["figures"] = row.written.figures;
     }
     rows.push_back(j);
   }

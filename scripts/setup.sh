@@ -10,6 +10,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git   # toolchain
   libfmt-dev libyaml-cpp-dev libboost-graph-dev libcli11-dev nlohmann-json3-dev   # libraries
   libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev   # tests and benchmarks
+  libexpat1-dev   # the report tests parse every SVG figure
   gnuplot-nox   # report figures
 )
 
