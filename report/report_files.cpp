@@ -665,7 +665,14 @@ std::vector<ReportFile> report_files(const Report& r, const std::string& command
     for (const TimelineSeries& t : r.timelines) files.push_back({fmt::format("data/timeline-{}.csv", t.label), timeline_csv(t)});
     add_figure("timeline", "", "", timeline_gp(r));
   }
-  if (!r.chunk_grid.empty()) add_figure("chunks", "chunks.csv", chunks_csv(r), chunks_gp(r));
+  // gnuplot refuses a plot whose data has no point: draw the grid only when some count fits.
+  const bool grid_fits = std::any_of(r.chunk_grid.begin(), r.chunk_grid.end(),
+                                     [](const ChunkPoint& c) { return c.longest.has_value(); });
+  if (grid_fits) {
+    add_figure("chunks", "chunks.csv", chunks_csv(r), chunks_gp(r));
+  } else if (!r.chunk_grid.empty()) {
+    files.push_back({"data/chunks.csv", chunks_csv(r)});
+  }
   if (!r.throughput.empty()) {
     files.push_back({"data/pareto.csv", pareto_csv(r)});
     add_figure("throughput", "throughput.csv", throughput_csv(r), throughput_gp(r));

@@ -527,6 +527,18 @@ TEST(Report, NothingFitsIsAReportNotACrash) {
   const std::string md = source_file_at((out / "report.md").string());
   EXPECT_NE(md.find("**Nothing fits**"), std::string::npos);
   EXPECT_NE(md.find("| vanilla | none fits |"), std::string::npos);
+
+  // The static state fits but no length does (batch 2, mixed precision, 4 micro-batches of fp32
+  // gradients kept): every table says so and no figure is drawn from empty data.
+  const fs::path knobs = dir.path() / "k";
+  const test::CliResult k = run({"report", "--scenario", std::string(MSTPLAN_SOURCE_DIR) + "/scenarios/examples/llama3-8b-mixed-knobs.yaml",
+                                 "--out", knobs.string()});
+  ASSERT_EQ(k.code, 0) << k.err;
+  const std::string knobs_md = source_file_at((knobs / "report.md").string());
+  EXPECT_NE(knobs_md.find("| auto | none fits |"), std::string::npos);
+  EXPECT_NE(knobs_md.find("| 1 | none | none |"), std::string::npos) << knobs_md;
+  EXPECT_FALSE(fs::exists(knobs / "figures/chunks.gp"));
+  EXPECT_TRUE(fs::exists(knobs / "data/chunks.csv"));
 }
 
 TEST(Sweep, FilesAreReadWholeBeforeAnythingRuns) {
