@@ -26,6 +26,7 @@
 #include "planner/setup.h"
 #include "planner/static_memory.h"
 #include "planner/units.h"
+#include "report/fidelity.h"
 #include "report/measured.h"
 #include "report/report.h"
 #include "report/report_files.h"
@@ -244,12 +245,13 @@ struct ReportFlags {
 };
 
 // The built-in measurements and the files given with --measured.
-std::variant<std::vector<report::Measurement>, Failure> measurements(const ReportFlags& r) {
-  std::vector<report::Measurement> all = report::builtin_measurements();
-  for (const std::string& file : r.measured) {
+std::variant<report::MeasuredData, Failure> measurements(const std::vector<std::string>& files, bool builtin = true) {
+  report::MeasuredData all;
+  if (builtin) all = report::builtin_measurements();
+  for (const std::string& file : files) {
     auto loaded = report::load_measurement_file(file);
     if (!loaded) return Failure{exit_code_of(loaded.error()), loaded.error().message};
-    all.insert(all.end(), loaded->begin(), loaded->end());
+    all += *loaded;
   }
   return all;
 }
@@ -275,10 +277,10 @@ std::optional<Failure> run_report(const PlanFlags& f, const ReportFlags& r, cons
   auto resolved = resolve_inputs(f);
   if (auto* failure = std::get_if<Failure>(&resolved)) return std::move(*failure);
   const PlanInputs& inputs = std::get<PlanInputs>(resolved);
-  auto measured = measurements(r);
+  auto measured = measurements(r.measured);
   if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
   report::ReportOptions options;
-  options.measurements = std::move(std::get<std::vector<report::Measurement>>(measured));
+  options.measurements = std::move(std::get<report::MeasuredData>(measured).peaks);
   const report::Report rep = report::build_report(inputs.model, inputs.gpu, inputs.setup, options);
   auto written = report::write_report(r.out, report::report_files(rep, command), report::find_gnuplot());
   if (!written) return Failure{ExitCode::internal, written.error().message};
@@ -313,13 +315,13 @@ std::optional<Failure> run_sweep_command(const ReportFlags& r, const std::string
   if (r.jobs < 0) return usage(fmt::format("--jobs: expected a positive integer, got '{}'", r.jobs));
   auto inputs = report::load_sweep_inputs(r.files);
   if (!inputs) return Failure{exit_code_of(inputs.error()), inputs.error().message};
-  auto measured = measurements(r);
+  auto measured = measurements(r.measured);
   if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
   report::SweepOptions options;
   options.jobs = r.jobs;
   options.command = command;
   options.gnuplot = report::find_gnuplot();
-  options.report.measurements = std::move(std::get<std::vector<report::Measurement>>(measured));
+  options.report.measurements = std::move(std::get<report::MeasuredData>(measured).peaks);
   const bool terminal = stderr_is_terminal(err);
   options.on_progress = [&](const report::SweepProgress& p) {
     err << report::format_progress(p, terminal);
@@ -342,6 +344,73 @@ std::optional<Failure> run_sweep_command(const ReportFlags& r, const std::string
                                                      row.item->name, row.error->message)};
     }
   }
+  return std::nullopt;
+}
+
+struct FidelityFlags {
+  std::vector<std::string> measured;
+  bool no_builtin = false;
+  std::string profile = "pytorch";
+  bool json = false;
+};
+
+// Every measurement against the planner's prediction; exit 6 when a documented bound is exceeded.
+std::optional<Failure> run_fidelity(const FidelityFlags& f, std::ostream& out) {
+  std::optional<Profile> profile;
+  if (f.profile != "all") {
+    Profile p = Profile::pytorch;
+    if (auto failure = parse_choice("--profile", f.profile, p)) {
+      return usage(fmt::format("--profile: expected one of {} or all, got '{}'", enum_choices<Profile>(), f.profile));
+    }
+    profile = p;
+  }
+  auto measured = measurements(f.measured, !f.no_builtin);
+  if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
+  const report::Fidelity fid = report::evaluate_fidelity(std::get<report::MeasuredData>(measured), profile);
+  const report::FidelityBounds bounds;
+  const std::vector<std::string> problems = report::violations(fid, bounds);
+  if (f.json) {
+    auto rows = [](const std::vector<report::FidelityRow>& rs, bool peak) {
+      nlohmann::json a = nlohmann::json::array();
+      for (const report::FidelityRow& r : rs) {
+        a.push_back({{"configuration", report::describe_measurement(r.measurement)},
+                     {"origin", r.measurement.origin},
+                     {"predicted", r.predicted},
+                     {"measured", peak ? r.measurement.peak_allocated_bytes : r.measurement.longest_seq_len},
+                     {"error", r.error}});
+      }
+      return a;
+    };
+    out << json_text({{"peaks", rows(fid.peaks, true)},
+                      {"longest", rows(fid.longest, false)},
+                      {"median_abs_peak_error", fid.median_abs_peak_error},
+                      {"worst_abs_peak_error", fid.worst_abs_peak_error},
+                      {"worst_abs_longest_error", fid.worst_abs_longest_error},
+                      {"violations", problems}})
+        << '\n';
+  } else if (fid.peaks.empty() && fid.longest.empty()) {
+    fmt::print(out, "no measurements{} (scenarios/measured/ and --measured files)\n",
+               profile ? fmt::format(" of the {} profile", to_string(*profile)) : "");
+  } else {
+    fmt::print(out, "| configuration | predicted peak | measured peak | error |\n| --- | ---: | ---: | ---: |\n");
+    for (const report::FidelityRow& r : fid.peaks) {
+      fmt::print(out, "| {} | {} GiB | {} GiB | {:+.2f}% |\n", report::describe_measurement(r.measurement),
+                 format_gib(r.predicted), format_gib(r.measurement.peak_allocated_bytes), 100 * r.error);
+    }
+    if (!fid.longest.empty()) {
+      fmt::print(out, "\n| configuration | predicted longest | measured longest | error |\n| --- | ---: | ---: | ---: |\n");
+      for (const report::FidelityRow& r : fid.longest) {
+        fmt::print(out, "| {} | {} | {} | {:+.2f}% |\n", report::describe_measurement(r.measurement),
+                   format_thousands(r.predicted), format_thousands(r.measurement.longest_seq_len), 100 * r.error);
+      }
+    }
+    fmt::print(out, "\n{} peaks: median |error| {:.2f}% (bound {:.0f}%), worst {:.2f}% (bound {:.0f}%); {} longest: worst "
+                    "{:.2f}% (bound {:.0f}%)\n",
+               fid.peaks.size(), 100 * fid.median_abs_peak_error, 100 * bounds.median_peak_error,
+               100 * fid.worst_abs_peak_error, 100 * bounds.worst_peak_error, fid.longest.size(),
+               100 * fid.worst_abs_longest_error, 100 * bounds.longest_error);
+  }
+  if (!problems.empty()) return Failure{ExitCode::mismatch, fmt::format("{}", fmt::join(problems, "; "))};
   return std::nullopt;
 }
 
@@ -649,6 +718,15 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
                         "Measurement files to compare with, besides scenarios/measured/ (repeatable)")
       ->type_name("FILE");
 
+  FidelityFlags fidelity_flags;
+  CLI::App* fidelity_cmd = app.add_subcommand(
+      "fidelity", "Every measured step (scenarios/measured/, --measured) against the planner's prediction, with the "
+                  "errors; exit 6 beyond the bounds (median 2%, worst 5%, longest 3%); e.g. mst-plan fidelity");
+  fidelity_cmd->add_option("--measured", fidelity_flags.measured, "More measurement files (repeatable)")->type_name("FILE");
+  fidelity_cmd->add_flag("--no-builtin", fidelity_flags.no_builtin, "Leave out scenarios/measured/");
+  fidelity_cmd->add_option("--profile", fidelity_flags.profile, "pytorch (default), native or all")->type_name("NAME");
+  fidelity_cmd->add_flag("--json", fidelity_flags.json, "Print JSON");
+
   bool devices_json = false;
   CLI::App* devices = app.add_subcommand(
       "devices", "Probe this machine's CUDA devices and compare their memory with the catalog; e.g. mst-plan devices");
@@ -681,6 +759,9 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   } else if (subcommand && !f.given_names().empty()) {
     failure = usage(fmt::format("{} applies to planning, not to 'mst-plan {}'", f.given_names().front(),
                                 subcommand->get_name()));
+  } else if (fidelity_cmd->parsed()) {
+    fidelity_flags.json = fidelity_flags.json || f.json;
+    failure = run_fidelity(fidelity_flags, out);
   } else if (sweep_cmd->parsed()) {
     failure = run_sweep_command(sweep_flags, command_line(args), out, err);
   } else if (models->parsed()) {

@@ -11,6 +11,7 @@ packages=(
   libfmt-dev libyaml-cpp-dev libboost-graph-dev libcli11-dev nlohmann-json3-dev   # libraries
   libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev   # tests and benchmarks
   libexpat1-dev   # the report tests parse every SVG figure
+  python3 python3-yaml   # the PyTorch harness's grid is checked in the tests (no torch needed)
   gnuplot-nox   # report figures
 )
 
