@@ -37,11 +37,11 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import sys
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -533,6 +533,8 @@ def longest(cfg, device, granularity, predicted, deadline):
             ok = True
         except torch.cuda.OutOfMemoryError:
             pass  # the traceback holds the step's tensors: free them outside the handler
+        # A step cut short leaves gradients the in-backward optimizer never consumed.
+        step.model.zero_grad(set_to_none=True)
         gc.collect()
         torch.cuda.empty_cache()
         return ok
@@ -664,16 +666,19 @@ def main():
         if time.time() > deadline:
             say(f"time is up: {len(configs) - i} configurations not run")
             break
-        r = None
+        r, error = None, None
         try:
             r = measure(cfg, args.device)
         except torch.cuda.OutOfMemoryError:
-            pass  # the traceback holds the step's tensors: free them outside the handler
+            error = "out of memory"  # the traceback holds the step's tensors: free them outside the handler
+        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the run
+            error = f"failed: {type(e).__name__}: {e}"
+            traceback.print_exc(file=log)
         if r is None:
             gc.collect()
             torch.cuda.empty_cache()
-            say(f"[{i + 1}/{len(configs)}] {describe(cfg)}: out of memory")
-            raw.write(json.dumps({"config": cfg, "oom": True}) + "\n")
+            say(f"[{i + 1}/{len(configs)}] {describe(cfg)}: {error}")
+            raw.write(json.dumps({"config": cfg, "error": error}) + "\n")
             raw.flush()
             continue
         entry = measurement_entry(cfg, args.gpu) | {"seq_len": cfg["seq_len"]}
@@ -694,7 +699,12 @@ def main():
             if time.time() > deadline:
                 say(f"time is up: {len(LONGEST) - i} bisections not run")
                 break
-            lo, hi = longest(cfg, args.device, 1024, predicted.get(i), deadline)
+            try:
+                lo, hi = longest(cfg, args.device, 1024, predicted.get(i), deadline)
+            except Exception as e:  # noqa: BLE001 - one failing bisection must not lose the run
+                traceback.print_exc(file=log)
+                say(f"longest {describe(cfg)}: failed: {type(e).__name__}: {e}")
+                continue
             raw.write(json.dumps({"config": cfg, "longest": [lo, hi], "predicted": predicted.get(i)}) + "\n")
             raw.flush()
             if hi is None or hi - lo > 1024:
