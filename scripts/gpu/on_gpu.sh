@@ -95,4 +95,28 @@ done
 
 # 5. Benchmarks (kernels and steps).
 "$bin/mstplan_runtime_bench" --benchmark_out="$out/runtime_bench.json" --benchmark_out_format=json 2>&1 | tail -12 | tee -a "$log"
+# 6. The measurements as a measurement file (docs/specs.md) for scenarios/measured/: the pool's used
+#    high-water mark is what the device handed out; bisections become `longest` entries.
+python3 - "$out/measurements.jsonl" "$gpu" "$(cat $pack/commit)" > "$out/measured-native.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+gpu, commit = sys.argv[2], sys.argv[3]
+peaks, longest = [], []
+for r in rows:
+    if r.get("kind") == "run" and r.get("exit") in (0, 6) and r.get("memory"):
+        by = {row["what"]: row["measured_bytes"] for row in r["memory"].get("rows", [])}
+        if "pool used high-water" not in by:
+            continue
+        e = {"model": r["model"], "gpu": gpu, "method": r["method"], "seq_len": r["seq_len"], "profile": "native",
+             "peak_allocated_bytes": by["pool used high-water"], "peak_reserved_bytes": by["pool reserved high-water"]}
+        if not r.get("memory_only") and r.get("seconds_per_step"):
+            e["step_seconds"] = r["seconds_per_step"]
+        peaks.append(e)
+    elif r.get("kind") == "longest":
+        longest.append({"model": r["model"], "gpu": gpu, "method": r["method"], "profile": "native",
+                        "longest_seq_len": r["runtime_max"], "granularity": 1024})
+print(json.dumps({"source": f"mst-plan run --backend cuda (scripts/gpu/on_gpu.sh, commit {commit})",
+                  "measurements": peaks, "longest": longest}, indent=1))
+PY
+echo "measured-native.json: copy it to scenarios/measured/ (then: mst-plan fidelity --profile native)" | tee -a "$log"
 echo "done" | tee -a "$log"
