@@ -587,12 +587,14 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan run tiny.yaml --steps 20  # execute it: loss per step, predicted against measured memory
   mst-plan report --model llama3-8b --gpu A100-80G --out my-report   # Markdown + SVG trade-off report
   mst-plan sweep reports/examples.yaml --out reports                 # many reports and an index
+  mst-plan fidelity                  # measured steps (scenarios/measured/) against the prediction
 
 Exit codes: 0 success, 1 output not written or internal error, 2 usage (bad flag or value), 3 bad
 input (model, GPU, scenario or plan not found, unreadable, malformed or invalid), 4 unavailable (no
 CUDA device, or a plan too large for this machine's memory), 5 nothing fits, so --out wrote no
-plan, 6 run/verify found memory, loss or gradients beyond the documented tolerance.
-Formats of model, GPU and scenario files: docs/specs.md.)";
+plan, 6 run/verify found memory, loss or gradients beyond the documented tolerance, or fidelity
+found prediction errors beyond its bounds. Formats of model, GPU, scenario, sweep and measurement
+files: docs/specs.md.)";
 
 }  // namespace
 

@@ -11,7 +11,8 @@
 //   3  bad input: a model, GPU or scenario that cannot be found, read, parsed or accepted
 //   4  unavailable: what was asked for needs something this machine lacks (a CUDA device)
 //   5  no fit: no plan fits, so --out wrote nothing
-//   6  mismatch: run/verify measured memory, loss or gradients beyond the documented tolerance
+//   6  mismatch: run/verify measured memory, loss or gradients beyond the documented tolerance,
+//      or fidelity found prediction errors beyond its bounds
 #include <iosfwd>
 #include <string>
 #include <vector>
