@@ -113,11 +113,12 @@ Report build_report(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
   if (!length && best->at_max) length = best->at_max->seq_len;
   if (length && best->at_max) {
     r.timeline_seq_len = *length;
+    r.timeline_requested = options.timeline_seq_len || setup.seq_len;
     r.timelines.push_back(make_timeline("vanilla", evaluator.evaluate(Plan::vanilla(), *length), model, setup,
                                         options.timeline_points));
     // At a requested length, auto's fastest plan that fits it; otherwise auto's longest-reaching plan.
     std::optional<Evaluation> chosen;
-    if (options.timeline_seq_len || setup.seq_len) chosen = fastest_fitting(evaluator, model, setup, *length);
+    if (r.timeline_requested) chosen = fastest_fitting(evaluator, model, setup, *length);
     if (!chosen) chosen = evaluator.evaluate(best->at_max->plan, *length);
     r.timelines.push_back(make_timeline("auto", std::move(*chosen), model, setup, options.timeline_points));
   }

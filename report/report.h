@@ -93,6 +93,7 @@ struct Report {
   bool static_fits = true;     ///< weights, gradients and optimizer state fit the GPU at all
   SearchResult search;         ///< every method, as `mst-plan` searches them
   std::int64_t timeline_seq_len = 0;
+  bool timeline_requested = false;  ///< the length was asked for (else vanilla's or auto's longest)
   std::vector<TimelineSeries> timelines;  ///< vanilla, then the best plan (auto); empty when nothing fits
   Plan chunk_base_plan;        ///< the plan of the chunk grid (MST's, with the setup's knobs)
   std::vector<ChunkPoint> chunk_grid;     ///< MLP-major: every MLP count for the first LM-head count, ...

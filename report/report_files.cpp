@@ -442,6 +442,13 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
          "most bytes, so every peak is kept), for plain autograd and for the plan auto reaches farthest with (at a "
          "requested length: the fastest plan that fits it).");
     line("");
+    const TimelineSeries& best_timeline = r.timelines.back();
+    if (r.timeline_requested && !best_timeline.evaluation.fits) {
+      const MethodResult* best = r.method(Method::automatic);
+      line(fmt::format("No plan of auto fits {} tokens: shown is the plan that reaches farthest ({} tokens).",
+                       format_thousands(r.timeline_seq_len), format_thousands(best->at_max->seq_len)));
+      line("");
+    }
     line("| plan | ops | peak GiB | fits | peak at | phase |");
     line("| --- | ---: | ---: | --- | --- | --- |");
     for (const TimelineSeries& t : r.timelines) {

@@ -539,6 +539,17 @@ TEST(Report, NothingFitsIsAReportNotACrash) {
   EXPECT_NE(knobs_md.find("| 1 | none | none |"), std::string::npos) << knobs_md;
   EXPECT_FALSE(fs::exists(knobs / "figures/chunks.gp"));
   EXPECT_TRUE(fs::exists(knobs / "data/chunks.csv"));
+
+  // A requested length no plan reaches (eager attention keeps S x S scores): the timeline shows
+  // auto's farthest-reaching plan and says so.
+  const fs::path eager = dir.path() / "e";
+  const test::CliResult e = run({"report", "--model", "llama3-8b", "--gpu", "A100-80G", "--attention", "eager", "--seq",
+                                 "16K", "--out", eager.string()});
+  ASSERT_EQ(e.code, 0) << e.err;
+  const std::string eager_md = source_file_at((eager / "report.md").string());
+  EXPECT_NE(eager_md.find("No plan of auto fits 16,384 tokens: shown is the plan that reaches farthest"),
+            std::string::npos)
+      << eager_md;
 }
 
 TEST(Sweep, FilesAreReadWholeBeforeAnythingRuns) {
