@@ -1,6 +1,6 @@
 #pragma once
 // What the plan command prints: the static memory, the table of methods with their longest
-// sequences, the chosen plan with its memory breakdown at the peak, and the same as JSON.
+// sequences, the chosen plan with its memory breakdown at the peak (the JSON form: planner/search_json.h).
 #include <iosfwd>
 
 #include "planner/gpu_spec.h"
