@@ -44,7 +44,7 @@ Fidelity evaluate_fidelity(const MeasuredData& data, std::optional<Profile> prof
   for (const Measurement& m : data.peaks) {
     if (profile && m.setup.profile != *profile) continue;
     const ModelSpec model = measured_model(m);
-    const GpuSpec gpu = *resolve_gpu(m.gpu);
+    const GpuSpec& gpu = m.gpu_spec;
     SearchOptions options;
     Evaluator evaluator(model, gpu, m.setup, options);
     const Evaluation e = evaluator.evaluate(measured_plan(m, model), *m.setup.seq_len);
@@ -54,7 +54,7 @@ Fidelity evaluate_fidelity(const MeasuredData& data, std::optional<Profile> prof
   for (const Measurement& m : data.longest) {
     if (profile && m.setup.profile != *profile) continue;
     const ModelSpec model = measured_model(m);
-    const GpuSpec gpu = *resolve_gpu(m.gpu);
+    const GpuSpec& gpu = m.gpu_spec;
     SearchOptions options;
     options.granularity = m.granularity;
     Evaluator evaluator(model, gpu, m.setup, options);

@@ -60,6 +60,8 @@ Expected<Measurement> read_entry(FieldReader& e, const std::string& where, bool 
   }
   m.model = model_spec->name;
   m.gpu = gpu_spec->name;
+  m.model_spec = std::move(*model_spec);
+  m.gpu_spec = std::move(*gpu_spec);
   if (auto error = check_setup_for_model(m.setup, measured_model(m), where)) return *error;
   return m;
 }
@@ -122,10 +124,9 @@ const MeasuredData& builtin_measurements() {
 }
 
 ModelSpec measured_model(const Measurement& m) {
-  auto spec = resolve_model(m.model);
-  MSTPLAN_CHECK(spec.has_value(), "a measurement of an unknown model {}", m.model);
-  if (m.layers) spec->num_layers = *m.layers;
-  return std::move(*spec);
+  ModelSpec spec = m.model_spec;
+  if (m.layers) spec.num_layers = *m.layers;
+  return spec;
 }
 
 bool measures(const Measurement& m, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup) {

@@ -42,9 +42,11 @@
 namespace mstplan::report {
 
 struct Measurement {
-  std::string model;          ///< the catalog name (aliases resolved)
+  std::string model;          ///< the model's name (a catalog name with aliases resolved, or a spec file's name)
   std::optional<std::int64_t> layers;  ///< the model cut to this many layers
-  std::string gpu;            ///< the catalog name (aliases resolved)
+  std::string gpu;            ///< the GPU's name (likewise)
+  ModelSpec model_spec;       ///< as resolved when read (whole: measured_model() cuts it)
+  GpuSpec gpu_spec;
   Method method = Method::vanilla;
   TrainingSetup setup;        ///< seq_len set for peaks, unset for longest-sequence bisections
   std::int64_t peak_allocated_bytes = 0;
@@ -74,7 +76,7 @@ struct MeasuredData {
 /// aborts (a bug).
 [[nodiscard]] const MeasuredData& builtin_measurements();
 
-/// The model a measurement ran: the catalog model, cut to `layers` when given.
+/// The model a measurement ran: its spec, cut to `layers` when given.
 [[nodiscard]] ModelSpec measured_model(const Measurement& m);
 
 /// Whether `m` measured this model (whole, not cut) and GPU under this setup: every setup field

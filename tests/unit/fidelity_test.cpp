@@ -2,6 +2,7 @@
 // longest sequence 3%) are checked on fixtures made from the planner's own predictions with known
 // errors, and on every committed measurement of the pytorch profile.
 #include <cmath>
+#include <regex>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -134,6 +135,17 @@ TEST(Fidelity, CommandLineExitsSixBeyondTheBounds) {
                                      "seq_len: 4096, peak_allocated_bytes: 9}]\n")});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("field 'layers': 40 is more than llama3-8b's 32 layers"), std::string::npos) << r.err;
+  // A GPU given as a spec file (not in the catalog) is predicted on that spec.
+  std::string spec = test::run({"gpus", "H100-80G"}).out;
+  spec = std::regex_replace(spec, std::regex("(^|\n)name: [^\n]*"), "$1name: my-h100");
+  spec = std::regex_replace(spec, std::regex("(^|\n)(aliases|device_names): [^\n]*"), "$1$2: []");
+  dir.write("my-h100.yaml", spec);
+  r = test::run({"fidelity", "--no-builtin", "--measured",
+                 dir.write("z.yaml", fmt::format("source: x\nmeasurements: [{{model: llama3-8b, layers: 4, gpu: {}/my-h100.yaml, "
+                                                 "profile: pytorch, method: vanilla, seq_len: 4096, peak_allocated_bytes: {}}}]\n",
+                                                 dir.path().string(), x.predicted_peaks[0]))});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| +0.00% |"), std::string::npos) << r.out;
 }
 
 TEST(Fidelity, PytorchProfileWithinTheDocumentedBounds) {
