@@ -16,8 +16,18 @@ mkdir -p "$out"
 pack=.device-pack
 mst_plan=()
 if [ -x "$pack/bin/mst-plan" ]; then
-  export LD_LIBRARY_PATH="$PWD/$pack/lib:${LD_LIBRARY_PATH:-}"
-  mst_plan=(--mst-plan "$PWD/$pack/bin/mst-plan")
+  # mst-plan links cuBLASLt 13 (the CUDA backend); torch brings its own CUDA libraries, so point at the system's.
+  # Only mst-plan sees these libraries (a wrapper), so that python's torch keeps its own.
+  cublas="$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)"
+  libs="$PWD/$pack/lib:$(dirname "${cublas:-/usr/local/cuda/lib64/x}")"
+  wrapper="$(realpath "$out")/mst-plan"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH="%s:${LD_LIBRARY_PATH:-}" exec "%s" "$@"\n' "$libs" "$PWD/$pack/bin/mst-plan" > "$wrapper"
+  chmod +x "$wrapper"
+  if "$wrapper" --version; then
+    mst_plan=(--mst-plan "$wrapper")
+  else
+    echo "mst-plan does not start here: the bisections will not be bracketed by its predictions"
+  fi
 fi
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())' \
   | tee "$out/versions.txt"
