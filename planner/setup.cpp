@@ -10,14 +10,6 @@
 namespace mstplan {
 namespace {
 
-// Paths in a scenario are relative to the scenario file's folder.
-std::string resolve_relative(const std::string& reference, const std::string& origin) {
-  if (!names_a_path(reference)) return reference;
-  const std::filesystem::path p(reference);
-  if (p.is_absolute()) return reference;
-  return (std::filesystem::path(origin).parent_path() / p).lexically_normal().string();
-}
-
 std::optional<ChunkSetting> read_chunks(FieldReader& block, std::string_view what) {
   ChunkSetting c;
   c.chunks = block.optional_int("chunks", IntRange::positive(), "search");
@@ -30,6 +22,13 @@ std::optional<ChunkSetting> read_chunks(FieldReader& block, std::string_view wha
 }
 
 }  // namespace
+
+std::string resolve_relative(const std::string& reference, const std::string& origin) {
+  if (!names_a_path(reference)) return reference;
+  const std::filesystem::path p(reference);
+  if (p.is_absolute()) return reference;
+  return (std::filesystem::path(origin).parent_path() / p).lexically_normal().string();
+}
 
 void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.batch = r.optional_int("batch").value_or(s.batch);

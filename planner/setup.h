@@ -150,6 +150,10 @@ struct ParameterStorage {
 };
 [[nodiscard]] ParameterStorage parameter_storage(const TrainingSetup& setup);
 
+/// A model or GPU reference read from a file at `origin`: a path (names_a_path) relative to
+/// `origin`'s folder is made relative to the working directory; names and absolute paths stay.
+[[nodiscard]] std::string resolve_relative(const std::string& reference, const std::string& origin);
+
 /// Reads a scenario from YAML text; every field is optional, unknown fields are refused.
 /// Paths in `model` and `gpu` (arguments with a '/' or a .yaml/.yml/.json ending) are taken
 /// relative to `origin`'s folder.

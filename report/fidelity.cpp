@@ -39,25 +39,26 @@ std::string describe_measurement(const Measurement& m) {
                      s.grad_accum > 1 ? fmt::format(" accum {}", s.grad_accum) : "");
 }
 
+FidelityRow predict_peak(const Measurement& m) {
+  const ModelSpec model = measured_model(m);
+  const SearchOptions options;
+  Evaluator evaluator(model, m.gpu_spec, m.setup, options);
+  const std::int64_t predicted =
+      evaluator.evaluate(measured_plan(m, model), *m.setup.seq_len).analysis.peak.allocated_bytes;
+  return FidelityRow{m, predicted, relative(predicted, m.peak_allocated_bytes)};
+}
+
 Fidelity evaluate_fidelity(const MeasuredData& data, std::optional<Profile> profile) {
   Fidelity f;
   for (const Measurement& m : data.peaks) {
-    if (profile && m.setup.profile != *profile) continue;
-    const ModelSpec model = measured_model(m);
-    const GpuSpec& gpu = m.gpu_spec;
-    SearchOptions options;
-    Evaluator evaluator(model, gpu, m.setup, options);
-    const Evaluation e = evaluator.evaluate(measured_plan(m, model), *m.setup.seq_len);
-    const std::int64_t predicted = e.analysis.peak.allocated_bytes;
-    f.peaks.push_back(FidelityRow{m, predicted, relative(predicted, m.peak_allocated_bytes)});
+    if (!profile || m.setup.profile == *profile) f.peaks.push_back(predict_peak(m));
   }
   for (const Measurement& m : data.longest) {
     if (profile && m.setup.profile != *profile) continue;
     const ModelSpec model = measured_model(m);
-    const GpuSpec& gpu = m.gpu_spec;
     SearchOptions options;
     options.granularity = m.granularity;
-    Evaluator evaluator(model, gpu, m.setup, options);
+    Evaluator evaluator(model, m.gpu_spec, m.setup, options);
     const std::optional<Evaluation> e = evaluator.longest(measured_plan(m, model));
     const std::int64_t predicted = e ? e->seq_len : 0;
     f.longest.push_back(FidelityRow{m, predicted, relative(predicted, m.longest_seq_len)});

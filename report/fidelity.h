@@ -36,7 +36,10 @@ struct Fidelity {
   double worst_abs_longest_error = 0;
 };
 
-/// Predicts every measurement of `profile` (all profiles when nullopt) on its catalog GPU.
+/// The planner's peak for one measured step (its plan, length and setup on its GPU spec).
+[[nodiscard]] FidelityRow predict_peak(const Measurement& m);
+
+/// Predicts every measurement of `profile` (all profiles when nullopt) on its GPU spec.
 [[nodiscard]] Fidelity evaluate_fidelity(const MeasuredData& data, std::optional<Profile> profile);
 
 /// One line per bound that is exceeded, naming the worst measurement; empty when all hold.

@@ -83,11 +83,6 @@ GroupBytes group_bytes(const MemoryState& state) {
   return g;
 }
 
-double MeasuredRow::error() const {
-  return static_cast<double>(predicted.analysis.peak.allocated_bytes - measurement.peak_allocated_bytes) /
-         static_cast<double>(measurement.peak_allocated_bytes);
-}
-
 const MethodResult* Report::method(Method m) const {
   for (const MethodResult& r : search.methods) {
     if (r.method == m) return &r;
@@ -156,9 +151,7 @@ Report build_report(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
 
   // 6. Measured peaks of this scenario against the prediction.
   for (const Measurement& m : options.measurements) {
-    if (!measures(m, model, gpu, setup)) continue;
-    Evaluator measured(model, gpu, m.setup, options.search);
-    r.measured.push_back(MeasuredRow{m, measured.evaluate(measured_plan(m, model), *m.setup.seq_len)});
+    if (measures(m, model, gpu, setup)) r.measured.push_back(predict_peak(m));
   }
   r.measurements_considered = static_cast<std::int64_t>(options.measurements.size());
   return r;

@@ -18,6 +18,7 @@
 
 #include "planner/analysis.h"
 #include "planner/search.h"
+#include "report/fidelity.h"
 #include "report/measured.h"
 
 namespace mstplan::report {
@@ -79,12 +80,6 @@ struct ThroughputPoint {
   Evaluation evaluation;  ///< the method's plan (auto: its fastest fitting plan) at a length that fits
 };
 
-struct MeasuredRow {
-  Measurement measurement;
-  Evaluation predicted;   ///< the measured plan at the measured length on the report's GPU
-  [[nodiscard]] double error() const;  ///< (predicted - measured) / measured allocated peak
-};
-
 struct Report {
   ModelSpec model;
   GpuSpec gpu;
@@ -98,7 +93,7 @@ struct Report {
   Plan chunk_base_plan;        ///< the plan of the chunk grid (MST's, with the setup's knobs)
   std::vector<ChunkPoint> chunk_grid;     ///< MLP-major: every MLP count for the first LM-head count, ...
   std::vector<ThroughputPoint> throughput;
-  std::vector<MeasuredRow> measured;
+  std::vector<FidelityRow> measured;  ///< the measurements of this scenario against the prediction
   std::int64_t measurements_considered = 0;
 
   [[nodiscard]] const MethodResult* method(Method m) const;

@@ -9,13 +9,13 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <random>
 #include <sstream>
 
 #include <fmt/format.h>
 
 #include "planner/json_output.h"
+#include "planner/plan_io.h"
 #include "planner/search_json.h"
 #include "planner/static_memory.h"
 #include "planner/units.h"
@@ -184,9 +184,9 @@ std::string pareto_csv(const Report& r) {
 
 std::string measured_csv(const Report& r) {
   std::string out = "seq_len,measured_bytes,predicted_bytes,error,method,origin,measured_by\n";
-  for (const MeasuredRow& m : r.measured) {
+  for (const FidelityRow& m : r.measured) {
     out += fmt::format("{},{},{},{:.5f},{},{},{}\n", *m.measurement.setup.seq_len, m.measurement.peak_allocated_bytes,
-                       m.predicted.analysis.peak.allocated_bytes, m.error(), to_string(m.measurement.method),
+                       m.predicted, m.error, to_string(m.measurement.method),
                        csv_text(m.measurement.origin), csv_text(m.measurement.measured_by));
   }
   return out;
@@ -344,8 +344,6 @@ std::string measured_gp(const Report& r) {
 
 // --- Markdown -------------------------------------------------------------------------------
 
-std::string gib(std::int64_t bytes) { return format_gib(bytes); }
-
 std::string markdown(const Report& r, const std::string& command, const std::vector<std::string>& figures) {
   std::string md;
   auto line = [&](std::string text) { md += text + "\n"; };
@@ -361,18 +359,18 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
                    r.model.intermediate_size, r.model.num_heads, r.model.num_kv_heads, format_thousands(r.model.vocab_size)));
   line(fmt::format("- **GPU**: {} ({}): {} GiB, of which {} GiB reserved for the CUDA context and libraries; {} bf16 "
                    "TFLOP/s, {} GB/s.",
-                   r.gpu.name, r.gpu.description, gib(r.gpu.capacity_bytes), gib(r.gpu.reserve_bytes), r.gpu.bf16_tflops,
+                   r.gpu.name, r.gpu.description, format_gib(r.gpu.capacity_bytes), format_gib(r.gpu.reserve_bytes), r.gpu.bf16_tflops,
                    r.gpu.memory_bandwidth_gb_per_s));
   line(fmt::format("- **Setup**: {}.", describe_setup(r.setup)));
   line(fmt::format("- **Static memory** (independent of the length): weights {} + master weights {} + gradients {} + "
                    "optimizer state {} = {} GiB of {} GiB usable.",
-                   gib(st.weights_bytes), gib(st.master_weights_bytes), gib(st.gradient_bytes), gib(st.optimizer_state_bytes),
-                   gib(st.total_bytes()), gib(r.gpu.usable_bytes())));
+                   format_gib(st.weights_bytes), format_gib(st.master_weights_bytes), format_gib(st.gradient_bytes), format_gib(st.optimizer_state_bytes),
+                   format_gib(st.total_bytes()), format_gib(r.gpu.usable_bytes())));
   line("");
   if (!r.static_fits) {
     line(fmt::format("**Nothing fits**: the static memory alone ({} GiB) exceeds the {} GiB usable. Run `mst-plan --model "
                      "{} --gpu {}` for the fixes (a larger GPU, adamw-8bit, SGD, frozen weights).",
-                     gib(st.total_bytes()), gib(r.gpu.usable_bytes()), r.model.name, r.gpu.name));
+                     format_gib(st.total_bytes()), format_gib(r.gpu.usable_bytes()), r.model.name, r.gpu.name));
     line("");
   }
   auto figure = [&](std::string_view name, std::string_view alt) {
@@ -400,7 +398,7 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
     }
     const Evaluation& e = *m.at_max;
     line(fmt::format("| {} | {} | {} | {} | {} | `{}` | {} | {} |", to_string(m.method), format_thousands(e.seq_len),
-                     ratio(e.seq_len, vanilla->at_max), ratio(e.seq_len, recompute->at_max), gib(e.analysis.peak.allocated_bytes),
+                     ratio(e.seq_len, vanilla->at_max), ratio(e.seq_len, recompute->at_max), format_gib(e.analysis.peak.allocated_bytes),
                      e.peak_at, tokens_per_s(e.time.tokens_per_s), describe_plan(e.plan, r.model, e.seq_len)));
   }
   line("");
@@ -427,8 +425,8 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
   for (const MethodResult& m : r.search.methods) {
     if (!m.at_max) continue;
     std::string row = fmt::format("| {} | {} |", to_string(m.method), format_thousands(m.at_max->seq_len));
-    for (std::int64_t b : group_bytes(m.at_max->analysis.peak)) row += fmt::format(" {} |", gib(b));
-    line(row + fmt::format(" {} | `{}` |", gib(m.at_max->analysis.peak.allocated_bytes), m.at_max->peak_at));
+    for (std::int64_t b : group_bytes(m.at_max->analysis.peak)) row += fmt::format(" {} |", format_gib(b));
+    line(row + fmt::format(" {} | `{}` |", format_gib(m.at_max->analysis.peak.allocated_bytes), m.at_max->peak_at));
   }
   line("");
   figure("breakdown", "memory at each method's peak, stacked by kind");
@@ -454,7 +452,7 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
     for (const TimelineSeries& t : r.timelines) {
       line(fmt::format("| {}: {} | {} | {} | {} | `{}` | {} |", t.label,
                        describe_plan(t.evaluation.plan, r.model, t.evaluation.seq_len), format_thousands(t.ops),
-                       gib(t.evaluation.analysis.peak.allocated_bytes), t.evaluation.fits ? "yes" : "no",
+                       format_gib(t.evaluation.analysis.peak.allocated_bytes), t.evaluation.fits ? "yes" : "no",
                        t.evaluation.peak_at, to_string(t.evaluation.peak_phase)));
     }
   }
@@ -527,10 +525,10 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
   } else {
     line("| method | length | measured GiB | predicted GiB | error | measured by | entry |");
     line("| --- | ---: | ---: | ---: | ---: | --- | --- |");
-    for (const MeasuredRow& m : r.measured) {
+    for (const FidelityRow& m : r.measured) {
       line(fmt::format("| {} | {} | {} | {} | {:+.2f}% | {} | {} |", to_string(m.measurement.method),
-                       format_thousands(*m.measurement.setup.seq_len), gib(m.measurement.peak_allocated_bytes),
-                       gib(m.predicted.analysis.peak.allocated_bytes), 100.0 * m.error(), m.measurement.measured_by,
+                       format_thousands(*m.measurement.setup.seq_len), format_gib(m.measurement.peak_allocated_bytes),
+                       format_gib(m.predicted), 100.0 * m.error, m.measurement.measured_by,
                        m.measurement.origin));
     }
   }
@@ -584,33 +582,21 @@ nlohmann::json report_json(const Report& r, const std::string& command) {
   }
   j["throughput"] = tp;
   nlohmann::json measured = nlohmann::json::array();
-  for (const MeasuredRow& m : r.measured) {
+  for (const FidelityRow& m : r.measured) {
     measured.push_back({{"origin", m.measurement.origin},
                         {"measured_by", m.measurement.measured_by},
                         {"environment", m.measurement.environment},
                         {"method", to_string(m.measurement.method)},
                         {"seq_len", *m.measurement.setup.seq_len},
                         {"measured_peak_bytes", m.measurement.peak_allocated_bytes},
-                        {"predicted_peak_bytes", m.predicted.analysis.peak.allocated_bytes},
-                        {"error", m.error()}});
+                        {"predicted_peak_bytes", m.predicted},
+                        {"error", m.error}});
   }
   j["measured"] = measured;
   return j;
 }
 
 // --- writing --------------------------------------------------------------------------------
-
-std::optional<Error> write_file(const fs::path& path, const std::string& text) {
-  std::error_code ec;
-  fs::create_directories(path.parent_path(), ec);
-  if (ec) return make_error(ErrorKind::io, "{}: cannot create the folder: {}", path.parent_path().string(), ec.message());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return make_error(ErrorKind::io, "{}: cannot write: {}", path.string(), std::strerror(errno));
-  out << text;
-  out.flush();
-  if (!out) return make_error(ErrorKind::io, "{}: write failed: {}", path.string(), std::strerror(errno));
-  return std::nullopt;
-}
 
 // Runs gnuplot on `scripts` in `dir`; gnuplot's messages go to `log`.
 std::optional<Error> run_gnuplot(const fs::path& gnuplot, const fs::path& dir, const std::vector<std::string>& scripts,
@@ -743,7 +729,10 @@ Expected<WrittenReport> write_report(const fs::path& dir, const std::vector<Repo
   WrittenReport written;
   std::vector<std::string> scripts;
   for (const ReportFile& f : files) {
-    if (auto error = write_file(staging / f.path, f.text)) return fail(*error);
+    const fs::path path = staging / f.path;
+    fs::create_directories(path.parent_path(), ec);
+    if (ec) return fail(make_error(ErrorKind::io, "{}: cannot create the folder: {}", path.parent_path().string(), ec.message()));
+    if (auto error = write_text_file(path.string(), f.text)) return fail(*error);
     if (f.path.starts_with("figures/") && f.path.ends_with(".gp")) scripts.push_back(f.path);
   }
   if (!scripts.empty()) {

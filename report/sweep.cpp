@@ -30,19 +30,12 @@ std::string folder_name(std::string_view text) {
   return out;
 }
 
-std::string relative_to(const std::string& reference, const std::string& origin) {
-  if (!names_a_path(reference)) return reference;
-  const fs::path p(reference);
-  if (p.is_absolute()) return reference;
-  return (fs::path(origin).parent_path() / p).lexically_normal().string();
-}
-
-// Resolves the model and GPU of one entry and checks its setup; messages name `where` and the field.
-std::optional<Error> complete(SweepItem& item, const std::string& model, const std::string& gpu, const std::string& where,
-                              const std::string& origin) {
-  auto m = resolve_model(relative_to(model, origin));
+// Resolves the model and GPU of one entry (references already relative to the working directory)
+// and checks its setup; messages name `where` and the field.
+std::optional<Error> complete(SweepItem& item, const std::string& model, const std::string& gpu, const std::string& where) {
+  auto m = resolve_model(model);
   if (!m) return make_error(m.error().kind, "{}: field 'model': {}", where, m.error().message);
-  auto g = resolve_gpu(relative_to(gpu, origin));
+  auto g = resolve_gpu(gpu);
   if (!g) return make_error(g.error().kind, "{}: field 'gpu': {}", where, g.error().message);
   item.model = std::move(*m);
   item.gpu = std::move(*g);
@@ -79,7 +72,7 @@ std::optional<Error> read_sweep(FieldReader& r, const std::string& origin, std::
     read_setup_fields(e, item.setup);
     if (auto error = e.finish()) return error;
     const std::string where = fmt::format("{}: scenarios[{}]", yaml_location(origin, scenario_marks[i]), i);
-    if (auto error = complete(item, model, gpu, where, origin)) return error;
+    if (auto error = complete(item, resolve_relative(model, origin), resolve_relative(gpu, origin), where)) return error;
     item.name = folder_name(name ? *name : fmt::format("{}-{}", item.model.name, item.gpu.name));
     out.push_back(std::move(item));
   }
@@ -103,7 +96,9 @@ std::optional<Error> read_sweep(FieldReader& r, const std::string& origin, std::
       for (const Setup& s : setup_list) {
         SweepItem item;
         item.setup = s.setup;
-        if (auto error = complete(item, model, gpu, s.where, origin)) return error;
+        if (auto error = complete(item, resolve_relative(model, origin), resolve_relative(gpu, origin), s.where)) {
+          return error;
+        }
         item.name = folder_name(fmt::format("{}-{}{}", item.model.name, item.gpu.name, s.name ? "-" + *s.name : ""));
         out.push_back(std::move(item));
       }
@@ -195,15 +190,8 @@ Expected<SweepInputs> load_sweep_inputs(const std::vector<std::string>& files) {
                         file, scenario->model ? "gpu" : "model", scenario->model ? "GPU" : "model");
     }
     SweepItem item;
-    item.setup = scenario->setup;
-    auto m = resolve_model(*scenario->model);
-    if (!m) return make_error(m.error().kind, "{}: field 'model': {}", file, m.error().message);
-    auto g = resolve_gpu(*scenario->gpu);
-    if (!g) return make_error(g.error().kind, "{}: field 'gpu': {}", file, g.error().message);
-    item.model = std::move(*m);
-    item.gpu = std::move(*g);
-    item.origin = file;
-    if (auto error = check_setup_for_model(item.setup, item.model, file)) return *error;
+    item.setup = scenario->setup;  // the scenario's paths are already relative to the working directory
+    if (auto error = complete(item, *scenario->model, *scenario->gpu, file)) return *error;
     item.name = folder_name(fs::path(file).stem().string());
     inputs.items.push_back(std::move(item));
   }
@@ -254,11 +242,7 @@ Expected<SweepResult> run_sweep(const SweepInputs& inputs, const fs::path& out, 
         row.auto_plan = describe_plan(best->at_max->plan, item.model, best->at_max->seq_len);
       }
       auto written = write_report(out / item.name, report_files(report, options.command), options.gnuplot);
-      if (written) {
-        row.written = std::move(*written);
-      } else {
-        row.error = written.error();
-      }
+      if (!written) row.error = written.error();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       std::lock_guard lock(progress_mutex);
       ++done;

@@ -67,7 +67,6 @@ struct SweepResult {
   struct Row {
     const SweepItem* item = nullptr;
     std::optional<Error> error;  ///< why this report was not written
-    WrittenReport written;
     std::array<std::int64_t, 5> max_seq_len{};  ///< per method in all_methods() order; 0: none fits
     double auto_tokens_per_s = 0;
     std::string auto_plan;

@@ -71,12 +71,11 @@ def chunk_count(positions, chunks=None, chunk_tokens=None):
     return max(1, min(m, max(positions, 1)))
 
 
-def plan_chunks(spec, cfg):
-    """MLP and LM-head chunk counts of a configuration at its length (Plan::mst_reference)."""
-    if cfg["method"] != "mst":
-        return 1, 1
-    d, v, s = spec["hidden_size"], spec["vocab_size"], cfg["seq_len"]
-    return chunk_count(s, chunk_tokens=d), chunk_count(s - 1, chunks=-(-v // d))
+def lm_head_chunks(spec, seq_len):
+    """MST's LM-head chunk count (Plan::mst_reference: ceil(V / d) over the S - 1 labelled positions);
+    the MLP's, ceil(S / d), is taken from the input in the patched forward."""
+    d, v = spec["hidden_size"], spec["vocab_size"]
+    return chunk_count(seq_len - 1, chunks=-(-v // d))
 
 
 def config(model, layers, method, seq_len, batch=1, precision="bf16", attention="flash",
@@ -373,7 +372,7 @@ class Step:
         """Random token ids of this length for every micro-batch (labels: the same ids, shifted by the loss)."""
         torch = self.torch
         self.cfg = dict(self.cfg, seq_len=seq_len)
-        self.mlp_chunks, self.head_chunks = plan_chunks(self.spec, self.cfg)
+        self.head_chunks = lm_head_chunks(self.spec, seq_len)
         gen = torch.Generator(device="cpu").manual_seed(1)
         shape = (self.cfg["batch"], seq_len)
         self.batches = [torch.randint(0, self.spec["vocab_size"], shape, generator=gen).to(self.device)
