@@ -27,13 +27,10 @@ TimelineSeries make_timeline(std::string label, Evaluation evaluation, const Mod
   const std::int64_t per_bucket = (n + max_points - 1) / std::max<std::int64_t>(max_points, 1);
   for (std::int64_t begin = 0; begin < n; begin += per_bucket) {
     const std::int64_t end = std::min(n, begin + per_bucket);
+    // The first largest of the run: in the peak's run that is the peak itself (its first occurrence).
     std::int64_t best = begin;
-    if (series.peak_index >= begin && series.peak_index < end) {
-      best = series.peak_index;
-    } else {
-      for (std::int64_t i = begin + 1; i < end; ++i) {
-        if (points[i].during.allocated_bytes > points[best].during.allocated_bytes) best = i;
-      }
+    for (std::int64_t i = begin + 1; i < end; ++i) {
+      if (points[i].during.allocated_bytes > points[best].during.allocated_bytes) best = i;
     }
     const TimelinePoint& p = points[best];
     series.samples.push_back(TimelineSample{best, op_name(program, p.op, p.iteration), group_bytes(p.during),
