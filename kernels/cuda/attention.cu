@@ -234,7 +234,7 @@ template <int D, int BQ, int BK, int NT, bool SHARED_KV>
 __global__ void __launch_bounds__(NT) flash_forward_kernel(Params p) {
   using C = ForwardConfig<D, BQ, BK, NT, SHARED_KV>;
   constexpr int RQ = C::RQ, CK = C::CK, CD = C::CD, LDD = C::LDD, LDP = C::LDP;
-  extern __shared__ float4 smem_f4[];
+  MSTPLAN_DYNAMIC_SHARED(float4, smem_f4);
   float* Qs = reinterpret_cast<float*>(smem_f4);
   float* Ks = Qs + BQ * LDD;
   float* Vs = SHARED_KV ? Ks : Ks + BK * LDD;
@@ -345,7 +345,7 @@ void launch_forward(const Params& p, cudaStream_t stream) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::smem_bytes));
   const dim3 grid(static_cast<unsigned>((p.seq + BQ - 1) / BQ), static_cast<unsigned>(p.heads),
                   static_cast<unsigned>(p.batch));
-  kernel<<<grid, NT, C::smem_bytes, stream>>>(p);
+  MSTPLAN_LAUNCH(grid, NT, C::smem_bytes, stream, kernel)(p);
 }
 
 // ---- Backward ------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ template <int D, int BQ, int BK, int NT>
 __global__ void __launch_bounds__(NT) flash_backward_kernel(Params p) {
   using C = BackwardConfig<D, BQ, BK, NT>;
   constexpr int RQ = C::RQ, RK = C::RK, CK = C::CK, CD = C::CD, LDD = C::LDD, LDP = C::LDP;
-  extern __shared__ float4 smem_f4[];
+  MSTPLAN_DYNAMIC_SHARED(float4, smem_f4);
   float* Ks = reinterpret_cast<float*>(smem_f4);
   float* Vs = Ks + BK * LDD;
   float* Qs = Vs + BK * LDD;
@@ -525,7 +525,7 @@ void launch_backward(const Params& p, cudaStream_t stream) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::smem_bytes));
   const dim3 grid(static_cast<unsigned>((p.seq + BK - 1) / BK), static_cast<unsigned>(p.kv_heads),
                   static_cast<unsigned>(p.batch));
-  kernel<<<grid, NT, C::smem_bytes, stream>>>(p);
+  MSTPLAN_LAUNCH(grid, NT, C::smem_bytes, stream, kernel)(p);
 }
 
 }  // namespace
@@ -573,7 +573,7 @@ void attention_backward(const AttentionShape& s, const View& q, const View& k, c
   p.delta = as_mat(delta, s.batch * s.heads, s.seq, 1, true, kernel, "delta");
 
   const i64 rows = s.batch * s.seq * s.heads;  // one warp each
-  attention_delta_kernel<<<blocks_for(rows * 32, 256), 256, 0, stream>>>(p);
+  MSTPLAN_LAUNCH(blocks_for(rows * 32, 256), 256, 0, stream, attention_delta_kernel)(p);
   if (s.head_dim <= 64) {
     launch_backward<64, 32, 64, 256>(p, stream);
   } else if (s.head_dim <= 128) {
@@ -582,7 +582,7 @@ void attention_backward(const AttentionShape& s, const View& q, const View& k, c
     launch_backward<256, 16, 16, 128>(p, stream);
   }
   const i64 tokens = s.batch * s.seq;
-  attention_dq_kernel<<<static_cast<unsigned>(std::min<i64>(tokens, 65535)), 256, 0, stream>>>(p);
+  MSTPLAN_LAUNCH(static_cast<unsigned>(std::min<i64>(tokens, kMaxGridStrideBlocks)), 256, 0, stream, attention_dq_kernel)(p);
   check_launch(kernel);
 }
 

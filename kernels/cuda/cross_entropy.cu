@@ -177,7 +177,7 @@ void cross_entropy_forward(const View& logits, const View& targets, float scale,
   dispatch(logits.dtype, dlogits != nullptr ? dlogits->dtype : DType::fp32, [&](auto tl, auto td) {
     using TL = decltype(tl);
     using TD = decltype(td);
-    forward_kernel<TL, TD><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+    MSTPLAN_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, forward_kernel<TL, TD>)(
         logits, targets, scale, softcap, loss, lse_view, lse != nullptr, dlogits_view, dlogits != nullptr);
   });
 }
@@ -189,7 +189,7 @@ void cross_entropy_backward(const View& logits, const View& lse, const View& tar
   dispatch(logits.dtype, dlogits.dtype, [&](auto tl, auto td) {
     using TL = decltype(tl);
     using TD = decltype(td);
-    backward_kernel<TL, TD><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, lse, targets, scale,
+    MSTPLAN_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, backward_kernel<TL, TD>)(logits, lse, targets, scale,
                                                                                   softcap, dlogits);
   });
 }

@@ -5,6 +5,19 @@
 
 #include "kernels/cuda/view.h"
 
+// A kernel launch, `kernel<<<grid, block, shared_bytes, stream>>>(args)`, written
+// MSTPLAN_LAUNCH(grid, block, shared_bytes, stream, kernel)(args) so that the same source also
+// runs under the CPU emulation (kernels/cuda/emu/emu.h, which defines MSTPLAN_CUDA_EMU); and
+// `extern __shared__ T name[]` written MSTPLAN_DYNAMIC_SHARED(T, name).
+#if defined(MSTPLAN_CUDA_EMU)
+#define MSTPLAN_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  ::mstplan::emu::launch(grid, block, shared_bytes, stream, __VA_ARGS__, #__VA_ARGS__)
+#define MSTPLAN_DYNAMIC_SHARED(type, name) MSTPLAN_EMU_DYNAMIC_SHARED(type, name)
+#else
+#define MSTPLAN_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#define MSTPLAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 namespace mstplan::cuda {
 
 /// Element `offset` of the view's buffer (counted from its data pointer) as fp32, and storing
@@ -89,10 +102,19 @@ __device__ __forceinline__ std::int64_t load_index(const View& v, std::int64_t r
                                  : static_cast<std::int64_t>(*reinterpret_cast<const std::int32_t*>(p));
 }
 
+/// The most blocks blocks_for gives. Under the CPU emulation a small odd number, so that the
+/// tests run every grid-stride loop through several iterations, as a tensor of more than 65,535
+/// blocks' worth does on the GPU.
+#if defined(MSTPLAN_CUDA_EMU)
+inline constexpr std::int64_t kMaxGridStrideBlocks = 3;
+#else
+inline constexpr std::int64_t kMaxGridStrideBlocks = 65535;
+#endif
+
 /// Blocks of `threads` covering `n` items, capped for grid-stride loops.
 inline unsigned blocks_for(std::int64_t n, unsigned threads) {
   const std::int64_t b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 ? 65535 : b));
+  return static_cast<unsigned>(b < 1 ? 1 : (b > kMaxGridStrideBlocks ? kMaxGridStrideBlocks : b));
 }
 
 }  // namespace mstplan::cuda

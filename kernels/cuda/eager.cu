@@ -255,7 +255,7 @@ template <class Op>
 void launch_gemm(const Op& op, const AttentionShape& s, bool per_kv_head, cudaStream_t stream, const char* kernel) {
   const dim3 grid(static_cast<unsigned>((op.N + kTile - 1) / kTile), static_cast<unsigned>((op.M + kTile - 1) / kTile),
                   static_cast<unsigned>(s.batch * (per_kv_head ? s.kv_heads : s.heads)));
-  eager_gemm_kernel<Op><<<grid, kThreads, 0, stream>>>(op);
+  MSTPLAN_LAUNCH(grid, kThreads, 0, stream, eager_gemm_kernel<Op>)(op);
   check_launch(kernel);
 }
 
@@ -328,7 +328,7 @@ void check_same_shape(const View& a, const View& b, const char* kernel, const ch
 }
 
 unsigned row_blocks(const View& v) {
-  return static_cast<unsigned>(std::clamp<i64>(v.seqs * v.positions, 1, 65535));
+  return static_cast<unsigned>(std::clamp<i64>(v.seqs * v.positions, 1, kMaxGridStrideBlocks));
 }
 
 }  // namespace
@@ -349,7 +349,7 @@ void eager_softmax(const View& scores, const View& probs, cudaStream_t stream) {
   const char* kernel = "cuda::eager_softmax";
   check_same_shape(scores, probs, kernel, "scores", "probs");
   if (scores.seqs * scores.positions == 0) return;
-  softmax_kernel<<<row_blocks(scores), kRowThreads, 0, stream>>>(scores, probs);
+  MSTPLAN_LAUNCH(row_blocks(scores), kRowThreads, 0, stream, softmax_kernel)(scores, probs);
   check_launch(kernel);
 }
 
@@ -391,7 +391,7 @@ void eager_softmax_backward(const View& probs, const View& dprobs, const View& d
   check_same_shape(probs, dprobs, kernel, "probs", "dprobs");
   check_same_shape(probs, dscores, kernel, "probs", "dscores");
   if (probs.seqs * probs.positions == 0) return;
-  softmax_backward_kernel<<<row_blocks(probs), kRowThreads, 0, stream>>>(probs, dprobs, dscores);
+  MSTPLAN_LAUNCH(row_blocks(probs), kRowThreads, 0, stream, softmax_backward_kernel)(probs, dprobs, dscores);
   check_launch(kernel);
 }
 

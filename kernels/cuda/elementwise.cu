@@ -112,9 +112,9 @@ void launch(const char* kernel, const Pack<N>& p, Op op, cudaStream_t stream) {
   }
   if (rows == 0 || cols <= 0) return;
   if (flat) {
-    flat_kernel<N, Op><<<blocks_for(rows * cols, kThreads), kThreads, 0, stream>>>(p, rows * cols, op);
+    MSTPLAN_LAUNCH(blocks_for(rows * cols, kThreads), kThreads, 0, stream, flat_kernel<N, Op>)(p, rows * cols, op);
   } else {
-    rows_kernel<N, Op><<<blocks_for(rows * 32, kThreads), kThreads, 0, stream>>>(p, rows, cols, op);
+    MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, rows_kernel<N, Op>)(p, rows, cols, op);
   }
 }
 
@@ -345,7 +345,7 @@ void embedding_forward(const View& tokens, const View& table, float scale, const
   require(out.cols == table.cols, kernel, "out and table have different column counts");
   if (rows == 0 || out.cols <= 0) return;
   const float s = round_to(out.dtype, scale);
-  embedding_forward_kernel<<<blocks_for(rows * 32, kThreads), kThreads, 0, stream>>>(tokens, table, s, out);
+  MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, embedding_forward_kernel)(tokens, table, s, out);
 }
 
 void embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable, cudaStream_t stream) {
@@ -356,10 +356,10 @@ void embedding_backward(const View& dout, const View& tokens, float scale, const
   if (rows == 0 || dout.cols <= 0) return;
   const float s = round_to(dout.dtype, scale);
   if (dtable.dtype == DType::fp32) {
-    embedding_backward_atomic_kernel<<<blocks_for(rows * 32, kThreads), kThreads, 0, stream>>>(dout, tokens, s,
+    MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, embedding_backward_atomic_kernel)(dout, tokens, s,
                                                                                                dtable);
   } else {
-    embedding_backward_ordered_kernel<<<blocks_for(dout.cols, kOrderedThreads), kOrderedThreads, 0, stream>>>(
+    MSTPLAN_LAUNCH(blocks_for(dout.cols, kOrderedThreads), kOrderedThreads, 0, stream, embedding_backward_ordered_kernel)(
         dout, tokens, s, dtable);
   }
 }

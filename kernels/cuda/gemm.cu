@@ -326,7 +326,7 @@ void Gemm::xwt(const View& x, const View& w, const View* bias, const View& y, bo
     if (run(p, stream) || p.bias == nullptr || last_error_ != nullptr) return;
     Problem plain = p;
     plain.bias = nullptr;
-    if (run(plain, stream)) add_bias_kernel<<<blocks_for(part.rows() * out, 256), 256, 0, stream>>>(part, *bias);
+    if (run(plain, stream)) MSTPLAN_LAUNCH(blocks_for(part.rows() * out, 256), 256, 0, stream, add_bias_kernel)(part, *bias);
   };
   if (plan.uniform) {
     p.batch = static_cast<std::int32_t>(plan.count);
@@ -341,7 +341,7 @@ void Gemm::xwt(const View& x, const View& w, const View* bias, const View& y, bo
     }
   }
   if (last_error_ == nullptr && bias != nullptr && !epilogue_bias) {
-    add_bias_kernel<<<blocks_for(rows * out, 256), 256, 0, stream>>>(y, *bias);
+    MSTPLAN_LAUNCH(blocks_for(rows * out, 256), 256, 0, stream, add_bias_kernel)(y, *bias);
   }
 }
 
@@ -404,7 +404,7 @@ void Gemm::dw(const View& dy, const View& x, const View& dw, bool accumulate, cu
     return;
   }
   if (rows == 0) {  // a sum over no rows
-    if (!accumulate) zero_kernel<<<blocks_for(out * in, 256), 256, 0, stream>>>(dw);
+    if (!accumulate) MSTPLAN_LAUNCH(blocks_for(out * in, 256), 256, 0, stream, zero_kernel)(dw);
     return;
   }
   const RowPlan plan = plan_rows(dy, x);
@@ -428,7 +428,7 @@ void Gemm::dw(const View& dy, const View& x, const View& dw, bool accumulate, cu
 void bias_grad(const View& dy, const View& db, bool accumulate, cudaStream_t stream) {
   if (dy.cols <= 0) return;
   const auto blocks = static_cast<unsigned>((dy.cols + kBiasCols - 1) / kBiasCols);
-  bias_grad_kernel<<<blocks, dim3(kBiasCols, kBiasRows), 0, stream>>>(dy, db, accumulate);
+  MSTPLAN_LAUNCH(blocks, dim3(kBiasCols, kBiasRows), 0, stream, bias_grad_kernel)(dy, db, accumulate);
 }
 
 }  // namespace mstplan::cuda

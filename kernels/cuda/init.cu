@@ -32,7 +32,7 @@ void fill_normal(const View& x, std::uint64_t state, double mean, double std, cu
   const std::int64_t n = x.seqs * x.positions * x.cols;
   if (n == 0) return;
   constexpr unsigned threads = 256;
-  fill_normal_kernel<<<blocks_for(n, threads), threads, 0, stream>>>(x, state, mean, std, n);
+  MSTPLAN_LAUNCH(blocks_for(n, threads), threads, 0, stream, fill_normal_kernel)(x, state, mean, std, n);
 }
 
 }  // namespace mstplan::cuda

@@ -48,7 +48,9 @@ struct RowCursor {
 };
 
 /// Sum of `v` over the block, the same value in every thread (deterministic for a fixed block
-/// size). Every thread of the block must call it.
+/// size). Every thread of the block must call it. Back-to-back calls need no barrier at the end:
+/// the next call writes warp_sums only after this call's second barrier (warp 0 has read them
+/// before it), and total only after its own first barrier (every thread has read total before).
 __device__ float block_sum(float v) {
   __shared__ float warp_sums[kRowThreads / 32];
   __shared__ float total;
@@ -62,9 +64,7 @@ __device__ float block_sum(float v) {
     if (lane == 0) total = s;
   }
   __syncthreads();
-  const float result = total;
-  __syncthreads();  // nobody overwrites warp_sums / total before every thread has read total
-  return result;
+  return total;
 }
 
 // ---- kernels ------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ void rmsnorm_forward(const View& x, const View& w, float eps, float offset, cons
   check_rstd(rstd, rows, kernel);
   require(rstd.dtype == DType::fp32, kernel, "rstd must be fp32");
   if (rows == 0 || x.cols == 0) return;
-  rmsnorm_forward_kernel<<<blocks_for(rows, 1), kRowThreads, 0, stream>>>(x, w, eps, offset, y, rstd);
+  MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_forward_kernel)(x, w, eps, offset, y, rstd);
 }
 
 void rmsnorm_apply(const View& x, const View& rstd, const View& w, float offset, const View& y, cudaStream_t stream) {
@@ -213,7 +213,7 @@ void rmsnorm_apply(const View& x, const View& rstd, const View& w, float offset,
   check_shape(y, x, kernel, "y");
   check_rstd(rstd, rows, kernel);
   if (rows == 0 || x.cols == 0) return;
-  rmsnorm_apply_kernel<<<blocks_for(rows, 1), kRowThreads, 0, stream>>>(x, rstd, w, offset, y);
+  MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_apply_kernel)(x, rstd, w, offset, y);
 }
 
 void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const View& w, float offset, const View* residual,
@@ -231,11 +231,11 @@ void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const Vie
     // With no rows, dw is 0 (+ dw): the kernel handles rows == 0 (every slice empty).
     const dim3 block(kDwCols, kDwSlices);
     const i64 tiles = (cols + kDwCols - 1) / kDwCols;
-    rmsnorm_dw_kernel<<<blocks_for(tiles, 1), block, 0, stream>>>(dy, x, rstd, *dw, dw_accumulate);
+    MSTPLAN_LAUNCH(blocks_for(tiles, 1), block, 0, stream, rmsnorm_dw_kernel)(dy, x, rstd, *dw, dw_accumulate);
   }
   if (rows == 0) return;
   const View res = residual != nullptr ? *residual : View{};
-  rmsnorm_dx_kernel<<<blocks_for(rows, 1), kRowThreads, 0, stream>>>(dy, x, rstd, w, offset, res, residual != nullptr,
+  MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_dx_kernel)(dy, x, rstd, w, offset, res, residual != nullptr,
                                                                       dx);
 }
 

@@ -100,7 +100,7 @@ void adamw(const AdamW& o, const View& g, const View& w, const View& m, const Vi
   c.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta1), t));
   c.bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta2), t));
   const View mv = master != nullptr ? *master : View{};
-  adamw_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(c, g, w, m, v, mv, master != nullptr, n);
+  MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, adamw_kernel)(c, g, w, m, v, mv, master != nullptr, n);
 }
 
 void sgd(float lr, float weight_decay, const View& g, const View& w, const View* master, cudaStream_t stream) {
@@ -114,7 +114,7 @@ void sgd(float lr, float weight_decay, const View& g, const View& w, const View*
   }
   if (n == 0) return;
   const View mv = master != nullptr ? *master : View{};
-  sgd_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream>>>(lr, weight_decay, g, w, mv, master != nullptr, n);
+  MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, sgd_kernel)(lr, weight_decay, g, w, mv, master != nullptr, n);
 }
 
 }  // namespace mstplan::cuda

@@ -77,7 +77,7 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
 
   const i64 rows = x.seqs * x.positions;
   if (rows == 0 || x.cols == 0) return;
-  rope_kernel<<<blocks_for(rows, 1), kThreads, 0, stream>>>(x, head_dim, inv, inverse);
+  MSTPLAN_LAUNCH(blocks_for(rows, 1), kThreads, 0, stream, rope_kernel)(x, head_dim, inv, inverse);
 }
 
 }  // namespace mstplan::cuda

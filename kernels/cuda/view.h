@@ -24,7 +24,7 @@ struct View {
   std::int64_t seq_stride = 0;
   std::int64_t first = 0;
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(MSTPLAN_CUDA_EMU)
   __host__ __device__ std::int64_t rows() const { return seqs * positions; }
   __host__ __device__ std::int64_t buffer_row(std::int64_t r) const {
     return (r / positions) * seq_stride + first + r % positions;

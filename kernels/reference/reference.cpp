@@ -197,6 +197,16 @@ void write_dlogits_row(const View& logits, i64 r, float lse, i64 target, float s
 
 // ---- Views and element access ---------------------------------------------------------------
 
+void fill_normal(const View& x, std::uint64_t state, double mean, double std) {
+  const std::int64_t n = x.rows() * x.cols;
+  for (std::int64_t e = 0; e < n; ++e) {
+    const double u = uniform01(state + (2 * static_cast<std::uint64_t>(e) + 1) * kGolden);
+    const double v = uniform01(state + (2 * static_cast<std::uint64_t>(e) + 2) * kGolden);
+    const double normal = std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+    store(x, e / x.cols, e % x.cols, static_cast<float>(mean + std * normal));
+  }
+}
+
 View contiguous(void* data, DType dtype, std::int64_t rows, std::int64_t cols) {
   MSTPLAN_CHECK(rows >= 0 && cols > 0, "contiguous: bad shape {}x{}", rows, cols);
   View v;

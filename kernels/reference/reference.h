@@ -52,6 +52,11 @@ inline constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ull;
   return (static_cast<double>(splitmix_at(state) >> 11) + 0.5) * 0x1.0p-53;
 }
 
+/// x = mean + std * N(0, 1) per element, element e (row-major over the view's rows) from the
+/// counter-based stream at `state` (Box-Muller on uniform01 at counters 2e+1 and 2e+2, in double):
+/// initialisation, the same values on every backend (kernels/cuda/init.cu is its twin).
+void fill_normal(const View& x, std::uint64_t state, double mean, double std);
+
 /// A plain rows x cols matrix.
 [[nodiscard]] View contiguous(void* data, DType dtype, std::int64_t rows, std::int64_t cols);
 
