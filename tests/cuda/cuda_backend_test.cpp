@@ -86,6 +86,19 @@ TEST_P(CudaStep, EveryOpMatchesTheCpuBackend) {
     ASSERT_EQ(want[i].name, got[i].name);
     ASSERT_EQ(want[i].outputs.size(), got[i].outputs.size()) << want[i].name;
     for (std::size_t o = 0; o < want[i].outputs.size(); ++o) {
+      if (want[i].name.ends_with(".attn.k.bias.adamw")) {
+        // The key projection's bias (qwen2) has a zero gradient in exact arithmetic: it adds q.b
+        // to every score of a query's row, which softmax ignores. Both backends' gradients are
+        // rounding noise, and AdamW's first step, lr * g / (|g| + eps), is +-lr whatever the
+        // noise: an element may move by lr one way on one backend and the other way on the other
+        // (found under the CUDA emulation). Held elementwise to 2 lr plus a bf16 ulp instead.
+        const double lr = RunOptions{}.learning_rate;
+        for (std::size_t k = 0; k < want[i].outputs[o].size(); ++k) {
+          const double w = want[i].outputs[o][k], g = got[i].outputs[o][k];
+          ASSERT_LE(std::fabs(g - w), 2 * lr + std::fabs(w) / 128) << want[i].name << " element " << k;
+        }
+        continue;
+      }
       const double e = relative_error(got[i].outputs[o], want[i].outputs[o]);
       ASSERT_LT(e, c.tolerance) << "op " << i << " " << want[i].name << " output " << o;
     }

@@ -14,6 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <unordered_map>
 #include <memory>
 #include <new>
 #include <vector>
@@ -286,6 +288,71 @@ void set_error(cudaError_t e) {
   if (emulator().last_error == cudaSuccess) emulator().last_error = e;
 }
 
+// ---- Device memory: one emulated H100 80GB ---------------------------------------------------
+
+constexpr std::size_t kDeviceBytes = std::size_t{80} << 30;
+
+/// The default memory pool: what is in use and what it keeps reserved (it returns memory beyond
+/// its release threshold when freed), with the high-water marks cudaMemPoolGetAttribute reports.
+struct Pool {
+  std::uint64_t used = 0, reserved = 0, used_high = 0, reserved_high = 0;
+  std::uint64_t release_threshold = 0;
+};
+
+struct DeviceMemory {
+  std::mutex mutex;
+  std::unordered_map<void*, std::size_t> sizes;  ///< every live device allocation
+  std::unordered_map<void*, bool> from_pool;
+  std::size_t allocated = 0;  ///< cudaMalloc'd bytes (the pool's are in `pool`)
+  Pool pool;
+};
+
+DeviceMemory& device_memory() {
+  static DeviceMemory m;
+  return m;
+}
+
+void* device_allocate(std::size_t size, bool pooled = false) {
+  DeviceMemory& m = device_memory();
+  const std::lock_guard lock(m.mutex);
+  const std::size_t needed = pooled ? m.allocated + std::max<std::size_t>(m.pool.reserved, m.pool.used + size)
+                                   : m.allocated + size + m.pool.reserved;
+  if (needed > kDeviceBytes) return nullptr;
+  void* p = ::operator new(std::max<std::size_t>(size, 1), std::align_val_t{256}, std::nothrow);
+  if (p == nullptr) return nullptr;
+  std::memset(p, 0xFF, size);
+  m.sizes[p] = size;
+  m.from_pool[p] = pooled;
+  if (pooled) {
+    Pool& pool = m.pool;
+    pool.used += size;
+    pool.reserved = std::max(pool.reserved, pool.used);
+    pool.used_high = std::max(pool.used_high, pool.used);
+    pool.reserved_high = std::max(pool.reserved_high, pool.reserved);
+  } else {
+    m.allocated += size;
+  }
+  return p;
+}
+
+void device_free(void* p) {
+  if (p == nullptr) return;
+  DeviceMemory& m = device_memory();
+  const std::lock_guard lock(m.mutex);
+  const auto it = m.sizes.find(p);
+  if (it == m.sizes.end()) die("cudaFree of a pointer that is not a live device allocation%s%s");
+  if (m.from_pool[p]) {
+    Pool& pool = m.pool;
+    pool.used -= it->second;
+    if (pool.reserved > pool.release_threshold) pool.reserved = std::max(pool.used, pool.release_threshold);
+  } else {
+    m.allocated -= it->second;
+  }
+  m.sizes.erase(it);
+  m.from_pool.erase(p);
+  ::operator delete(p, std::align_val_t{256});
+}
+
 }  // namespace
 
 const ThreadCoords& coords() {
@@ -416,14 +483,12 @@ cudaError_t cudaMalloc(void** ptr, std::size_t size) {
   // 256-byte aligned as cudaMalloc's, of exactly `size` bytes so that AddressSanitizer reports a
   // read or write past the end; not zeroed: 0xFF bytes (NaN as floats), so that a kernel reading
   // what nobody wrote shows.
-  *ptr = ::operator new(std::max<std::size_t>(size, 1), std::align_val_t{256}, std::nothrow);
-  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
-  std::memset(*ptr, 0xFF, size);
-  return cudaSuccess;
+  *ptr = mstplan::emu::device_allocate(size);
+  return *ptr == nullptr ? cudaErrorMemoryAllocation : cudaSuccess;
 }
 
 cudaError_t cudaFree(void* ptr) {
-  if (ptr != nullptr) ::operator delete(ptr, std::align_val_t{256});
+  mstplan::emu::device_free(ptr);
   return cudaSuccess;
 }
 
@@ -449,5 +514,139 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, std::size_t count, cudaStream_
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t /*stream*/) { return cudaSuccess; }
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "CUDA emulation (H100 80GB limits)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->totalGlobalMem = mstplan::emu::kDeviceBytes;
+  prop->maxThreadsPerBlock = static_cast<int>(mstplan::emu::kMaxThreadsPerBlock);
+  prop->warpSize = 32;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetPCIBusId(char* bus_id, int length, int device) {
+  if (device != 0 || length < 1) return cudaErrorInvalidValue;
+  std::snprintf(bus_id, static_cast<std::size_t>(length), "0000:00:00.0");
+  return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int* version) {
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(std::size_t* free, std::size_t* total) {
+  mstplan::emu::DeviceMemory& m = mstplan::emu::device_memory();
+  const std::lock_guard lock(m.mutex);
+  *total = mstplan::emu::kDeviceBytes;
+  *free = mstplan::emu::kDeviceBytes - m.allocated - m.pool.reserved;
+  return cudaSuccess;
+}
+
+// Streams: work runs when enqueued, so a stream is only a handle.
+struct CUstream_st {
+  unsigned flags = 0;
+};
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+  *stream = new CUstream_st{flags};
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete stream;
+  return cudaSuccess;
+}
+
+// The one device's default memory pool.
+struct CUmemPoolHandle_st {
+  int device = 0;
+};
+
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
+  static CUmemPoolHandle_st default_pool;
+  if (device != 0) return cudaErrorInvalidDevice;
+  *pool = &default_pool;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t /*pool*/, cudaMemPoolAttr attr, void* value) {
+  mstplan::emu::DeviceMemory& m = mstplan::emu::device_memory();
+  const std::lock_guard lock(m.mutex);
+  std::uint64_t v = 0;
+  std::memcpy(&v, value, sizeof v);
+  switch (attr) {
+    case cudaMemPoolAttrReleaseThreshold: m.pool.release_threshold = v; return cudaSuccess;
+    case cudaMemPoolAttrUsedMemHigh:  // only resetting (to the current value) is allowed
+      if (v != 0) return cudaErrorInvalidValue;
+      m.pool.used_high = m.pool.used;
+      return cudaSuccess;
+    case cudaMemPoolAttrReservedMemHigh:
+      if (v != 0) return cudaErrorInvalidValue;
+      m.pool.reserved_high = m.pool.reserved;
+      return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t /*pool*/, cudaMemPoolAttr attr, void* value) {
+  mstplan::emu::DeviceMemory& m = mstplan::emu::device_memory();
+  const std::lock_guard lock(m.mutex);
+  std::uint64_t v = 0;
+  switch (attr) {
+    case cudaMemPoolAttrReleaseThreshold: v = m.pool.release_threshold; break;
+    case cudaMemPoolAttrUsedMemCurrent: v = m.pool.used; break;
+    case cudaMemPoolAttrUsedMemHigh: v = m.pool.used_high; break;
+    case cudaMemPoolAttrReservedMemCurrent: v = m.pool.reserved; break;
+    case cudaMemPoolAttrReservedMemHigh: v = m.pool.reserved_high; break;
+    default: return cudaErrorInvalidValue;
+  }
+  std::memcpy(value, &v, sizeof v);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocFromPoolAsync(void** ptr, std::size_t size, cudaMemPool_t /*pool*/, cudaStream_t /*stream*/) {
+  *ptr = mstplan::emu::device_allocate(size, true);
+  return *ptr == nullptr ? cudaErrorMemoryAllocation : cudaSuccess;
+}
+
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t /*stream*/) {
+  mstplan::emu::device_free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, std::size_t size) {
+  *ptr = ::operator new(std::max<std::size_t>(size, 1), std::align_val_t{4096}, std::nothrow);
+  return *ptr == nullptr ? cudaErrorMemoryAllocation : cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  if (ptr != nullptr) ::operator delete(ptr, std::align_val_t{4096});
+  return cudaSuccess;
+}
 
 }  // extern "C"
