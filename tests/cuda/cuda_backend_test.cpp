@@ -3,8 +3,10 @@
 // device pool's high-water mark against the prediction.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 #include <map>
+#include <ostream>
 
 #include "planner/catalog.h"
 #include "runtime/cpu_backend.h"
@@ -53,6 +55,10 @@ struct StepCase {
   std::int64_t seq;
   double tolerance;  // relative norm-wise error per op output
 };
+
+void PrintTo(const StepCase& c, std::ostream* os) {
+  *os << c.model << ' ' << to_string(c.precision) << ' ' << c.seq << " tokens";
+}
 
 class CudaStep : public ::testing::TestWithParam<StepCase> {};
 
@@ -110,7 +116,14 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaStep,
                          ::testing::Values(StepCase{"tiny-llama", Precision::fp32, 37, 1e-4},
                                            StepCase{"tiny-llama", Precision::bf16, 64, 2e-2},
                                            StepCase{"tiny-qwen2", Precision::mixed, 45, 2e-2},
-                                           StepCase{"tiny-gemma2", Precision::bf16, 70, 2e-2}));
+                                           StepCase{"tiny-gemma2", Precision::bf16, 70, 2e-2}),
+                         [](const ::testing::TestParamInfo<StepCase>& p) {
+                           std::string name = std::string(p.param.model) + "_" +
+                                              std::string(to_string(p.param.precision)) + "_" +
+                                              std::to_string(p.param.seq);
+                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           return name;
+                         });
 
 // The allocator's counts are the same on both backends (same program, same rounding), and the
 // device pool's used high-water mark is within kPoolTolerance of the prediction.

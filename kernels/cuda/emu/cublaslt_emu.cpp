@@ -62,6 +62,24 @@ cublasStatus_t read_value(T& out, const void* buf, std::size_t size) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
+/// An enum attribute stored as `Stored` (int32 for operations, uint32 for the epilogue).
+template <typename Stored, typename Enum>
+cublasStatus_t read_enum(Enum& out, const void* buf, std::size_t size) {
+  Stored v{};
+  const cublasStatus_t s = read_value(v, buf, size);
+  if (s == CUBLAS_STATUS_SUCCESS) out = static_cast<Enum>(v);
+  return s;
+}
+
+/// A new descriptor holding `value`, as the opaque handle type.
+template <typename Handle, typename T>
+cublasStatus_t create(Handle* out, const T& value) {
+  auto* p = new (std::nothrow) T(value);
+  if (p == nullptr) return CUBLAS_STATUS_ALLOC_FAILED;
+  *out = reinterpret_cast<Handle>(p);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 bool supported_type(cudaDataType_t t) { return t == CUDA_R_16BF || t == CUDA_R_32F; }
 
 float load(const void* base, cudaDataType_t t, std::int64_t index) {
@@ -136,12 +154,7 @@ const char* cublasLtGetStatusName(cublasStatus_t status) {
 
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, cublasComputeType_t compute,
                                         cudaDataType_t scale) {
-  auto* d = new (std::nothrow) Desc;
-  if (d == nullptr) return CUBLAS_STATUS_ALLOC_FAILED;
-  d->compute = compute;
-  d->scale = scale;
-  *desc = reinterpret_cast<cublasLtMatmulDesc_t>(d);
-  return CUBLAS_STATUS_SUCCESS;
+  return create(desc, Desc{.compute = compute, .scale = scale});
 }
 
 cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
@@ -153,24 +166,9 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasL
                                               const void* buf, std::size_t size) {
   Desc& d = *desc_of(desc);
   switch (attr) {
-    case CUBLASLT_MATMUL_DESC_TRANSA: {
-      std::int32_t op = 0;
-      const cublasStatus_t s = read_value(op, buf, size);
-      d.trans_a = static_cast<cublasOperation_t>(op);
-      return s;
-    }
-    case CUBLASLT_MATMUL_DESC_TRANSB: {
-      std::int32_t op = 0;
-      const cublasStatus_t s = read_value(op, buf, size);
-      d.trans_b = static_cast<cublasOperation_t>(op);
-      return s;
-    }
-    case CUBLASLT_MATMUL_DESC_EPILOGUE: {
-      std::uint32_t e = 0;
-      const cublasStatus_t s = read_value(e, buf, size);
-      d.epilogue = static_cast<cublasLtEpilogue_t>(e);
-      return s;
-    }
+    case CUBLASLT_MATMUL_DESC_TRANSA: return read_enum<std::int32_t>(d.trans_a, buf, size);
+    case CUBLASLT_MATMUL_DESC_TRANSB: return read_enum<std::int32_t>(d.trans_b, buf, size);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: return read_enum<std::uint32_t>(d.epilogue, buf, size);
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read_value(d.bias, buf, size);
     default: return CUBLAS_STATUS_NOT_SUPPORTED;
   }
@@ -178,14 +176,7 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasL
 
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, cudaDataType type, std::uint64_t rows,
                                           std::uint64_t cols, std::int64_t ld) {
-  auto* l = new (std::nothrow) Layout;
-  if (l == nullptr) return CUBLAS_STATUS_ALLOC_FAILED;
-  l->type = type;
-  l->rows = rows;
-  l->cols = cols;
-  l->ld = ld;
-  *layout = reinterpret_cast<cublasLtMatrixLayout_t>(l);
-  return CUBLAS_STATUS_SUCCESS;
+  return create(layout, Layout{.type = type, .rows = rows, .cols = cols, .ld = ld});
 }
 
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
@@ -204,10 +195,7 @@ cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t layout, c
 }
 
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* pref) {
-  auto* p = new (std::nothrow) Preference;
-  if (p == nullptr) return CUBLAS_STATUS_ALLOC_FAILED;
-  *pref = reinterpret_cast<cublasLtMatmulPreference_t>(p);
-  return CUBLAS_STATUS_SUCCESS;
+  return create(pref, Preference{});
 }
 
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) {

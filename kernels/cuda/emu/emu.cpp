@@ -10,6 +10,7 @@
 #endif
 
 #include <bit>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -65,9 +66,13 @@ constexpr std::size_t kMaxOptInSharedBytes = 227 * 1024;
 // Each fiber's stack, with a PROT_NONE guard page below it so that an overflow faults at once.
 constexpr std::size_t kStackBytes = 256 * 1024;
 
-[[noreturn]] void die(const char* format, const char* a = "", const char* b = "") {
+/// An invariant of the emulation or a kernel bug it detects: the message on stderr, then abort.
+[[noreturn]] [[gnu::format(printf, 1, 2)]] void die(const char* format, ...) {
   std::fprintf(stderr, "CUDA emulation: ");
-  std::fprintf(stderr, format, a, b);
+  va_list args;
+  va_start(args, format);
+  std::vfprintf(stderr, format, args);
+  va_end(args);
   std::fprintf(stderr, "\n");
   std::abort();
 }
@@ -78,8 +83,8 @@ class Stack {
     const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     guard_ = page;
     base_ = mmap(nullptr, kStackBytes + guard_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base_ == MAP_FAILED) die("cannot map a fiber stack%s%s");
-    if (mprotect(base_, guard_, PROT_NONE) != 0) die("cannot protect a fiber stack's guard page%s%s");
+    if (base_ == MAP_FAILED) die("cannot map a fiber stack");
+    if (mprotect(base_, guard_, PROT_NONE) != 0) die("cannot protect a fiber stack's guard page");
   }
   ~Stack() { munmap(base_, kStackBytes + guard_); }
   Stack(const Stack&) = delete;
@@ -138,7 +143,7 @@ Emulator& emulator() {
 
 Block& current_block() {
   Block* b = emulator().block;
-  if (b == nullptr) die("a device function was called outside a kernel launch%s%s");
+  if (b == nullptr) die("a device function was called outside a kernel launch");
   return *b;
 }
 
@@ -205,7 +210,7 @@ void warp_barrier(unsigned participants) {
   b.warps[f.linear / 32].exited |= 1u << (f.linear % 32);
   release_block_barrier(b);
   to_scheduler(true);
-  die("an exited thread was resumed%s%s");
+  die("an exited thread was resumed");
 }
 
 /// splitmix64: the per-phase choice of thread order.
@@ -275,11 +280,10 @@ void run_block(Block& b, std::uint64_t& order_state) {
         at_block += f.state == State::at_block_barrier ? 1 : 0;
         at_warp += f.state == State::at_warp_barrier ? 1 : 0;
       }
-      char counts[160];
-      std::snprintf(counts, sizeof counts, "%d at __syncthreads, %d at a warp shuffle, %d exited, block (%u, %u, %u)",
-                    at_block, at_warp, static_cast<int>(n) - b.live, b.fibers[0].coords.block_idx.x,
-                    b.fibers[0].coords.block_idx.y, b.fibers[0].coords.block_idx.z);
-      die("kernel %s: no thread of a block can go on (a barrier some threads never reach): %s", b.kernel_name, counts);
+      const uint3 block = b.fibers[0].coords.block_idx;
+      die("kernel %s: no thread of a block can go on (a barrier some threads never reach): %d at __syncthreads, "
+          "%d at a warp shuffle, %d exited, block (%u, %u, %u)",
+          b.kernel_name, at_block, at_warp, static_cast<int>(n) - b.live, block.x, block.y, block.z);
     }
   }
 }
@@ -340,7 +344,7 @@ void device_free(void* p) {
   DeviceMemory& m = device_memory();
   const std::lock_guard lock(m.mutex);
   const auto it = m.sizes.find(p);
-  if (it == m.sizes.end()) die("cudaFree of a pointer that is not a live device allocation%s%s");
+  if (it == m.sizes.end()) die("cudaFree of a pointer that is not a live device allocation");
   if (m.from_pool[p]) {
     Pool& pool = m.pool;
     pool.used -= it->second;
@@ -372,17 +376,17 @@ std::uint64_t shuffle_xor(std::uint64_t bits, unsigned mask, int lane_mask, int 
   Block& b = current_block();
   const unsigned t = b.fibers[b.running].linear, lane = t % 32, warp = t / 32;
   Warp& w = b.warps[warp];
-  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) die("kernel %s: shuffle width not a power of two up to 32%s", b.kernel_name);
-  if ((mask >> lane & 1) == 0) die("kernel %s: a lane outside its shuffle's mask shuffles%s", b.kernel_name);
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) die("kernel %s: shuffle width not a power of two up to 32", b.kernel_name);
+  if ((mask >> lane & 1) == 0) die("kernel %s: a lane outside its shuffle's mask shuffles", b.kernel_name);
   if ((mask & ~w.present) != 0 || (mask & w.exited) != 0) {
-    die("kernel %s: a shuffle's mask names lanes that do not exist or have exited%s", b.kernel_name);
+    die("kernel %s: a shuffle's mask names lanes that do not exist or have exited", b.kernel_name);
   }
   w.slots[lane] = bits;
   warp_barrier(mask);
   unsigned source = lane ^ static_cast<unsigned>(lane_mask);
   const unsigned group_end = (lane / static_cast<unsigned>(width) + 1) * static_cast<unsigned>(width);
   if (source >= group_end || source >= 32) source = lane;
-  if ((mask >> source & 1) == 0) die("kernel %s: a shuffle reads a lane outside its mask%s", b.kernel_name);
+  if ((mask >> source & 1) == 0) die("kernel %s: a shuffle reads a lane outside its mask", b.kernel_name);
   const std::uint64_t result = b.warps[warp].slots[source];
   warp_barrier(mask);  // every lane has read before a later shuffle overwrites the slots
   return result;
@@ -393,7 +397,7 @@ void* dynamic_shared() { return current_block().shared.data(); }
 void run_grid(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, const void* kernel, const char* name,
               ThreadBody body, const void* launch) {
   Emulator& e = emulator();
-  if (e.block != nullptr) die("kernel %s launched from inside a kernel (dynamic parallelism is not emulated)%s", name);
+  if (e.block != nullptr) die("kernel %s launched from inside a kernel (dynamic parallelism is not emulated)", name);
   const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > kMaxThreadsPerBlock || block.z > kMaxBlockZ || grid.x == 0 || grid.y == 0 ||
       grid.z == 0 || grid.x > 0x7FFFFFFFu || grid.y > kMaxGridYZ || grid.z > kMaxGridYZ) {
