@@ -3,23 +3,27 @@
 // GPU (this machine, CI): the same .cu sources, compiled by the host compiler with this header
 // included first (kernels/CMakeLists.txt generates one wrapper .cpp per .cu).
 //
-// What it models: a launch's grid of blocks, each block's threads run as fibers (own stacks, switched in emu.cpp) in one
-// OS thread; __syncthreads as a block barrier of the threads that have not exited; warp shuffles
-// through a warp barrier; static __shared__ variables (function-local statics: blocks run one at a
-// time) and dynamic shared memory (a per-block buffer filled with 0xFF bytes, NaN as floats,
-// before each block); atomics; the launch limits (1,024 threads per block, grid y/z 65,535, 48 KiB
-// of dynamic shared memory unless raised with cudaFuncSetAttribute, at most 227 KiB) as launch
-// errors that cudaGetLastError reports; and the runtime calls the launchers and tests make
-// (cudaMalloc on the heap, cudaMemcpy as memcpy, streams and synchronisation as no-ops).
+// What it models: a launch's grid of blocks, each block's threads run as fibers (own stacks,
+// switched in emu.cpp) in one OS thread; __syncthreads as a block barrier of the threads that have
+// not exited; warp shuffles through a warp barrier; static __shared__ variables (function-local
+// statics: blocks run one at a time) and dynamic shared memory (a per-block buffer filled with
+// 0xFF bytes, NaN as floats, before each block); atomics; the launch limits of an H100 (1,024
+// threads per block, grid y/z 65,535, 48 KiB of dynamic shared memory unless raised with
+// cudaFuncSetAttribute, at most 227 KiB) as launch errors that cudaGetLastError reports; the
+// runtime calls of the launchers, the tests and runtime/cuda_backend.cpp (emu.cpp: device memory
+// on the heap, copies as memcpy, streams and synchronisation as no-ops, the default memory pool);
+// and cuBLASLt's matmul (cublaslt_emu.cpp).
 //
-// What it catches: indexing and tiling errors, a missing __syncthreads (between two barriers the
-// threads of a block run one after another, in increasing or decreasing order chosen per phase
+// What it catches: indexing and tiling errors, a missing __syncthreads (warps run one at a time
+// up to the next block barrier, warps and lanes in increasing or decreasing order drawn per phase
 // by a seeded generator, so a read of another thread's unsynchronised write sees the old value in
-// one of the orders), a barrier that some threads never reach (aborts with the kernel and block),
-// shuffles in divergent code, launch configurations the hardware refuses. Under AddressSanitizer,
-// out-of-bounds reads and writes of device buffers.
+// one of the orders; device.cuh caps grid-stride grids at 3 blocks so loops iterate), a barrier
+// that some threads never reach (aborts with the kernel and block), shuffles in divergent code,
+// launch configurations the hardware refuses, GEMM layouts cuBLASLt would refuse. Under
+// AddressSanitizer, out-of-bounds reads and writes of device buffers.
 // What it cannot: timing, the memory model beyond barriers, FMA contraction (nvcc fuses a * b + c,
-// the host does not: results may differ by an ulp), cuBLASLt (gemm.cu is not emulated).
+// the host does not: results may differ by an ulp), the real pool's rounding and cuBLASLt's own
+// memory.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
