@@ -48,4 +48,55 @@ FlatProgram expand(const Program& p) {
   return flat;
 }
 
+Lifetimes lifetimes(const Program& p) {
+  Lifetimes lt;
+  std::vector<std::uint32_t> first(p.tensors.size());
+  for (TensorId t = 0; t < p.tensors.size(); ++t) {
+    first[t] = static_cast<std::uint32_t>(lt.instances.size());
+    const Tensor& tensor = p.tensors[t];
+    const std::int64_t n = tensor.loop == kNone ? 1 : p.loops[static_cast<std::size_t>(tensor.loop)].iterations;
+    for (std::int64_t i = 0; i < n; ++i) lt.instances.push_back({t, i});
+  }
+  lt.first_op.assign(lt.instances.size(), -1);
+  lt.last_op.assign(lt.instances.size(), -1);
+  auto touch = [&](std::uint32_t inst, std::int64_t flat_op) {
+    if (lt.first_op[inst] < 0) lt.first_op[inst] = flat_op;
+    lt.last_op[inst] = flat_op;
+  };
+  // The same walk as expand(), without materialising the ops.
+  auto visit = [&](OpId i, std::int64_t iteration) {
+    const Op& op = p.ops[i];
+    const auto flat_op = static_cast<std::int64_t>(lt.op.size());
+    lt.op.push_back(i);
+    lt.iteration.push_back(iteration);
+    for (std::span<const TensorId> list : {p.inputs(op), p.outputs(op)}) {
+      for (TensorId t : list) {
+        const Tensor& tensor = p.tensors[t];
+        if (tensor.loop == kNone) {
+          touch(first[t], flat_op);
+        } else if (op.loop != kNone) {
+          touch(first[t] + static_cast<std::uint32_t>(iteration), flat_op);
+        } else {
+          const std::int64_t n = p.loops[static_cast<std::size_t>(tensor.loop)].iterations;
+          for (std::int64_t it = 0; it < n; ++it) touch(first[t] + static_cast<std::uint32_t>(it), flat_op);
+        }
+      }
+    }
+  };
+  OpId i = 0;
+  while (i < p.ops.size()) {
+    const Op& op = p.ops[i];
+    if (op.loop == kNone) {
+      visit(i++, 0);
+      continue;
+    }
+    const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
+    for (std::int64_t it = 0; it < loop.iterations; ++it) {
+      for (OpId j = loop.first_op; j < loop.end_op; ++j) visit(j, it);
+    }
+    i = loop.end_op;
+  }
+  return lt;
+}
+
 }  // namespace mstplan

@@ -34,4 +34,16 @@ struct FlatProgram {
 /// read outside loops, it is every instance.
 [[nodiscard]] FlatProgram expand(const Program& program);
 
+/// When each tensor instance lives, in the flat ops expand() emits: from the first op that reads
+/// or writes it to the last, after which it is freed (-1 for instances no op touches). Placement
+/// and the caching-allocator simulation read this one computation.
+struct Lifetimes {
+  std::vector<TensorInstance> instances;  ///< as in FlatProgram
+  std::vector<std::int64_t> first_op;     ///< per instance
+  std::vector<std::int64_t> last_op;      ///< per instance
+  std::vector<OpId> op;                   ///< per flat op: the program's op
+  std::vector<std::int64_t> iteration;    ///< per flat op: its loop iteration
+};
+[[nodiscard]] Lifetimes lifetimes(const Program& program);
+
 }  // namespace mstplan

@@ -4,6 +4,8 @@
 #include <iterator>
 #include <map>
 
+#include "planner/error.h"
+
 namespace mstplan {
 
 Placement place(const Program& p, const AllocatorModel& allocator) {
@@ -12,16 +14,10 @@ Placement place(const Program& p, const AllocatorModel& allocator) {
   const std::size_t n = pl.flat.instances.size();
   pl.offset.assign(n, -1);
   pl.size.assign(n, 0);
-  pl.first_op.assign(n, -1);
-  pl.last_op.assign(n, -1);
-  for (std::size_t i = 0; i < pl.flat.ops.size(); ++i) {
-    for (const auto* list : {&pl.flat.ops[i].inputs, &pl.flat.ops[i].outputs}) {
-      for (std::uint32_t inst : *list) {
-        if (pl.first_op[inst] < 0) pl.first_op[inst] = static_cast<std::int64_t>(i);
-        pl.last_op[inst] = static_cast<std::int64_t>(i);
-      }
-    }
-  }
+  Lifetimes lt = lifetimes(p);
+  MSTPLAN_CHECK(lt.instances.size() == n && lt.op.size() == pl.flat.ops.size(), "lifetimes disagree with expand()");
+  pl.first_op = std::move(lt.first_op);
+  pl.last_op = std::move(lt.last_op);
   // Instances allocated and freed at each flat op.
   std::vector<std::vector<std::uint32_t>> allocs(pl.flat.ops.size()), frees(pl.flat.ops.size());
   for (std::uint32_t inst = 0; inst < n; ++inst) {
