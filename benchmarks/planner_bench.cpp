@@ -100,3 +100,30 @@ BENCHMARK(BM_AutoSearchLlama8b)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace mstplan
+
+#include "planner/caching_allocator.h"
+
+namespace mstplan {
+namespace {
+
+// The caching-allocator simulation of one llama3-8b step (pytorch profile, MST's plan) at 64K
+// tokens: what deciding "fits" on reserved bytes costs per evaluated plan.
+void BM_CachingAllocatorLlama8b64K(benchmark::State& state) {
+  const ModelSpec model = *resolve_model("llama3-8b");
+  TrainingSetup setup;
+  setup.profile = Profile::pytorch;
+  const Program p = build_program(model, setup, Plan::mst_reference(model), 65536);
+  const CachingAllocatorOptions options{.expandable_segments = state.range(0) != 0};
+  std::int64_t segments = 0;
+  for (auto _ : state) {
+    const CachingAllocatorResult r = simulate_caching_allocator(p, options);
+    segments = r.segments_created;
+    benchmark::DoNotOptimize(r);
+  }
+  state.counters["segments"] = static_cast<double>(segments);
+  state.SetLabel(options.expandable_segments ? "expandable" : "default");
+}
+BENCHMARK(BM_CachingAllocatorLlama8b64K)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace mstplan

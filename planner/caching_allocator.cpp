@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -25,6 +26,26 @@ std::int64_t allocation_size(std::int64_t size) {
   return round_up(size, kTorchRoundLargeBytes);
 }
 
+// A sorted vector as a set: the pools hold tens to hundreds of free blocks, where a vector's
+// binary search and short moves beat a tree's node allocations.
+template <typename T>
+class FlatSet {
+ public:
+  using const_iterator = typename std::set<T>::const_iterator;
+  void insert(const T& v) { items_.insert(v); }
+  void erase(const T& v) {
+    const std::size_t erased = items_.erase(v);
+    MSTPLAN_CHECK(erased == 1, "erasing a block the pool does not hold");
+  }
+  void erase(const_iterator it) { items_.erase(it); }
+  [[nodiscard]] const_iterator lower_bound(const T& v) const { return items_.lower_bound(v); }
+  [[nodiscard]] const_iterator begin() const { return items_.begin(); }
+  [[nodiscard]] const_iterator end() const { return items_.end(); }
+
+ private:
+  std::set<T> items_;
+};
+
 // A virtual address range per expandable segment: far more than any device holds.
 constexpr std::int64_t kExpandableRangeBytes = std::int64_t{1} << 46;
 
@@ -47,8 +68,8 @@ struct CachingAllocator::Impl {
   CachingAllocatorOptions options;
   std::vector<Block> blocks;
   std::vector<BlockId> unused;
-  std::set<Key> pools[2];                                   // [small]: free mapped blocks
-  std::set<std::pair<std::int64_t, BlockId>> unmapped[2];   // [small]: expandable address space without pages, by address
+  FlatSet<Key> pools[2];                                   // [small]: free mapped blocks
+  FlatSet<std::pair<std::int64_t, BlockId>> unmapped[2];   // [small]: expandable address space without pages, by address
   std::int64_t next_addr = 0;
 
   Block& at(BlockId b) { return blocks[static_cast<std::size_t>(b)]; }
@@ -70,7 +91,7 @@ struct CachingAllocator::Impl {
     if (at(b).mapped) {
       pools[at(b).small ? 1 : 0].insert(key(b));
     } else {
-      unmapped[at(b).small ? 1 : 0].emplace(at(b).addr, b);
+      unmapped[at(b).small ? 1 : 0].insert({at(b).addr, b});
     }
   }
   void unindex(BlockId b) {
@@ -172,6 +193,49 @@ CachingAllocator::CachingAllocator(const CachingAllocatorOptions& options) : imp
   impl_->options = options;
 }
 
+CachingAllocator::CachingAllocator(const CachingAllocator& other)
+    : impl_(new Impl(*other.impl_)), allocated_(other.allocated_), reserved_(other.reserved_),
+      requested_(other.requested_), stats_(other.stats_) {}
+
+CachingAllocator& CachingAllocator::operator=(const CachingAllocator& other) {
+  if (this != &other) *this = CachingAllocator(other);
+  return *this;
+}
+
+void CachingAllocator::set_options(const CachingAllocatorOptions& options) {
+  MSTPLAN_CHECK(options.expandable_segments == impl_->options.expandable_segments,
+                "an allocator's segment kind cannot change");
+  impl_->options = options;
+}
+
+bool CachingAllocator::overcommit(std::int64_t size) {
+  if (!impl_->options.overcommit) return false;
+  if (!stats_.out_of_memory) {
+    stats_.out_of_memory = true;
+    stats_.oom_request_bytes = size;
+  }
+  return true;
+}
+
+void CachingAllocator::state(std::vector<std::int64_t>& out) const {
+  out.clear();
+  out.push_back(allocated_);
+  out.push_back(reserved_);
+  out.push_back(requested_);
+  for (int which = 0; which < 2; ++which) {
+    out.push_back(-1);
+    for (const Impl::Key& k : impl_->pools[which]) {
+      out.push_back(std::get<0>(k));
+      out.push_back(std::get<1>(k));
+    }
+    out.push_back(-2);
+    for (const auto& [addr, b] : impl_->unmapped[which]) {
+      out.push_back(addr);
+      out.push_back(impl_->blocks[static_cast<std::size_t>(b)].size);
+    }
+  }
+}
+
 std::int64_t CachingAllocator::block_bytes(BlockId block) const {
   return impl_->blocks[static_cast<std::size_t>(block)].size;
 }
@@ -180,7 +244,7 @@ CachingAllocator::BlockId CachingAllocator::malloc(std::int64_t requested_bytes)
   Impl& s = *impl_;
   const std::int64_t size = round_size(requested_bytes);
   const bool small = size <= kTorchSmallSizeBytes;
-  std::set<Impl::Key>& pool = s.pools[small ? 1 : 0];
+  FlatSet<Impl::Key>& pool = s.pools[small ? 1 : 0];
   const std::int64_t capacity = s.options.capacity_bytes;
 
   // release_cached_blocks(): frees whole free segments, or (expandable) unmaps the pages that lie
@@ -229,7 +293,7 @@ CachingAllocator::BlockId CachingAllocator::malloc(std::int64_t requested_bytes)
     // alloc_block(): a new segment, after freeing the cache if the device is full.
     const std::int64_t segment = allocation_size(size);
     if (reserved_ + segment > capacity) release_cached();
-    if (reserved_ + segment > capacity) return kFailed;
+    if (reserved_ + segment > capacity && !overcommit(size)) return kFailed;
     Impl::Block nb;
     nb.addr = s.next_addr;
     nb.size = segment;
@@ -244,7 +308,7 @@ CachingAllocator::BlockId CachingAllocator::malloc(std::int64_t requested_bytes)
     if (reserved_ + s.pages_needed(c, size) > capacity) {
       release_cached();
       c = s.expandable_candidate(small, size);
-      if (reserved_ + s.pages_needed(c, size) > capacity) return kFailed;
+      if (reserved_ + s.pages_needed(c, size) > capacity && !overcommit(size)) return kFailed;
     }
     if (!s.at(c).mapped) c = s.map(c, std::min(s.at(c).size, size), reserved_);
     while (s.at(c).size < size) c = s.map(s.at(c).next, size - s.at(c).size, reserved_);
@@ -254,14 +318,19 @@ CachingAllocator::BlockId CachingAllocator::malloc(std::int64_t requested_bytes)
   }
 
   const std::int64_t remaining = s.at(b).size - size;
-  // should_split(): small pool at 512 bytes of rest, large pool above 1 MiB.
-  const bool split = small ? remaining >= kTorchMinBlockBytes : remaining > kTorchSmallSizeBytes;
+  // should_split(): at 512 bytes of rest in the small pool and with expandable segments, above
+  // 1 MiB in the large pool otherwise.
+  const bool split = small || s.options.expandable_segments ? remaining >= kTorchMinBlockBytes
+                                                            : remaining > kTorchSmallSizeBytes;
   if (split) s.split(b, size);
   s.at(b).allocated = true;
   s.at(b).requested = requested_bytes;
   allocated_ += s.at(b).size;
   requested_ += requested_bytes;
   stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, reserved_);
+  if (s.options.overcommit && reserved_ > capacity) {
+    stats_.overshoot_bytes = std::max(stats_.overshoot_bytes, reserved_ - capacity);
+  }
   stats_.peak_requested_bytes = std::max(stats_.peak_requested_bytes, requested_);
   if (allocated_ > stats_.peak_allocated_bytes) {
     stats_.peak_allocated_bytes = allocated_;
@@ -284,10 +353,16 @@ void CachingAllocator::free(BlockId block) {
 }
 
 CachingAllocatorResult simulate_caching_allocator(const Program& p, const CachingAllocatorOptions& options) {
-  const Lifetimes lt = lifetimes(p);
+  // Scratch kept per thread: the search simulates many steps in a row.
+  thread_local Lifetimes lt;
+  thread_local std::vector<std::uint32_t> alloc_start, free_start, allocs, frees, cursor_a, cursor_f;
+  thread_local std::vector<CachingAllocator::BlockId> block;
+  thread_local std::vector<std::size_t> allocated_at;
+  lifetimes(p, lt);
   const std::size_t ops = lt.op.size();
   // Instances allocated and freed at each flat op, in instance order (a counting sort).
-  std::vector<std::uint32_t> alloc_start(ops + 1, 0), free_start(ops + 1, 0);
+  alloc_start.assign(ops + 1, 0);
+  free_start.assign(ops + 1, 0);
   auto on_device = [&](std::uint32_t inst) {
     const Tensor& t = p.tensors[lt.instances[inst].tensor];
     return lt.first_op[inst] >= 0 && t.device == Device::device && t.bytes > 0;
@@ -302,24 +377,111 @@ CachingAllocatorResult simulate_caching_allocator(const Program& p, const Cachin
     alloc_start[i + 1] += alloc_start[i];
     free_start[i + 1] += free_start[i];
   }
-  std::vector<std::uint32_t> allocs(alloc_start[ops]), frees(free_start[ops]);
-  {
-    std::vector<std::uint32_t> a(alloc_start.begin(), alloc_start.end() - 1), f(free_start.begin(), free_start.end() - 1);
-    for (std::uint32_t i = 0; i < n; ++i) {
-      if (!on_device(i)) continue;
-      allocs[a[static_cast<std::size_t>(lt.first_op[i])]++] = i;
-      frees[f[static_cast<std::size_t>(lt.last_op[i])]++] = i;
+  allocs.resize(alloc_start[ops]);
+  frees.resize(free_start[ops]);
+  cursor_a.assign(alloc_start.begin(), alloc_start.end() - 1);
+  cursor_f.assign(free_start.begin(), free_start.end() - 1);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (!on_device(i)) continue;
+    allocs[cursor_a[static_cast<std::size_t>(lt.first_op[i])]++] = i;
+    frees[cursor_f[static_cast<std::size_t>(lt.last_op[i])]++] = i;
+  }
+  block.assign(n, CachingAllocator::kFailed);
+  allocated_at.assign(n, 0);  // the flat op that allocated each instance
+  // The parameters and their optimizer state come first and are the same for every length and
+  // plan of a model and setup: their allocation is simulated once per thread and copied.
+  struct StaticPrefix {
+    std::vector<std::int64_t> bytes;
+    bool expandable = false;
+    std::optional<CachingAllocator> state;
+    std::vector<CachingAllocator::BlockId> blocks;
+  };
+  thread_local StaticPrefix cached;
+  std::vector<std::int64_t> prefix_bytes;
+  std::uint32_t prefix = 0;
+  if (ops > 0) {
+    for (std::uint32_t k = alloc_start[0]; k < alloc_start[1]; ++k, ++prefix) {
+      const Tensor& t = p.tensors[lt.instances[allocs[k]].tensor];
+      const bool parameter_state = t.kind == TensorKind::weight || t.kind == TensorKind::master_weight ||
+                                   t.kind == TensorKind::optimizer_state || t.kind == TensorKind::gradient;
+      if (!parameter_state) break;
+      prefix_bytes.push_back(t.bytes);
     }
   }
   CachingAllocator allocator(options);
-  std::vector<CachingAllocator::BlockId> block(n, CachingAllocator::kFailed);
-  for (std::size_t i = 0; i < ops; ++i) {
-    for (std::uint32_t k = alloc_start[i]; k < alloc_start[i + 1]; ++k) {
+  std::uint32_t first_alloc = 0;  // of op 0, the first not restored from the cache
+  if (prefix > 0 && cached.state && cached.expandable == options.expandable_segments && cached.bytes == prefix_bytes) {
+    allocator = *cached.state;
+    allocator.set_options(options);
+    for (std::uint32_t k = 0; k < prefix; ++k) {
+      block[allocs[alloc_start[0] + k]] = cached.blocks[k];
+    }
+    first_alloc = prefix;
+  } else if (prefix > 0) {
+    CachingAllocator fresh(CachingAllocatorOptions{.expandable_segments = options.expandable_segments});
+    std::vector<CachingAllocator::BlockId> ids;
+    for (std::uint32_t k = 0; k < prefix; ++k) ids.push_back(fresh.malloc(prefix_bytes[k]));
+    const bool within = fresh.reserved_bytes() <= options.capacity_bytes;
+    if (within) {
+      cached = StaticPrefix{prefix_bytes, options.expandable_segments, fresh, ids};
+      allocator = std::move(fresh);
+      allocator.set_options(options);
+      for (std::uint32_t k = 0; k < prefix; ++k) block[allocs[alloc_start[0] + k]] = ids[k];
+      first_alloc = prefix;
+    }
+  }
+  OpId failed_op = 0;
+  std::int64_t failed_iteration = 0;
+  // Loop iterations: the state at the start of the previous one, and whether it freed all it allocated.
+  std::vector<std::int64_t> previous_state, state;
+  bool have_previous = false;
+  std::size_t iteration_start = 0;
+  std::int64_t own_allocations = 0, own_frees = 0;
+  std::int64_t skipped = 0;
+  std::size_t i = 0;
+  while (i < ops) {
+    const Op& op = p.ops[lt.op[i]];
+    if (op.loop != kNone && lt.op[i] == p.loops[static_cast<std::size_t>(op.loop)].first_op) {
+      const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
+      const std::int64_t it = lt.iteration[i];
+      const bool clean = own_allocations == own_frees;
+      if (it == 0 || !options.skip_repeated_iterations) {
+        have_previous = false;
+      } else {
+        allocator.state(state);
+        if (have_previous && clean && state == previous_state && it + 1 < loop.iterations) {
+          // Iteration it would repeat iteration it - 1 and leave the same state: on to the last.
+          skipped += loop.iterations - 1 - it;
+          i += static_cast<std::size_t>(loop.iterations - 1 - it) * (loop.end_op - loop.first_op);
+          have_previous = false;
+          iteration_start = i;
+          own_allocations = own_frees = 0;
+          continue;
+        }
+        std::swap(previous_state, state);
+        have_previous = clean;
+      }
+      if (it == 0) {
+        allocator.state(previous_state);
+        have_previous = options.skip_repeated_iterations;
+      }
+      iteration_start = i;
+      own_allocations = own_frees = 0;
+    }
+    for (std::uint32_t k = alloc_start[i] + (i == 0 ? first_alloc : 0); k < alloc_start[i + 1]; ++k) {
       const std::uint32_t inst = allocs[k];
       const std::int64_t bytes = p.tensors[lt.instances[inst].tensor].bytes;
+      const bool fitted = !allocator.stats().out_of_memory;
       block[inst] = allocator.malloc(bytes);
+      allocated_at[inst] = i;
+      ++own_allocations;
+      if (fitted && allocator.stats().out_of_memory) {
+        failed_op = lt.op[i];  // overcommitted: recorded, and the simulation goes on
+        failed_iteration = lt.iteration[i];
+      }
       if (block[inst] == CachingAllocator::kFailed) {
         CachingAllocatorResult r = allocator.stats();
+        r.skipped_iterations = skipped;
         r.out_of_memory = true;
         r.oom_request_bytes = bytes;
         r.oom_op = lt.op[i];
@@ -327,9 +489,19 @@ CachingAllocatorResult simulate_caching_allocator(const Program& p, const Cachin
         return r;
       }
     }
-    for (std::uint32_t k = free_start[i]; k < free_start[i + 1]; ++k) allocator.free(block[frees[k]]);
+    for (std::uint32_t k = free_start[i]; k < free_start[i + 1]; ++k) {
+      const std::uint32_t inst = frees[k];
+      MSTPLAN_CHECK(block[inst] != CachingAllocator::kFailed, "freeing an instance never allocated");
+      allocator.free(block[inst]);
+      if (allocated_at[inst] >= iteration_start) ++own_frees;
+    }
+    ++i;
   }
-  return allocator.stats();
+  CachingAllocatorResult r = allocator.stats();
+  r.skipped_iterations = skipped;
+  r.oom_op = failed_op;
+  r.oom_iteration = failed_iteration;
+  return r;
 }
 
 }  // namespace mstplan

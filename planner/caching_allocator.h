@@ -12,8 +12,8 @@
 // device with cudaMalloc: 2 MiB (kSmallBuffer) for a small request, 20 MiB (kLargeBuffer) for a
 // request under 10 MiB (kMinLargeAlloc), the request rounded up to 2 MiB (kRoundLarge) above.
 // A block larger than the request is split (should_split) when the rest is at least 512 bytes
-// (small pool) or more than 1 MiB (large pool); otherwise the whole block is handed out, and
-// `allocated` counts the whole block. A freed block merges with free neighbours of its segment.
+// (small pool, or any pool with expandable segments) or more than 1 MiB (large pool); otherwise
+// the whole block is handed out, and `allocated` counts the whole block. A freed block merges with free neighbours of its segment.
 // When cudaMalloc fails, the allocator frees every cached segment that is entirely free
 // (release_cached_blocks) and tries once more; then it raises OutOfMemoryError. `allocated` is the
 // sum of the blocks in use (torch.cuda.max_memory_allocated), `reserved` the sum of the segments
@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "planner/program.h"
 
@@ -49,6 +50,14 @@ struct CachingAllocatorOptions {
   std::int64_t capacity_bytes = std::numeric_limits<std::int64_t>::max();
   /// PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.
   bool expandable_segments = false;
+  /// A request the capacity cannot serve is recorded (out_of_memory) and then served anyway, so
+  /// that the simulation runs to the end and `overshoot_bytes` says how far over it went: how much
+  /// a step that does not fit is short of fitting, for the search.
+  bool overcommit = false;
+  /// simulate_caching_allocator(): once a loop iteration starts from the state the previous one
+  /// started from, having freed all it allocated, the iterations up to the last are the same and
+  /// are skipped. Off only to test that this changes nothing.
+  bool skip_repeated_iterations = true;
 };
 
 struct CachingAllocatorResult {
@@ -60,8 +69,10 @@ struct CachingAllocatorResult {
   std::int64_t reserved_at_peak_allocated_bytes = 0;
   std::int64_t segments_created = 0;      ///< cudaMalloc calls (pages mapped, with expandable segments)
   std::int64_t cache_flushes = 0;         ///< times cached segments were freed to retry a failed cudaMalloc
+  std::int64_t skipped_iterations = 0;    ///< loop iterations not simulated: they repeat the one before
   bool out_of_memory = false;
-  std::int64_t oom_request_bytes = 0;     ///< the request that failed
+  std::int64_t overshoot_bytes = 0;       ///< overcommit: reserved bytes beyond the capacity, at most
+  std::int64_t oom_request_bytes = 0;     ///< the (first) request that failed
   OpId oom_op = 0;                        ///< the op whose allocation failed
   std::int64_t oom_iteration = 0;
 };
@@ -79,6 +90,13 @@ class CachingAllocator {
   static constexpr BlockId kFailed = -1;
 
   explicit CachingAllocator(const CachingAllocatorOptions& options = {});
+  CachingAllocator(const CachingAllocator& other);
+  CachingAllocator& operator=(const CachingAllocator& other);
+  CachingAllocator(CachingAllocator&&) noexcept = default;
+  CachingAllocator& operator=(CachingAllocator&&) noexcept = default;
+  ~CachingAllocator() = default;
+  /// Changes the capacity and overcommit for what follows (a state copied for another run).
+  void set_options(const CachingAllocatorOptions& options);
   /// A block of at least `requested_bytes`, or kFailed when the device cannot provide it.
   [[nodiscard]] BlockId malloc(std::int64_t requested_bytes);
   void free(BlockId block);
@@ -88,8 +106,12 @@ class CachingAllocator {
   [[nodiscard]] const CachingAllocatorResult& stats() const { return stats_; }
   /// The size of a block handed out (its rounded, possibly unsplit, size).
   [[nodiscard]] std::int64_t block_bytes(BlockId block) const;
+  /// The state as numbers (byte counts, and every free and unmapped block's size and address):
+  /// equal states serve equal request sequences alike.
+  void state(std::vector<std::int64_t>& out) const;
 
  private:
+  bool overcommit(std::int64_t size);  // options.overcommit: records the failure, serves anyway
   struct Impl;
   struct ImplDeleter {
     void operator()(Impl* impl) const;

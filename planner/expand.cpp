@@ -50,7 +50,16 @@ FlatProgram expand(const Program& p) {
 
 Lifetimes lifetimes(const Program& p) {
   Lifetimes lt;
-  std::vector<std::uint32_t> first(p.tensors.size());
+  lifetimes(p, lt);
+  return lt;
+}
+
+void lifetimes(const Program& p, Lifetimes& lt) {
+  lt.instances.clear();
+  lt.op.clear();
+  lt.iteration.clear();
+  thread_local std::vector<std::uint32_t> first;
+  first.resize(p.tensors.size());
   for (TensorId t = 0; t < p.tensors.size(); ++t) {
     first[t] = static_cast<std::uint32_t>(lt.instances.size());
     const Tensor& tensor = p.tensors[t];
@@ -96,7 +105,6 @@ Lifetimes lifetimes(const Program& p) {
     }
     i = loop.end_op;
   }
-  return lt;
 }
 
 }  // namespace mstplan

@@ -45,5 +45,7 @@ struct Lifetimes {
   std::vector<std::int64_t> iteration;    ///< per flat op: its loop iteration
 };
 [[nodiscard]] Lifetimes lifetimes(const Program& program);
+/// The same into `out`, reusing its storage (the allocator simulation runs many in a row).
+void lifetimes(const Program& program, Lifetimes& out);
 
 }  // namespace mstplan

@@ -1,7 +1,9 @@
 #include "planner/search.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <thread>
 
 #include "planner/builder.h"
 
@@ -103,7 +105,9 @@ Plan method_plan(Method method, const ModelSpec& model) {
 Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options)
     : model_(model), gpu_(gpu), setup_(setup), options_(options), allocator_(AllocatorModel::for_profile(setup.profile)) {}
 
-Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) {
+Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) { return evaluate(plan, seq_len, Pool::decide); }
+
+Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode) {
   ++evaluations_;
   scratch_ = build_program(model_, setup_, plan, seq_len, std::move(scratch_));
   const Program& p = scratch_;
@@ -113,9 +117,20 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) {
   e.mlp_chunks = p.mlp_chunks;
   e.lm_head_chunks = p.lm_head_chunks;
   e.analysis = analyze(p, allocator_);
-  e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost);
+  // Lengths the pytorch profile only probes on allocated bytes are never an answer: no time.
+  if (mode != Pool::skip || setup_.profile != Profile::pytorch) {
+    e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost);
+  }
   e.required_bytes = e.analysis.peak.allocated_bytes + gpu_.reserve_bytes;
   e.fits = e.required_bytes <= gpu_.capacity_bytes;
+  if (e.fits && setup_.profile == Profile::pytorch && mode != Pool::skip) {
+    CachingAllocatorOptions pool;
+    pool.capacity_bytes = gpu_.usable_bytes();
+    pool.expandable_segments = setup_.expandable_segments;
+    pool.overcommit = mode == Pool::overcommit;
+    e.pool = simulate_caching_allocator(p, pool);
+    e.fits = !e.pool->out_of_memory;
+  }
   e.peak_at = op_name(p, e.analysis.peak_op, e.analysis.peak_iteration);
   e.peak_phase = p.ops[e.analysis.peak_op].phase;
   e.peak_layer = p.ops[e.analysis.peak_op].layer;
@@ -123,11 +138,56 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) {
 }
 
 std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
+  std::optional<Evaluation> lo = longest_allocated(plan, 0);
+  if (!lo || setup_.profile != Profile::pytorch) return lo;
+  // The caching allocator reserves more than is allocated, by a fragmentation that jumps with the
+  // length. At the longest length on allocated bytes, the simulation (serving past the capacity)
+  // says how much room the fragmentation took; the longest length whose allocated peak leaves that
+  // room is checked by simulating it, and the room grows to what that check shows until one fits.
+  Evaluation at = evaluate(plan, lo->seq_len, Pool::overcommit);
+  if (at.fits) return at;
+  const std::int64_t g = std::max<std::int64_t>(options_.granularity, 2);
+  // Allocated bytes per token near the limit (memory is nearly affine in the length).
+  const std::int64_t half = std::max(round_down(lo->seq_len / 2, g), g);
+  double per_token = 0;
+  if (half < lo->seq_len) {
+    per_token = static_cast<double>(lo->analysis.peak.allocated_bytes - evaluate(plan, half, Pool::skip).analysis.peak.allocated_bytes) /
+                static_cast<double>(lo->seq_len - half);
+  }
+  std::int64_t headroom = 0;
+  for (int attempt = 0; attempt < 4 && per_token > 0; ++attempt) {
+    // The bytes over the allocated peak the allocator needed: over the capacity by the overshoot.
+    const std::int64_t fragmentation = at.pool->overshoot_bytes + gpu_.usable_bytes() - at.analysis.peak.allocated_bytes;
+    headroom = std::max(headroom + (attempt > 0 ? at.pool->overshoot_bytes : 0), fragmentation);
+    // The length whose allocated peak leaves that room, on the line through the limit.
+    std::int64_t s = round_down(lo->seq_len - static_cast<std::int64_t>(static_cast<double>(headroom + lo->required_bytes -
+                                                                                            gpu_.capacity_bytes) /
+                                                                        per_token),
+                                g);
+    s = std::min(s, at.seq_len - g);
+    if (s < g) return std::nullopt;
+    at = evaluate(plan, s, Pool::overcommit);
+    if (at.fits) return at;
+  }
+  // Still short: halve until a length fits.
+  for (std::int64_t s = round_down(at.seq_len / 2, options_.granularity); s >= options_.granularity;
+       s = round_down(s / 2, options_.granularity)) {
+    Evaluation e = evaluate(plan, s, Pool::decide);
+    if (e.fits) return e;
+  }
+  return std::nullopt;
+}
+
+std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes) {
   const std::int64_t g = std::max<std::int64_t>(options_.granularity, 2);
   const std::int64_t ceiling = std::max(round_down(options_.max_seq_len, g), g);
-  Evaluation lo = evaluate(plan, g);
-  if (!lo.fits) return std::nullopt;
-  auto excess = [&](const Evaluation& e) { return static_cast<double>(e.required_bytes - gpu_.capacity_bytes); };
+  // How far a length is from the capacity less the headroom: bytes over it (positive: does not fit).
+  auto excess = [&](const Evaluation& e) {
+    return static_cast<double>(e.required_bytes + headroom_bytes - gpu_.capacity_bytes);
+  };
+  auto fits = [&](const Evaluation& e) { return e.required_bytes + headroom_bytes <= gpu_.capacity_bytes; };
+  Evaluation lo = evaluate(plan, g, Pool::skip);
+  if (!fits(lo)) return std::nullopt;
 
   // Grow until a length does not fit, aiming where the line through the last two points meets
   // the capacity (memory is nearly affine in S), at least doubling.
@@ -146,35 +206,38 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
     }
     next = std::min(round_down(next, g), ceiling);
     if (next <= lo.seq_len) next = lo.seq_len + g;
-    Evaluation e = evaluate(plan, next);
+    Evaluation e = evaluate(plan, next, Pool::skip);
     previous = lo;
     have_previous = true;
-    if (e.fits) {
+    if (fits(e)) {
       lo = std::move(e);
     } else {
       hi = std::move(e);
     }
   }
-  // Narrow the bracket [lo fits, hi does not]: false position, or bisection when it stalls.
-  bool bisect = false;
+  // Narrow the bracket [lo fits, hi does not] by false position, Illinois-style: when one end
+  // stays twice in a row, its excess counts half, so the steps do not stall on a convex curve.
+  double f_lo = excess(lo);
+  double f_hi = excess(*hi);
+  int kept = 0;  // > 0: lo kept that many times in a row; < 0: hi
   while (hi->seq_len - lo.seq_len > g) {
-    std::int64_t next = 0;
-    const double f_lo = excess(lo);
-    const double f_hi = excess(*hi);
-    if (!bisect && f_hi > f_lo) {
+    std::int64_t next = lo.seq_len + (hi->seq_len - lo.seq_len) / 2;
+    if (f_hi > f_lo) {
       const double t = -f_lo / (f_hi - f_lo);
       next = lo.seq_len + static_cast<std::int64_t>(t * static_cast<double>(hi->seq_len - lo.seq_len));
-    } else {
-      next = lo.seq_len + (hi->seq_len - lo.seq_len) / 2;
     }
     next = std::clamp(round_down(next, g), lo.seq_len + g, hi->seq_len - g);
-    Evaluation e = evaluate(plan, next);
-    // False position lands on the fitting side of a convex curve over and over; alternate.
-    bisect = !bisect && e.fits;
-    if (e.fits) {
+    Evaluation e = evaluate(plan, next, Pool::skip);
+    if (fits(e)) {
       lo = std::move(e);
+      f_lo = excess(lo);
+      kept = kept < 0 ? kept - 1 : -1;
+      if (kept <= -2) f_hi /= 2;
     } else {
       hi = std::move(e);
+      f_hi = excess(*hi);
+      kept = kept > 0 ? kept + 1 : 1;
+      if (kept >= 2) f_lo /= 2;
     }
   }
   return lo;
@@ -217,14 +280,41 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
                     std::span<const Method> methods, const SearchOptions& options) {
   Evaluator evaluator(model, gpu, setup, options);
   SearchResult result;
-  // Longest lengths are memoised per plan: auto's candidates include the fixed methods' plans.
-  std::vector<std::pair<Plan, std::optional<Evaluation>>> memo;
-  auto longest = [&](const Plan& plan) -> std::optional<Evaluation> {
-    for (const auto& [p, e] : memo) {
-      if (p == plan) return e;
+  // Every plan whose longest length is needed, once (auto's candidates include the fixed
+  // methods' plans), computed on a few threads: each plan's search is independent.
+  std::vector<Plan> plans;
+  auto want = [&](const Plan& plan) {
+    if (std::find(plans.begin(), plans.end(), plan) == plans.end()) plans.push_back(plan);
+  };
+  for (Method method : methods) {
+    if (method != Method::automatic) {
+      want(method_plan(method, model));
+    } else {
+      for (const Plan& plan : auto_candidates(model, setup.knobs)) want(plan);
     }
-    memo.emplace_back(plan, evaluator.longest(plan));
-    return memo.back().second;
+  }
+  std::vector<std::optional<Evaluation>> longest_of(plans.size());
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::int64_t> evaluations{0};
+  auto work = [&]() {
+    Evaluator own(model, gpu, setup, options);
+    // Last plans first: auto's finest, offloaded candidates take longest, and start early.
+    for (std::size_t k = next++; k < plans.size(); k = next++) {
+      const std::size_t i = plans.size() - 1 - k;
+      longest_of[i] = own.longest(plans[i]);
+    }
+    evaluations += own.evaluations();
+  };
+  const std::size_t threads =
+      std::min<std::size_t>(plans.size(), options.threads > 0 ? static_cast<std::size_t>(options.threads)
+                                                              : std::max(1U, std::thread::hardware_concurrency()));
+  {
+    std::vector<std::jthread> pool;
+    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+  }
+  auto longest = [&](const Plan& plan) -> const std::optional<Evaluation>& {
+    return longest_of[static_cast<std::size_t>(std::find(plans.begin(), plans.end(), plan) - plans.begin())];
   };
   const std::optional<std::int64_t> request = setup.seq_len;
 
@@ -238,7 +328,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
     } else {
       std::vector<Evaluation> points;
       for (const Plan& plan : auto_candidates(model, setup.knobs)) {
-        if (auto e = longest(plan)) points.push_back(*e);
+        if (const auto& e = longest(plan)) points.push_back(*e);
       }
       // auto's answer: the longest; among equals, the fastest.
       for (const Evaluation& e : points) {
@@ -255,7 +345,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
     }
     result.methods.push_back(std::move(r));
   }
-  result.evaluations = evaluator.evaluations();
+  result.evaluations = evaluator.evaluations() + evaluations.load();
   return result;
 }
 

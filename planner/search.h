@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "planner/analysis.h"
+#include "planner/caching_allocator.h"
 #include "planner/cost_model.h"
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
@@ -44,6 +45,9 @@ struct EnumNames<Method> {
 struct SearchOptions {
   std::int64_t granularity = 64;           ///< maximum lengths are multiples of this many tokens
   std::int64_t max_seq_len = 1 << 24;      ///< the search stops at 16M tokens
+  /// Threads the longest lengths of the plans are searched on (0: one per hardware thread); the
+  /// answer does not depend on it.
+  std::int32_t threads = 0;
   CostOptions cost;
 };
 
@@ -56,6 +60,9 @@ struct Evaluation {
   Analysis analysis;
   StepTime time;
   std::int64_t required_bytes = 0;   ///< allocated peak + the GPU's reserve
+  /// pytorch profile: the caching allocator simulated with the GPU's usable bytes (Note [Caching
+  /// allocator]). Run when the allocated peak fits; the plan then fits when no request fails.
+  std::optional<CachingAllocatorResult> pool;
   bool fits = false;
   std::string peak_at;               ///< the op's name
   Phase peak_phase = Phase::forward;
@@ -84,10 +91,19 @@ class Evaluator {
   Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options);
   [[nodiscard]] Evaluation evaluate(const Plan& plan, std::int64_t seq_len);
   /// The longest multiple of the granularity that fits (nullopt when even the granularity does not).
+  /// With the pytorch profile the answer is refined on the simulated caching allocator, whose
+  /// fragmentation jumps with the length: the longest length whose allocated peak leaves the room
+  /// the fragmentation took at the longest length on allocated bytes, checked by simulating it
+  /// (a few simulations per plan, not a bisection: a length between it and the allocated-bytes
+  /// limit may fit too).
   [[nodiscard]] std::optional<Evaluation> longest(const Plan& plan);
   [[nodiscard]] std::int64_t evaluations() const { return evaluations_; }
 
  private:
+  enum class Pool { skip, decide, overcommit };  // whether and how the caching allocator is simulated
+  Evaluation evaluate(const Plan& plan, std::int64_t seq_len, Pool pool);
+  // The longest length whose allocated peak plus the reserve and `headroom_bytes` fits.
+  std::optional<Evaluation> longest_allocated(const Plan& plan, std::int64_t headroom_bytes);
   const ModelSpec& model_;
   const GpuSpec& gpu_;
   const TrainingSetup& setup_;

@@ -39,6 +39,7 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.grad_accum = r.optional_int("grad_accum").value_or(s.grad_accum);
   s.attention = r.optional_enum<AttentionKind>("attention").value_or(s.attention);
   s.profile = r.optional_enum<Profile>("profile").value_or(s.profile);
+  s.expandable_segments = r.optional_bool("expandable_segments").value_or(s.expandable_segments);
   read_knob_fields(r, s.knobs);
 }
 
@@ -113,6 +114,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   out += fmt::format("grad_accum: {}\n", s.grad_accum);
   out += fmt::format("attention: {}\n", to_string(s.attention));
   out += fmt::format("profile: {}\n", to_string(s.profile));
+  if (s.expandable_segments) out += "expandable_segments: true\n";
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -168,6 +170,7 @@ std::string describe_setup(const TrainingSetup& s) {
   }
   if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
   out += fmt::format(", batch {}, {} attention, profile {}", s.batch, to_string(s.attention), to_string(s.profile));
+  if (s.profile == Profile::pytorch && s.expandable_segments) out += " (expandable segments)";
   return out;
 }
 

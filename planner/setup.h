@@ -126,6 +126,8 @@ struct TrainingSetup {
   std::int64_t grad_accum = 1;          ///< micro-batches per optimizer step
   AttentionKind attention = AttentionKind::flash;
   Profile profile = Profile::native;
+  /// pytorch profile: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (Note [Caching allocator]).
+  bool expandable_segments = false;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
 };

@@ -8,6 +8,7 @@
 #include "planner/analysis.h"
 #include "planner/builder.h"
 #include "planner/catalog.h"
+#include "planner/search.h"
 
 namespace mstplan {
 namespace {
@@ -172,6 +173,80 @@ RC_GTEST_PROP(CachingAllocatorProperty, ReservedNeverBelowAllocated, ()) {
   const std::int64_t capacity = (r.peak_allocated_bytes + r.peak_reserved_bytes) / 2;
   const CachingAllocatorResult c = simulate_caching_allocator(p, {.capacity_bytes = capacity, .expandable_segments = expandable});
   RC_ASSERT(c.peak_reserved_bytes <= capacity);
+}
+
+}  // namespace
+}  // namespace mstplan
+
+namespace mstplan {
+namespace {
+
+// Skipping loop iterations that repeat the one before changes no figure of the simulation.
+RC_GTEST_PROP(CachingAllocatorProperty, SkippingRepeatedIterationsChangesNothing, ()) {
+  const ModelSpec m = *resolve_model(*rc::gen::element<std::string>("tiny-llama", "tiny-qwen2", "tiny-gemma2"));
+  TrainingSetup setup;
+  setup.profile = Profile::pytorch;
+  Plan plan = Plan::mst_reference(m);
+  plan.mlp = ChunkSetting{*rc::gen::inRange<std::int64_t>(1, 40), {}};
+  plan.mlp_mode = *rc::gen::element(MlpMode::paper, MlpMode::tiled);
+  plan.lm_head = ChunkSetting{*rc::gen::inRange<std::int64_t>(1, 40), {}};
+  plan.lm_head_mode = *rc::gen::element(LmHeadMode::recompute, LmHeadMode::forward_grad);
+  const Program p = build_program(m, setup, plan, *rc::gen::inRange<std::int64_t>(64, 6000));
+  CachingAllocatorOptions options{.expandable_segments = *rc::gen::arbitrary<bool>()};
+  const CachingAllocatorResult full = simulate_caching_allocator(p, {.expandable_segments = options.expandable_segments,
+                                                                     .skip_repeated_iterations = false});
+  options.capacity_bytes = std::numeric_limits<std::int64_t>::max();
+  const CachingAllocatorResult fast = simulate_caching_allocator(p, options);
+  RC_ASSERT(full.skipped_iterations == 0);
+  RC_ASSERT(fast.peak_allocated_bytes == full.peak_allocated_bytes);
+  RC_ASSERT(fast.peak_reserved_bytes == full.peak_reserved_bytes);
+  RC_ASSERT(fast.peak_requested_bytes == full.peak_requested_bytes);
+  RC_ASSERT(fast.reserved_at_peak_allocated_bytes == full.reserved_at_peak_allocated_bytes);
+  // And under a capacity that makes it flush or fail, the same verdict.
+  const std::int64_t capacity = full.peak_allocated_bytes + (full.peak_reserved_bytes - full.peak_allocated_bytes) / 3;
+  const auto a = simulate_caching_allocator(p, {.capacity_bytes = capacity, .expandable_segments = options.expandable_segments,
+                                                .skip_repeated_iterations = false});
+  const auto b = simulate_caching_allocator(p, {.capacity_bytes = capacity, .expandable_segments = options.expandable_segments});
+  RC_ASSERT(a.out_of_memory == b.out_of_memory);
+  RC_ASSERT(a.peak_reserved_bytes == b.peak_reserved_bytes);
+  RC_ASSERT(a.cache_flushes == b.cache_flushes);
+}
+
+// At 64K tokens MST's tiled MLP chunks and recomputed LM-head chunks repeat: most iterations are
+// skipped, and the figures are those of the full simulation.
+TEST(CachingAllocator, SkipsTheIterationsOfLongChunkLoops) {
+  const ModelSpec m = *resolve_model("llama3-8b");
+  TrainingSetup setup;
+  setup.profile = Profile::pytorch;
+  const Program p = build_program(m, setup, Plan::mst_reference(m), 65536);
+  const CachingAllocatorResult fast = simulate_caching_allocator(p);
+  const CachingAllocatorResult full = simulate_caching_allocator(p, {.skip_repeated_iterations = false});
+  EXPECT_GT(fast.skipped_iterations, 1000);
+  EXPECT_EQ(fast.peak_reserved_bytes, full.peak_reserved_bytes);
+  EXPECT_EQ(fast.peak_allocated_bytes, full.peak_allocated_bytes);
+}
+
+// The pytorch profile's longest length fits the simulated allocator, whose fragmentation makes it
+// shorter than the length that fits on allocated bytes alone.
+TEST(CachingAllocator, DecidesThePytorchProfilesLongestLength) {
+  const ModelSpec m = *resolve_model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("A100-80G");
+  TrainingSetup setup;
+  setup.profile = Profile::pytorch;
+  Evaluator evaluator(m, gpu, setup, SearchOptions{});
+  const std::optional<Evaluation> e = evaluator.longest(Plan::mst_reference(m));
+  ASSERT_TRUE(e);
+  ASSERT_TRUE(e->pool);
+  EXPECT_TRUE(e->fits);
+  EXPECT_FALSE(e->pool->out_of_memory);
+  EXPECT_LE(e->pool->peak_reserved_bytes, gpu.usable_bytes());
+  // On allocated bytes alone a longer length fits; the simulation refuses it.
+  const std::int64_t longer = e->seq_len + 4096;
+  const Evaluation at = evaluator.evaluate(Plan::mst_reference(m), longer);
+  EXPECT_LE(at.required_bytes, gpu.capacity_bytes) << "4,096 tokens more still fit on allocated bytes";
+  EXPECT_FALSE(at.fits);
+  ASSERT_TRUE(at.pool);
+  EXPECT_TRUE(at.pool->out_of_memory);
 }
 
 }  // namespace
