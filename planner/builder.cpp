@@ -321,6 +321,7 @@ Program Builder::build() {
     p_.ops[end].io_begin = static_cast<std::uint32_t>(p_.io.size());
     std::vector<TensorId> ins = static_outputs_[0];
     ins.push_back(loss_);
+    ins.insert(ins.end(), held_.begin(), held_.end());
     for (TensorId t : ins) p_.io.push_back(t);
     p_.ops[end].inputs = static_cast<std::uint32_t>(ins.size());
   }
@@ -365,7 +366,7 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
   op("attn.rope", OpKind::elementwise, Phase::forward, pass, l, {q, k}, {q, k});
   const TensorId o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
   TensorId lse = kNoTensor, probs = kNoTensor;
-  if (s_.attention == AttentionKind::flash) {
+  if (s_.attention != AttentionKind::eager) {
     lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
     const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {q, k, v}, {o, lse});
     p_.ops[a].m = B_ * m_.num_heads;
@@ -728,7 +729,7 @@ void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, Te
   const TensorId dq = tensor("attn.dq", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
-  if (s_.attention == AttentionKind::flash) {
+  if (s_.attention != AttentionKind::eager) {
     // FlashAttention-2's backward: a dq accumulator in fp32 and a per-row statistic.
     const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
     const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,

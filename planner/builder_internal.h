@@ -100,6 +100,7 @@ class Builder {
   TensorId pt_rope(const char* label, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
   TensorId pt_rope_grad(const char* label, TensorId dx, std::int64_t width, std::int32_t l);
   void pt_build();
+  bool legacy_sdpa() const { return s_.attention == AttentionKind::flash && s_.framework == Framework::transformers_4_44; }
   void pt_embedding_forward();
   void pt_layer_forward(std::int32_t l, Pass pass);
   void pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, TensorId out, bool keep);
@@ -110,6 +111,8 @@ class Builder {
   std::vector<PtLayerState> pt_layers_;
   std::vector<TensorId> autocast_cache_;  // weight copies autocast caches until it exits
   TensorId rope_cos_ = kNoTensor, rope_sin_ = kNoTensor;
+  TensorId previous_output_ = kNoTensor;  // hold_outputs: the previous step's logits
+  std::vector<TensorId> held_;            // alive to the step's end (read by step.end)
   DType act_dtype_ = DType::bf16;  // the residual stream's dtype (fp32 under autocast)
 
   // Blocks.

@@ -130,6 +130,13 @@ const RopeLabels kRopeK{"attn.k.cos", "attn.k.rotated", "attn.k.neg", "attn.k.si
 void Builder::pt_build() {
   act_dtype_ = storage_.autocast ? DType::fp32 : DType::bf16;
   pt_layers_.resize(static_cast<std::size_t>(m_.num_layers));
+  if (s_.hold_outputs && plan_.lm_head_mode == LmHeadMode::keep) {
+    // The previous step's output, held by the loop until this step's forward returns.
+    const bool legacy = s_.framework == Framework::transformers_4_44;
+    previous_output_ = tensor("outputs.previous.logits", TensorKind::saved, legacy ? DType::fp32 : DType::bf16,
+                              T_ * m_.vocab_size, kNone, Pass::forward);
+    op("outputs.previous", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {previous_output_});
+  }
   pt_embedding_forward();
   for (std::int32_t l = 0; l < m_.num_layers; ++l) pt_layer_forward(l, Pass::forward);
   pt_lm_head();
@@ -366,9 +373,21 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   p_.tensors[st.k].kind = kept;
   st.v = v;
   st.o = tensor("attn.out", kept, DType::bf16, T_ * qd_, l, pass);
-  if (s_.attention == AttentionKind::flash) {
+  if (s_.attention != AttentionKind::eager) {
+    TensorId key = st.k, value = st.v;
+    st.k_rep = st.v_rep = kNoTensor;
+    if (legacy_sdpa()) {
+      // transformers <= 4.45 repeats the key/value heads before SDPA: the copies are what it saves.
+      st.k_rep = tensor("attn.k.repeated", kept, DType::bf16, T_ * qd_, l, pass);
+      st.v_rep = tensor("attn.v.repeated", kept, DType::bf16, T_ * qd_, l, pass);
+      op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
+      p_.tensors[st.k].kind = TensorKind::transient;
+      p_.tensors[st.v].kind = TensorKind::transient;
+      key = st.k_rep;
+      value = st.v_rep;
+    }
     st.lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
-    const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {st.q, st.k, st.v}, {st.o, st.lse});
+    const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {st.q, key, value}, {st.o, st.lse});
     p_.ops[a].m = B_ * m_.num_heads;
     p_.ops[a].n = S_;
     p_.ops[a].k = S_;
@@ -398,8 +417,12 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
     mm = matmul("attn.pv", Phase::forward, pass, l, {st.probs, st.v_rep}, {st.o}, S_, m_.head_dim, S_);
     p_.ops[mm].flops_multiplier = heads;
   }
-  st.o_contig = tensor("attn.out.contiguous", kept, DType::bf16, T_ * qd_, l, pass);
-  op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
+  if (s_.attention == AttentionKind::flash_attn) {
+    st.o_contig = st.o;  // flash-attn returns (batch, seq, heads, dim): o_proj reads a view
+  } else {
+    st.o_contig = tensor("attn.out.contiguous", kept, DType::bf16, T_ * qd_, l, pass);
+    op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
+  }
   const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
   matmul("attn.o", Phase::forward, pass, l, {st.o_contig, weight(lp.o)}, {a}, T_, d, qd_);
   TensorId a_out = a;
@@ -495,26 +518,55 @@ void Builder::pt_lm_head() {
       op("lm_head.softcap.tanh", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {scaled}, {tanh});
       op("lm_head.softcap.mul", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {tanh}, {capped});
     }
+    // Note [Loss paths]: transformers <= 4.45 upcasts in the model and returns the fp32 logits;
+    // 4.46 to 4.49 upcast in ForCausalLMLoss; both slice a contiguous shifted fp32 copy, whose
+    // backward (SliceBackward) writes a zero-filled full-size fp32 gradient. 4.50 and later shift
+    // the labels instead. The upcast and the shifted copy are locals of the forward: they live until
+    // the loss is computed.
+    const bool legacy = s_.framework == Framework::transformers_4_44;
+    const bool shifted_copy = s_.framework != Framework::transformers_5;
+    const std::int64_t rows_loss = shifted_copy ? B_ * (S_ - 1) : rows_all;
     const TensorId logits32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, rows_all * V, kNone,
                                      Pass::forward);
     op("lm_head.upcast", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {capped}, {logits32});
-    const TensorId lsm = tensor("lm_head.log_softmax", TensorKind::saved, DType::fp32, rows_all * V, kNone, Pass::forward);
-    const OpId ls = op("lm_head.log_softmax", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits32}, {lsm});
-    p_.ops[ls].m = rows_all;
+    TensorId loss_input = logits32;
+    if (shifted_copy) {
+      loss_input = tensor("lm_head.logits32.shifted", TensorKind::transient, DType::fp32, rows_loss * V, kNone,
+                          Pass::forward);
+      op("lm_head.shift", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits32}, {loss_input});
+    }
+    const TensorId lsm = tensor("lm_head.log_softmax", TensorKind::saved, DType::fp32, rows_loss * V, kNone, Pass::forward);
+    const OpId ls = op("lm_head.log_softmax", OpKind::loss, Phase::loss, Pass::forward, kNone, {loss_input}, {lsm});
+    p_.ops[ls].m = rows_loss;
     p_.ops[ls].n = V;
-    // The model output (and its bf16 logits) lives until the loss is computed.
-    op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {lsm, labels_, logits, capped}, {loss_});
+    // The model output: the fp32 logits (<= 4.45) or the bf16 ones. Dropped once the loss is
+    // computed (HF Trainer), or held into the next step (`outputs = model(...)`), whose forward
+    // then runs with this step's output still alive: that one is `outputs.previous`.
+    const TensorId output = legacy ? logits32 : capped;
+    if (s_.hold_outputs) {
+      held_.push_back(output);
+      op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone,
+         {lsm, labels_, logits32, loss_input, output, previous_output_}, {loss_});
+    } else {
+      op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {lsm, labels_, logits32, loss_input, output},
+         {loss_});
+    }
     autocast_exit();
     // Backward.
-    const TensorId nll = tensor("lm_head.nll.grad", TensorKind::transient, DType::fp32, rows_all * V, kNone, Pass::backward);
+    const TensorId nll = tensor("lm_head.nll.grad", TensorKind::transient, DType::fp32, rows_loss * V, kNone, Pass::backward);
     op("lm_head.loss.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {loss_, labels_}, {nll});
-    const TensorId dlsm = tensor("lm_head.log_softmax.grad", TensorKind::transient, DType::fp32, rows_all * V, kNone,
+    const TensorId dlsm = tensor("lm_head.log_softmax.grad", TensorKind::transient, DType::fp32, rows_loss * V, kNone,
                                  Pass::backward);
     const OpId lg = op("lm_head.log_softmax.grad", OpKind::loss, Phase::loss, Pass::backward, kNone, {nll, lsm}, {dlsm});
-    p_.ops[lg].m = rows_all;
+    p_.ops[lg].m = rows_loss;
     p_.ops[lg].n = V;
+    TensorId d32 = dlsm;
+    if (shifted_copy) {
+      d32 = tensor("lm_head.logits32.grad", TensorKind::transient, DType::fp32, rows_all * V, kNone, Pass::backward);
+      op("lm_head.shift.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dlsm}, {d32});
+    }
     TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
-    op("lm_head.upcast.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dlsm}, {dl});
+    op("lm_head.upcast.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d32}, {dl});
     if (cap) {
       const TensorId d1 = tensor("lm_head.dcapped", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
       op("lm_head.softcap.mul.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dl}, {d1});
@@ -657,12 +709,28 @@ void Builder::pt_layer_backward(std::int32_t l) {
   const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
-  if (s_.attention == AttentionKind::flash) {
+  if (s_.attention != AttentionKind::eager) {
     const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
     const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,
                                   Pass::backward);
-    const OpId a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
-                      {st.q, st.k, st.v, st.o, st.lse, doc}, {dq, dk, dv, acc, delta});
+    OpId a = 0;
+    if (st.k_rep != kNoTensor) {
+      // The repeated heads' gradients, summed back to the key/value heads.
+      const TensorId dk_rep = tensor("attn.dk.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+      const TensorId dv_rep = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+      a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
+             {st.q, st.k_rep, st.v_rep, st.o, st.lse, doc}, {dq, dk_rep, dv_rep, acc, delta});
+      op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
+    } else if (s_.attention == AttentionKind::flash_attn && m_.num_kv_heads != m_.num_heads) {
+      // flash-attn's mha_bwd computes dk and dv per query head (dk_expanded, dv_expanded) and sums them.
+      const TensorId dk_x = tensor("attn.dk_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
+      const TensorId dv_x = tensor("attn.dv_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
+      a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
+             {st.q, st.k, st.v, st.o, st.lse, doc}, {dq, dk, dv, acc, delta, dk_x, dv_x});
+    } else {
+      a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
+             {st.q, st.k, st.v, st.o, st.lse, doc}, {dq, dk, dv, acc, delta});
+    }
     p_.ops[a].m = B_ * m_.num_heads;
     p_.ops[a].n = S_;
     p_.ops[a].k = S_;

@@ -40,6 +40,8 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.attention = r.optional_enum<AttentionKind>("attention").value_or(s.attention);
   s.profile = r.optional_enum<Profile>("profile").value_or(s.profile);
   s.expandable_segments = r.optional_bool("expandable_segments").value_or(s.expandable_segments);
+  s.framework = r.optional_enum<Framework>("framework").value_or(s.framework);
+  s.hold_outputs = r.optional_bool("hold_outputs").value_or(s.hold_outputs);
   read_knob_fields(r, s.knobs);
 }
 
@@ -115,6 +117,8 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   out += fmt::format("attention: {}\n", to_string(s.attention));
   out += fmt::format("profile: {}\n", to_string(s.profile));
   if (s.expandable_segments) out += "expandable_segments: true\n";
+  if (s.framework != Framework::transformers_5) out += fmt::format("framework: {}\n", to_string(s.framework));
+  if (s.hold_outputs) out += "hold_outputs: true\n";
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -170,7 +174,11 @@ std::string describe_setup(const TrainingSetup& s) {
   }
   if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
   out += fmt::format(", batch {}, {} attention, profile {}", s.batch, to_string(s.attention), to_string(s.profile));
-  if (s.profile == Profile::pytorch && s.expandable_segments) out += " (expandable segments)";
+  if (s.profile == Profile::pytorch) {
+    if (s.framework != Framework::transformers_5) out += fmt::format(", {}", to_string(s.framework));
+    if (s.hold_outputs) out += ", outputs held through backward";
+    if (s.expandable_segments) out += ", expandable segments";
+  }
   return out;
 }
 

@@ -35,8 +35,22 @@ enum class OptimizerKind {
   none,        ///< frozen weights: no gradients, no state (activations still back-propagate)
 };
 enum class AttentionKind {
-  flash,  ///< memory-efficient kernel: O(S) extra memory (output and log-sum-exp)
-  eager,  ///< materialises batch x heads x S x S scores and probabilities
+  flash,      ///< memory-efficient kernel: O(S) extra memory (output and log-sum-exp); pytorch
+              ///< profile: SDPA (transformers' attn_implementation="sdpa", its default)
+  eager,      ///< materialises batch x heads x S x S scores and probabilities
+  flash_attn, ///< pytorch profile: the flash-attn package (attn_implementation="flash_attention_2"):
+              ///< no repeated key/value heads, no contiguous copy of the output; native: as flash
+};
+/// The transformers code the pytorch profile follows (Note [PyTorch step]): where the logits are
+/// upcast and copied, and how SDPA is called.
+enum class Framework {
+  transformers_4_44,  ///< up to 4.45: the model upcasts all logits to fp32, slices a contiguous
+                      ///< shifted fp32 copy for the loss and returns the fp32 logits; SDPA gets
+                      ///< key/value heads repeated to the query heads (repeat_kv copies)
+  transformers_4_46,  ///< 4.46 to 4.49: ForCausalLMLoss upcasts inside the loss and still slices a
+                      ///< contiguous shifted fp32 copy; the model returns bf16 logits
+  transformers_5,     ///< 4.50 and later, 5.x: the labels are shifted (padded) instead of the
+                      ///< logits; SDPA with enable_gqa (no repeat_kv)
 };
 /// Who executes the step: decides what is saved for backward and how memory is allocated.
 enum class Profile {
@@ -73,8 +87,15 @@ struct EnumNames<OptimizerKind> {
 };
 template <>
 struct EnumNames<AttentionKind> {
-  static constexpr std::array<std::pair<AttentionKind, std::string_view>, 2> table{
-      {{AttentionKind::flash, "flash"}, {AttentionKind::eager, "eager"}}};
+  static constexpr std::array<std::pair<AttentionKind, std::string_view>, 3> table{
+      {{AttentionKind::flash, "flash"}, {AttentionKind::eager, "eager"}, {AttentionKind::flash_attn, "flash-attn"}}};
+};
+template <>
+struct EnumNames<Framework> {
+  static constexpr std::array<std::pair<Framework, std::string_view>, 3> table{
+      {{Framework::transformers_4_44, "transformers-4.44"},
+       {Framework::transformers_4_46, "transformers-4.46"},
+       {Framework::transformers_5, "transformers-5"}}};
 };
 template <>
 struct EnumNames<Profile> {
@@ -128,6 +149,12 @@ struct TrainingSetup {
   Profile profile = Profile::native;
   /// pytorch profile: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (Note [Caching allocator]).
   bool expandable_segments = false;
+  /// pytorch profile: the transformers version whose modelling code runs.
+  Framework framework = Framework::transformers_5;
+  /// pytorch profile: the training loop keeps the model's output (its logits) alive through
+  /// backward and into the next step (`outputs = model(...); outputs.loss.backward()`), where the
+  /// HF Trainer, and `loss = model(...).loss`, drop it once the loss is computed.
+  bool hold_outputs = false;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
 };
