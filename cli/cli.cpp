@@ -190,6 +190,9 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   std::vector<Method> methods(all_methods().begin(), all_methods().end());
   if (f.method.given()) {
     if (auto failure = parse_choice("--method", f.method.value, chosen_method)) return failure;
+    if (chosen_method == Method::mst_reference && setup.profile != Profile::pytorch) {
+      return usage("--method: mst-reference is the MST authors' PyTorch code; it needs --profile pytorch");
+    }
     methods = {chosen_method};
   }
   if (f.out.given() && f.out.value.empty()) return usage("--out: expected a file name, got ''");
@@ -422,7 +425,7 @@ std::optional<Failure> run_published(const FidelityFlags& f, std::ostream& out) 
     fmt::print(out, "| case | configuration | published | predicted | error | what it teaches |\n"
                     "| --- | --- | ---: | ---: | ---: | --- |\n");
     for (const report::PublishedRow& r : rows) {
-      fmt::print(out, "| {} | {} | {} | {} | {:+.1f}% | {} |\n", r.c.id, report::describe_measurement(*r.c.setup),
+      fmt::print(out, "| {} | {} | {} | {} | {:+.2f}% | {} |\n", r.c.id, report::describe_measurement(*r.c.setup),
                  printed(r.c), figure(r.c.quantity, r.predicted), 100 * r.error, r.c.note);
     }
     if (!missing.empty()) {

@@ -69,6 +69,10 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
         fmt::format("{}, kept {}", to_string(*storage.gradients),
                     setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
                                          : std::string("until the optimizer step")));
+  } else if (!setup.optimizer_in_backward) {
+    row("gradients", 0,
+        fmt::format("none kept across steps: each allocated by backward, freed after the optimizer step "
+                    "(zero_grad(set_to_none=True)); the step program counts them there"));
   } else {
     row("gradients", 0,
         fmt::format("none kept: each applied in backward (the largest, {}, is {} GiB while it lives)",

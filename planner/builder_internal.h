@@ -28,7 +28,7 @@ class Builder {
         storage_(parameter_storage(setup)),
         act_(setup.precision == Precision::fp32 ? DType::fp32 : DType::bf16),
         trained_(setup.optimizer != OptimizerKind::none),
-        persistent_grads_(trained_ && (!setup.optimizer_in_backward || setup.grad_accum > 1)) {}
+        persistent_grads_(persistent_gradients(setup)) {}
 
   Program build();
   /// Reuse the vectors of a program no longer needed (their capacity, not their contents).
@@ -100,7 +100,11 @@ class Builder {
   TensorId pt_rope(const char* label, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
   TensorId pt_rope_grad(const char* label, TensorId dx, std::int64_t width, std::int32_t l);
   void pt_build();
-  bool legacy_sdpa() const { return s_.attention == AttentionKind::flash && s_.framework == Framework::transformers_4_44; }
+  // Key/value heads repeated to the query heads before SDPA (copies that SDPA then saves).
+  bool legacy_sdpa() const {
+    return s_.attention == AttentionKind::flash &&
+           (s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune);
+  }
   void pt_embedding_forward();
   void pt_layer_forward(std::int32_t l, Pass pass);
   void pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, TensorId out, bool keep);

@@ -132,7 +132,7 @@ void Builder::pt_build() {
   pt_layers_.resize(static_cast<std::size_t>(m_.num_layers));
   if (s_.hold_outputs && plan_.lm_head_mode == LmHeadMode::keep) {
     // The previous step's output, held by the loop until this step's forward returns.
-    const bool legacy = s_.framework == Framework::transformers_4_44;
+    const bool legacy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune;
     previous_output_ = tensor("outputs.previous.logits", TensorKind::saved, legacy ? DType::fp32 : DType::bf16,
                               T_ * m_.vocab_size, kNone, Pass::forward);
     op("outputs.previous", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {previous_output_});
@@ -289,7 +289,9 @@ TensorId Builder::pt_norm_grad(const char* name, TensorId dout, const NormState&
 void Builder::pt_dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
                     std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k) {
   if (!trained_) return;
-  const bool exists = grad_created_[static_cast<std::size_t>(param)];
+  // The authors' LM head adds each chunk's weight gradient into .grad in place (addmm, out=).
+  const bool in_place = plan_.authors_code && param == lm_head_param_;
+  const bool exists = grad_created_[static_cast<std::size_t>(param)] && !in_place;
   const TensorId g = grad(param, l);
   OpId id = 0;
   if (exists) {
@@ -467,7 +469,10 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
   st.act.clear();
   st.up.clear();
   st.prod.clear();
-  prealloc("mlp.alloc", Phase::forward, pass, l, {out});
+  // The authors' wrapper keeps each chunk's output and concatenates them (torch.cat, a new tensor).
+  const bool concatenated = plan_.authors_code;
+  std::vector<TensorId> chunk_outputs;
+  if (!concatenated) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
   for (const ChunkClass& c : chunk_classes(S_, p_.mlp_chunks, true)) {
     begin_loop("mlp", c);
     const std::int64_t R = rows(c.positions);
@@ -479,7 +484,12 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
     op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g}, {act});
     matmul("mlp.up", Phase::forward, pass, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
     op("mlp.mul", OpKind::elementwise, Phase::forward, pass, l, {act, u}, {prod});
-    matmul("mlp.down", Phase::forward, pass, l, {prod, weight(lp.down)}, {out}, R, d, I);
+    TensorId down = out;
+    if (concatenated) {
+      down = tensor("mlp.chunk_out", TensorKind::transient, DType::bf16, R * d, l, pass, true);
+      chunk_outputs.push_back(down);
+    }
+    matmul("mlp.down", Phase::forward, pass, l, {prod, weight(lp.down)}, {down}, R, d, I);
     end_loop();
     if (keep_chunks) {
       st.gate.push_back(g);
@@ -487,6 +497,14 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
       st.up.push_back(u);
       st.prod.push_back(prod);
     }
+  }
+  if (concatenated) {
+    const OpId cat = op("mlp.cat", OpKind::elementwise, Phase::forward, pass, l, {}, {});
+    p_.ops[cat].io_begin = static_cast<std::uint32_t>(p_.io.size());
+    for (TensorId t : chunk_outputs) p_.io.push_back(t);
+    p_.io.push_back(out);
+    p_.ops[cat].inputs = static_cast<std::uint32_t>(chunk_outputs.size());
+    p_.ops[cat].outputs = 1;
   }
 }
 
@@ -523,8 +541,8 @@ void Builder::pt_lm_head() {
     // backward (SliceBackward) writes a zero-filled full-size fp32 gradient. 4.50 and later shift
     // the labels instead. The upcast and the shifted copy are locals of the forward: they live until
     // the loss is computed.
-    const bool legacy = s_.framework == Framework::transformers_4_44;
-    const bool shifted_copy = s_.framework != Framework::transformers_5;
+    const bool legacy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune;
+    const bool shifted_copy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::transformers_4_46;
     const std::int64_t rows_loss = shifted_copy ? B_ * (S_ - 1) : rows_all;
     const TensorId logits32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, rows_all * V, kNone,
                                      Pass::forward);
@@ -616,7 +634,10 @@ void Builder::pt_lm_head() {
       }
     }
   }
-  if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
+  // The authors' hook skips the LM head's weight (`later`) and steps it after the embedding's.
+  if (trained_ && !m_.tied_embeddings && !(plan_.authors_code && s_.optimizer_in_backward)) {
+    grad_done(lm_head_param_, kNone);
+  }
   upstream_ = pt_norm_grad("final_norm", dnf, ns, kNone, kNoTensor, Phase::loss);
 }
 
@@ -822,6 +843,7 @@ void Builder::pt_embedding_backward(TensorId dh0) {
     op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_}, {g});
   }
   grad_done(embed_param_, kNone);
+  if (plan_.authors_code && s_.optimizer_in_backward && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
 }
 
 }  // namespace mstplan::detail

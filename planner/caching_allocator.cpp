@@ -399,7 +399,7 @@ CachingAllocatorResult simulate_caching_allocator(const Program& p, const Cachin
   thread_local StaticPrefix cached;
   std::vector<std::int64_t> prefix_bytes;
   std::uint32_t prefix = 0;
-  if (ops > 0) {
+  if (ops > 0 && !options.first_step) {
     for (std::uint32_t k = alloc_start[0]; k < alloc_start[1]; ++k, ++prefix) {
       const Tensor& t = p.tensors[lt.instances[allocs[k]].tensor];
       const bool parameter_state = t.kind == TensorKind::weight || t.kind == TensorKind::master_weight ||
@@ -432,12 +432,44 @@ CachingAllocatorResult simulate_caching_allocator(const Program& p, const Cachin
   }
   OpId failed_op = 0;
   std::int64_t failed_iteration = 0;
+  // The parameters and what persists with them (outputs of step.begin, not the per-step data).
+  auto parameter_state = [&](std::uint32_t inst) {
+    const TensorKind k = p.tensors[lt.instances[inst].tensor].kind;
+    return lt.first_op[inst] == 0 && (k == TensorKind::weight || k == TensorKind::master_weight ||
+                                      k == TensorKind::optimizer_state || k == TensorKind::gradient);
+  };
+  // First step: optimizer state is created by each parameter's first update (torch.optim's lazy
+  // state init), at the flat op of that update.
+  std::vector<std::pair<std::size_t, std::uint32_t>> lazy;  // (flat op, instance), by op
+  if (options.first_step) {
+    std::vector<std::int64_t> first_update(n, -1);
+    for (std::size_t i = 1; i < ops; ++i) {
+      const Op& op = p.ops[lt.op[i]];
+      if (op.kind != OpKind::optimizer) continue;
+      for (TensorId t : p.outputs(op)) {
+        if (p.tensors[t].kind != TensorKind::optimizer_state || p.tensors[t].loop != kNone) continue;
+        // A non-array tensor has one instance: the first of its tensor's.
+        const auto inst = static_cast<std::uint32_t>(
+            std::lower_bound(lt.instances.begin(), lt.instances.end(), t,
+                             [](const TensorInstance& x, TensorId id) { return x.tensor < id; }) -
+            lt.instances.begin());
+        if (first_update[inst] < 0) {
+          first_update[inst] = static_cast<std::int64_t>(i);
+          lazy.emplace_back(i, inst);
+        }
+      }
+    }
+    std::sort(lazy.begin(), lazy.end());
+  }
+  std::int64_t skipped = 0;
   // Loop iterations: the state at the start of the previous one, and whether it freed all it allocated.
   std::vector<std::int64_t> previous_state, state;
+  for (int pass = options.first_step ? 0 : 1; pass < 2; ++pass) {
+  const bool warmup = pass == 0;
+  std::size_t next_lazy = 0;
   bool have_previous = false;
   std::size_t iteration_start = 0;
   std::int64_t own_allocations = 0, own_frees = 0;
-  std::int64_t skipped = 0;
   std::size_t i = 0;
   while (i < ops) {
     const Op& op = p.ops[lt.op[i]];
@@ -468,8 +500,10 @@ CachingAllocatorResult simulate_caching_allocator(const Program& p, const Cachin
       iteration_start = i;
       own_allocations = own_frees = 0;
     }
-    for (std::uint32_t k = alloc_start[i] + (i == 0 ? first_alloc : 0); k < alloc_start[i + 1]; ++k) {
+    for (std::uint32_t k = alloc_start[i] + (i == 0 && !options.first_step ? first_alloc : 0); k < alloc_start[i + 1]; ++k) {
       const std::uint32_t inst = allocs[k];
+      if (block[inst] != CachingAllocator::kFailed) continue;  // a parameter's, from the first step
+      if (warmup && i == 0 && p.tensors[lt.instances[inst].tensor].kind == TensorKind::optimizer_state) continue;
       const std::int64_t bytes = p.tensors[lt.instances[inst].tensor].bytes;
       const bool fitted = !allocator.stats().out_of_memory;
       block[inst] = allocator.malloc(bytes);
@@ -489,13 +523,29 @@ CachingAllocatorResult simulate_caching_allocator(const Program& p, const Cachin
         return r;
       }
     }
+    for (; warmup && next_lazy < lazy.size() && lazy[next_lazy].first == i; ++next_lazy) {
+      const std::uint32_t inst = lazy[next_lazy].second;
+      block[inst] = allocator.malloc(p.tensors[lt.instances[inst].tensor].bytes);
+      if (block[inst] == CachingAllocator::kFailed) {
+        CachingAllocatorResult r = allocator.stats();
+        r.skipped_iterations = skipped;
+        r.out_of_memory = true;
+        r.oom_request_bytes = p.tensors[lt.instances[inst].tensor].bytes;
+        r.oom_op = lt.op[i];
+        r.oom_iteration = lt.iteration[i];
+        return r;
+      }
+    }
     for (std::uint32_t k = free_start[i]; k < free_start[i + 1]; ++k) {
       const std::uint32_t inst = frees[k];
+      if (warmup && parameter_state(inst)) continue;  // parameters and their state outlive the step
       MSTPLAN_CHECK(block[inst] != CachingAllocator::kFailed, "freeing an instance never allocated");
       allocator.free(block[inst]);
+      block[inst] = CachingAllocator::kFailed;
       if (allocated_at[inst] >= iteration_start) ++own_frees;
     }
     ++i;
+  }
   }
   CachingAllocatorResult r = allocator.stats();
   r.skipped_iterations = skipped;

@@ -54,6 +54,11 @@ struct CachingAllocatorOptions {
   /// that the simulation runs to the end and `overshoot_bytes` says how far over it went: how much
   /// a step that does not fit is short of fitting, for the search.
   bool overcommit = false;
+  /// simulate_caching_allocator(): simulate the training's first step before the step itself. In
+  /// it the optimizer state does not exist yet and is created by each parameter's first update
+  /// (torch.optim's lazy state), so it lands in the holes that step's activations leave; the step
+  /// then runs on that heap. Peaks are over both steps.
+  bool first_step = false;
   /// simulate_caching_allocator(): once a loop iteration starts from the state the previous one
   /// started from, having freed all it allocated, the iterations up to the last are the same and
   /// are skipped. Off only to test that this changes nothing.

@@ -23,6 +23,16 @@ Plan Plan::mst_reference(const ModelSpec& model) {
   return p;
 }
 
+Plan Plan::mst_authors() {
+  Plan p = recompute_all();
+  p.mlp = ChunkSetting{{}, 4096};  // LlamaMLPWarpper: chunk_size = max(4096 // batch, 1024), batch 1
+  p.mlp_mode = MlpMode::paper;
+  p.lm_head = ChunkSetting{64, {}};  // LlamaForCausalLMWarpper: mini_s = 64
+  p.lm_head_mode = LmHeadMode::recompute;
+  p.authors_code = true;
+  return p;
+}
+
 std::int64_t chunk_count(const ChunkSetting& setting, std::int64_t positions) {
   std::int64_t m = 1;
   if (setting.chunks) m = *setting.chunks;
@@ -49,6 +59,7 @@ Plan apply_knobs(Plan plan, const PlanKnobs& knobs) {
                                 plan.recompute_layers.end());
   }
   if (knobs.offload_checkpoints) plan.offload_checkpoints = *knobs.offload_checkpoints;
+  if (knobs.authors_code) plan.authors_code = *knobs.authors_code;
   return plan;
 }
 
@@ -66,7 +77,8 @@ std::string describe_plan(const Plan& p, const ModelSpec& model, std::int64_t se
   }
   return fmt::format("MLP {} ({}), LM head {} ({}), {}{}", chunks(p.mlp, seq_len), to_string(p.mlp_mode),
                      chunks(p.lm_head, seq_len - 1 > 0 ? seq_len - 1 : 1), to_string(p.lm_head_mode), recompute,
-                     p.offload_checkpoints ? ", checkpoints offloaded to host" : "");
+                     p.offload_checkpoints ? ", checkpoints offloaded to host" : "") +
+         (p.authors_code ? ", the MST authors' code" : "");
 }
 
 }  // namespace mstplan

@@ -23,6 +23,11 @@ struct Plan {
   RecomputeKind recompute = RecomputeKind::none;
   std::vector<std::int64_t> recompute_layers;  ///< sorted; empty means every layer (when recomputing)
   bool offload_checkpoints = false;    ///< checkpoints of recomputed layers kept in host memory
+  /// pytorch profile: the MST authors' code as published (wdlctc/mini-s, minis/mini_sequence.py):
+  /// the MLP's chunk outputs concatenated by torch.cat, the LM-head weight gradient accumulated by
+  /// hand in place (addmm into .grad) and, with the optimizer in backward, its update delayed to
+  /// the embedding's hook (Note [MST authors' code] in builder_pytorch.cpp).
+  bool authors_code = false;
 
   /// No chunking, no recompute: what plain autograd does.
   static Plan vanilla();
@@ -31,6 +36,10 @@ struct Plan {
   /// MST's reference rule: full recompute, MLP chunks of d tokens (tiled), LM head in
   /// ceil(V / d) chunks with logits recomputed in backward.
   static Plan mst_reference(const ModelSpec& model);
+  /// The MST authors' own setup (their minisequence wrapper): full recompute, MLP in chunks of
+  /// 4,096 tokens run one after another inside autograd (paper), LM head + loss in 64 chunks with
+  /// logits recomputed in backward, `authors_code`.
+  static Plan mst_authors();
 
   bool operator==(const Plan&) const = default;
 };

@@ -36,6 +36,7 @@ PlanKnobs plan_knobs(const Plan& p) {
   k.recompute = p.recompute;
   if (!p.recompute_layers.empty()) k.recompute_layers = p.recompute_layers;
   k.offload_checkpoints = p.offload_checkpoints;
+  if (p.authors_code) k.authors_code = true;
   return k;
 }
 

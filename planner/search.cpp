@@ -98,6 +98,7 @@ Plan method_plan(Method method, const ModelSpec& model) {
     }
     case Method::mst:
     case Method::automatic: return Plan::mst_reference(model);
+    case Method::mst_reference: return Plan::mst_authors();
   }
   return Plan::vanilla();
 }

@@ -27,19 +27,22 @@
 
 namespace mstplan {
 
-enum class Method { vanilla, recompute, mst, mst_offload, automatic };
+/// mst_reference is the MST authors' own setup (Plan::mst_authors, pytorch profile only): asked for
+/// by name, never among the default methods.
+enum class Method { vanilla, recompute, mst, mst_offload, automatic, mst_reference };
 
 template <>
 struct EnumNames<Method> {
-  static constexpr std::array<std::pair<Method, std::string_view>, 5> table{
+  static constexpr std::array<std::pair<Method, std::string_view>, 6> table{
       {{Method::vanilla, "vanilla"},
        {Method::recompute, "recompute"},
        {Method::mst, "mst"},
        {Method::mst_offload, "mst-offload"},
-       {Method::automatic, "auto"}}};
+       {Method::automatic, "auto"},
+       {Method::mst_reference, "mst-reference"}}};
 };
 
-/// vanilla, recompute, mst, mst-offload, auto.
+/// vanilla, recompute, mst, mst-offload, auto (not mst-reference).
 [[nodiscard]] std::span<const Method> all_methods();
 
 struct SearchOptions {

@@ -42,6 +42,7 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.expandable_segments = r.optional_bool("expandable_segments").value_or(s.expandable_segments);
   s.framework = r.optional_enum<Framework>("framework").value_or(s.framework);
   s.hold_outputs = r.optional_bool("hold_outputs").value_or(s.hold_outputs);
+  s.zero_grad_set_to_none = r.optional_bool("zero_grad_set_to_none").value_or(s.zero_grad_set_to_none);
   read_knob_fields(r, s.knobs);
 }
 
@@ -62,6 +63,7 @@ void read_knob_fields(FieldReader& r, PlanKnobs& knobs) {
     (void)recompute->finish();
   }
   knobs.offload_checkpoints = r.optional_bool("offload");
+  knobs.authors_code = r.optional_bool("authors_code");
 }
 
 Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::string& origin) {
@@ -103,6 +105,7 @@ std::string knobs_to_yaml(const PlanKnobs& knobs) {
     out += fmt::format("recompute: {{{}}}\n", fields);
   }
   if (knobs.offload_checkpoints) out += fmt::format("offload: {}\n", *knobs.offload_checkpoints);
+  if (knobs.authors_code && *knobs.authors_code) out += "authors_code: true\n";
   return out;
 }
 
@@ -119,6 +122,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.expandable_segments) out += "expandable_segments: true\n";
   if (s.framework != Framework::transformers_5) out += fmt::format("framework: {}\n", to_string(s.framework));
   if (s.hold_outputs) out += "hold_outputs: true\n";
+  if (!s.zero_grad_set_to_none) out += "zero_grad_set_to_none: false\n";
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -130,6 +134,10 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
                       "{}: field 'precision': fp32 is modelled for the native profile only, not with profile pytorch",
                       origin);
   }
+  if (setup.knobs.authors_code && *setup.knobs.authors_code && setup.profile != Profile::pytorch) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'authors_code': the MST authors' code is PyTorch code; it needs profile pytorch", origin);
+  }
   if (setup.knobs.recompute_layers) {
     for (std::int64_t layer : *setup.knobs.recompute_layers) {
       if (layer >= model.num_layers) {
@@ -139,6 +147,13 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
     }
   }
   return std::nullopt;
+}
+
+bool persistent_gradients(const TrainingSetup& s) {
+  if (s.optimizer == OptimizerKind::none) return false;
+  if (s.grad_accum > 1) return true;
+  if (s.optimizer_in_backward) return false;
+  return !(s.profile == Profile::pytorch && s.zero_grad_set_to_none);
 }
 
 ParameterStorage parameter_storage(const TrainingSetup& s) {
@@ -177,6 +192,7 @@ std::string describe_setup(const TrainingSetup& s) {
   if (s.profile == Profile::pytorch) {
     if (s.framework != Framework::transformers_5) out += fmt::format(", {}", to_string(s.framework));
     if (s.hold_outputs) out += ", outputs held through backward";
+    if (!s.zero_grad_set_to_none) out += ", gradients zeroed in place";
     if (s.expandable_segments) out += ", expandable segments";
   }
   return out;

@@ -51,6 +51,9 @@ enum class Framework {
                       ///< contiguous shifted fp32 copy; the model returns bf16 logits
   transformers_5,     ///< 4.50 and later, 5.x: the labels are shifted (padded) instead of the
                       ///< logits; SDPA with enable_gqa (no repeat_kv)
+  torchtune,          ///< torchtune's own decoder (0.4, late 2024): fp32 logits from the model
+                      ///< (`self.output(h).float()`), labels shifted, key/value heads expanded
+                      ///< before SDPA, `del logits` after the loss
 };
 /// Who executes the step: decides what is saved for backward and how memory is allocated.
 enum class Profile {
@@ -92,10 +95,11 @@ struct EnumNames<AttentionKind> {
 };
 template <>
 struct EnumNames<Framework> {
-  static constexpr std::array<std::pair<Framework, std::string_view>, 3> table{
+  static constexpr std::array<std::pair<Framework, std::string_view>, 4> table{
       {{Framework::transformers_4_44, "transformers-4.44"},
        {Framework::transformers_4_46, "transformers-4.46"},
-       {Framework::transformers_5, "transformers-5"}}};
+       {Framework::transformers_5, "transformers-5"},
+       {Framework::torchtune, "torchtune"}}};
 };
 template <>
 struct EnumNames<Profile> {
@@ -135,6 +139,7 @@ struct PlanKnobs {
   /// Layers recomputed when recompute is full or selective; nullopt: all layers.
   std::optional<std::vector<std::int64_t>> recompute_layers;
   std::optional<bool> offload_checkpoints;  ///< keep checkpoints in host memory
+  std::optional<bool> authors_code;         ///< pytorch profile: the MST authors' code (Plan::authors_code)
   bool operator==(const PlanKnobs&) const = default;
 };
 
@@ -155,6 +160,10 @@ struct TrainingSetup {
   /// backward and into the next step (`outputs = model(...); outputs.loss.backward()`), where the
   /// HF Trainer, and `loss = model(...).loss`, drop it once the loss is computed.
   bool hold_outputs = false;
+  /// pytorch profile: optimizer.zero_grad(set_to_none=True), PyTorch's default and the HF
+  /// Trainer's: the gradients are freed after each step and every one is allocated again when
+  /// backward first writes it. false: they are zeroed in place and live through the training.
+  bool zero_grad_set_to_none = true;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
 };
@@ -178,6 +187,11 @@ struct ParameterStorage {
   bool autocast = false;             ///< fp32 parameters cast to bf16 per op (pytorch profile, mixed)
 };
 [[nodiscard]] ParameterStorage parameter_storage(const TrainingSetup& setup);
+
+/// Whether gradient buffers live through the whole step (static memory): with several
+/// micro-batches accumulated, or with the optimizer after backward, except in the pytorch profile
+/// with zero_grad(set_to_none=True), where each is allocated by backward and freed after the step.
+[[nodiscard]] bool persistent_gradients(const TrainingSetup& setup);
 
 /// A model or GPU reference read from a file at `origin`: a path (names_a_path) relative to
 /// `origin`'s folder is made relative to the working directory; names and absolute paths stay.

@@ -24,7 +24,7 @@ std::int64_t optimizer_state_bytes(std::int64_t numel, const ParameterStorage& s
 StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
   const ParameterStorage storage = parameter_storage(setup);
   StaticMemory m;
-  m.persistent_gradients = storage.gradients && (!setup.optimizer_in_backward || setup.grad_accum > 1);
+  m.persistent_gradients = storage.gradients && persistent_gradients(setup);
   for (const ParamTensor& p : parameters(model)) {
     const std::int64_t n = p.numel();
     m.weights_bytes += n * dtype_bytes(storage.weights);

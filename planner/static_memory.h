@@ -23,7 +23,10 @@
 // for each; tensors under 4096 elements (min_8bit_size) keep fp32 m and v (8 bytes).
 //
 // Gradients are static (one persistent buffer per parameter) when the optimizer runs after
-// backward, or when several micro-batches accumulate into them. With the optimizer in backward
+// backward, or when several micro-batches accumulate into them; not with the pytorch profile's
+// zero_grad(set_to_none=True) after backward with one micro-batch (PyTorch's default), where
+// each is allocated when backward first writes it and freed after the optimizer step
+// (persistent_gradients() in setup.h decides, for this table and the step program alike). With the optimizer in backward
 // and one micro-batch, each gradient lives only from its computation to its update: the step
 // program counts it there, and `largest_gradient_bytes` says how large one gets.
 //

@@ -59,10 +59,21 @@ TEST(StaticMemory, MixedPrecisionPytorchKeepsFp32Parameters) {
   s.precision = Precision::mixed;
   s.optimizer_in_backward = false;
   s.profile = Profile::pytorch;
+  // 158,400 parameters: fp32 parameters (4 bytes, the master copy themselves) and fp32 m and v
+  // (8); zero_grad(set_to_none=True), PyTorch's default, frees the fp32 gradients (4) after every
+  // step, so they are not static: 12 x 158,400 = 1,900,800. Zeroed in place instead, they live
+  // through the training: 16 x 158,400 = 2,534,400.
   const StaticMemory m = static_memory(tiny(), s);
   EXPECT_EQ(m.weights_bytes, 633'600);
   EXPECT_EQ(m.master_weights_bytes, 0);
-  EXPECT_EQ(m.total_bytes(), 16 * 158'400);
+  EXPECT_FALSE(m.persistent_gradients);
+  EXPECT_EQ(m.total_bytes(), 12 * 158'400);
+  s.zero_grad_set_to_none = false;
+  EXPECT_EQ(static_memory(tiny(), s).total_bytes(), 16 * 158'400);
+  // Accumulating two micro-batches keeps them whatever zero_grad does.
+  s.zero_grad_set_to_none = true;
+  s.grad_accum = 2;
+  EXPECT_EQ(static_memory(tiny(), s).total_bytes(), 16 * 158'400);
 }
 
 // 8-bit AdamW (bitsandbytes): tensors under 4,096 elements keep fp32 m and v. In tiny-llama
