@@ -365,6 +365,7 @@ std::string printed(const report::PublishedCase& c) {
   std::string out = fmt::format("{:g} {}", c.value, c.unit);
   if (c.failed) out = fmt::format("{:g} (failed at {:g}) {}", c.value, *c.failed, c.unit);
   if (c.quantity == report::PublishedQuantity::peak_memory) out += fmt::format(" {}", to_string(c.counter));
+  if (!c.derived.empty()) out += fmt::format(" (derived: {})", c.derived);
   return out;
 }
 
@@ -431,7 +432,7 @@ std::optional<Failure> run_published(const FidelityFlags& f, std::ostream& out) 
     if (!missing.empty()) {
       fmt::print(out, "\nnot expressible yet:\n");
       for (const report::PublishedCase* c : missing) {
-        fmt::print(out, "  {}: {} ({}); needs {}\n", c->id, printed(*c), c->source, c->missing);
+        fmt::print(out, "  {}: {}; needs {}\n", c->id, printed(*c), c->missing);
       }
     }
     fmt::print(out,

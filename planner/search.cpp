@@ -166,17 +166,25 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
                                                                         per_token),
                                 g);
     s = std::min(s, at.seq_len - g);
-    if (s < g) return std::nullopt;
+    if (s < g) break;  // shortening cannot make room (the peak does not grow with the length)
     at = evaluate(plan, s, Pool::overcommit);
     if (at.fits) return at;
   }
-  // Still short: halve until a length fits.
-  for (std::int64_t s = round_down(at.seq_len / 2, options_.granularity); s >= options_.granularity;
-       s = round_down(s / 2, options_.granularity)) {
-    Evaluation e = evaluate(plan, s, Pool::decide);
-    if (e.fits) return e;
+  // The line did not find room: bisect between the granularity and the shortest length known
+  // not to fit, to 1/128 of the length.
+  Evaluation fit = evaluate(plan, g, Pool::decide);
+  if (!fit.fits) return std::nullopt;
+  std::int64_t hi = at.seq_len;
+  while (hi - fit.seq_len > std::max(g, round_down(fit.seq_len / 128, g))) {
+    const std::int64_t mid = std::max(round_down(fit.seq_len + (hi - fit.seq_len) / 2, g), fit.seq_len + g);
+    Evaluation e = evaluate(plan, mid, Pool::decide);
+    if (e.fits) {
+      fit = std::move(e);
+    } else {
+      hi = mid;
+    }
   }
-  return std::nullopt;
+  return fit;
 }
 
 std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes) {

@@ -98,7 +98,8 @@ class Evaluator {
   /// fragmentation jumps with the length: the longest length whose allocated peak leaves the room
   /// the fragmentation took at the longest length on allocated bytes, checked by simulating it
   /// (a few simulations per plan, not a bisection: a length between it and the allocated-bytes
-  /// limit may fit too).
+  /// limit may fit too). When shortening cannot make that room (a peak that does not grow with
+  /// the length, such as the optimizer step's), a bisection on the simulation, to 1/128 of the length.
   [[nodiscard]] std::optional<Evaluation> longest(const Plan& plan);
   [[nodiscard]] std::int64_t evaluations() const { return evaluations_; }
 

@@ -105,6 +105,7 @@ Expected<PublishedCase> parse_published_case(const std::string& text, const std:
     c.value = published->required_number("value");
     c.unit = published->required_string("unit");
     c.failed = published->optional_number("failed");
+    c.derived = published->optional_string("derived").value_or("");
     c.counter = published->optional_enum<MemoryCounter>("counter").value_or(MemoryCounter::allocated);
     if (published->ok()) {
       const Unit* unit = nullptr;
