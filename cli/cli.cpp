@@ -63,15 +63,16 @@ struct Flag {
 
 // The plan command's flags, parsed by us so that every message has the same shape.
 struct PlanFlags {
-  Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile, method, out;
-  Flag in_backward, not_in_backward;  // values unused: presence is the flag
+  Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile, method, out, framework;
+  Flag in_backward, not_in_backward, hold_outputs, expandable_segments;  // values unused: presence is the flag
   bool json = false;
 
   /// Every plan flag that was given, as typed: subcommands refuse them.
   [[nodiscard]] std::vector<std::string> given_names() const {
     std::vector<std::string> names;
     for (const Flag* f : {&model, &gpu, &scenario, &batch, &seq, &precision, &optimizer, &grad_accum, &attention,
-                          &profile, &method, &out, &in_backward, &not_in_backward}) {
+                          &profile, &method, &out, &framework, &in_backward, &not_in_backward, &hold_outputs,
+                          &expandable_segments}) {
       if (f->given()) names.push_back(f->option->get_name());
     }
     return names;
@@ -131,6 +132,9 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.grad_accum.given()) run(parse_positive("--grad-accum", f.grad_accum.value, s.grad_accum));
   if (f.attention.given()) run(parse_choice("--attention", f.attention.value, s.attention));
   if (f.profile.given()) run(parse_choice("--profile", f.profile.value, s.profile));
+  if (f.framework.given()) run(parse_choice("--framework", f.framework.value, s.framework));
+  if (f.hold_outputs.given()) s.hold_outputs = true;
+  if (f.expandable_segments.given()) s.expandable_segments = true;
   return failure;
 }
 
@@ -737,14 +741,26 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       "--no-optimizer-in-backward", not_in_backward,
       "Keep every gradient until a separate optimizer step after backward; e.g. --no-optimizer-in-backward");
   option(f.grad_accum, "--grad-accum", "N", "Micro-batches accumulated per optimizer step (default 1); e.g. --grad-accum 4");
-  option(f.attention, "--attention", "flash|eager",
-         "flash (default, O(S) extra memory) or eager (S x S scores); e.g. --attention eager");
+  option(f.attention, "--attention", "NAME",
+         "flash (default, O(S) extra memory; pytorch profile: SDPA), eager (S x S scores), or flash-attn (pytorch "
+         "profile: attn_implementation=flash_attention_2); e.g. --attention eager");
+  option(f.framework, "--framework", "NAME",
+         "pytorch profile: the modelling code, transformers-5 (default; 4.50 and later), transformers-4.46, "
+         "transformers-4.44 (up to 4.45: fp32 logits from the model) or torchtune; e.g. --framework transformers-4.44");
+  bool hold_outputs = false, expandable = false;
+  f.hold_outputs.option = app.add_flag("--hold-outputs", hold_outputs,
+                                       "pytorch profile: the loop keeps `outputs` (the logits) through backward into the "
+                                       "next step, as `outputs = model(...); outputs.loss.backward()` does (the HF Trainer "
+                                       "drops them); e.g. --hold-outputs");
+  f.expandable_segments.option = app.add_flag("--expandable-segments", expandable,
+                                              "pytorch profile: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; "
+                                              "e.g. --expandable-segments");
   option(f.profile, "--profile", "native|pytorch",
          "Who executes the step: native (this project's runtime, default) or pytorch (transformers on "
          "autograd); e.g. --profile pytorch");
   option(f.method, "--method", "METHOD",
-         "Only this method: vanilla, recompute, mst, mst-offload or auto (default: all, choosing auto's plan); "
-         "e.g. --method mst");
+         "Only this method: vanilla, recompute, mst, mst-offload or auto (default: all, choosing auto's plan), or "
+         "mst-reference (pytorch profile: the MST authors' code); e.g. --method mst");
   option(f.out, "--out,-o", "FILE", "Write the chosen plan as a plan file (read by `mst-plan show`); e.g. --out plan.yaml");
   app.add_flag("--json", f.json, "Print JSON instead of tables (also for the subcommands); e.g. --json | jq .model.parameters");
 

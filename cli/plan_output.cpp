@@ -123,22 +123,31 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
                   const SearchResult& result, Method chosen_method, const Evaluation* chosen,
                   const std::string& plan_path) {
   const std::optional<std::int64_t> request = setup.seq_len;
+  // The pytorch profile decides on the simulated caching allocator: its reserved bytes are shown too.
+  const bool pool = setup.profile == Profile::pytorch;
   fmt::print(out, "\nlongest sequence per method (multiples of 64 tokens; peak = device bytes the step allocates, "
-                  "of {} GiB usable)\n", gib(gpu.usable_bytes()));
+                  "of {} GiB usable{})\n", gib(gpu.usable_bytes()),
+             pool ? "; reserved = what PyTorch's caching allocator holds then, which decides" : "");
+  const std::string reserved_header = pool ? fmt::format(" {:>9}", "reserved") : "";
   if (request) {
-    fmt::print(out, "{:<12} {:>11} {:>9}  {:<36} {:>9}   {:>6} {:>9} {:>9}\n", "method", "max length", "peak GiB",
-               "peak at", "tokens/s", fmt::format("at {}", format_thousands(*request)), "peak GiB", "tokens/s");
+    fmt::print(out, "{:<13} {:>10} {:>9}{}  {:<36} {:>9}   {:>6} {:>9} {:>9}\n", "method", "max length", "peak GiB",
+               reserved_header, "peak at", "tokens/s", fmt::format("at {}", format_thousands(*request)), "peak GiB",
+               "tokens/s");
   } else {
-    fmt::print(out, "{:<12} {:>11} {:>9}  {:<36} {:>9}\n", "method", "max length", "peak GiB", "peak at", "tokens/s");
+    fmt::print(out, "{:<13} {:>10} {:>9}{}  {:<36} {:>9}\n", "method", "max length", "peak GiB", reserved_header,
+               "peak at", "tokens/s");
   }
   for (const MethodResult& m : result.methods) {
     std::string row;
     if (m.at_max) {
       const Evaluation& e = *m.at_max;
-      row = fmt::format("{:<12} {:>11} {:>9}  {:<36} {:>9}", to_string(m.method), format_thousands(e.seq_len),
-                        gib(e.analysis.peak.allocated_bytes), e.peak_at, tokens_per_s(e.time.tokens_per_s));
+      const std::string reserved =
+          pool ? fmt::format(" {:>9}", e.pool ? gib(e.pool->peak_reserved_bytes) : std::string("-")) : "";
+      row = fmt::format("{:<13} {:>10} {:>9}{}  {:<36} {:>9}", to_string(m.method), format_thousands(e.seq_len),
+                        gib(e.analysis.peak.allocated_bytes), reserved, e.peak_at, tokens_per_s(e.time.tokens_per_s));
     } else {
-      row = fmt::format("{:<12} {:>11} {:>9}  {:<36} {:>9}", to_string(m.method), "none fits", "-", "-", "-");
+      row = fmt::format("{:<13} {:>10} {:>9}{}  {:<36} {:>9}", to_string(m.method), "none fits", "-",
+                        pool ? fmt::format(" {:>9}", "-") : "", "-", "-");
     }
     if (request) {
       if (m.at_request) {
@@ -165,6 +174,20 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
              gib(c.analysis.peak.allocated_bytes), gib(gpu.reserve_bytes), gib(c.required_bytes),
              gib(gpu.capacity_bytes), c.peak_at, to_string(c.peak_phase));
   fmt::print(out, "  at the peak: {}\n", breakdown(c.analysis.peak));
+  if (c.pool) {
+    const CachingAllocatorResult& a = *c.pool;
+    const std::int64_t fragmentation = a.reserved_at_peak_allocated_bytes - a.peak_allocated_bytes;
+    fmt::print(out,
+               "  PyTorch's caching allocator (simulated, {}): {} GiB allocated at most in whole blocks, {} GiB reserved "
+               "then ({} GiB, {:.1f}%, fragmentation), {} GiB at most{}\n",
+               setup.expandable_segments ? "expandable segments" : "default segments", gib(a.peak_allocated_bytes),
+               gib(a.reserved_at_peak_allocated_bytes), gib(fragmentation),
+               a.peak_allocated_bytes > 0 ? 100.0 * static_cast<double>(fragmentation) / static_cast<double>(a.peak_allocated_bytes) : 0.0,
+               gib(a.peak_reserved_bytes),
+               a.cache_flushes == 1   ? std::string("; its cache was emptied once to make room")
+               : a.cache_flushes > 1 ? fmt::format("; its cache was emptied {} times to make room", a.cache_flushes)
+                                     : std::string());
+  }
   if (c.analysis.host_peak_bytes > 0) {
     fmt::print(out, "  host memory: {} GiB of offloaded checkpoints at most\n", gib(c.analysis.host_peak_bytes));
   }

@@ -3,13 +3,23 @@
 //
 // Note [PyTorch step]
 // -------------------
-// Versions: transformers >= 4.54 (ForCausalLMLoss pads labels instead of slicing logits; SDPA is
-// called with enable_gqa, so key/value heads are not repeated) and torch >= 2.5, bf16 parameters
-// (or fp32 parameters under torch.autocast for `mixed`). Sources: tools/autograd/derivatives.yaml
-// (what each backward formula reads; gen_variable_type.py saves an operand of mul/mm only when
-// the other operand requires grad), transformers models/llama/modeling_llama.py,
-// models/gemma2/modeling_gemma2.py, integrations/sdpa_attention.py, loss/loss_utils.py,
-// torch/optim/adamw.py, c10/cuda/CUDACachingAllocator.cpp. T = batch x seq tokens.
+// Versions: torch >= 2.5 and the transformers code the setup's `framework` names: transformers-5
+// (4.50 and later: ForCausalLMLoss pads the labels instead of slicing the logits; SDPA is called
+// with enable_gqa, so key/value heads are not repeated), transformers-4.46 (4.46 to 4.49: the loss
+// upcasts and slices a contiguous shifted fp32 copy), transformers-4.44 (up to 4.45: the model
+// upcasts all logits with .float(), the loss slices the shifted copy, the fp32 logits are the
+// output; LlamaSdpaAttention repeats key/value heads, repeat_kv, before SDPA) and torchtune (its
+// decoder returns `self.output(h).float()`, the recipe shifts the labels and `del logits` after
+// the loss; key/value heads expanded before SDPA). bf16 parameters (or fp32 parameters under
+// torch.autocast for `mixed`). Sources: tools/autograd/derivatives.yaml (what each backward
+// formula reads; gen_variable_type.py saves an operand of mul/mm only when the other operand
+// requires grad), transformers models/llama/modeling_llama.py (v4.44.0 and v4.50.0),
+// models/gemma2/modeling_gemma2.py, integrations/sdpa_attention.py, loss/loss_utils.py (v4.46.0:
+// `shift_logits = logits[..., :-1, :].contiguous()`; v4.50.0: `labels = nn.functional.pad(labels,
+// (0, 1), value=ignore_index)`), torchtune modules/transformer.py and recipes/
+// full_finetune_single_device.py (commit 1814feb), flash-attn's flash_api.cpp (mha_bwd's
+// dk_expanded/dv_expanded for GQA), torch/optim/adamw.py, c10/cuda/CUDACachingAllocator.cpp.
+// T = batch x seq tokens.
 //
 //   embedding         saves the int64 ids; Gemma 2 multiplies by sqrt(d) (a new tensor)
 //   rotary tables     cos, sin (batch x seq x head_dim) once per forward, saved by every RoPE mul
@@ -28,11 +38,18 @@
 //                     act * up (saved by down_proj): 4 x T x I; MST paper mode keeps these for
 //                     every chunk; tiled mode (a custom autograd Function) keeps only the input
 //   residual adds     save nothing: the residual stream itself is not kept in bf16
-//   LM head + loss    logits (bf16), logits.float() (fp32), log_softmax (fp32, saved); the bf16
-//                     logits die with the model output once the loss is computed (HF Trainer
-//                     drops `outputs` before backward). Backward: nll grad (fp32), log_softmax grad
-//                     (fp32), cast to bf16. MST modes are a custom Function per chunk: forward
-//                     under no_grad, the backward recomputes logits, softmax in fp32, cast to bf16.
+//   LM head + loss    logits (bf16), logits.float() (fp32), [4.44, 4.46: the shifted contiguous
+//                     fp32 copy], log_softmax (fp32, saved). The model output (bf16 logits; fp32 in
+//                     4.44 and torchtune) dies once the loss is computed (the HF Trainer, and
+//                     `loss = model(...).loss`, drop it), or with `hold_outputs` lives into the next
+//                     step, whose forward runs with it (`outputs.previous`). Backward: nll grad
+//                     (fp32), log_softmax grad (fp32), [the shift's SliceBackward: a zero-filled
+//                     full-size fp32 gradient], cast to bf16. MST modes are a custom Function per
+//                     chunk: forward under no_grad, the backward recomputes logits, softmax in fp32,
+//                     cast to bf16.
+//   flash-attn        (attn_implementation="flash_attention_2") saves q, k, v, the output and lse
+//                     with no contiguous copy of the output; mha_bwd expands dk and dv to the query
+//                     heads (two workspaces) for GQA.
 //   weight gradients  the first one is stolen as .grad; a later one (chunk loops, accumulation)
 //                     is a new tensor added into .grad, so both exist for a moment
 //   input gradients of a tensor used several times are summed (InputBuffer, in place)
@@ -42,13 +59,32 @@
 //   AdamW             in backward (a hook per parameter, single-tensor code): exp_avg_sq.sqrt()
 //                     and the division make two parameter-sized temporaries; at the end
 //                     (foreach): one temporary list the size of all parameters (exp_avg_sq_sqrt)
-//   allocator         every request rounded up to 512 bytes (round_size)
+//   gradients         after backward with zero_grad(set_to_none=True) (the default): each is
+//                     allocated by its first write in backward and freed after the step
+//   allocator         every request rounded up to 512 bytes (round_size); the caching allocator's
+//                     segments, block splitting and caching are simulated on the whole step
+//                     (Note [Caching allocator] in caching_allocator.h), and decide what fits
+//
+// Note [MST authors' code]
+// ------------------------
+// Plan::authors_code follows wdlctc/mini-s minis/mini_sequence.py (commit 797c54b) and its
+// scripts/benchmark_minis.py: LlamaMLPWarpper splits the sequence into chunks of
+// max(4096 // batch, 1024) tokens and runs the original MLP on each inside autograd (every
+// chunk's intermediates saved), then torch.cat's the outputs (a new tensor; the chunk outputs live
+// until it is made); LlamaForCausalLMWarpper runs 64 chunks through an autograd Function that saves
+// a contiguous copy of the chunk's hidden states (the same bytes as keeping the final norm's
+// output), and in backward adds the chunk's weight gradient into lm_head.weight.grad in place
+// (torch.addmm(..., out=weights.grad)), returning it to autograd at the last chunk (which doubles
+// it; the bytes are the same); the optimizer hook skips lm_head.weight (`later`) and steps it from
+// the embedding's hook, so its gradient lives through the layers' backward. Not modelled: its
+// `q_len // 64` chunks drop the remainder of the positions (a correctness bug worth a few rows).
 // Under autocast (mixed): fp32 parameters and an fp32 residual stream; each linear reads bf16
 // copies of its input and of its weight (weight copies are cached until autocast exits, after the
 // loss, and saved until the linear's backward). Not modelled yet: fp32 type promotion in RoPE
-// under autocast, the allocator's segment rounding (2 MiB / 20 MiB) and caching. Chunk backward
-// loops run in forward order here; autograd runs them last chunk first, which changes the peak by
-// less than one chunk's transients.
+// under autocast; reentrant checkpointing (HF's default before 4.5x: use_reentrant=True) keeps the
+// recomputed layer's output during its backward, one T x d tensor more than modelled. Chunk
+// backward loops run in forward order here; autograd runs them last chunk first, which changes the
+// peak by less than one chunk's transients.
 
 #include "planner/builder_internal.h"
 

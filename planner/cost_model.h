@@ -3,8 +3,10 @@
 // and a two-stream schedule (compute, and a copy stream for checkpoint offload) that overlaps
 // copies with compute where dependencies allow.
 //
-// Every efficiency factor below is a documented guess until measured data replaces it (the CUDA
-// backend and the PyTorch harness will measure them; scenarios/measured/).
+// Note [Efficiency factors]: each factor below says whether a published measurement derives it or
+// it is an assumption, and what it is held to. The throughput cases of tests/data/published/ (the
+// MST authors' notebook, torchtune's Llama 3.2 3B row, both on A100) are within 2% with these
+// values (`mst-plan fidelity --published`); no published single-GPU case on H100 is expressible yet.
 //
 //   StepTime t = estimate_time(program, gpu);
 //   fmt::print("{:.0f} tokens/s\n", t.tokens_per_s);
@@ -17,22 +19,27 @@
 namespace mstplan {
 
 struct CostOptions {
-  /// Fraction of the dense bf16 peak a large GEMM reaches with cuBLAS. 0.70: typical of large
-  /// bf16 GEMMs on A100 and H100 (NVIDIA's matmul performance guide shows 70-80% for large,
-  /// well-aligned shapes). A guess until measured.
+  /// Fraction of the dense bf16 peak a large GEMM reaches with cuBLAS. 0.70, an assumption under a
+  /// measured ceiling: the best-shape bf16 matmul reaches 86.9% of the peak on an A100 SXM and 80.3%
+  /// on an H100 SXM (S. Bekman, ml-engineering, compute/accelerator/README.md, the "MAMF" table,
+  /// commit 744d01e); a step's GEMMs are of fixed, smaller shapes and include the backward's
+  /// transposed operands. Held to the A100 throughput cases above.
   double gemm_efficiency = 0.70;
   /// The smallest GEMM dimension at which efficiency is half of the above: efficiency scales as
-  /// s / (s + this) with s = min(m, n, k). 256: small-dimension GEMMs leave tensor cores idle;
-  /// MST's chunks keep full speed down to about d rows. A guess until measured.
+  /// s / (s + this) with s = min(m, n, k). 256: an assumption (small-dimension GEMMs leave tensor
+  /// cores idle; MST's chunks keep full speed down to about d rows).
   double gemm_half_dim = 256.0;
-  /// Fraction of the dense bf16 peak FlashAttention-2 reaches: about 50-70% forward and 40-60%
-  /// backward on A100 (Dao, FlashAttention-2, 2023). 0.5 for both. A guess until measured.
+  /// Fraction of the dense bf16 peak the flash-attention kernels reach, forward and backward. 0.50,
+  /// an assumption between published figures: FlashAttention-2 trains GPT models at up to 72% of the
+  /// A100's peak end to end (Dao 2023, arXiv 2307.08691, Table 1, 225 TFLOP/s), and reaches only 35%
+  /// of an H100's (Shah et al. 2024, FlashAttention-3, arXiv 2407.08608, abstract), so attention-bound
+  /// steps on Hopper are estimated up to 1.4x too fast.
   double attention_efficiency = 0.50;
-  /// Fraction of the memory bandwidth that memory-bound kernels reach. 0.80. A guess.
+  /// Fraction of the memory bandwidth that memory-bound kernels reach. 0.80: an assumption.
   double memory_efficiency = 0.80;
-  /// Fraction of the host link a pinned-memory copy reaches. 0.80. A guess.
+  /// Fraction of the host link a pinned-memory copy reaches. 0.80: an assumption.
   double host_link_efficiency = 0.80;
-  /// Fixed cost of one kernel launch, in seconds. 5 us. A guess.
+  /// Fixed cost of one kernel launch, in seconds. 5 us: an assumption.
   double launch_seconds = 5e-6;
 };
 

@@ -38,7 +38,7 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
   for (std::size_t k = 0; k < kPhases; ++k) {
     by_phase[std::string(to_string(static_cast<Phase>(k)))] = e.analysis.phase_peak_bytes[k];
   }
-  return {{"seq_len", e.seq_len},
+  nlohmann::json j = {{"seq_len", e.seq_len},
           {"fits", e.fits},
           {"peak_bytes", e.analysis.peak.allocated_bytes},
           {"peak_live_bytes", e.analysis.peak_live_bytes},
@@ -51,6 +51,16 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
           {"tokens_per_s", e.time.tokens_per_s},
           {"step_seconds", e.time.step_seconds},
           {"plan", plan_json(e.plan, model, e.seq_len)}};
+  if (e.pool) {
+    // pytorch profile: the caching allocator simulated with the GPU's usable bytes.
+    j["caching_allocator"] = {{"peak_allocated_bytes", e.pool->peak_allocated_bytes},
+                              {"peak_reserved_bytes", e.pool->peak_reserved_bytes},
+                              {"reserved_at_peak_allocated_bytes", e.pool->reserved_at_peak_allocated_bytes},
+                              {"segments_created", e.pool->segments_created},
+                              {"cache_flushes", e.pool->cache_flushes},
+                              {"out_of_memory", e.pool->out_of_memory}};
+  }
+  return j;
 }
 
 void add_search_json(nlohmann::json& out, const ModelSpec& model, const TrainingSetup& setup, const SearchResult& result,

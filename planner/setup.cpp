@@ -134,6 +134,19 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
                       "{}: field 'precision': fp32 is modelled for the native profile only, not with profile pytorch",
                       origin);
   }
+  if (setup.profile != Profile::pytorch) {
+    // What only the pytorch profile has: refused rather than silently ignored.
+    if (setup.framework != Framework::transformers_5) {
+      return make_error(ErrorKind::invalid, "{}: field 'framework': {} is the pytorch profile's; give profile pytorch",
+                        origin, to_string(setup.framework));
+    }
+    if (setup.hold_outputs || setup.expandable_segments || !setup.zero_grad_set_to_none) {
+      const char* field = setup.hold_outputs ? "hold_outputs" : setup.expandable_segments ? "expandable_segments"
+                                                                                        : "zero_grad_set_to_none";
+      return make_error(ErrorKind::invalid, "{}: field '{}': describes PyTorch's training loop; give profile pytorch",
+                        origin, field);
+    }
+  }
   if (setup.knobs.authors_code && *setup.knobs.authors_code && setup.profile != Profile::pytorch) {
     return make_error(ErrorKind::invalid,
                       "{}: field 'authors_code': the MST authors' code is PyTorch code; it needs profile pytorch", origin);
