@@ -3,6 +3,8 @@
 // process is well under 100 ms (DESIGN.md); these parts must be a small slice of it.
 #include <sstream>
 
+#include <fmt/format.h>
+
 #include <benchmark/benchmark.h>
 
 #include "cli/cli.h"
@@ -87,16 +89,20 @@ void BM_AutoSearchLlama8b(benchmark::State& state) {
   const auto profile = static_cast<Profile>(state.range(0));
   TrainingSetup setup;
   setup.profile = profile;
+  SearchOptions options;
+  options.threads = static_cast<std::int32_t>(state.range(1));  // 0: one per hardware thread
   std::int64_t evaluations = 0;
   for (auto _ : state) {
-    const SearchResult r = search(model, gpu, setup, all_methods());
+    const SearchResult r = search(model, gpu, setup, all_methods(), options);
     evaluations = r.evaluations;
     benchmark::DoNotOptimize(r);
   }
   state.counters["evaluations"] = static_cast<double>(evaluations);
-  state.SetLabel(std::string(to_string(profile)));
+  state.SetLabel(fmt::format("{}, {} threads", to_string(profile),
+                             options.threads > 0 ? std::to_string(options.threads) : std::string("all")));
 }
-BENCHMARK(BM_AutoSearchLlama8b)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+// {profile, threads}: native and pytorch, on every hardware thread and on one.
+BENCHMARK(BM_AutoSearchLlama8b)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Args({1, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace mstplan
