@@ -32,11 +32,17 @@ std::string describe_measurement(const Measurement& m) {
     knobs += fmt::format("{}LM head {}", knobs.empty() ? "" : ", ", to_string(*m.setup.knobs.lm_head_mode));
   }
   const TrainingSetup& s = m.setup;
-  return fmt::format("{}{} {}{} {} b={} {} {}{}{}", m.model, m.layers ? fmt::format("/{}L", *m.layers) : "",
+  std::string pytorch;
+  if (s.profile == Profile::pytorch) {
+    if (s.framework != Framework::transformers_5) pytorch += fmt::format(" {}", to_string(s.framework));
+    if (s.hold_outputs) pytorch += " outputs held";
+    if (s.expandable_segments) pytorch += " expandable";
+  }
+  return fmt::format("{}{} {}{} {} b={} {} {}{}{}{}", m.model, m.layers ? fmt::format("/{}L", *m.layers) : "",
                      to_string(m.method), knobs.empty() ? "" : " (" + knobs + ")",
                      s.seq_len ? "S=" + format_thousands(*s.seq_len) : std::string("longest"), s.batch,
                      to_string(s.precision), to_string(s.attention), s.optimizer_in_backward ? "" : " optimizer after backward",
-                     s.grad_accum > 1 ? fmt::format(" accum {}", s.grad_accum) : "");
+                     s.grad_accum > 1 ? fmt::format(" accum {}", s.grad_accum) : "", pytorch);
 }
 
 FidelityRow predict_peak(const Measurement& m) {
