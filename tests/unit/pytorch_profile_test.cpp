@@ -149,7 +149,9 @@ TEST(PytorchProfile, MstAuthorsCode) {
   }
   EXPECT_GT(lm_update, embed_update) << "the LM head's update follows the embedding's";
   for (OpId i = 0; i < p.ops.size(); ++i) {
-    if (std::string_view(p.ops[i].label) == "lm_head.dw") EXPECT_EQ(p.ops[i].outputs, 1U) << "no partial gradient";
+    if (std::string_view(p.ops[i].label) == "lm_head.dw") {
+      EXPECT_EQ(p.ops[i].outputs, 1U) << "no partial gradient";
+    }
   }
   EXPECT_TRUE(has_tensor(p, "mlp.chunk_out"));
   // 515 x 64 x 2 = 65,920 bytes of LM-head gradient more during the layers' backward than with the
