@@ -745,7 +745,7 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
          "flash (default, O(S) extra memory; pytorch profile: SDPA), eager (S x S scores), or flash-attn (pytorch "
          "profile: attn_implementation=flash_attention_2); e.g. --attention eager");
   option(f.framework, "--framework", "NAME",
-         "pytorch profile: the modelling code, transformers-5 (default; 4.50 and later), transformers-4.46, "
+         "pytorch profile: the modelling code, transformers-5 (default; 4.49 and later), transformers-4.46, "
          "transformers-4.44 (up to 4.45: fp32 logits from the model) or torchtune; e.g. --framework transformers-4.44");
   bool hold_outputs = false, expandable = false;
   f.hold_outputs.option = app.add_flag("--hold-outputs", hold_outputs,

@@ -4,8 +4,10 @@
 // Note [PyTorch step]
 // -------------------
 // Versions: torch >= 2.5 and the transformers code the setup's `framework` names: transformers-5
-// (4.50 and later: ForCausalLMLoss pads the labels instead of slicing the logits; SDPA is called
-// with enable_gqa, so key/value heads are not repeated), transformers-4.46 (4.46 to 4.49: the loss
+// (4.49 and later: ForCausalLMLoss pads the labels instead of slicing the logits; SDPA is called
+// with enable_gqa when there is no attention mask, integrations/sdpa_attention.py's
+// use_gqa_in_sdpa, so key/value heads are not repeated: the release that brought that is not
+// pinned here, 5.x has it), transformers-4.46 (4.46 to 4.48: the loss
 // upcasts and slices a contiguous shifted fp32 copy), transformers-4.44 (up to 4.45: the model
 // upcasts all logits with .float(), the loss slices the shifted copy, the fp32 logits are the
 // output; LlamaSdpaAttention repeats key/value heads, repeat_kv, before SDPA) and torchtune (its
@@ -13,9 +15,9 @@
 // the loss; key/value heads expanded before SDPA). bf16 parameters (or fp32 parameters under
 // torch.autocast for `mixed`). Sources: tools/autograd/derivatives.yaml (what each backward
 // formula reads; gen_variable_type.py saves an operand of mul/mm only when the other operand
-// requires grad), transformers models/llama/modeling_llama.py (v4.44.0 and v4.50.0),
+// requires grad), transformers models/llama/modeling_llama.py (v4.44.0 and v4.49.0),
 // models/gemma2/modeling_gemma2.py, integrations/sdpa_attention.py, loss/loss_utils.py (v4.46.0:
-// `shift_logits = logits[..., :-1, :].contiguous()`; v4.50.0: `labels = nn.functional.pad(labels,
+// `shift_logits = logits[..., :-1, :].contiguous()`; v4.49.0: `labels = nn.functional.pad(labels,
 // (0, 1), value=ignore_index)`), torchtune modules/transformer.py and recipes/
 // full_finetune_single_device.py (commit 1814feb), flash-attn's flash_api.cpp (mha_bwd's
 // dk_expanded/dv_expanded for GQA), torch/optim/adamw.py, c10/cuda/CUDACachingAllocator.cpp.
@@ -573,8 +575,8 @@ void Builder::pt_lm_head() {
       op("lm_head.softcap.mul", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {tanh}, {capped});
     }
     // Note [Loss paths]: transformers <= 4.45 upcasts in the model and returns the fp32 logits;
-    // 4.46 to 4.49 upcast in ForCausalLMLoss; both slice a contiguous shifted fp32 copy, whose
-    // backward (SliceBackward) writes a zero-filled full-size fp32 gradient. 4.50 and later shift
+    // 4.46 to 4.48 upcast in ForCausalLMLoss; both slice a contiguous shifted fp32 copy, whose
+    // backward (SliceBackward) writes a zero-filled full-size fp32 gradient. 4.49 and later shift
     // the labels instead. The upcast and the shifted copy are locals of the forward: they live until
     // the loss is computed.
     const bool legacy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune;

@@ -47,9 +47,9 @@ enum class Framework {
   transformers_4_44,  ///< up to 4.45: the model upcasts all logits to fp32, slices a contiguous
                       ///< shifted fp32 copy for the loss and returns the fp32 logits; SDPA gets
                       ///< key/value heads repeated to the query heads (repeat_kv copies)
-  transformers_4_46,  ///< 4.46 to 4.49: ForCausalLMLoss upcasts inside the loss and still slices a
+  transformers_4_46,  ///< 4.46 to 4.48: ForCausalLMLoss upcasts inside the loss and still slices a
                       ///< contiguous shifted fp32 copy; the model returns bf16 logits
-  transformers_5,     ///< 4.50 and later, 5.x: the labels are shifted (padded) instead of the
+  transformers_5,     ///< 4.49 and later, 5.x: the labels are shifted (padded) instead of the
                       ///< logits; SDPA with enable_gqa (no repeat_kv)
   torchtune,          ///< torchtune's own decoder (0.4, late 2024): fp32 logits from the model
                       ///< (`self.output(h).float()`), labels shifted, key/value heads expanded
