@@ -1,31 +1,30 @@
 #pragma once
 // RoPE's inverse frequencies, shared by the CPU reference and the CUDA launcher so that both
 // rotate by the same angles (plain C++: nvcc may include it). Callers validate the parameters
-// first (scaling in 0..3; dynamic needs max_position_embeddings; llama3 needs
-// original_max_position_embeddings and distinct frequency factors).
+// first (dynamic needs max_position_embeddings; llama3 needs original_max_position_embeddings
+// and distinct frequency factors).
 #include <cmath>
 #include <cstdint>
 #include <numbers>
 
+#include "kernels/boundary.h"
+
 namespace mstplan::kernels {
 
-/// Writes head_dim / 2 inverse frequencies to `out`, in double, for a Rope-shaped struct R
-/// (ref::Rope or cuda::Rope): theta, scaling (0 none, 1 linear, 2 dynamic NTK, 3 llama3), factor,
-/// low_freq_factor, high_freq_factor, original_max_position_embeddings, max_position_embeddings.
-template <class R>
-void rope_inverse_frequencies(const R& rope, std::int64_t head_dim, std::int64_t seq_len, double* out) {
+/// Writes head_dim / 2 inverse frequencies to `out`, in double.
+inline void rope_inverse_frequencies(const Rope& rope, std::int64_t head_dim, std::int64_t seq_len, double* out) {
   const std::int64_t half = head_dim / 2;
   const auto dim = static_cast<double>(head_dim);
   // Dynamic NTK changes the base beyond max_position_embeddings.
   double base = rope.theta;
-  if (rope.scaling == 2 && seq_len > rope.max_position_embeddings) {
+  if (rope.scaling == RopeScaling::dynamic && seq_len > rope.max_position_embeddings) {
     const double ratio = rope.factor * static_cast<double>(seq_len) / static_cast<double>(rope.max_position_embeddings);
     base = rope.theta * std::pow(ratio - (rope.factor - 1.0), dim / (dim - 2.0));
   }
   for (std::int64_t i = 0; i < half; ++i) {
     double f = 1.0 / std::pow(base, static_cast<double>(2 * i) / dim);
-    if (rope.scaling == 1) f /= rope.factor;
-    if (rope.scaling == 3) {  // transformers' _compute_llama3_parameters
+    if (rope.scaling == RopeScaling::linear) f /= rope.factor;
+    if (rope.scaling == RopeScaling::llama3) {  // transformers' _compute_llama3_parameters
       const auto orig = static_cast<double>(rope.original_max_position_embeddings);
       const double low_freq_wavelen = orig / rope.low_freq_factor;
       const double high_freq_wavelen = orig / rope.high_freq_factor;

@@ -74,27 +74,56 @@ TensorId Builder::tensor(const char* label, TensorKind kind, DType dtype, std::i
   return static_cast<TensorId>(p_.tensors.size() - 1);
 }
 
-OpId Builder::op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
-                 std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
+OpId Builder::open_op(const char* label, OpCode code, OpKind kind, Phase phase, Pass pass, std::int32_t layer) {
   Op o;
   o.label = label;
+  o.code = s_.profile == Profile::pytorch ? OpCode::autograd : code;
   o.kind = kind;
   o.phase = phase;
   o.pass = pass;
   o.layer = layer;
   o.loop = loop_;
   o.io_begin = static_cast<std::uint32_t>(p_.io.size());
-  o.inputs = static_cast<std::uint32_t>(inputs.size());
-  o.outputs = static_cast<std::uint32_t>(outputs.size());
-  p_.io.insert(p_.io.end(), inputs.begin(), inputs.end());
-  p_.io.insert(p_.io.end(), outputs.begin(), outputs.end());
   p_.ops.push_back(o);
   return static_cast<OpId>(p_.ops.size() - 1);
 }
 
-OpId Builder::matmul(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> inputs,
-                     std::initializer_list<TensorId> outputs, std::int64_t m, std::int64_t n, std::int64_t k) {
-  const OpId id = op(label, OpKind::matmul, phase, pass, layer, inputs, outputs);
+void Builder::push_operands(OpId id, std::span<const TensorId> inputs, std::span<const TensorId> outputs) {
+  Op& o = p_.ops[id];
+  MSTPLAN_CHECK(id + 1 == p_.ops.size() && o.io_begin + o.inputs + o.outputs == p_.io.size(),
+                "operands added to op {} after later ops", o.label);
+  MSTPLAN_CHECK(inputs.empty() || o.outputs == 0, "inputs of op {} added after its outputs", o.label);
+  for (TensorId t : inputs) {
+    if (t == kNoTensor) continue;
+    p_.io.push_back(t);
+    ++o.inputs;
+  }
+  for (TensorId t : outputs) {
+    if (t == kNoTensor) continue;
+    p_.io.push_back(t);
+    ++o.outputs;
+  }
+}
+
+OpId Builder::op(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t layer,
+                 std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
+  const OpId id = open_op(label, code, op_kind(code), phase, pass, layer);
+  push_operands(id, inputs, outputs);
+  return id;
+}
+
+OpId Builder::autograd_op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
+                          std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
+  const OpId id = open_op(label, OpCode::autograd, kind, phase, pass, layer);
+  push_operands(id, inputs, outputs);
+  return id;
+}
+
+OpId Builder::matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t layer,
+                     std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs, std::int64_t m,
+                     std::int64_t n, std::int64_t k) {
+  MSTPLAN_CHECK(op_kind(code) == OpKind::matmul, "matmul {} with a code that is not a GEMM", label);
+  const OpId id = op(label, code, phase, pass, layer, inputs, outputs);
   Op& o = p_.ops[id];
   o.m = m;
   o.n = n;
@@ -102,7 +131,44 @@ OpId Builder::matmul(const char* label, Phase phase, Pass pass, std::int32_t lay
   return id;
 }
 
-void Builder::begin_loop(const char* block, const ChunkClass& c) {
+OpId Builder::eager_matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t l,
+                           std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs,
+                           std::int64_t m, std::int64_t n, std::int64_t k) {
+  const OpId id = matmul(label, code, phase, pass, l, inputs, outputs, m, n, k);
+  p_.ops[id].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
+  return id;
+}
+
+OpId Builder::attention_op(OpCode code, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
+                           std::initializer_list<TensorId> outputs) {
+  MSTPLAN_CHECK(code == OpCode::attention || code == OpCode::attention_grad, "attention_op with another code");
+  const bool forward = code == OpCode::attention;
+  const OpId id = op(forward ? "attention" : "attention.grad", code, forward ? Phase::forward : Phase::backward, pass,
+                     l, inputs, outputs);
+  Op& o = p_.ops[id];
+  o.m = B_ * m_.num_heads;
+  o.n = S_;
+  o.k = S_;
+  o.head_dim = m_.head_dim;
+  o.window = window(l);
+  return id;
+}
+
+void Builder::norm_grad_op(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
+                           TensorId dx, std::int32_t param) {
+  op(label, OpCode::norm_grad, phase, Pass::backward, l, inputs, {dx, grad_if_trained(param, l)});
+  if (trained_) grad_done(param, l);
+}
+
+OpId Builder::loss_op(OpCode code, Pass pass, std::initializer_list<TensorId> inputs,
+                      std::initializer_list<TensorId> outputs, std::int64_t rows) {
+  const OpId id = op("lm_head.loss", code, Phase::loss, pass, kNone, inputs, outputs);
+  p_.ops[id].m = rows;
+  p_.ops[id].n = m_.vocab_size;
+  return id;
+}
+
+void Builder::begin_loop(ChunkedBlock block, const ChunkClass& c) {
   MSTPLAN_CHECK(loop_ == kNone, "nested loops");
   Loop l;
   l.first_op = static_cast<OpId>(p_.ops.size());
@@ -116,12 +182,7 @@ void Builder::begin_loop(const char* block, const ChunkClass& c) {
 
 void Builder::prealloc(const char* label, Phase phase, Pass pass, std::int32_t layer,
                        std::initializer_list<TensorId> tensors) {
-  const OpId id = op(label, OpKind::elementwise, phase, pass, layer, {}, {});
-  for (TensorId t : tensors) {
-    if (t == kNoTensor) continue;
-    p_.io.push_back(t);
-    ++p_.ops[id].outputs;
-  }
+  op(label, OpCode::zero, phase, pass, layer, {}, tensors);
 }
 
 void Builder::end_loop() {
@@ -143,26 +204,15 @@ TensorId Builder::grad(std::int32_t param, std::int32_t layer) {
 void Builder::optimizer_op(std::int32_t param, Phase phase) {
   const auto i = static_cast<std::size_t>(param);
   const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
-  const char* label = s_.optimizer == OptimizerKind::sgd ? "sgd" : "adamw";
-  OpId id = 0;
+  const bool sgd = s_.optimizer == OptimizerKind::sgd;
   const TensorId g = grads_[i];
   MSTPLAN_CHECK(g != kNoTensor, "optimizer step for {} without a gradient", p_.params[i].name);
   const TensorId w = weights_[i];
-  const bool has_moments = !states_.empty() && states_[2 * i] != kNoTensor;
-  const bool has_master = !states_.empty() && states_[2 * i + 1] != kNoTensor && storage_.master;
-  if (!has_moments && !has_master) {
-    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w}, {w});
-  } else if (!has_moments) {
-    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w, states_[2 * i + 1]},
-            {w, states_[2 * i + 1]});
-  } else if (has_master) {
-    const TensorId master = states_[2 * i + 1];
-    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w, states_[2 * i], master},
-            {w, states_[2 * i], master});
-  } else {
-    id = op(label, OpKind::optimizer, phase, Pass::optimizer, layer, {g, w, states_[2 * i], states_[2 * i + 1]},
-            {w, states_[2 * i], states_[2 * i + 1]});
-  }
+  // (m, v), (m+v, master), (none, master) or none: kNoTensor operands are dropped.
+  const TensorId first = states_.empty() ? kNoTensor : states_[2 * i];
+  const TensorId second = states_.empty() || (first == kNoTensor && !storage_.master) ? kNoTensor : states_[2 * i + 1];
+  const OpId id = op(sgd ? "sgd" : "adamw", sgd ? OpCode::sgd : OpCode::adamw, phase, Pass::optimizer, layer,
+                     {g, w, first, second}, {w, first, second});
   p_.ops[id].param = param;
   p_.ops[id].m = p_.params[i].numel();
   if (s_.profile == Profile::pytorch && s_.optimizer == OptimizerKind::adamw) {
@@ -170,8 +220,7 @@ void Builder::optimizer_op(std::int32_t param, Phase phase) {
     // the bias correction are two temporaries the size of the parameter.
     const TensorId temp = tensor("adamw.denom", TensorKind::workspace, storage_.weights, 2 * p_.params[i].numel(), layer,
                                  Pass::optimizer);
-    p_.io.push_back(temp);
-    ++p_.ops[id].outputs;
+    push_operands(id, {}, std::array{temp});
   }
 }
 
@@ -295,10 +344,8 @@ Program Builder::build() {
 
   static_tensors();
   {
-    const OpId begin = op("step.begin", OpKind::begin, Phase::forward, Pass::forward, kNone, {}, {});
-    p_.ops[begin].io_begin = static_cast<std::uint32_t>(p_.io.size());
-    for (TensorId t : static_outputs_[0]) p_.io.push_back(t);
-    p_.ops[begin].outputs = static_cast<std::uint32_t>(static_outputs_[0].size());
+    const OpId begin = open_op("step.begin", OpCode::begin, OpKind::begin, Phase::forward, Pass::forward, kNone);
+    push_operands(begin, {}, static_outputs_[0]);
   }
   layers_.resize(static_cast<std::size_t>(m_.num_layers));
   prefetched_.assign(layers_.size(), false);
@@ -317,14 +364,16 @@ Program Builder::build() {
     }
   }
   {
-    const OpId end = op("step.end", OpKind::end, Phase::optimizer, Pass::optimizer, kNone, {}, {});
-    p_.ops[end].io_begin = static_cast<std::uint32_t>(p_.io.size());
+    const OpId end = open_op("step.end", OpCode::end, OpKind::end, Phase::optimizer, Pass::optimizer, kNone);
     std::vector<TensorId> ins = static_outputs_[0];
     ins.push_back(loss_);
     ins.insert(ins.end(), held_.begin(), held_.end());
-    for (TensorId t : ins) p_.io.push_back(t);
-    p_.ops[end].inputs = static_cast<std::uint32_t>(ins.size());
+    push_operands(end, ins, {});
   }
+  p_.tokens = tokens_;
+  p_.labels = labels_;
+  p_.loss = loss_;
+  p_.gemm_workspace = workspace_;
   return std::move(p_);
 }
 
@@ -332,7 +381,7 @@ void Builder::embedding_forward() {
   const bool checkpoint = recomputed(0);
   TensorId h0 = tensor("input", checkpoint ? TensorKind::checkpoint : TensorKind::saved, act_, T_ * m_.hidden_size,
                        0, Pass::forward);
-  op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
+  op("embedding", OpCode::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
   layers_[0].input = h0;
 }
 
@@ -350,39 +399,29 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
   const TensorId n1 = tensor("attn_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, act_,
                              T_ * d, l, pass);
   const TensorId rstd1 = tensor("attn_norm.rstd", kept, DType::fp32, T_, l, pass);
-  op("attn_norm", OpKind::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {n1, rstd1});
+  op("attn_norm", OpCode::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {n1, rstd1});
   const TensorId q = tensor("attn.q", kept, act_, T_ * qd_, l, pass);
   const TensorId k = tensor("attn.k", kept, act_, T_ * kvd_, l, pass);
   const TensorId v = tensor("attn.v", kept, act_, T_ * kvd_, l, pass);
-  if (m_.qkv_bias) {
-    matmul("attn.q", Phase::forward, pass, l, {n1, weight(lp.q), weight(lp.qb), workspace_}, {q}, T_, qd_, d);
-    matmul("attn.k", Phase::forward, pass, l, {n1, weight(lp.k), weight(lp.kb), workspace_}, {k}, T_, kvd_, d);
-    matmul("attn.v", Phase::forward, pass, l, {n1, weight(lp.v), weight(lp.vb), workspace_}, {v}, T_, kvd_, d);
-  } else {
-    matmul("attn.q", Phase::forward, pass, l, {n1, weight(lp.q), workspace_}, {q}, T_, qd_, d);
-    matmul("attn.k", Phase::forward, pass, l, {n1, weight(lp.k), workspace_}, {k}, T_, kvd_, d);
-    matmul("attn.v", Phase::forward, pass, l, {n1, weight(lp.v), workspace_}, {v}, T_, kvd_, d);
-  }
-  op("attn.rope", OpKind::elementwise, Phase::forward, pass, l, {q, k}, {q, k});
+  matmul("attn.q", OpCode::linear, Phase::forward, pass, l, {n1, weight(lp.q), weight_or_none(lp.qb), workspace_}, {q},
+         T_, qd_, d);
+  matmul("attn.k", OpCode::linear, Phase::forward, pass, l, {n1, weight(lp.k), weight_or_none(lp.kb), workspace_}, {k},
+         T_, kvd_, d);
+  matmul("attn.v", OpCode::linear, Phase::forward, pass, l, {n1, weight(lp.v), weight_or_none(lp.vb), workspace_}, {v},
+         T_, kvd_, d);
+  op("attn.rope", OpCode::rope, Phase::forward, pass, l, {q, k}, {q, k});
   const TensorId o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
   TensorId lse = kNoTensor, probs = kNoTensor;
   if (s_.attention != AttentionKind::eager) {
     lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
-    const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {q, k, v}, {o, lse});
-    p_.ops[a].m = B_ * m_.num_heads;
-    p_.ops[a].n = S_;
-    p_.ops[a].k = S_;
-    p_.ops[a].head_dim = m_.head_dim;
-    p_.ops[a].window = window(l);
+    attention_op(OpCode::attention, pass, l, {q, k, v}, {o, lse});
   } else {
     const std::int64_t scores_elements = B_ * m_.num_heads * S_ * S_;
     const TensorId scores = tensor("attn.scores", TensorKind::transient, DType::fp32, scores_elements, l, pass);
     probs = tensor("attn.probs", kept, act_, scores_elements, l, pass);
-    const OpId qk = matmul("attn.scores", Phase::forward, pass, l, {q, k}, {scores}, S_, S_, m_.head_dim);
-    p_.ops[qk].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
-    op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {scores}, {probs});
-    const OpId pv = matmul("attn.pv", Phase::forward, pass, l, {probs, v}, {o}, S_, m_.head_dim, S_);
-    p_.ops[pv].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
+    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {q, k}, {scores}, S_, S_, m_.head_dim);
+    op("attn.softmax", OpCode::softmax, Phase::forward, pass, l, {scores}, {probs});
+    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {probs, v}, {o}, S_, m_.head_dim, S_);
   }
   st.n1 = n1;
   st.n1_kept = keep && !sel;
@@ -396,23 +435,23 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
 
   const bool post = m_.norms_per_layer == 4;
   const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, act_, T_ * d, l, pass);
-  matmul("attn.o", Phase::forward, pass, l, {o, weight(lp.o), workspace_}, {a}, T_, d, qd_);
+  matmul("attn.o", OpCode::linear, Phase::forward, pass, l, {o, weight(lp.o), workspace_}, {a}, T_, d, qd_);
   TensorId a_out = a;
   if (post) {
     st.rstd_pa = tensor("attn_post_norm.rstd", kept, DType::fp32, T_, l, pass);
     a_out = tensor("attn_post_norm.out", TensorKind::transient, act_, T_ * d, l, pass);
-    op("attn_post_norm", OpKind::norm, Phase::forward, pass, l, {a, weight(lp.attn_post_norm)}, {a_out, st.rstd_pa});
+    op("attn_post_norm", OpCode::norm, Phase::forward, pass, l, {a, weight(lp.attn_post_norm)}, {a_out, st.rstd_pa});
     st.a = a;
   }
   const TensorId h_mid = tensor("attn.residual", kept, act_, T_ * d, l, pass);
-  op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {h_mid});
+  op("attn.residual", OpCode::residual_add, Phase::forward, pass, l, {h, a_out}, {h_mid});
   st.h_mid = h_mid;
 
   // MLP block.
   const TensorId n2 = tensor("mlp_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, act_,
                              T_ * d, l, pass);
   const TensorId rstd2 = tensor("mlp_norm.rstd", kept, DType::fp32, T_, l, pass);
-  op("mlp_norm", OpKind::norm, Phase::forward, pass, l, {h_mid, weight(lp.mlp_norm)}, {n2, rstd2});
+  op("mlp_norm", OpCode::norm, Phase::forward, pass, l, {h_mid, weight(lp.mlp_norm)}, {n2, rstd2});
   st.n2 = n2;
   st.n2_kept = keep && !sel;
   st.rstd2 = rstd2;
@@ -429,20 +468,20 @@ void Builder::layer_forward(std::int32_t l, Pass pass) {
   if (post) {
     st.rstd_pm = tensor("mlp_post_norm.rstd", kept, DType::fp32, T_, l, pass);
     m_out = tensor("mlp_post_norm.out", TensorKind::transient, act_, T_ * d, l, pass);
-    op("mlp_post_norm", OpKind::norm, Phase::forward, pass, l, {mlp_out, weight(lp.mlp_post_norm)}, {m_out, st.rstd_pm});
+    op("mlp_post_norm", OpCode::norm, Phase::forward, pass, l, {mlp_out, weight(lp.mlp_post_norm)}, {m_out, st.rstd_pm});
     st.m = mlp_out;
   }
   const bool last = l + 1 == m_.num_layers;
   const TensorKind next_kind = !last && recomputed(l + 1) ? TensorKind::checkpoint : TensorKind::saved;
   const TensorId next = tensor("output", next_kind, act_, T_ * d, l, pass);
-  op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {h_mid, m_out}, {next});
+  op("mlp.residual", OpCode::residual_add, Phase::forward, pass, l, {h_mid, m_out}, {next});
   if (!last) layers_[static_cast<std::size_t>(l + 1)].input = next;
   else final_hidden_ = next;
 
   if (offloaded(l)) {
     // The checkpoint goes to host memory once the layer is done with it.
     st.host_copy = tensor("input", TensorKind::checkpoint, act_, T_ * d, l, pass, false, Device::host);
-    op("offload", OpKind::copy_to_host, Phase::forward, pass, l, {h}, {st.host_copy});
+    op("offload", OpCode::offload, Phase::forward, pass, l, {h}, {st.host_copy});
   }
 }
 
@@ -455,17 +494,17 @@ void Builder::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId ou
   st.up.clear();
   if (out != kNoTensor) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
   for (const ChunkClass& c : chunk_classes(S_, p_.mlp_chunks)) {
-    begin_loop("mlp", c);
+    begin_loop(ChunkedBlock::mlp, c);
     const std::int64_t R = rows(c.positions);
     const TensorKind kind = keep_chunks ? TensorKind::saved : TensorKind::transient;
     const TensorId g = tensor("mlp.gate", kind, act_, R * I, l, pass, true);
     const TensorId u = tensor("mlp.up", kind, act_, R * I, l, pass, true);
-    matmul("mlp.gate", Phase::forward, pass, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
-    matmul("mlp.up", Phase::forward, pass, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
+    matmul("mlp.gate", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
+    matmul("mlp.up", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
     if (out != kNoTensor) {
       const TensorId act = tensor("mlp.act", TensorKind::transient, act_, R * I, l, pass, true);
-      op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g, u}, {act});
-      matmul("mlp.down", Phase::forward, pass, l, {act, weight(lp.down), workspace_}, {out}, R, d, I);
+      op("mlp.act", OpCode::gated_act, Phase::forward, pass, l, {g, u}, {act});
+      matmul("mlp.down", OpCode::linear, Phase::forward, pass, l, {act, weight(lp.down), workspace_}, {out}, R, d, I);
     }
     end_loop();
     if (keep_chunks) {
@@ -485,7 +524,7 @@ void Builder::lm_head() {
       tensor("final_norm.out", mode == LmHeadMode::forward_grad ? TensorKind::transient : TensorKind::saved, act_,
              T_ * d, kNone, Pass::forward);
   const TensorId rstd = tensor("final_norm.rstd", TensorKind::saved, DType::fp32, T_, kNone, Pass::forward);
-  op("final_norm", OpKind::norm, Phase::loss, Pass::forward, kNone, {h, weight(final_norm_param_)}, {nf, rstd});
+  op("final_norm", OpCode::norm, Phase::loss, Pass::forward, kNone, {h, weight(final_norm_param_)}, {nf, rstd});
   loss_ = tensor("loss", TensorKind::transient, DType::fp32, 1, kNone, Pass::forward);
 
   // Labelled positions: the last position of each sequence has no next token.
@@ -506,30 +545,24 @@ void Builder::lm_head() {
   }
   // Forward over chunks.
   for (const ChunkClass& c : classes) {
-    begin_loop("lm_head", c);
+    begin_loop(ChunkedBlock::lm_head, c);
     const std::int64_t R = rows(c.positions);
     const TensorKind logits_kind = mode == LmHeadMode::keep ? TensorKind::saved : TensorKind::transient;
     const TensorId logits = tensor("lm_head.logits", logits_kind, DType::fp32, R * V, kNone, Pass::forward, true);
-    matmul("lm_head.logits", Phase::loss, Pass::forward, kNone, {nf, W, workspace_}, {logits}, R, V, d);
-    if (capped) op("lm_head.softcap", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits}, {logits});
+    matmul("lm_head.logits", OpCode::linear, Phase::loss, Pass::forward, kNone, {nf, W, workspace_}, {logits}, R, V, d);
+    if (capped) op("lm_head.softcap", OpCode::softcap, Phase::loss, Pass::forward, kNone, {logits}, {logits});
     if (mode == LmHeadMode::forward_grad) {
       const TensorId dlogits = tensor("lm_head.dlogits", TensorKind::transient, act_, R * V, kNone,
                                       Pass::forward, true);
-      const OpId ls = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits, labels_},
-                         {loss_, dlogits});
-      p_.ops[ls].m = R;
-      p_.ops[ls].n = V;
-      matmul("lm_head.dx", Phase::loss, Pass::forward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
+      loss_op(OpCode::loss_with_grad, Pass::forward, {logits, labels_}, {loss_, dlogits}, R);
+      matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::forward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
       if (trained_) {
         const TensorId g = grad(lm_head_param_, kNone);
-        matmul("lm_head.dw", Phase::loss, Pass::forward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
+        matmul("lm_head.dw", OpCode::linear_dw, Phase::loss, Pass::forward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
       }
     } else {
       const TensorId lse = tensor("lm_head.lse", TensorKind::saved, DType::fp32, R, kNone, Pass::forward, true);
-      const OpId ls = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::forward, kNone, {logits, labels_},
-                         {loss_, lse});
-      p_.ops[ls].m = R;
-      p_.ops[ls].n = V;
+      loss_op(OpCode::loss, Pass::forward, {logits, labels_}, {loss_, lse}, R);
       kept_lse.push_back(lse);
       kept_logits.push_back(logits);
     }
@@ -542,24 +575,21 @@ void Builder::lm_head() {
     prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf, fresh_lm_grad()});
     for (std::size_t ci = 0; ci < classes.size(); ++ci) {
       const ChunkClass& c = classes[ci];
-      begin_loop("lm_head", c);
+      begin_loop(ChunkedBlock::lm_head, c);
       const std::int64_t R = rows(c.positions);
       TensorId logits = kept_logits[ci];
       if (mode == LmHeadMode::recompute) {
         logits = tensor("lm_head.logits", TensorKind::transient, DType::fp32, R * V, kNone, Pass::recompute, true);
-        matmul("lm_head.logits", Phase::loss, Pass::recompute, kNone, {nf, W, workspace_}, {logits}, R, V, d);
-        if (capped) op("lm_head.softcap", OpKind::elementwise, Phase::loss, Pass::recompute, kNone, {logits}, {logits});
+        matmul("lm_head.logits", OpCode::linear, Phase::loss, Pass::recompute, kNone, {nf, W, workspace_}, {logits}, R, V, d);
+        if (capped) op("lm_head.softcap", OpCode::softcap, Phase::loss, Pass::recompute, kNone, {logits}, {logits});
       }
       const TensorId dlogits =
           tensor("lm_head.dlogits", TensorKind::transient, act_, R * V, kNone, Pass::backward, true);
-      const OpId lg = op("lm_head.loss", OpKind::loss, Phase::loss, Pass::backward, kNone,
-                         {logits, kept_lse[ci], labels_, loss_}, {dlogits});
-      p_.ops[lg].m = R;
-      p_.ops[lg].n = V;
-      matmul("lm_head.dx", Phase::loss, Pass::backward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
+      loss_op(OpCode::loss_grad, Pass::backward, {logits, kept_lse[ci], labels_, loss_}, {dlogits}, R);
+      matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::backward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
       if (trained_) {
         const TensorId g = grad(lm_head_param_, kNone);
-        matmul("lm_head.dw", Phase::loss, Pass::backward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
+        matmul("lm_head.dw", OpCode::linear_dw, Phase::loss, Pass::backward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
       }
       end_loop();
     }
@@ -568,22 +598,14 @@ void Builder::lm_head() {
   // Final norm backward: dh_L.
   const TensorId dh = tensor("output.grad", TensorKind::transient, act_, T_ * d,
                              static_cast<std::int32_t>(m_.num_layers - 1), Pass::backward);
-  if (trained_) {
-    const TensorId gw = grad(final_norm_param_, kNone);
-    op("final_norm.grad", OpKind::norm_grad, Phase::loss, Pass::backward, kNone,
-       {dnf, h, rstd, weight(final_norm_param_)}, {dh, gw});
-    grad_done(final_norm_param_, kNone);
-  } else {
-    op("final_norm.grad", OpKind::norm_grad, Phase::loss, Pass::backward, kNone, {dnf, h, rstd, weight(final_norm_param_)},
-       {dh});
-  }
+  norm_grad_op("final_norm.grad", Phase::loss, kNone, {dnf, h, rstd, weight(final_norm_param_)}, dh, final_norm_param_);
   upstream_ = dh;
 }
 
 void Builder::prefetch(std::int32_t l) {
   LayerState& st = layers_[static_cast<std::size_t>(l)];
   const TensorId dev = tensor("input", TensorKind::checkpoint, act_, T_ * m_.hidden_size, l, Pass::backward);
-  op("prefetch", OpKind::copy_to_device, Phase::backward, Pass::backward, l, {st.host_copy}, {dev});
+  op("prefetch", OpCode::prefetch, Phase::backward, Pass::backward, l, {st.host_copy}, {dev});
   st.input = dev;
   prefetched_[static_cast<std::size_t>(l)] = true;
 }
@@ -604,62 +626,30 @@ void Builder::layer_backward(std::int32_t l) {
   TensorId dmlp = dh;
   if (post) {
     dmlp = tensor("mlp.dout", TensorKind::transient, act_, T_ * d, l, Pass::backward);
-    if (trained_) {
-      const TensorId g = grad(lp.mlp_post_norm, l);
-      op("mlp_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-         {dh, st.m, st.rstd_pm, weight(lp.mlp_post_norm)}, {dmlp, g});
-      grad_done(lp.mlp_post_norm, l);
-    } else {
-      op("mlp_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-         {dh, st.m, st.rstd_pm, weight(lp.mlp_post_norm)}, {dmlp});
-    }
+    norm_grad_op("mlp_post_norm.grad", Phase::backward, l, {dh, st.m, st.rstd_pm, weight(lp.mlp_post_norm)}, dmlp, lp.mlp_post_norm);
   }
   if (!st.n2_kept) {
     // Selective recompute: the norm output again, from the kept input and statistic.
     const TensorId n2 = tensor("mlp_norm.out", TensorKind::saved, act_, T_ * d, l, Pass::recompute);
-    op("mlp_norm.recompute", OpKind::elementwise, Phase::backward, Pass::recompute, l,
+    op("mlp_norm.recompute", OpCode::norm_apply, Phase::backward, Pass::recompute, l,
        {st.h_mid, st.rstd2, weight(lp.mlp_norm)}, {n2});
     st.n2 = n2;
   }
   const TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, act_, T_ * d, l, Pass::backward);
   mlp_backward(l, st, dmlp, dn2);
   const TensorId dh_mid = tensor("attn.residual.grad", TensorKind::transient, act_, T_ * d, l, Pass::backward);
-  if (trained_) {
-    const TensorId g = grad(lp.mlp_norm, l);
-    op("mlp_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-       {dn2, st.h_mid, st.rstd2, weight(lp.mlp_norm), dh}, {dh_mid, g});
-    grad_done(lp.mlp_norm, l);
-  } else {
-    op("mlp_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-       {dn2, st.h_mid, st.rstd2, weight(lp.mlp_norm), dh}, {dh_mid});
-  }
+  norm_grad_op("mlp_norm.grad", Phase::backward, l, {dn2, st.h_mid, st.rstd2, weight(lp.mlp_norm), dh}, dh_mid, lp.mlp_norm);
 
   // Attention block.
   TensorId da = dh_mid;
   if (post) {
     da = tensor("attn.dproj", TensorKind::transient, act_, T_ * d, l, Pass::backward);
-    if (trained_) {
-      const TensorId g = grad(lp.attn_post_norm, l);
-      op("attn_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-         {dh_mid, st.a, st.rstd_pa, weight(lp.attn_post_norm)}, {da, g});
-      grad_done(lp.attn_post_norm, l);
-    } else {
-      op("attn_post_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-         {dh_mid, st.a, st.rstd_pa, weight(lp.attn_post_norm)}, {da});
-    }
+    norm_grad_op("attn_post_norm.grad", Phase::backward, l, {dh_mid, st.a, st.rstd_pa, weight(lp.attn_post_norm)}, da, lp.attn_post_norm);
   }
   const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, act_, T_ * d, l, Pass::backward);
   attention_backward(l, st, da, dn1);
   const TensorId dh_in = tensor("input.grad", TensorKind::transient, act_, T_ * d, l, Pass::backward);
-  if (trained_) {
-    const TensorId g = grad(lp.attn_norm, l);
-    op("attn_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-       {dn1, st.input, st.rstd1, weight(lp.attn_norm), dh_mid}, {dh_in, g});
-    grad_done(lp.attn_norm, l);
-  } else {
-    op("attn_norm.grad", OpKind::norm_grad, Phase::backward, Pass::backward, l,
-       {dn1, st.input, st.rstd1, weight(lp.attn_norm), dh_mid}, {dh_in});
-  }
+  norm_grad_op("attn_norm.grad", Phase::backward, l, {dn1, st.input, st.rstd1, weight(lp.attn_norm), dh_mid}, dh_in, lp.attn_norm);
   upstream_ = dh_in;
 }
 
@@ -676,7 +666,7 @@ void Builder::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId
                                                                    fresh_grad(lp.up)});
   for (std::size_t ci = 0; ci < classes.size(); ++ci) {
     const ChunkClass& c = classes[ci];
-    begin_loop("mlp", c);
+    begin_loop(ChunkedBlock::mlp, c);
     const std::int64_t R = rows(c.positions);
     TensorId g = kNoTensor, u = kNoTensor;
     if (!st.gate.empty()) {
@@ -685,27 +675,27 @@ void Builder::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, TensorId
     } else {
       g = tensor("mlp.gate", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
       u = tensor("mlp.up", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
-      matmul("mlp.gate", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
-      matmul("mlp.up", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
+      matmul("mlp.gate", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
+      matmul("mlp.up", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
     }
     const TensorId act = tensor("mlp.act", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
-    op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g, u}, {act});
+    op("mlp.act", OpCode::gated_act, Phase::backward, Pass::recompute, l, {g, u}, {act});
     if (trained_) {
       const TensorId gd = grad(lp.down, l);
-      matmul("mlp.down.dw", Phase::backward, Pass::backward, l, {dh, act, workspace_}, {gd}, d, I, R);
+      matmul("mlp.down.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dh, act, workspace_}, {gd}, d, I, R);
     }
     const TensorId dact = tensor("mlp.dact", TensorKind::transient, act_, R * I, l, Pass::backward, true);
-    matmul("mlp.down.dx", Phase::backward, Pass::backward, l, {dh, weight(lp.down), workspace_}, {dact}, R, I, d);
+    matmul("mlp.down.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dh, weight(lp.down), workspace_}, {dact}, R, I, d);
     const TensorId dg = tensor("mlp.dgate", TensorKind::transient, act_, R * I, l, Pass::backward, true);
     const TensorId du = tensor("mlp.dup", TensorKind::transient, act_, R * I, l, Pass::backward, true);
-    op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g, u}, {dg, du});
-    matmul("mlp.gate.dx", Phase::backward, Pass::backward, l, {dg, weight(lp.gate), workspace_}, {dn2}, R, d, I);
-    matmul("mlp.up.dx", Phase::backward, Pass::backward, l, {du, weight(lp.up), workspace_}, {dn2}, R, d, I);
+    op("mlp.act.grad", OpCode::gated_act_grad, Phase::backward, Pass::backward, l, {dact, g, u}, {dg, du});
+    matmul("mlp.gate.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dg, weight(lp.gate), workspace_}, {dn2}, R, d, I);
+    matmul("mlp.up.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {du, weight(lp.up), workspace_}, {dn2}, R, d, I);
     if (trained_) {
       const TensorId gg = grad(lp.gate, l);
       const TensorId gu = grad(lp.up, l);
-      matmul("mlp.gate.dw", Phase::backward, Pass::backward, l, {dg, st.n2, workspace_}, {gg}, I, d, R);
-      matmul("mlp.up.dw", Phase::backward, Pass::backward, l, {du, st.n2, workspace_}, {gu}, I, d, R);
+      matmul("mlp.gate.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dg, st.n2, workspace_}, {gg}, I, d, R);
+      matmul("mlp.up.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {du, st.n2, workspace_}, {gu}, I, d, R);
     }
     end_loop();
   }
@@ -720,10 +710,10 @@ void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, Te
   const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
   const std::int64_t d = m_.hidden_size;
   const TensorId dout = tensor("attn.dout", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
-  matmul("attn.o.dx", Phase::backward, Pass::backward, l, {da, weight(lp.o), workspace_}, {dout}, T_, qd_, d);
+  matmul("attn.o.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {da, weight(lp.o), workspace_}, {dout}, T_, qd_, d);
   if (trained_) {
     const TensorId g = grad(lp.o, l);
-    matmul("attn.o.dw", Phase::backward, Pass::backward, l, {da, st.o, workspace_}, {g}, d, qd_, T_);
+    matmul("attn.o.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {da, st.o, workspace_}, {g}, d, qd_, T_);
     grad_done(lp.o, l);
   }
   const TensorId dq = tensor("attn.dq", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
@@ -734,50 +724,42 @@ void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, Te
     const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
     const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,
                                   Pass::backward);
-    const OpId a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
-                      {st.q, st.k, st.v, st.o, st.lse, dout}, {dq, dk, dv, acc, delta});
-    p_.ops[a].m = B_ * m_.num_heads;
-    p_.ops[a].n = S_;
-    p_.ops[a].k = S_;
-    p_.ops[a].head_dim = m_.head_dim;
-    p_.ops[a].window = window(l);
+    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, st.k, st.v, st.o, st.lse, dout},
+                 {dq, dk, dv, acc, delta});
   } else {
     const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
-    const double heads = static_cast<double>(B_ * m_.num_heads);
     const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
-    OpId mm = matmul("attn.dprobs", Phase::backward, Pass::backward, l, {dout, st.v}, {dprobs}, S_, S_, m_.head_dim);
-    p_.ops[mm].flops_multiplier = heads;
-    mm = matmul("attn.dv", Phase::backward, Pass::backward, l, {st.probs, dout}, {dv}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
+    const Phase ph = Phase::backward;
+    const Pass bw = Pass::backward;
+    eager_matmul("attn.dprobs", OpCode::eager_dprobs, ph, bw, l, {dout, st.v}, {dprobs}, S_, S_, m_.head_dim);
+    eager_matmul("attn.dv", OpCode::eager_dv, ph, bw, l, {st.probs, dout}, {dv}, S_, m_.head_dim, S_);
     const TensorId dscores = tensor("attn.dscores", TensorKind::transient, act_, scores, l, Pass::backward);
-    op("attn.softmax.grad", OpKind::softmax, Phase::backward, Pass::backward, l, {st.probs, dprobs}, {dscores});
-    mm = matmul("attn.dq", Phase::backward, Pass::backward, l, {dscores, st.k}, {dq}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
-    mm = matmul("attn.dk", Phase::backward, Pass::backward, l, {dscores, st.q}, {dk}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
+    op("attn.softmax.grad", OpCode::softmax_grad, ph, bw, l, {st.probs, dprobs}, {dscores});
+    eager_matmul("attn.dq", OpCode::eager_dq, ph, bw, l, {dscores, st.k}, {dq}, S_, m_.head_dim, S_);
+    eager_matmul("attn.dk", OpCode::eager_dk, ph, bw, l, {dscores, st.q}, {dk}, S_, m_.head_dim, S_);
   }
-  op("attn.rope.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dq, dk}, {dq, dk});
+  op("attn.rope.grad", OpCode::rope_grad, Phase::backward, Pass::backward, l, {dq, dk}, {dq, dk});
   if (!st.n1_kept) {
     const TensorId n1 = tensor("attn_norm.out", TensorKind::saved, act_, T_ * d, l, Pass::recompute);
-    op("attn_norm.recompute", OpKind::elementwise, Phase::backward, Pass::recompute, l,
+    op("attn_norm.recompute", OpCode::norm_apply, Phase::backward, Pass::recompute, l,
        {st.input, st.rstd1, weight(lp.attn_norm)}, {n1});
     st.n1 = n1;
   }
-  matmul("attn.q.dx", Phase::backward, Pass::backward, l, {dq, weight(lp.q), workspace_}, {dn1}, T_, d, qd_);
-  matmul("attn.k.dx", Phase::backward, Pass::backward, l, {dk, weight(lp.k), workspace_}, {dn1}, T_, d, kvd_);
-  matmul("attn.v.dx", Phase::backward, Pass::backward, l, {dv, weight(lp.v), workspace_}, {dn1}, T_, d, kvd_);
+  matmul("attn.q.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dq, weight(lp.q), workspace_}, {dn1}, T_, d, qd_);
+  matmul("attn.k.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dk, weight(lp.k), workspace_}, {dn1}, T_, d, kvd_);
+  matmul("attn.v.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dv, weight(lp.v), workspace_}, {dn1}, T_, d, kvd_);
   if (!trained_) return;
   const TensorId gq = grad(lp.q, l);
   const TensorId gk = grad(lp.k, l);
   const TensorId gv = grad(lp.v, l);
-  matmul("attn.q.dw", Phase::backward, Pass::backward, l, {dq, st.n1, workspace_}, {gq}, qd_, d, T_);
-  matmul("attn.k.dw", Phase::backward, Pass::backward, l, {dk, st.n1, workspace_}, {gk}, kvd_, d, T_);
-  matmul("attn.v.dw", Phase::backward, Pass::backward, l, {dv, st.n1, workspace_}, {gv}, kvd_, d, T_);
+  matmul("attn.q.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dq, st.n1, workspace_}, {gq}, qd_, d, T_);
+  matmul("attn.k.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dk, st.n1, workspace_}, {gk}, kvd_, d, T_);
+  matmul("attn.v.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dv, st.n1, workspace_}, {gv}, kvd_, d, T_);
   if (m_.qkv_bias) {
     const TensorId gqb = grad(lp.qb, l);
     const TensorId gkb = grad(lp.kb, l);
     const TensorId gvb = grad(lp.vb, l);
-    op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dq, dk, dv},
+    op("attn.bias.dw", OpCode::bias_grad, Phase::backward, Pass::backward, l, {dq, dk, dv},
        {gqb, gkb, gvb});
     grad_done(lp.qb, l);
     grad_done(lp.kb, l);
@@ -791,7 +773,7 @@ void Builder::attention_backward(std::int32_t l, LayerState& st, TensorId da, Te
 void Builder::embedding_backward(TensorId dh0) {
   if (!trained_) return;
   const TensorId g = grad(embed_param_, kNone);
-  op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh0, tokens_}, {g});
+  op("embedding.grad", OpCode::embedding_grad, Phase::backward, Pass::backward, kNone, {dh0, tokens_}, {g});
   grad_done(embed_param_, kNone);
 }
 

@@ -2,6 +2,8 @@
 // The step program builder's internals, shared by builder.cpp (the common parts and the native
 // profile) and builder_pytorch.cpp (the PyTorch profile). Not part of the planner's interface.
 #include <cstdint>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "planner/builder.h"
@@ -60,11 +62,39 @@ class Builder {
   // Tensors and ops.
   TensorId tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
                   Pass pass, bool array = false, Device device = Device::device);
-  OpId op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
+  // An op of the native runtime's contract (OpCode's operand lists). In the pytorch profile every
+  // op is recorded as OpCode::autograd with the code's cost class: it is modelled, not executed.
+  OpId op(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t layer,
           std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs);
-  OpId matmul(const char* label, Phase phase, Pass pass, std::int32_t layer, std::initializer_list<TensorId> inputs,
-              std::initializer_list<TensorId> outputs, std::int64_t m, std::int64_t n, std::int64_t k);
-  void begin_loop(const char* block, const ChunkClass& c);
+  // A PyTorch op with no runtime counterpart (casts, copies, autograd's temporaries).
+  OpId autograd_op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
+                   std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs);
+  // Appends an op with no operands yet; push_operands() then adds them (ops with operand lists
+  // not known in advance: step.begin, concatenations, foreach updates).
+  OpId open_op(const char* label, OpCode code, OpKind kind, Phase phase, Pass pass, std::int32_t layer);
+  void push_operands(OpId id, std::span<const TensorId> inputs, std::span<const TensorId> outputs);
+  // A GEMM-class op (code: linear, linear_dx, linear_dw or eager_*) with its sizes.
+  OpId matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t layer,
+              std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs, std::int64_t m,
+              std::int64_t n, std::int64_t k);
+  // Flash attention forward or backward over the layer's full sequence (sizes for the cost model).
+  OpId attention_op(OpCode code, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
+                    std::initializer_list<TensorId> outputs);
+  // An eager-attention GEMM: per (batch x head), so its flops are multiplied by batch x heads.
+  OpId eager_matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t l,
+                    std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs, std::int64_t m,
+                    std::int64_t n, std::int64_t k);
+  // A norm's backward: {dy, x, rstd, w, [residual gradient]} -> {dx, [dw]} (dw when trained; the
+  // gradient is then complete).
+  void norm_grad_op(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs, TensorId dx,
+                    std::int32_t param);
+  // Cross-entropy over a chunk of `rows` logit rows (OpCode::loss, loss_with_grad or loss_grad).
+  OpId loss_op(OpCode code, Pass pass, std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs,
+               std::int64_t rows);
+  // The gradient of `param` when the step trains it (created on first use), or kNoTensor: ops
+  // drop kNoTensor operands, so one call covers trained and frozen weights.
+  TensorId grad_if_trained(std::int32_t param, std::int32_t layer) { return trained_ ? grad(param, layer) : kNoTensor; }
+  void begin_loop(ChunkedBlock block, const ChunkClass& c);
   void end_loop();
   // Allocates (and zeroes) tensors that a chunk loop writes slice by slice or accumulates into,
   // before the loop: then every chunk count has the same accumulators live in every chunk, and
@@ -73,6 +103,7 @@ class Builder {
 
   // Parameters: weight, gradient (created on first accumulation unless persistent), optimizer.
   TensorId weight(std::int32_t param) const { return weights_[static_cast<std::size_t>(param)]; }
+  TensorId weight_or_none(std::int32_t param) const { return param == kNone ? kNoTensor : weight(param); }
   TensorId grad(std::int32_t param, std::int32_t layer);  // for accumulation ops: creates on first use
   void grad_done(std::int32_t param, std::int32_t layer);  // the gradient is complete
   void optimizer_op(std::int32_t param, Phase phase);
@@ -97,6 +128,9 @@ class Builder {
                         Phase phase = Phase::backward);
   void pt_dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs, std::int32_t param,
              std::int64_t m, std::int64_t n, std::int64_t k);
+  // A weight gradient's outputs: {.grad, kNoTensor} for its first write (or one in place), {.grad,
+  // a partial} when autograd adds a new gradient into an existing .grad; none when frozen.
+  std::pair<TensorId, TensorId> pt_grad_outputs(std::int32_t param, std::int32_t l, bool in_place);
   TensorId pt_rope(const char* label, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
   TensorId pt_rope_grad(const char* label, TensorId dx, std::int64_t width, std::int32_t l);
   void pt_build();

@@ -173,7 +173,7 @@ void Builder::pt_build() {
     const bool legacy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune;
     previous_output_ = tensor("outputs.previous.logits", TensorKind::saved, legacy ? DType::fp32 : DType::bf16,
                               T_ * m_.vocab_size, kNone, Pass::forward);
-    op("outputs.previous", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {previous_output_});
+    autograd_op("outputs.previous", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {previous_output_});
   }
   pt_embedding_forward();
   for (std::int32_t l = 0; l < m_.num_layers; ++l) pt_layer_forward(l, Pass::forward);
@@ -191,9 +191,6 @@ void Builder::pt_build() {
   for (const ParamTensor& pt : p_.params) elements += pt.numel();
   const TensorId temp = tensor("adamw.exp_avg_sq_sqrt", TensorKind::workspace, storage_.weights, elements, kNone,
                                Pass::optimizer);
-  const OpId id = op("adamw.foreach", OpKind::optimizer, Phase::optimizer, Pass::optimizer, kNone, {}, {});
-  Op& o = p_.ops[id];
-  o.io_begin = static_cast<std::uint32_t>(p_.io.size());
   std::vector<TensorId> ins, outs;
   for (std::size_t i = 0; i < p_.params.size(); ++i) {
     ins.push_back(grads_[i]);
@@ -206,10 +203,8 @@ void Builder::pt_build() {
     }
   }
   outs.push_back(temp);
-  p_.io.insert(p_.io.end(), ins.begin(), ins.end());
-  p_.io.insert(p_.io.end(), outs.begin(), outs.end());
-  p_.ops[id].inputs = static_cast<std::uint32_t>(ins.size());
-  p_.ops[id].outputs = static_cast<std::uint32_t>(outs.size());
+  const OpId id = open_op("adamw.foreach", OpCode::adamw, OpKind::optimizer, Phase::optimizer, Pass::optimizer, kNone);
+  push_operands(id, ins, outs);
   p_.ops[id].m = elements;
   // zero_grad(set_to_none=True) then drops the gradients: they are not read after this op.
 }
@@ -219,16 +214,16 @@ void Builder::pt_embedding_forward() {
   const TensorKind kind = recomputed(0) ? TensorKind::checkpoint : TensorKind::transient;
   TensorId h0 = tensor("input", m_.family == Family::gemma2 ? TensorKind::transient : kind, act_dtype_, T_ * d, 0,
                        Pass::forward);
-  op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
+  autograd_op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
   if (m_.family == Family::gemma2) {
     const TensorId scaled = tensor("input", kind, act_dtype_, T_ * d, 0, Pass::forward);
-    op("embedding.scale", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {h0}, {scaled});
+    autograd_op("embedding.scale", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {h0}, {scaled});
     h0 = scaled;
   }
   layers_[0].input = h0;
   rope_cos_ = tensor("rope.cos", TensorKind::saved, act_dtype_, B_ * S_ * m_.head_dim, kNone, Pass::forward);
   rope_sin_ = tensor("rope.sin", TensorKind::saved, act_dtype_, B_ * S_ * m_.head_dim, kNone, Pass::forward);
-  op("rope.tables", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {rope_cos_, rope_sin_});
+  autograd_op("rope.tables", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {rope_cos_, rope_sin_});
 }
 
 TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep,
@@ -240,33 +235,33 @@ TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std:
   TensorId x32 = x;  // .to(float32) of an fp32 tensor is the tensor itself
   if (p_.tensors[x].dtype != DType::fp32) {
     x32 = tensor(n.x32, kept, DType::fp32, T_ * d, l, pass);
-    op(n.upcast, OpKind::elementwise, phase, pass, l, {x}, {x32});
+    autograd_op(n.upcast, OpKind::elementwise, phase, pass, l, {x}, {x32});
   } else if (keep && p_.tensors[x].kind == TensorKind::transient) {
     p_.tensors[x].kind = TensorKind::saved;
   }
   const TensorId pw = tensor(n.pow, TensorKind::transient, DType::fp32, T_ * d, l, pass);
-  op(n.pow, OpKind::elementwise, phase, pass, l, {x32}, {pw});
+  autograd_op(n.pow, OpKind::elementwise, phase, pass, l, {x32}, {pw});
   const TensorId rstd = tensor(n.rstd, kept, DType::fp32, T_, l, pass);
-  op(n.rsqrt, OpKind::elementwise, phase, pass, l, {pw}, {rstd});
+  autograd_op(n.rsqrt, OpKind::elementwise, phase, pass, l, {pw}, {rstd});
   const bool fp32_out = gemma || act_dtype_ == DType::fp32;
   const TensorId y32 = tensor(n.normed, fp32_out ? kept : TensorKind::transient, DType::fp32, T_ * d, l, pass);
-  op(n.scale, OpKind::elementwise, phase, pass, l, {x32, rstd}, {y32});
+  autograd_op(n.scale, OpKind::elementwise, phase, pass, l, {x32, rstd}, {y32});
   const TensorId w = weight(param);
   TensorId out = kNoTensor;
   ns.normed = y32;
   if (gemma) {
     const TensorId weighted = tensor(n.weighted, TensorKind::transient, DType::fp32, T_ * d, l, pass);
-    op(n.weight, OpKind::elementwise, phase, pass, l, {y32, w}, {weighted});
+    autograd_op(n.weight, OpKind::elementwise, phase, pass, l, {y32, w}, {weighted});
     out = tensor(n.out, TensorKind::transient, act_dtype_ == DType::fp32 ? DType::fp32 : DType::bf16, T_ * d, l, pass);
-    op(n.downcast, OpKind::elementwise, phase, pass, l, {weighted}, {out});
+    autograd_op(n.downcast, OpKind::elementwise, phase, pass, l, {weighted}, {out});
   } else if (act_dtype_ == DType::fp32) {
     out = tensor(n.out, TensorKind::transient, DType::fp32, T_ * d, l, pass);
-    op(n.weight, OpKind::elementwise, phase, pass, l, {w, y32}, {out});
+    autograd_op(n.weight, OpKind::elementwise, phase, pass, l, {w, y32}, {out});
   } else {
     const TensorId yb = tensor(n.normed, kept, DType::bf16, T_ * d, l, pass);
-    op(n.downcast, OpKind::elementwise, phase, pass, l, {y32}, {yb});
+    autograd_op(n.downcast, OpKind::elementwise, phase, pass, l, {y32}, {yb});
     out = tensor(n.out, TensorKind::transient, DType::bf16, T_ * d, l, pass);
-    op(n.weight, OpKind::elementwise, phase, pass, l, {w, yb}, {out});
+    autograd_op(n.weight, OpKind::elementwise, phase, pass, l, {w, yb}, {out});
     ns.normed = yb;
   }
   ns.input = x;
@@ -286,41 +281,31 @@ TensorId Builder::pt_norm_grad(const char* name, TensorId dout, const NormState&
   const DType product = gemma || act_dtype_ == DType::fp32 ? DType::fp32 : DType::bf16;
   TensorId d_normed = tensor(n.d_normed, TensorKind::transient, product, T_ * d, l, Pass::backward);
   const TensorId tmp = tensor(n.workspace, TensorKind::workspace, product, T_ * d, l, Pass::backward);
-  if (trained_) {
-    const bool exists = grad_created_[static_cast<std::size_t>(ns.param)];
-    const TensorId g = grad(ns.param, l);
-    if (exists) {
-      const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
-                                      p_.params[static_cast<std::size_t>(ns.param)].numel(), l, Pass::backward);
-      op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w}, {d_normed, tmp, g, partial});
-    } else {
-      op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w}, {d_normed, tmp, g});
-    }
-    grad_done(ns.param, l);
-  } else {
-    op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w}, {d_normed, tmp});
-  }
+  const auto [g, partial] = pt_grad_outputs(ns.param, l, false);
+  autograd_op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w},
+              {d_normed, tmp, g, partial});
+  if (trained_) grad_done(ns.param, l);
   TensorId d_y32 = d_normed;
   if (product != DType::fp32) {
     d_y32 = tensor(n.d_x32, TensorKind::transient, DType::fp32, T_ * d, l, Pass::backward);
-    op(n.grad_upcast, OpKind::elementwise, phase, Pass::backward, l, {d_normed}, {d_y32});
+    autograd_op(n.grad_upcast, OpKind::elementwise, phase, Pass::backward, l, {d_normed}, {d_y32});
   }
   // x32 * rstd: d_x32 = d_y32 * rstd, and d_rstd = sum(d_y32 * x32) through a T x d product.
   const TensorId d_x32 = tensor(n.d_x32, TensorKind::transient, DType::fp32, T_ * d, l, Pass::backward);
   const TensorId tmp1 = tensor(n.workspace, TensorKind::workspace, DType::fp32, T_ * d, l, Pass::backward);
-  op(n.grad_scale, OpKind::elementwise, phase, Pass::backward, l, {d_y32, ns.x32, ns.rstd}, {d_x32, tmp1});
+  autograd_op(n.grad_scale, OpKind::elementwise, phase, Pass::backward, l, {d_y32, ns.x32, ns.rstd}, {d_x32, tmp1});
   // rsqrt, mean and pow: d_pow expanded to T x d, times 2 x32, added into d_x32.
   const TensorId tmp2 = tensor(n.workspace, TensorKind::workspace, DType::fp32, T_ * d, l, Pass::backward);
   const TensorId tmp3 = tensor(n.workspace, TensorKind::workspace, DType::fp32, T_ * d, l, Pass::backward);
-  op(n.grad_variance, OpKind::elementwise, phase, Pass::backward, l, {d_x32, ns.x32, ns.rstd}, {d_x32, tmp2, tmp3});
+  autograd_op(n.grad_variance, OpKind::elementwise, phase, Pass::backward, l, {d_x32, ns.x32, ns.rstd}, {d_x32, tmp2, tmp3});
   TensorId d_in = d_x32;
   if (p_.tensors[ns.input].dtype != DType::fp32) {
     d_in = tensor(n.d_in, TensorKind::transient, p_.tensors[ns.input].dtype, T_ * d, l, Pass::backward);
-    op(n.grad_downcast, OpKind::elementwise, phase, Pass::backward, l, {d_x32}, {d_in});
+    autograd_op(n.grad_downcast, OpKind::elementwise, phase, Pass::backward, l, {d_x32}, {d_in});
   }
   if (residual_grad == kNoTensor) return d_in;
   // The residual branch's gradient is summed into it (autograd's InputBuffer, in place).
-  op(n.residual_grad, OpKind::elementwise, phase, Pass::backward, l, {residual_grad}, {d_in});
+  autograd_op(n.residual_grad, OpKind::elementwise, phase, Pass::backward, l, {residual_grad}, {d_in});
   return d_in;
 }
 
@@ -328,34 +313,32 @@ void Builder::pt_dw(const char* label, Phase phase, std::int32_t l, std::initial
                     std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k) {
   if (!trained_) return;
   // The authors' LM head adds each chunk's weight gradient into .grad in place (addmm, out=).
-  const bool in_place = plan_.authors_code && param == lm_head_param_;
+  const auto [g, partial] = pt_grad_outputs(param, l, plan_.authors_code && param == lm_head_param_);
+  matmul(label, OpCode::linear_dw, phase, Pass::backward, l, inputs, {g, partial}, m, n, k);
+}
+
+std::pair<TensorId, TensorId> Builder::pt_grad_outputs(std::int32_t param, std::int32_t l, bool in_place) {
+  if (!trained_) return {kNoTensor, kNoTensor};
   const bool exists = grad_created_[static_cast<std::size_t>(param)] && !in_place;
   const TensorId g = grad(param, l);
-  OpId id = 0;
-  if (exists) {
-    // A gradient already there: the new one is a separate tensor, added into .grad.
-    const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
-                                    p_.params[static_cast<std::size_t>(param)].numel(), l, Pass::backward);
-    id = op(label, OpKind::matmul, phase, Pass::backward, l, inputs, {g, partial});
-  } else {
-    id = op(label, OpKind::matmul, phase, Pass::backward, l, inputs, {g});
-  }
-  p_.ops[id].m = m;
-  p_.ops[id].n = n;
-  p_.ops[id].k = k;
+  if (!exists) return {g, kNoTensor};
+  // A gradient already there: the new one is a separate tensor, added into .grad.
+  const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
+                                  p_.params[static_cast<std::size_t>(param)].numel(), l, Pass::backward);
+  return {g, partial};
 }
 
 TensorId Builder::pt_rope(const char* which, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
   const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
   const TensorId xc = tensor(r.cos, TensorKind::transient, DType::bf16, T_ * width, l, pass);
-  op(r.cos_op, OpKind::elementwise, Phase::forward, pass, l, {x, rope_cos_}, {xc});
+  autograd_op(r.cos_op, OpKind::elementwise, Phase::forward, pass, l, {x, rope_cos_}, {xc});
   const TensorId neg = tensor(r.neg, TensorKind::transient, DType::bf16, T_ * width / 2, l, pass);
   const TensorId rot = tensor(r.rotated, TensorKind::transient, DType::bf16, T_ * width, l, pass);
-  op(r.rotate_op, OpKind::elementwise, Phase::forward, pass, l, {x}, {neg, rot});
+  autograd_op(r.rotate_op, OpKind::elementwise, Phase::forward, pass, l, {x}, {neg, rot});
   const TensorId xs = tensor(r.sin, TensorKind::transient, DType::bf16, T_ * width, l, pass);
-  op(r.sin_op, OpKind::elementwise, Phase::forward, pass, l, {rot, rope_sin_}, {xs});
+  autograd_op(r.sin_op, OpKind::elementwise, Phase::forward, pass, l, {rot, rope_sin_}, {xs});
   const TensorId out = tensor(r.out, TensorKind::saved, DType::bf16, T_ * width, l, pass);
-  op(r.add, OpKind::elementwise, Phase::forward, pass, l, {xc, xs}, {out});
+  autograd_op(r.add, OpKind::elementwise, Phase::forward, pass, l, {xc, xs}, {out});
   return out;
 }
 
@@ -365,7 +348,7 @@ TensorId Builder::pt_rope_grad(const char* which, TensorId dx, std::int64_t widt
   const TensorId a = tensor(r.tmp_a, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
   const TensorId b = tensor(r.tmp_b, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
   const TensorId neg = tensor(r.tmp_neg, TensorKind::workspace, DType::bf16, T_ * width / 2, l, Pass::backward);
-  op(r.grad, OpKind::elementwise, Phase::backward, Pass::backward, l, {dx, rope_cos_, rope_sin_}, {d_in, a, b, neg});
+  autograd_op(r.grad, OpKind::elementwise, Phase::backward, Pass::backward, l, {dx, rope_cos_, rope_sin_}, {d_in, a, b, neg});
   return d_in;
 }
 
@@ -387,7 +370,7 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
       elements += p_.params[static_cast<std::size_t>(p)].numel();
     }
     st.weights_bf16 = tensor("autocast.weights", TensorKind::saved, DType::bf16, elements, l, pass);
-    op("autocast.cast", OpKind::elementwise, Phase::forward, pass, l, {weight(lp.q)}, {st.weights_bf16});
+    autograd_op("autocast.cast", OpKind::elementwise, Phase::forward, pass, l, {weight(lp.q)}, {st.weights_bf16});
     if (pass == Pass::forward) autocast_cache_.push_back(st.weights_bf16);
   }
   const TensorId n1 = pt_norm("attn_norm", h, lp.attn_norm, l, pass, keep, st.attn_norm);
@@ -395,9 +378,9 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   auto linear = [&](const char* label, TensorId in, std::int32_t param, std::int32_t bias, TensorId out, std::int64_t n,
                     std::int64_t k) {
     if (bias != kNone) {
-      matmul(label, Phase::forward, pass, l, {in, weight(param), weight(bias)}, {out}, T_, n, k);
+      matmul(label, OpCode::linear, Phase::forward, pass, l, {in, weight(param), weight(bias)}, {out}, T_, n, k);
     } else {
-      matmul(label, Phase::forward, pass, l, {in, weight(param)}, {out}, T_, n, k);
+      matmul(label, OpCode::linear, Phase::forward, pass, l, {in, weight(param)}, {out}, T_, n, k);
     }
   };
   const TensorId q = tensor("attn.q", TensorKind::transient, DType::bf16, T_ * qd_, l, pass);
@@ -420,55 +403,47 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
       // transformers <= 4.45 repeats the key/value heads before SDPA: the copies are what it saves.
       st.k_rep = tensor("attn.k.repeated", kept, DType::bf16, T_ * qd_, l, pass);
       st.v_rep = tensor("attn.v.repeated", kept, DType::bf16, T_ * qd_, l, pass);
-      op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
+      autograd_op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
       p_.tensors[st.k].kind = TensorKind::transient;
       p_.tensors[st.v].kind = TensorKind::transient;
       key = st.k_rep;
       value = st.v_rep;
     }
     st.lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
-    const OpId a = op("attention", OpKind::attention, Phase::forward, pass, l, {st.q, key, value}, {st.o, st.lse});
-    p_.ops[a].m = B_ * m_.num_heads;
-    p_.ops[a].n = S_;
-    p_.ops[a].k = S_;
-    p_.ops[a].head_dim = m_.head_dim;
-    p_.ops[a].window = window(l);
+    attention_op(OpCode::attention, pass, l, {st.q, key, value}, {st.o, st.lse});
   } else {
     const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
-    const double heads = static_cast<double>(B_ * m_.num_heads);
     st.k_rep = tensor("attn.k.repeated", kept, DType::bf16, T_ * qd_, l, pass);
     st.v_rep = tensor("attn.v.repeated", kept, DType::bf16, T_ * qd_, l, pass);
-    op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
+    autograd_op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
     TensorId s = tensor("attn.scores", TensorKind::transient, DType::bf16, scores, l, pass);
-    OpId mm = matmul("attn.scores", Phase::forward, pass, l, {st.q, st.k_rep}, {s}, S_, S_, m_.head_dim);
-    p_.ops[mm].flops_multiplier = heads;
+    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {st.q, st.k_rep}, {s}, S_, S_, m_.head_dim);
     if (m_.attn_logit_softcap) {
       const TensorId tanh = tensor("attn.scores.tanh", kept, DType::bf16, scores, l, pass);
       const TensorId capped = tensor("attn.scores.capped", TensorKind::transient, DType::bf16, scores, l, pass);
-      op("attn.softcap", OpKind::elementwise, Phase::forward, pass, l, {s}, {tanh, capped});
+      autograd_op("attn.softcap", OpKind::elementwise, Phase::forward, pass, l, {s}, {tanh, capped});
       s = capped;
     }
     const TensorId masked = tensor("attn.scores.masked", TensorKind::transient, DType::bf16, scores, l, pass);
-    op("attn.mask", OpKind::elementwise, Phase::forward, pass, l, {s}, {masked});
+    autograd_op("attn.mask", OpKind::elementwise, Phase::forward, pass, l, {s}, {masked});
     st.probs32 = tensor("attn.probs32", kept, DType::fp32, scores, l, pass);
-    op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {masked}, {st.probs32});
+    autograd_op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {masked}, {st.probs32});
     st.probs = tensor("attn.probs", kept, DType::bf16, scores, l, pass);
-    op("attn.probs.cast", OpKind::elementwise, Phase::forward, pass, l, {st.probs32}, {st.probs});
-    mm = matmul("attn.pv", Phase::forward, pass, l, {st.probs, st.v_rep}, {st.o}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
+    autograd_op("attn.probs.cast", OpKind::elementwise, Phase::forward, pass, l, {st.probs32}, {st.probs});
+    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {st.probs, st.v_rep}, {st.o}, S_, m_.head_dim, S_);
   }
   if (s_.attention == AttentionKind::flash_attn) {
     st.o_contig = st.o;  // flash-attn returns (batch, seq, heads, dim): o_proj reads a view
   } else {
     st.o_contig = tensor("attn.out.contiguous", kept, DType::bf16, T_ * qd_, l, pass);
-    op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
+    autograd_op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
   }
   const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
-  matmul("attn.o", Phase::forward, pass, l, {st.o_contig, weight(lp.o)}, {a}, T_, d, qd_);
+  matmul("attn.o", OpCode::linear, Phase::forward, pass, l, {st.o_contig, weight(lp.o)}, {a}, T_, d, qd_);
   TensorId a_out = a;
   if (m_.norms_per_layer == 4) a_out = pt_norm("attn_post_norm", a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
   st.h_mid = tensor("attn.residual", TensorKind::transient, act_dtype_, T_ * d, l, pass);
-  op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {st.h_mid});
+  autograd_op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {st.h_mid});
 
   st.n2 = pt_norm("mlp_norm", st.h_mid, lp.mlp_norm, l, pass, keep_mlp, st.mlp_norm);
   if (selective(l) && pass == Pass::forward) p_.tensors[st.h_mid].kind = TensorKind::checkpoint;  // the MLP's checkpoint
@@ -484,7 +459,7 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   TensorKind next_kind = TensorKind::transient;
   if (!last && recomputed(l + 1)) next_kind = TensorKind::checkpoint;
   const TensorId next = tensor("output", next_kind, act_dtype_, T_ * d, l, pass);
-  op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {st.h_mid, m_out}, {next});
+  autograd_op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {st.h_mid, m_out}, {next});
   if (!last) {
     layers_[static_cast<std::size_t>(l + 1)].input = next;
   } else {
@@ -492,7 +467,7 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   }
   if (offloaded(l)) {
     base.host_copy = tensor("input", TensorKind::checkpoint, act_dtype_, T_ * d, l, pass, false, Device::host);
-    op("offload", OpKind::copy_to_host, Phase::forward, pass, l, {h}, {base.host_copy});
+    op("offload", OpCode::offload, Phase::forward, pass, l, {h}, {base.host_copy});
   }
 }
 
@@ -512,22 +487,22 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
   std::vector<TensorId> chunk_outputs;
   if (!concatenated) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
   for (const ChunkClass& c : chunk_classes(S_, p_.mlp_chunks, true)) {
-    begin_loop("mlp", c);
+    begin_loop(ChunkedBlock::mlp, c);
     const std::int64_t R = rows(c.positions);
     const TensorId g = tensor("mlp.gate", kind, DType::bf16, R * I, l, pass, true);
     const TensorId act = tensor("mlp.act", kind, DType::bf16, R * I, l, pass, true);
     const TensorId u = tensor("mlp.up", kind, DType::bf16, R * I, l, pass, true);
     const TensorId prod = tensor("mlp.prod", kind, DType::bf16, R * I, l, pass, true);
-    matmul("mlp.gate", Phase::forward, pass, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
-    op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g}, {act});
-    matmul("mlp.up", Phase::forward, pass, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
-    op("mlp.mul", OpKind::elementwise, Phase::forward, pass, l, {act, u}, {prod});
+    matmul("mlp.gate", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
+    autograd_op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g}, {act});
+    matmul("mlp.up", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
+    autograd_op("mlp.mul", OpKind::elementwise, Phase::forward, pass, l, {act, u}, {prod});
     TensorId down = out;
     if (concatenated) {
       down = tensor("mlp.chunk_out", TensorKind::transient, DType::bf16, R * d, l, pass, true);
       chunk_outputs.push_back(down);
     }
-    matmul("mlp.down", Phase::forward, pass, l, {prod, weight(lp.down)}, {down}, R, d, I);
+    matmul("mlp.down", OpCode::linear, Phase::forward, pass, l, {prod, weight(lp.down)}, {down}, R, d, I);
     end_loop();
     if (keep_chunks) {
       st.gate.push_back(g);
@@ -537,12 +512,8 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
     }
   }
   if (concatenated) {
-    const OpId cat = op("mlp.cat", OpKind::elementwise, Phase::forward, pass, l, {}, {});
-    p_.ops[cat].io_begin = static_cast<std::uint32_t>(p_.io.size());
-    for (TensorId t : chunk_outputs) p_.io.push_back(t);
-    p_.io.push_back(out);
-    p_.ops[cat].inputs = static_cast<std::uint32_t>(chunk_outputs.size());
-    p_.ops[cat].outputs = 1;
+    const OpId cat = open_op("mlp.cat", OpCode::autograd, OpKind::elementwise, Phase::forward, pass, l);
+    push_operands(cat, chunk_outputs, std::array{out});
   }
 }
 
@@ -563,16 +534,16 @@ void Builder::pt_lm_head() {
     const std::int64_t rows_all = T_;
     const TensorId logits = tensor("lm_head.logits", TensorKind::transient, DType::bf16, rows_all * V, kNone,
                                    Pass::forward);
-    matmul("lm_head.logits", Phase::loss, Pass::forward, kNone, {nf, W}, {logits}, rows_all, V, d);
+    matmul("lm_head.logits", OpCode::linear, Phase::loss, Pass::forward, kNone, {nf, W}, {logits}, rows_all, V, d);
     TensorId capped = logits, tanh = kNoTensor;
     if (cap) {
       tanh = tensor("lm_head.logits.tanh", TensorKind::saved, DType::bf16, rows_all * V, kNone, Pass::forward);
       capped = tensor("lm_head.logits.capped", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::forward);
       const TensorId scaled = tensor("lm_head.logits.scaled", TensorKind::transient, DType::bf16, rows_all * V, kNone,
                                      Pass::forward);
-      op("lm_head.softcap.div", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits}, {scaled});
-      op("lm_head.softcap.tanh", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {scaled}, {tanh});
-      op("lm_head.softcap.mul", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {tanh}, {capped});
+      autograd_op("lm_head.softcap.div", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits}, {scaled});
+      autograd_op("lm_head.softcap.tanh", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {scaled}, {tanh});
+      autograd_op("lm_head.softcap.mul", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {tanh}, {capped});
     }
     // Note [Loss paths]: transformers <= 4.45 upcasts in the model and returns the fp32 logits;
     // 4.46 to 4.48 upcast in ForCausalLMLoss; both slice a contiguous shifted fp32 copy, whose
@@ -584,15 +555,15 @@ void Builder::pt_lm_head() {
     const std::int64_t rows_loss = shifted_copy ? B_ * (S_ - 1) : rows_all;
     const TensorId logits32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, rows_all * V, kNone,
                                      Pass::forward);
-    op("lm_head.upcast", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {capped}, {logits32});
+    autograd_op("lm_head.upcast", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {capped}, {logits32});
     TensorId loss_input = logits32;
     if (shifted_copy) {
       loss_input = tensor("lm_head.logits32.shifted", TensorKind::transient, DType::fp32, rows_loss * V, kNone,
                           Pass::forward);
-      op("lm_head.shift", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits32}, {loss_input});
+      autograd_op("lm_head.shift", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {logits32}, {loss_input});
     }
     const TensorId lsm = tensor("lm_head.log_softmax", TensorKind::saved, DType::fp32, rows_loss * V, kNone, Pass::forward);
-    const OpId ls = op("lm_head.log_softmax", OpKind::loss, Phase::loss, Pass::forward, kNone, {loss_input}, {lsm});
+    const OpId ls = autograd_op("lm_head.log_softmax", OpKind::loss, Phase::loss, Pass::forward, kNone, {loss_input}, {lsm});
     p_.ops[ls].m = rows_loss;
     p_.ops[ls].n = V;
     // The model output: the fp32 logits (<= 4.45) or the bf16 ones. Dropped once the loss is
@@ -601,38 +572,38 @@ void Builder::pt_lm_head() {
     const TensorId output = legacy ? logits32 : capped;
     if (s_.hold_outputs) {
       held_.push_back(output);
-      op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone,
+      autograd_op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone,
          {lsm, labels_, logits32, loss_input, output, previous_output_}, {loss_});
     } else {
-      op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {lsm, labels_, logits32, loss_input, output},
+      autograd_op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {lsm, labels_, logits32, loss_input, output},
          {loss_});
     }
     autocast_exit();
     // Backward.
     const TensorId nll = tensor("lm_head.nll.grad", TensorKind::transient, DType::fp32, rows_loss * V, kNone, Pass::backward);
-    op("lm_head.loss.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {loss_, labels_}, {nll});
+    autograd_op("lm_head.loss.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {loss_, labels_}, {nll});
     const TensorId dlsm = tensor("lm_head.log_softmax.grad", TensorKind::transient, DType::fp32, rows_loss * V, kNone,
                                  Pass::backward);
-    const OpId lg = op("lm_head.log_softmax.grad", OpKind::loss, Phase::loss, Pass::backward, kNone, {nll, lsm}, {dlsm});
+    const OpId lg = autograd_op("lm_head.log_softmax.grad", OpKind::loss, Phase::loss, Pass::backward, kNone, {nll, lsm}, {dlsm});
     p_.ops[lg].m = rows_loss;
     p_.ops[lg].n = V;
     TensorId d32 = dlsm;
     if (shifted_copy) {
       d32 = tensor("lm_head.logits32.grad", TensorKind::transient, DType::fp32, rows_all * V, kNone, Pass::backward);
-      op("lm_head.shift.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dlsm}, {d32});
+      autograd_op("lm_head.shift.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dlsm}, {d32});
     }
     TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
-    op("lm_head.upcast.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d32}, {dl});
+    autograd_op("lm_head.upcast.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d32}, {dl});
     if (cap) {
       const TensorId d1 = tensor("lm_head.dcapped", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
-      op("lm_head.softcap.mul.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dl}, {d1});
+      autograd_op("lm_head.softcap.mul.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {dl}, {d1});
       const TensorId d2 = tensor("lm_head.dtanh", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
-      op("lm_head.softcap.tanh.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d1, tanh}, {d2});
+      autograd_op("lm_head.softcap.tanh.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d1, tanh}, {d2});
       dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, rows_all * V, kNone, Pass::backward);
-      op("lm_head.softcap.div.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d2}, {dl});
+      autograd_op("lm_head.softcap.div.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d2}, {dl});
     }
     dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone, Pass::backward);
-    matmul("lm_head.dx", Phase::loss, Pass::backward, kNone, {dl, W}, {dnf}, rows_all, d, V);
+    matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::backward, kNone, {dl, W}, {dnf}, rows_all, d, V);
     pt_dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, rows_all);
   } else {
     // MST: a custom autograd Function over the labelled positions, chunk by chunk.
@@ -643,22 +614,22 @@ void Builder::pt_lm_head() {
     auto chunk = [&](Pass pass, bool gradient) {
       const std::int64_t R = rows(p_.loops[static_cast<std::size_t>(loop_)].rows);
       const TensorId lb = tensor("lm_head.logits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
-      matmul("lm_head.logits", Phase::loss, pass, kNone, {nf, W}, {lb}, R, V, d);
+      matmul("lm_head.logits", OpCode::linear, Phase::loss, pass, kNone, {nf, W}, {lb}, R, V, d);
       const TensorId l32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
-      op("lm_head.upcast", OpKind::elementwise, Phase::loss, pass, kNone, {lb}, {l32});
+      autograd_op("lm_head.upcast", OpKind::elementwise, Phase::loss, pass, kNone, {lb}, {l32});
       const TensorId sm = tensor("lm_head.softmax", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
-      const OpId ls = op("lm_head.softmax", OpKind::loss, Phase::loss, pass, kNone, {l32, labels_}, {sm, loss_});
+      const OpId ls = autograd_op("lm_head.softmax", OpKind::loss, Phase::loss, pass, kNone, {l32, labels_}, {sm, loss_});
       p_.ops[ls].m = R;
       p_.ops[ls].n = V;
       if (!gradient) return;
       const TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
-      op("lm_head.dlogits", OpKind::elementwise, Phase::loss, pass, kNone, {sm, l32, labels_}, {dl});
-      matmul("lm_head.dx", Phase::loss, pass, kNone, {dl, W}, {dnf}, R, d, V);
+      autograd_op("lm_head.dlogits", OpKind::elementwise, Phase::loss, pass, kNone, {sm, l32, labels_}, {dl});
+      matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, pass, kNone, {dl, W}, {dnf}, R, d, V);
       pt_dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, R);
     };
     if (mode == LmHeadMode::forward_grad) prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {dnf});
     for (const ChunkClass& c : classes) {
-      begin_loop("lm_head", c);
+      begin_loop(ChunkedBlock::lm_head, c);
       chunk(Pass::forward, mode == LmHeadMode::forward_grad);
       end_loop();
     }
@@ -666,7 +637,7 @@ void Builder::pt_lm_head() {
     if (mode != LmHeadMode::forward_grad) {
       prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf});
       for (const ChunkClass& c : classes) {
-        begin_loop("lm_head", c);
+        begin_loop(ChunkedBlock::lm_head, c);
         chunk(Pass::recompute, true);
         end_loop();
       }
@@ -708,7 +679,7 @@ void Builder::pt_layer_backward(std::int32_t l) {
   std::vector<TensorId> chunk_grads;
   for (std::size_t ci = 0; ci < classes.size(); ++ci) {
     const ChunkClass& c = classes[ci];
-    begin_loop("mlp", c);
+    begin_loop(ChunkedBlock::mlp, c);
     const std::int64_t R = rows(c.positions);
     TensorId g, act, u, prod;
     if (!tiled) {
@@ -721,35 +692,31 @@ void Builder::pt_layer_backward(std::int32_t l) {
       act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
       u = tensor("mlp.up", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
       prod = tensor("mlp.prod", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
-      matmul("mlp.gate", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
-      op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g}, {act});
-      matmul("mlp.up", Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
-      op("mlp.mul", OpKind::elementwise, Phase::backward, Pass::recompute, l, {act, u}, {prod});
+      matmul("mlp.gate", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
+      autograd_op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g}, {act});
+      matmul("mlp.up", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
+      autograd_op("mlp.mul", OpKind::elementwise, Phase::backward, Pass::recompute, l, {act, u}, {prod});
     }
     const TensorId dprod = tensor("mlp.dprod", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
-    matmul("mlp.down.dx", Phase::backward, Pass::backward, l, {dm, weight(lp.down)}, {dprod}, R, I, d);
+    matmul("mlp.down.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dm, weight(lp.down)}, {dprod}, R, I, d);
     pt_dw("mlp.down.dw", Phase::backward, l, {dm, prod}, lp.down, d, I, R);
     const TensorId dact = tensor("mlp.dact", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     const TensorId dup = tensor("mlp.dup", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
-    op("mlp.mul.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprod, act, u}, {dact, dup});
+    autograd_op("mlp.mul.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprod, act, u}, {dact, dup});
     const TensorId dx = split ? tensor("mlp.dinput", TensorKind::transient, DType::bf16, R * d, l, Pass::backward, true) : dn2;
-    matmul("mlp.up.dx", Phase::backward, Pass::backward, l, {dup, weight(lp.up)}, {dx}, R, d, I);
+    matmul("mlp.up.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dup, weight(lp.up)}, {dx}, R, d, I);
     pt_dw("mlp.up.dw", Phase::backward, l, {dup, st.n2}, lp.up, I, d, R);
     const TensorId dgate = tensor("mlp.dgate", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
-    op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g}, {dgate});
-    matmul("mlp.gate.dx", Phase::backward, Pass::backward, l, {dgate, weight(lp.gate)}, {dx}, R, d, I);
+    autograd_op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g}, {dgate});
+    matmul("mlp.gate.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dgate, weight(lp.gate)}, {dx}, R, d, I);
     pt_dw("mlp.gate.dw", Phase::backward, l, {dgate, st.n2}, lp.gate, I, d, R);
     end_loop();
     if (split) chunk_grads.push_back(dx);
   }
   if (split) {
     // torch.split's backward concatenates the chunk gradients.
-    const OpId cat = op("mlp.split.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {}, {});
-    p_.ops[cat].io_begin = static_cast<std::uint32_t>(p_.io.size());
-    for (TensorId t : chunk_grads) p_.io.push_back(t);
-    p_.io.push_back(dn2);
-    p_.ops[cat].inputs = static_cast<std::uint32_t>(chunk_grads.size());
-    p_.ops[cat].outputs = 1;
+    const OpId cat = open_op("mlp.split.grad", OpCode::autograd, OpKind::elementwise, Phase::backward, Pass::backward, l);
+    push_operands(cat, chunk_grads, std::array{dn2});
   }
   if (trained_) {
     grad_done(lp.down, l);
@@ -762,7 +729,7 @@ void Builder::pt_layer_backward(std::int32_t l) {
   TensorId da = dh_mid;
   if (m_.norms_per_layer == 4) da = pt_norm_grad("attn_post_norm", dh_mid, st.attn_post_norm, l, kNoTensor);
   const TensorId doc = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-  matmul("attn.o.dx", Phase::backward, Pass::backward, l, {da, weight(lp.o)}, {doc}, T_, qd_, d);
+  matmul("attn.o.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {da, weight(lp.o)}, {doc}, T_, qd_, d);
   pt_dw("attn.o.dw", Phase::backward, l, {da, st.o_contig}, lp.o, d, qd_, T_);
   if (trained_) grad_done(lp.o, l);
   const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
@@ -772,72 +739,62 @@ void Builder::pt_layer_backward(std::int32_t l) {
     const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
     const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,
                                   Pass::backward);
-    OpId a = 0;
+    TensorId key = st.k, value = st.v, dkey = dk, dvalue = dv, dk_x = kNoTensor, dv_x = kNoTensor;
     if (st.k_rep != kNoTensor) {
       // The repeated heads' gradients, summed back to the key/value heads.
-      const TensorId dk_rep = tensor("attn.dk.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-      const TensorId dv_rep = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-      a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
-             {st.q, st.k_rep, st.v_rep, st.o, st.lse, doc}, {dq, dk_rep, dv_rep, acc, delta});
-      op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
+      key = st.k_rep;
+      value = st.v_rep;
+      dkey = tensor("attn.dk.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+      dvalue = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
     } else if (s_.attention == AttentionKind::flash_attn && m_.num_kv_heads != m_.num_heads) {
       // flash-attn's mha_bwd computes dk and dv per query head (dk_expanded, dv_expanded) and sums them.
-      const TensorId dk_x = tensor("attn.dk_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
-      const TensorId dv_x = tensor("attn.dv_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
-      a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
-             {st.q, st.k, st.v, st.o, st.lse, doc}, {dq, dk, dv, acc, delta, dk_x, dv_x});
-    } else {
-      a = op("attention.grad", OpKind::attention_grad, Phase::backward, Pass::backward, l,
-             {st.q, st.k, st.v, st.o, st.lse, doc}, {dq, dk, dv, acc, delta});
+      dk_x = tensor("attn.dk_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
+      dv_x = tensor("attn.dv_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
     }
-    p_.ops[a].m = B_ * m_.num_heads;
-    p_.ops[a].n = S_;
-    p_.ops[a].k = S_;
-    p_.ops[a].head_dim = m_.head_dim;
-    p_.ops[a].window = window(l);
+    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, key, value, st.o, st.lse, doc},
+                 {dq, dkey, dvalue, acc, delta, dk_x, dv_x});
+    if (st.k_rep != kNoTensor) {
+      autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dkey, dvalue},
+                  {dk, dv});
+    }
   } else {
     const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
-    const double heads = static_cast<double>(B_ * m_.num_heads);
     const TensorId dv_rep = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-    OpId mm = matmul("attn.pv.dv", Phase::backward, Pass::backward, l, {st.probs, doc}, {dv_rep}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
+    eager_matmul("attn.pv.dv", OpCode::eager_dv, Phase::backward, Pass::backward, l, {st.probs, doc}, {dv_rep}, S_, m_.head_dim, S_);
     const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
-    mm = matmul("attn.pv.dprobs", Phase::backward, Pass::backward, l, {doc, st.v_rep}, {dprobs}, S_, S_, m_.head_dim);
-    p_.ops[mm].flops_multiplier = heads;
+    eager_matmul("attn.pv.dprobs", OpCode::eager_dprobs, Phase::backward, Pass::backward, l, {doc, st.v_rep}, {dprobs}, S_, S_, m_.head_dim);
     const TensorId d32 = tensor("attn.dprobs32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
-    op("attn.probs.cast.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprobs}, {d32});
+    autograd_op("attn.probs.cast.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprobs}, {d32});
     const TensorId dscores32 = tensor("attn.dscores32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
-    op("attn.softmax.grad", OpKind::softmax, Phase::backward, Pass::backward, l, {d32, st.probs32}, {dscores32});
+    autograd_op("attn.softmax.grad", OpKind::softmax, Phase::backward, Pass::backward, l, {d32, st.probs32}, {dscores32});
     TensorId ds = tensor("attn.dscores", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
-    op("attn.mask.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dscores32}, {ds});
+    autograd_op("attn.mask.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dscores32}, {ds});
     if (m_.attn_logit_softcap) {
       const TensorId dt = tensor("attn.dscores.tanh", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
-      op("attn.softcap.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {ds}, {dt});
+      autograd_op("attn.softcap.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {ds}, {dt});
       ds = dt;
     }
     const TensorId dk_rep = tensor("attn.dk.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-    mm = matmul("attn.scores.dq", Phase::backward, Pass::backward, l, {ds, st.k_rep}, {dq}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
-    mm = matmul("attn.scores.dk", Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, S_, m_.head_dim, S_);
-    p_.ops[mm].flops_multiplier = heads;
-    op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
+    eager_matmul("attn.scores.dq", OpCode::eager_dq, Phase::backward, Pass::backward, l, {ds, st.k_rep}, {dq}, S_, m_.head_dim, S_);
+    eager_matmul("attn.scores.dk", OpCode::eager_dk, Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, S_, m_.head_dim, S_);
+    autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
   }
   const TensorId dq_in = pt_rope_grad("q", dq, qd_, l);
   const TensorId dk_in = pt_rope_grad("k", dk, kvd_, l);
   const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
-  matmul("attn.q.dx", Phase::backward, Pass::backward, l, {dq_in, weight(lp.q)}, {dn1}, T_, d, qd_);
+  matmul("attn.q.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dq_in, weight(lp.q)}, {dn1}, T_, d, qd_);
   // The k and v input gradients are new tensors summed into dn1 (InputBuffer).
   const TensorId tk = tensor("attn.k.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
-  matmul("attn.k.dx", Phase::backward, Pass::backward, l, {dk_in, weight(lp.k)}, {dn1, tk}, T_, d, kvd_);
+  matmul("attn.k.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dk_in, weight(lp.k)}, {dn1, tk}, T_, d, kvd_);
   const TensorId tv = tensor("attn.v.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
-  matmul("attn.v.dx", Phase::backward, Pass::backward, l, {dv, weight(lp.v)}, {dn1, tv}, T_, d, kvd_);
+  matmul("attn.v.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dv, weight(lp.v)}, {dn1, tv}, T_, d, kvd_);
   pt_dw("attn.q.dw", Phase::backward, l, {dq_in, st.n1}, lp.q, qd_, d, T_);
   pt_dw("attn.k.dw", Phase::backward, l, {dk_in, st.n1}, lp.k, kvd_, d, T_);
   pt_dw("attn.v.dw", Phase::backward, l, {dv, st.n1}, lp.v, kvd_, d, T_);
   if (trained_ && m_.qkv_bias) {
     for (auto [bias, dy] : {std::pair{lp.qb, dq_in}, std::pair{lp.kb, dk_in}, std::pair{lp.vb, dv}}) {
       const TensorId gb = grad(bias, l);
-      op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dy}, {gb});
+      autograd_op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dy}, {gb});
       grad_done(bias, l);
     }
   }
@@ -847,7 +804,7 @@ void Builder::pt_layer_backward(std::int32_t l) {
     grad_done(lp.v, l);
   }
   if (st.weights_bf16 != kNoTensor) {
-    op("autocast.release", OpKind::elementwise, Phase::backward, Pass::backward, l, {st.weights_bf16}, {});
+    autograd_op("autocast.release", OpKind::elementwise, Phase::backward, Pass::backward, l, {st.weights_bf16}, {});
   }
   upstream_ = pt_norm_grad("attn_norm", dn1, st.attn_norm, l, dh_mid);
   (void)base;
@@ -856,10 +813,8 @@ void Builder::pt_layer_backward(std::int32_t l) {
 void Builder::autocast_exit() {
   if (autocast_cache_.empty()) return;
   // Leaving the autocast region (after the loss) drops the cast cache.
-  const OpId id = op("autocast.exit", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {}, {});
-  p_.ops[id].io_begin = static_cast<std::uint32_t>(p_.io.size());
-  for (TensorId t : autocast_cache_) p_.io.push_back(t);
-  p_.ops[id].inputs = static_cast<std::uint32_t>(autocast_cache_.size());
+  const OpId id = open_op("autocast.exit", OpCode::autograd, OpKind::elementwise, Phase::loss, Pass::forward, kNone);
+  push_operands(id, autocast_cache_, {});
   autocast_cache_.clear();
 }
 
@@ -867,19 +822,13 @@ void Builder::pt_embedding_backward(TensorId dh0) {
   TensorId dh = dh0;
   if (m_.family == Family::gemma2) {
     dh = tensor("input.grad.scaled", TensorKind::transient, act_dtype_, T_ * m_.hidden_size, 0, Pass::backward);
-    op("embedding.scale.grad", OpKind::elementwise, Phase::backward, Pass::backward, kNone, {dh0}, {dh});
+    autograd_op("embedding.scale.grad", OpKind::elementwise, Phase::backward, Pass::backward, kNone, {dh0}, {dh});
   }
   if (!trained_) return;
   // embedding_dense_backward: a (V x d) gradient, added into the tied LM head's if there is one.
-  const bool exists = grad_created_[static_cast<std::size_t>(embed_param_)];
-  const TensorId g = grad(embed_param_, kNone);
-  if (exists) {
-    const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
-                                    p_.params[static_cast<std::size_t>(embed_param_)].numel(), kNone, Pass::backward);
-    op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_}, {g, partial});
-  } else {
-    op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_}, {g});
-  }
+  const auto [g, partial] = pt_grad_outputs(embed_param_, kNone, false);
+  autograd_op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_},
+              {g, partial});
   grad_done(embed_param_, kNone);
   if (plan_.authors_code && s_.optimizer_in_backward && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
 }

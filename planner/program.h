@@ -79,6 +79,101 @@ enum class OpKind : std::uint8_t {
   copy_to_device,   ///< checkpoint prefetch, on the copy stream
 };
 
+/// What an op computes: the contract between the builders and the runtime, which dispatches on
+/// it with a switch the compiler checks. Inputs and outputs are positional, in the order each
+/// code lists ("{x, W, [bias], ws} -> {y}": bracketed operands are optional). An output the op
+/// allocates is written first (overwritten); one already live is accumulated into, except where
+/// the code says "in place". Every code has one cost class (op_kind()).
+enum class OpCode : std::uint8_t {
+  begin,             ///< {} -> {static tensors}
+  end,               ///< {static tensors, loss, [held]} -> {}
+  embedding,         ///< {tokens, W} -> {h}
+  embedding_grad,    ///< {dh, tokens} -> {dW}
+  norm,              ///< {x, w} -> {y, rstd}
+  norm_grad,         ///< {dy, x, rstd, w, [residual gradient]} -> {dx, [dw]}
+  norm_apply,        ///< {x, rstd, w} -> {y}: a norm's output again from its kept statistic
+  linear,            ///< {x, W, [bias], ws} -> {y = x W^T + bias}
+  linear_dx,         ///< {dy, W, ws} -> {dx = dy W}
+  linear_dw,         ///< {dy, x, ws} -> {dW = dy^T x}
+  bias_grad,         ///< {dq, dk, dv} -> {dbq, dbk, dbv}: column sums
+  attention,         ///< {q, k, v} -> {o, lse}: flash attention
+  attention_grad,    ///< {q, k, v, o, lse, do} -> {dq, dk, dv, dq accumulator, delta}
+  eager_scores,      ///< {q, k} -> {scores}: per head q k^T
+  eager_pv,          ///< {probs, v} -> {o}
+  eager_dprobs,      ///< {do, v} -> {dprobs}
+  eager_dv,          ///< {probs, do} -> {dv}
+  eager_dq,          ///< {dscores, k} -> {dq}
+  eager_dk,          ///< {dscores, q} -> {dk}
+  softmax,           ///< {scores} -> {probs}: scaled, causal, soft-capped, windowed
+  softmax_grad,      ///< {probs, dprobs} -> {dscores}
+  rope,              ///< {q, k} -> {q, k}: rotary embedding, in place
+  rope_grad,         ///< {dq, dk} -> {dq, dk}: its inverse, in place
+  residual_add,      ///< {a, b} -> {a + b}
+  gated_act,         ///< {gate, up} -> {act(gate) * up}: the model's SwiGLU or GeGLU
+  gated_act_grad,    ///< {dact, gate, up} -> {dgate, dup}
+  softcap,           ///< {logits} -> {logits}: cap tanh(x / cap), in place
+  loss,              ///< {logits, labels} -> {loss, lse}: cross-entropy, loss accumulated
+  loss_with_grad,    ///< {logits, labels} -> {loss, dlogits}: the gradient formed in forward
+  loss_grad,         ///< {logits, lse, labels, loss} -> {dlogits}
+  zero,              ///< {} -> {accumulators}: allocated and zeroed before a chunk loop
+  adamw,             ///< {g, w, m, v | m+v, [master]} -> {w, states}: one parameter
+  sgd,               ///< {g, w, [master]} -> {w, [master]}
+  offload,           ///< {x} -> {host copy}: on the copy stream
+  prefetch,          ///< {host copy} -> {x}: on the copy stream
+  autograd,          ///< pytorch profile: a PyTorch op, modelled for its memory and time only
+};
+
+/// The cost class of a code (autograd ops carry theirs in Op::kind).
+[[nodiscard]] constexpr OpKind op_kind(OpCode code) {
+  switch (code) {
+    case OpCode::begin: return OpKind::begin;
+    case OpCode::end: return OpKind::end;
+    case OpCode::embedding: return OpKind::embedding;
+    case OpCode::embedding_grad: return OpKind::embedding_grad;
+    case OpCode::norm: return OpKind::norm;
+    case OpCode::norm_grad: return OpKind::norm_grad;
+    case OpCode::linear:
+    case OpCode::linear_dx:
+    case OpCode::linear_dw:
+    case OpCode::eager_scores:
+    case OpCode::eager_pv:
+    case OpCode::eager_dprobs:
+    case OpCode::eager_dv:
+    case OpCode::eager_dq:
+    case OpCode::eager_dk: return OpKind::matmul;
+    case OpCode::attention: return OpKind::attention;
+    case OpCode::attention_grad: return OpKind::attention_grad;
+    case OpCode::softmax:
+    case OpCode::softmax_grad: return OpKind::softmax;
+    case OpCode::loss:
+    case OpCode::loss_with_grad:
+    case OpCode::loss_grad: return OpKind::loss;
+    case OpCode::adamw:
+    case OpCode::sgd: return OpKind::optimizer;
+    case OpCode::offload: return OpKind::copy_to_host;
+    case OpCode::prefetch: return OpKind::copy_to_device;
+    case OpCode::norm_apply:
+    case OpCode::bias_grad:
+    case OpCode::rope:
+    case OpCode::rope_grad:
+    case OpCode::residual_add:
+    case OpCode::gated_act:
+    case OpCode::gated_act_grad:
+    case OpCode::softcap:
+    case OpCode::zero:
+    case OpCode::autograd: return OpKind::elementwise;
+  }
+  return OpKind::elementwise;
+}
+
+/// The blocks MST splits into mini-sequences: a Loop runs one of them chunk by chunk.
+enum class ChunkedBlock : std::uint8_t { mlp, lm_head };
+
+template <>
+struct EnumNames<ChunkedBlock> {
+  static constexpr std::array<std::pair<ChunkedBlock, std::string_view>, 2> table{
+      {{ChunkedBlock::mlp, "mlp"}, {ChunkedBlock::lm_head, "lm_head"}}};
+};
 template <>
 struct EnumNames<TensorKind> {
   static constexpr std::array<std::pair<TensorKind, std::string_view>, kTensorKinds> table{
@@ -117,8 +212,9 @@ struct Tensor {
 };
 
 struct Op {
-  const char* label = "";  ///< "mlp.down", "mlp.down.dx", "attention": a string literal
-  OpKind kind = OpKind::elementwise;
+  const char* label = "";  ///< "mlp.down", "mlp.down.dx", "attention": a string literal, for names
+  OpCode code = OpCode::autograd;  ///< what it computes (the runtime's dispatch)
+  OpKind kind = OpKind::elementwise;  ///< its cost class: op_kind(code), or an autograd op's own
   Phase phase = Phase::forward;
   Pass pass = Pass::forward;
   std::int32_t layer = kNone;
@@ -142,7 +238,7 @@ struct Loop {
   std::int64_t iterations = 1;
   std::int64_t first_chunk = 0;  ///< chunk index of iteration 0, for names
   std::int64_t rows = 0;         ///< positions per chunk in this loop (times the batch: tokens)
-  const char* block = "";        ///< "mlp" or "lm_head"
+  ChunkedBlock block = ChunkedBlock::mlp;
 };
 
 struct Program {
@@ -158,6 +254,12 @@ struct Program {
   std::int64_t mlp_chunks = 1;      ///< resolved mini-sequence counts
   std::int64_t lm_head_chunks = 1;
   Profile profile = Profile::native;
+
+  // Tensors with a role in the step (kNoTensor where the program has none).
+  TensorId tokens = kNoTensor;          ///< input ids
+  TensorId labels = kNoTensor;          ///< target ids (position s predicts the token at s + 1)
+  TensorId loss = kNoTensor;            ///< the summed loss (fp32 scalar)
+  TensorId gemm_workspace = kNoTensor;  ///< the GEMM library's workspace
 
   [[nodiscard]] std::span<const TensorId> inputs(const Op& op) const { return {io.data() + op.io_begin, op.inputs}; }
   [[nodiscard]] std::span<const TensorId> outputs(const Op& op) const {

@@ -36,13 +36,6 @@ cuda::DType to_cuda(DType d) {
 
 cuda::View cv(const View& v) { return {v.data, to_cuda(v.dtype), v.cols, v.seqs, v.positions, v.seq_stride, v.first}; }
 
-cuda::AttentionShape cs(const AttentionShape& s) {
-  return {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.scale, s.softcap, s.window};
-}
-
-cuda::GatedActivation cg(GatedActivation a) {
-  return a == GatedActivation::geglu ? cuda::GatedActivation::geglu : cuda::GatedActivation::swiglu;
-}
 
 bool contiguous_rows(const View& v) { return v.seqs == 1 || v.seq_stride == v.positions; }
 
@@ -161,50 +154,48 @@ class CudaBackend final : public Backend {
                            dw_accumulate, stream_); });
   }
   void rope(const View& x, std::int64_t head_dim, const Rope& r, std::int64_t seq_len, bool inverse) override {
-    const cuda::Rope c{r.theta, r.scaling, r.factor, r.low_freq_factor, r.high_freq_factor,
-                       r.original_max_position_embeddings, r.max_position_embeddings};
-    guarded([&] { cuda::rope(cv(x), head_dim, c, seq_len, inverse, stream_); });
+    guarded([&] { cuda::rope(cv(x), head_dim, r, seq_len, inverse, stream_); });
   }
   void attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                          const View& lse) override {
-    guarded([&] { cuda::attention_forward(cs(s), cv(q), cv(k), cv(v), cv(o), cv(lse), stream_); });
+    guarded([&] { cuda::attention_forward(s, cv(q), cv(k), cv(v), cv(o), cv(lse), stream_); });
   }
   void attention_backward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                           const View& lse, const View& dout, const View& dq, const View& dk, const View& dv,
                           const View& dq_accum, const View& delta) override {
-    guarded([&] { cuda::attention_backward(cs(s), cv(q), cv(k), cv(v), cv(o), cv(lse), cv(dout), cv(dq), cv(dk), cv(dv), cv(dq_accum),
+    guarded([&] { cuda::attention_backward(s, cv(q), cv(k), cv(v), cv(o), cv(lse), cv(dout), cv(dq), cv(dk), cv(dv), cv(dq_accum),
                              cv(delta), stream_); });
   }
   void eager_scores(const AttentionShape& s, const View& q, const View& k, const View& scores) override {
-    guarded([&] { cuda::eager_scores(cs(s), cv(q), cv(k), cv(scores), stream_); });
+    guarded([&] { cuda::eager_scores(s, cv(q), cv(k), cv(scores), stream_); });
   }
   void eager_softmax(const View& scores, const View& probs) override {
     guarded([&] { cuda::eager_softmax(cv(scores), cv(probs), stream_); });
   }
   void eager_pv(const AttentionShape& s, const View& probs, const View& v, const View& o) override {
-    guarded([&] { cuda::eager_pv(cs(s), cv(probs), cv(v), cv(o), stream_); });
+    guarded([&] { cuda::eager_pv(s, cv(probs), cv(v), cv(o), stream_); });
   }
   void eager_dprobs(const AttentionShape& s, const View& dout, const View& v, const View& dprobs) override {
-    guarded([&] { cuda::eager_dprobs(cs(s), cv(dout), cv(v), cv(dprobs), stream_); });
+    guarded([&] { cuda::eager_dprobs(s, cv(dout), cv(v), cv(dprobs), stream_); });
   }
   void eager_dv(const AttentionShape& s, const View& probs, const View& dout, const View& dv) override {
-    guarded([&] { cuda::eager_dv(cs(s), cv(probs), cv(dout), cv(dv), stream_); });
+    guarded([&] { cuda::eager_dv(s, cv(probs), cv(dout), cv(dv), stream_); });
   }
   void eager_softmax_backward(const View& probs, const View& dprobs, const View& dscores) override {
     guarded([&] { cuda::eager_softmax_backward(cv(probs), cv(dprobs), cv(dscores), stream_); });
   }
   void eager_dq(const AttentionShape& s, const View& dscores, const View& k, const View& dq) override {
-    guarded([&] { cuda::eager_dq(cs(s), cv(dscores), cv(k), cv(dq), stream_); });
+    guarded([&] { cuda::eager_dq(s, cv(dscores), cv(k), cv(dq), stream_); });
   }
   void eager_dk(const AttentionShape& s, const View& dscores, const View& q, const View& dk) override {
-    guarded([&] { cuda::eager_dk(cs(s), cv(dscores), cv(q), cv(dk), stream_); });
+    guarded([&] { cuda::eager_dk(s, cv(dscores), cv(q), cv(dk), stream_); });
   }
   void gated_forward(GatedActivation a, const View& g, const View& u, const View& out) override {
-    guarded([&] { cuda::gated_forward(cg(a), cv(g), cv(u), cv(out), stream_); });
+    guarded([&] { cuda::gated_forward(a, cv(g), cv(u), cv(out), stream_); });
   }
   void gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg,
                       const View& du) override {
-    guarded([&] { cuda::gated_backward(cg(a), cv(dout), cv(g), cv(u), cv(dg), cv(du), stream_); });
+    guarded([&] { cuda::gated_backward(a, cv(dout), cv(g), cv(u), cv(dg), cv(du), stream_); });
   }
   void add(const View& a, const View& b, const View& out) override {
     guarded([&] { cuda::add(cv(a), cv(b), cv(out), stream_); });
@@ -247,9 +238,8 @@ class CudaBackend final : public Backend {
   }
   void adamw(const AdamW& o, const View& g, const View& w, const View& m, const View& v,
              const std::optional<View>& master) override {
-    const cuda::AdamW c{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.step};
     const cuda::View mw = master ? cv(*master) : cuda::View{};
-    guarded([&] { cuda::adamw(c, cv(g), cv(w), cv(m), cv(v), master ? &mw : nullptr, stream_); });
+    guarded([&] { cuda::adamw(o, cv(g), cv(w), cv(m), cv(v), master ? &mw : nullptr, stream_); });
   }
   void sgd(float lr, float weight_decay, const View& g, const View& w, const std::optional<View>& master) override {
     const cuda::View mw = master ? cv(*master) : cuda::View{};

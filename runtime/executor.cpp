@@ -1,7 +1,6 @@
 #include "runtime/executor.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "planner/analysis.h"
 #include "planner/builder.h"
@@ -58,12 +57,9 @@ Executor::Executor(const ModelSpec& model, const TrainingSetup& setup, std::int6
   }
   static_tensor_.assign(program_.tensors.size(), false);
   for (TensorId t : program_.outputs(program_.ops.front())) static_tensor_[t] = true;
-  for (TensorId t = 0; t < program_.tensors.size(); ++t) {
-    const Tensor& tensor = program_.tensors[t];
-    if (std::strcmp(tensor.label, "loss") == 0) loss_tensor_ = t;
-    if (std::strcmp(tensor.label, "tokens") == 0) tokens_ = t;
-    if (std::strcmp(tensor.label, "labels") == 0) labels_ = t;
-  }
+  loss_tensor_ = program_.loss;
+  tokens_ = program_.tokens;
+  labels_ = program_.labels;
   MSTPLAN_CHECK(loss_tensor_ != kNoTensor && tokens_ != kNoTensor && labels_ != kNoTensor, "program without data or loss");
   instances_.resize(flat_.instances.size());
   allocator_ = std::make_unique<Allocator>(
@@ -114,7 +110,7 @@ View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
   v.positions = S;
   if (op.loop != kNone) {
     const Loop& loop = program_.loops[static_cast<std::size_t>(op.loop)];
-    const bool lm = std::strcmp(loop.block, "lm_head") == 0;
+    const bool lm = loop.block == ChunkedBlock::lm_head;
     const std::int64_t positions = lm ? S - 1 : S;
     const std::int64_t chunks = lm ? program_.lm_head_chunks : program_.mlp_chunks;
     const std::int64_t base = positions / chunks, longer = positions % chunks;
@@ -190,7 +186,7 @@ std::optional<Error> Executor::initialise_statics() {
   const bool offset_norms = model_.family == Family::gemma2;
   for (TensorId t : program_.outputs(program_.ops.front())) {
     const Tensor& tensor = program_.tensors[t];
-    if (tensor.kind == TensorKind::workspace && std::strcmp(tensor.label, "gemm_workspace") == 0) {
+    if (t == program_.gemm_workspace) {
       const Block& b = instances_[instance(t, 0)].block;
       backend_.bind_workspace(b.data, static_cast<std::size_t>(b.requested_bytes));
     }

@@ -64,11 +64,10 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
           cudaStream_t stream) {
   require(head_dim > 0 && head_dim % 2 == 0, "head_dim must be even and positive");
   require(x.cols % head_dim == 0, "cols not a multiple of head_dim");
-  require(rope.scaling >= 0 && rope.scaling <= 3, "unknown scaling");
   require(head_dim / 2 <= kMaxHalf, "head_dim above 512 is not supported");
   require(x.dtype == DType::bf16 || x.dtype == DType::fp32, "x must be bf16 or fp32");
-  require(rope.scaling != 2 || rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
-  if (rope.scaling == 3) {
+  require(rope.scaling != RopeScaling::dynamic || rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
+  if (rope.scaling == RopeScaling::llama3) {
     require(rope.original_max_position_embeddings > 0, "llama3 scaling needs original_max_position_embeddings");
     require(rope.high_freq_factor != rope.low_freq_factor, "llama3 needs high_freq_factor != low_freq_factor");
   }

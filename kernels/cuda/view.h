@@ -1,13 +1,15 @@
 #pragma once
-// What the CUDA launchers take: plain structs mirroring kernels/reference/reference.h (View,
-// AttentionShape, Rope, AdamW), so that .cu files never include planner headers (nvcc 13 cannot
-// compile fmt 9's consteval format checks). runtime/cuda_backend.cpp converts one to the other.
+// What the CUDA launchers take: a View mirroring kernels/reference/reference.h's, and the shapes
+// and parameters of kernels/boundary.h, so that .cu files never include planner headers (nvcc 13
+// cannot compile fmt 9's consteval format checks). runtime/cuda_backend.cpp converts the views.
 //
 // Every launcher has its reference twin's contract (reference.h), enqueues on `stream` and
 // returns without synchronising; launch errors surface through cudaGetLastError.
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
+
+#include "kernels/boundary.h"
 
 namespace mstplan::cuda {
 
@@ -35,26 +37,13 @@ struct View {
 #endif
 };
 
-struct AttentionShape {
-  std::int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
-  float scale = 1.0f;
-  float softcap = 0.0f;     ///< > 0: scores = softcap * tanh(scores / softcap)
-  std::int64_t window = 0;  ///< > 0: query i sees keys (i - window, i]
-};
+using kernels::AttentionShape;
 
-struct Rope {
-  double theta = 10000.0;
-  int scaling = 0;  ///< 0 none, 1 linear, 2 dynamic, 3 llama3
-  double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
-  std::int64_t original_max_position_embeddings = 0;
-  std::int64_t max_position_embeddings = 0;
-};
+using kernels::Rope;
+using kernels::RopeScaling;
 
-struct AdamW {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
-  std::int64_t step = 1;
-};
+using kernels::AdamW;
 
-enum class GatedActivation : std::uint8_t { swiglu, geglu };
+using kernels::GatedActivation;
 
 }  // namespace mstplan::cuda

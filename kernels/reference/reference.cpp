@@ -433,10 +433,9 @@ void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const Vie
 void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t seq_len, bool inverse) {
   MSTPLAN_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be even and positive", head_dim);
   MSTPLAN_CHECK(x.cols % head_dim == 0, "rope: cols {} not a multiple of head_dim {}", x.cols, head_dim);
-  MSTPLAN_CHECK(rope.scaling >= 0 && rope.scaling <= 3, "rope: unknown scaling {}", rope.scaling);
   const i64 half = head_dim / 2;
-  MSTPLAN_CHECK(rope.scaling != 2 || rope.max_position_embeddings > 0, "rope: dynamic scaling needs max_position_embeddings");
-  if (rope.scaling == 3) {
+  MSTPLAN_CHECK(rope.scaling != RopeScaling::dynamic || rope.max_position_embeddings > 0, "rope: dynamic scaling needs max_position_embeddings");
+  if (rope.scaling == RopeScaling::llama3) {
     MSTPLAN_CHECK(rope.original_max_position_embeddings > 0,
                   "rope: llama3 scaling needs original_max_position_embeddings");
     MSTPLAN_CHECK(rope.high_freq_factor != rope.low_freq_factor, "rope: llama3 needs high_freq_factor != low_freq_factor");

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "kernels/boundary.h"
 #include "planner/dtype.h"
 
 namespace mstplan::ref {
@@ -96,15 +97,10 @@ void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const Vie
 
 // ---- Rotary embedding (Hugging Face's rotate_half convention) ----------------------------
 
-/// Inverse frequencies of the rotary embedding for one head (head_dim / 2 values), with the
+/// The rotary embedding's parameters (kernels/boundary.h): head_dim / 2 frequencies with the
 /// model's scaling (none, linear, llama3; dynamic equals none up to the original length).
-struct Rope {
-  double theta = 10000.0;
-  int scaling = 0;  ///< 0 none, 1 linear, 2 dynamic, 3 llama3 (RopeScaling's order)
-  double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
-  std::int64_t original_max_position_embeddings = 0;
-  std::int64_t max_position_embeddings = 0;  ///< dynamic scaling applies beyond this length
-};
+using kernels::Rope;
+using kernels::RopeScaling;
 /// Rotates every head of x (rows x heads*head_dim) in place at the view's positions:
 /// x' = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) for the two halves of a head.
 /// `inverse` applies the transpose (the backward: dx = R^T dx').
@@ -112,12 +108,7 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
 
 // ---- Attention (causal, GQA; q: T x heads*hd, k, v: T x kv_heads*hd, T = batch x seq) -------
 
-struct AttentionShape {
-  std::int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
-  float scale = 1.0f;    ///< scores = q.k * scale
-  float softcap = 0.0f;  ///< > 0: scores = softcap * tanh(scores / softcap)
-  std::int64_t window = 0;  ///< > 0: query i sees keys (i - window, i]
-};
+using kernels::AttentionShape;
 /// Blockwise with an online softmax (FlashAttention-2's algorithm): o (T x heads*hd) and
 /// lse (fp32, batch x heads x seq, row-major) of the scaled, capped, masked scores.
 void attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
@@ -148,7 +139,7 @@ void eager_dk(const AttentionShape& s, const View& dscores, const View& q, const
 
 // ---- MLP activation -----------------------------------------------------------------------
 
-enum class GatedActivation : std::uint8_t { swiglu, geglu };  ///< silu(g) * u; gelu_tanh(g) * u
+using kernels::GatedActivation;  ///< silu(g) * u; gelu_tanh(g) * u
 void gated_forward(GatedActivation a, const View& g, const View& u, const View& out);
 void gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg,
                     const View& du);
@@ -186,10 +177,7 @@ void cross_entropy_backward(const View& logits, const View& lse, const View& tar
 
 // ---- Optimizers (one parameter tensor; element-wise) -------------------------------------
 
-struct AdamW {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
-  std::int64_t step = 1;  ///< 1-based, for bias correction
-};
+using kernels::AdamW;
 /// PyTorch's AdamW: p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 /// p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). With a master copy (fp32) the
 /// update is applied to it and w receives it rounded.

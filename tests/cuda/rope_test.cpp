@@ -48,13 +48,13 @@ std::vector<Scaling> scalings() {
 
   ref::Rope linear;
   linear.theta = 10000.0;
-  linear.scaling = 1;
+  linear.scaling = ref::RopeScaling::linear;
   linear.factor = 4.0;
   all.push_back({"linear", linear, 64});
 
   ref::Rope dynamic;  // seq_len 100 > max_position_embeddings 64: the base changes
   dynamic.theta = 10000.0;
-  dynamic.scaling = 2;
+  dynamic.scaling = ref::RopeScaling::dynamic;
   dynamic.factor = 2.0;
   dynamic.max_position_embeddings = 64;
   all.push_back({"dynamic", dynamic, 100});
@@ -64,7 +64,7 @@ std::vector<Scaling> scalings() {
 
   ref::Rope llama3;  // wavelengths 2pi .. ~2e6: below, inside and above the band [2048, 8192]
   llama3.theta = 500000.0;
-  llama3.scaling = 3;
+  llama3.scaling = ref::RopeScaling::llama3;
   llama3.factor = 8.0;
   llama3.low_freq_factor = 1.0;
   llama3.high_freq_factor = 4.0;

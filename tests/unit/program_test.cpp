@@ -138,7 +138,7 @@ TEST(Program, UnevenChunksFormTwoLoops) {
   const Program p = build_program(model("tiny-llama"), TrainingSetup{}, plan, 10);
   std::vector<std::pair<std::int64_t, std::int64_t>> mlp;  // (rows, iterations) of layer 0's forward loops
   for (const Loop& l : p.loops) {
-    if (std::string(l.block) == "mlp" && p.ops[l.first_op].layer == 0 && p.ops[l.first_op].pass == Pass::forward) {
+    if (l.block == ChunkedBlock::mlp && p.ops[l.first_op].layer == 0 && p.ops[l.first_op].pass == Pass::forward) {
       mlp.emplace_back(l.rows, l.iterations);
     }
   }

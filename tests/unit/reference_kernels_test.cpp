@@ -349,7 +349,7 @@ TEST(RefKernelsRope, InverseIsTheGradient) {
 
 // Llama 3 scaling (theta 5e5, factor 8, low 1, high 4, original 8192) against transformers' formula.
 TEST(RefKernelsRope, Llama3ScalingMatchesFormula) {
-  const Rope rp{.theta = 500000.0, .scaling = 3, .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+  const Rope rp{.theta = 500000.0, .scaling = RopeScaling::llama3, .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
                 .original_max_position_embeddings = 8192, .max_position_embeddings = 131072};
   const i64 hd = 128;
   const std::vector<double> f = measured_inv_freq(rp, hd, 4096);
@@ -380,8 +380,8 @@ TEST(RefKernelsRope, Llama3ScalingMatchesFormula) {
 TEST(RefKernelsRope, LinearAndDynamicScaling) {
   const i64 hd = 10;
   const std::vector<double> plain = measured_inv_freq(Rope{.theta = 10000.0}, hd, 64);
-  const std::vector<double> linear = measured_inv_freq(Rope{.theta = 10000.0, .scaling = 1, .factor = 4.0}, hd, 64);
-  const Rope dyn{.theta = 10000.0, .scaling = 2, .factor = 2.0, .max_position_embeddings = 64};
+  const std::vector<double> linear = measured_inv_freq(Rope{.theta = 10000.0, .scaling = RopeScaling::linear, .factor = 4.0}, hd, 64);
+  const Rope dyn{.theta = 10000.0, .scaling = RopeScaling::dynamic, .factor = 2.0, .max_position_embeddings = 64};
   const std::vector<double> dyn_short = measured_inv_freq(dyn, hd, 64);
   const std::vector<double> dyn_long = measured_inv_freq(dyn, hd, 128);
   // Long: base = 1e4 * (2 * 128/64 - 1)^(10/8) = 1e4 * 3^1.25 = 39482.2.
