@@ -249,18 +249,12 @@ void Builder::static_tensors() {
     p_.tensors[weights_[i]].param = param;
     outs.push_back(weights_[i]);
     if (adam) {
-      // m and v; 8-bit state carries one fp32 absmax per 256 elements for each (bitsandbytes),
-      // and tensors under 4096 elements keep fp32 state (Note [Static bytes per parameter]).
+      // m and v, each adam_moment_bytes() (Note [Static bytes per parameter]).
       TensorId mv = tensor(storage_.master ? "adam_mv" : "adam_m", TensorKind::optimizer_state, DType::fp32, 0, layer,
                            Pass::forward);
       TensorId second = kNoTensor;
       const std::int64_t numel = pt.numel();
-      std::int64_t state_bytes = 0;
-      if (*storage_.adam_state == DType::int8) {
-        state_bytes = numel < 4096 ? numel * 4 : numel + 4 * ((numel + 255) / 256);
-      } else {
-        state_bytes = numel * dtype_bytes(*storage_.adam_state);
-      }
+      const std::int64_t state_bytes = adam_moment_bytes(numel, *storage_.adam_state);
       p_.tensors[mv].dtype = *storage_.adam_state;
       p_.tensors[mv].elements = numel;
       if (storage_.master) {

@@ -19,8 +19,8 @@
 // at the loop's first iteration. Chunks of unequal length are two loops: the longer chunks, then
 // the shorter ones. `expand()` (expand.h) unrolls all of it into one op per executed kernel.
 //
-//   Program p = build_program(model, setup, Plan::mst_reference(model), 65536);
-//   for (const Op& op : p.ops) fmt::print("{}\n", op_name(p, op, 0));
+//   const Program p = build_program(model, setup, Plan::mst_reference(model), 65536);
+//   for (OpId i = 0; i < p.ops.size(); ++i) fmt::print("{} {}\n", op_name(p, i), to_string(p.ops[i].kind));
 #include <cstdint>
 #include <span>
 #include <string>
@@ -77,6 +77,26 @@ enum class OpKind : std::uint8_t {
   optimizer,        ///< AdamW / SGD update of one parameter
   copy_to_host,     ///< checkpoint offload, on the copy stream
   copy_to_device,   ///< checkpoint prefetch, on the copy stream
+};
+
+template <>
+struct EnumNames<OpKind> {
+  static constexpr std::array<std::pair<OpKind, std::string_view>, 15> table{
+      {{OpKind::begin, "begin"},
+       {OpKind::end, "end"},
+       {OpKind::embedding, "embedding"},
+       {OpKind::embedding_grad, "embedding backward"},
+       {OpKind::norm, "norm"},
+       {OpKind::norm_grad, "norm backward"},
+       {OpKind::matmul, "matmul"},
+       {OpKind::elementwise, "elementwise"},
+       {OpKind::attention, "attention"},
+       {OpKind::attention_grad, "attention backward"},
+       {OpKind::softmax, "softmax"},
+       {OpKind::loss, "loss"},
+       {OpKind::optimizer, "optimizer"},
+       {OpKind::copy_to_host, "copy to host"},
+       {OpKind::copy_to_device, "copy to device"}}};
 };
 
 /// What an op computes: the contract between the builders and the runtime, which dispatches on

@@ -10,16 +10,14 @@ namespace {
 constexpr std::int64_t kAdam8bitBlock = 256;        // bitsandbytes block-wise quantisation
 constexpr std::int64_t kAdam8bitMinElements = 4096;  // bitsandbytes min_8bit_size
 
-// m and v of one tensor of `numel` elements.
-std::int64_t optimizer_state_bytes(std::int64_t numel, const ParameterStorage& storage) {
-  if (!storage.adam_state) return 0;
-  if (*storage.adam_state != DType::int8) return 2 * numel * dtype_bytes(*storage.adam_state);
-  if (numel < kAdam8bitMinElements) return 2 * numel * dtype_bytes(DType::fp32);
-  const std::int64_t blocks = (numel + kAdam8bitBlock - 1) / kAdam8bitBlock;
-  return 2 * numel * dtype_bytes(DType::int8) + 2 * blocks * dtype_bytes(DType::fp32);
-}
-
 }  // namespace
+
+std::int64_t adam_moment_bytes(std::int64_t numel, DType state) {
+  if (state != DType::int8) return numel * dtype_bytes(state);
+  if (numel < kAdam8bitMinElements) return numel * dtype_bytes(DType::fp32);
+  const std::int64_t blocks = (numel + kAdam8bitBlock - 1) / kAdam8bitBlock;
+  return numel * dtype_bytes(DType::int8) + blocks * dtype_bytes(DType::fp32);
+}
 
 StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
   const ParameterStorage storage = parameter_storage(setup);
@@ -36,7 +34,7 @@ StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
       m.largest_gradient_bytes = grad_bytes;
       m.largest_gradient_name = p.name;
     }
-    m.optimizer_state_bytes += optimizer_state_bytes(n, storage);
+    if (storage.adam_state) m.optimizer_state_bytes += 2 * adam_moment_bytes(n, *storage.adam_state);
   }
   return m;
 }

@@ -56,6 +56,12 @@ struct StaticMemory {
   }
 };
 
+/// Bytes of one AdamW moment (m or v) of a tensor of `numel` elements stored as `state`: the
+/// dtype's bytes, or with int8 bitsandbytes' uint8 values and one fp32 absmax per 256-element
+/// block, fp32 under 4,096 elements (the Note above). The step program's optimizer-state tensors
+/// are sized by it too, so the two agree by construction (a property test holds them equal).
+[[nodiscard]] std::int64_t adam_moment_bytes(std::int64_t numel, DType state);
+
 /// Static bytes of `model` trained with `setup` (see the Note above).
 [[nodiscard]] StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup);
 

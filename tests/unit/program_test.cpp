@@ -273,3 +273,40 @@ RC_GTEST_PROP(ProgramProperty, MoreCheckpointedLayersNeverRaiseThePeak, ()) {
 
 }  // namespace
 }  // namespace mstplan
+
+#include <fstream>
+#include <sstream>
+
+#include <fmt/core.h>
+
+namespace mstplan {
+namespace {
+
+// program.h's usage example, compiled and run here; the next test holds the header to these lines.
+std::string usage_example(const ModelSpec& model, const TrainingSetup& setup) {
+  ::testing::internal::CaptureStdout();
+  const Program p = build_program(model, setup, Plan::mst_reference(model), 65536);
+  for (OpId i = 0; i < p.ops.size(); ++i) fmt::print("{} {}\n", op_name(p, i), to_string(p.ops[i].kind));
+  std::fflush(stdout);
+  return ::testing::internal::GetCapturedStdout();
+}
+
+TEST(ProgramHeader, UsageExampleRuns) {
+  const std::string out = usage_example(*resolve_model("llama3-8b"), TrainingSetup{});
+  // One line per op (the whole output would flood a failure message: compare its parts).
+  EXPECT_TRUE(out.starts_with("step.begin begin\nembedding.fwd embedding\nlayer.0.fwd.attn_norm norm\n"));
+  EXPECT_NE(out.find("layer.31.bwd.attention.grad attention backward\n"), std::string::npos);
+  EXPECT_TRUE(out.ends_with("embed.weight.adamw optimizer\nstep.end end\n"));
+}
+
+TEST(ProgramHeader, UsageExampleIsTheOneAbove) {
+  std::ifstream header(std::string(MSTPLAN_SOURCE_DIR) + "/planner/program.h");
+  std::stringstream text;
+  text << header.rdbuf();
+  EXPECT_THAT(text.str(), ::testing::HasSubstr("//   const Program p = build_program(model, setup, Plan::mst_reference(model), 65536);\n"
+                                               "//   for (OpId i = 0; i < p.ops.size(); ++i) fmt::print(\"{} {}\\n\", op_name(p, i), "
+                                               "to_string(p.ops[i].kind));\n"));
+}
+
+}  // namespace
+}  // namespace mstplan

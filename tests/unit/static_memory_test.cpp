@@ -138,3 +138,51 @@ TEST(StaticMemory, FixesSayWhichChangeWouldFit) {
 
 }  // namespace
 }  // namespace mstplan
+
+#include <rapidcheck/gtest.h>
+
+#include "planner/builder.h"
+
+namespace mstplan {
+namespace {
+
+// The closed form above decides the headline static lines and whether the search runs; the step
+// program is what the analysis measures. Over the setup space they count the same bytes: the
+// program's static tensors (the outputs of step.begin) by kind equal static_memory()'s fields.
+RC_GTEST_PROP(StaticMemoryProperty, FormulaEqualsTheProgramsStaticTensors, ()) {
+  const ModelSpec m = *resolve_model(*rc::gen::element<std::string>("tiny-llama", "tiny-qwen2", "tiny-gemma2"));
+  TrainingSetup s;
+  s.profile = *rc::gen::element(Profile::native, Profile::pytorch);
+  s.precision = s.profile == Profile::native ? *rc::gen::element(Precision::bf16, Precision::mixed, Precision::fp32)
+                                             : *rc::gen::element(Precision::bf16, Precision::mixed);
+  s.optimizer = *rc::gen::element(OptimizerKind::adamw, OptimizerKind::adamw_8bit, OptimizerKind::sgd, OptimizerKind::none);
+  s.optimizer_in_backward = *rc::gen::arbitrary<bool>();
+  s.grad_accum = *rc::gen::inRange<std::int64_t>(1, 4);
+  s.zero_grad_set_to_none = *rc::gen::arbitrary<bool>();
+  const Program p = build_program(m, s, Plan::vanilla(), *rc::gen::inRange<std::int64_t>(2, 200));
+  std::int64_t weights = 0, master = 0, gradients = 0, state = 0;
+  for (TensorId t : p.outputs(p.ops.front())) {
+    const Tensor& x = p.tensors[t];
+    if (x.kind == TensorKind::weight) weights += x.bytes;
+    if (x.kind == TensorKind::master_weight) master += x.bytes;
+    if (x.kind == TensorKind::gradient) gradients += x.bytes;
+    if (x.kind == TensorKind::optimizer_state) state += x.bytes;
+  }
+  const StaticMemory f = static_memory(m, s);
+  RC_ASSERT(weights == f.weights_bytes);
+  RC_ASSERT(master == f.master_weights_bytes);
+  RC_ASSERT(gradients == f.gradient_bytes);
+  RC_ASSERT(state == f.optimizer_state_bytes);
+  // Gradients that are not static are allocated by backward: each one exactly once when trained.
+  std::int64_t all_gradients = 0;
+  for (const Tensor& x : p.tensors) {
+    if (x.kind == TensorKind::gradient) all_gradients += x.bytes;
+  }
+  const ParameterStorage storage = parameter_storage(s);
+  RC_ASSERT(all_gradients == (storage.gradients ? f.weights_bytes / dtype_bytes(storage.weights) *
+                                                      dtype_bytes(*storage.gradients)
+                                                : 0));
+}
+
+}  // namespace
+}  // namespace mstplan
