@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "planner/liveness.h"
+
 namespace mstplan {
 
 AllocatorModel AllocatorModel::for_profile(Profile profile) {
@@ -41,7 +43,7 @@ struct Event {
 // Buffers of one analysis, kept per thread between calls: the search analyses dozens of programs
 // in a row, and fresh allocations of these sizes cost page faults each time.
 struct Buffers {
-  std::vector<std::int64_t> first, last;
+  TensorSpans spans;
   std::vector<std::size_t> alloc_offset, free_offset, alloc_fill, free_fill;
   std::vector<Event> alloc, free;
 };
@@ -53,18 +55,10 @@ class Events {
   Events(const Program& p, const AllocatorModel& allocator) {
     const std::size_t n_tensors = p.tensors.size();
     const std::size_t n_ops = p.ops.size();
-    std::vector<std::int64_t>& first = buffers().first;
-    std::vector<std::int64_t>& last = buffers().last;
-    first.assign(n_tensors, -1);
-    last.assign(n_tensors, -1);
-    for (OpId i = 0; i < n_ops; ++i) {
-      const Op& op = p.ops[i];
-      for (TensorId t : p.inputs(op)) last[t] = i;
-      for (TensorId t : p.outputs(op)) {
-        if (first[t] < 0) first[t] = i;
-        last[t] = i;
-      }
-    }
+    TensorSpans& spans = buffers().spans;
+    tensor_spans(p, spans);
+    const std::vector<std::int64_t>& first = spans.first_write;
+    const std::vector<std::int64_t>& last = spans.last_touch;
     alloc_offset_.assign(n_ops + 1, 0);
     free_offset_.assign(n_ops + 1, 0);
     for (TensorId t = 0; t < n_tensors; ++t) {

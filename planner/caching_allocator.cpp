@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "planner/error.h"
-#include "planner/expand.h"
+#include "planner/liveness.h"
 
 namespace mstplan {
 namespace {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "planner/critical_path.h"
+
 namespace mstplan {
 namespace {
 
@@ -85,48 +87,49 @@ double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptio
 
 StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_accum, const CostOptions& o) {
   StepTime t;
-  double compute = 0.0;  // the compute stream's clock
-  double copy = 0.0;     // the copy stream's clock
-  thread_local std::vector<double> ready;  // when a copied tensor is on the device (kept per thread)
-  ready.assign(p.tensors.size(), 0.0);
+  // The schedule as a DAG (critical_path.h): every op a task on the compute stream or, for
+  // checkpoint copies, the copy stream. A copy starts once the compute op before it (in program
+  // order) has produced what it moves; a compute op reading a copied tensor waits for the copy.
+  thread_local StreamSchedule schedule;
+  thread_local std::vector<std::int64_t> copied_by;  // per tensor: the copy task writing it, or -1
+  thread_local std::vector<std::uint32_t> after;
+  schedule.clear();
+  copied_by.assign(p.tensors.size(), -1);
+  std::int64_t last_compute = -1;
   double forward_flops = 0.0;
+  auto compute_task = [&](OpId j, double seconds, double flops, std::span<const std::uint32_t> waits) {
+    last_compute = schedule.add(Stream::compute, seconds, waits);
+    t.phase_seconds[static_cast<std::size_t>(p.ops[j].phase)] += seconds;
+    t.flops += flops;
+    if (p.ops[j].pass == Pass::forward) forward_flops += flops;
+  };
   OpId i = 0;
   while (i < p.ops.size()) {
     const Op& op = p.ops[i];
     if (op.loop != kNone) {
       const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
       const auto n = static_cast<double>(loop.iterations);
-      for (OpId j = loop.first_op; j < loop.end_op; ++j) {
-        const double seconds = n * op_seconds(p, j, gpu, o);
-        const double flops = n * op_flops(p, j);
-        compute += seconds;
-        t.phase_seconds[static_cast<std::size_t>(p.ops[j].phase)] += seconds;
-        t.flops += flops;
-        if (p.ops[j].pass == Pass::forward) forward_flops += flops;
-      }
+      for (OpId j = loop.first_op; j < loop.end_op; ++j) compute_task(j, n * op_seconds(p, j, gpu, o), n * op_flops(p, j), {});
       i = loop.end_op;
       continue;
     }
     const double seconds = op_seconds(p, i, gpu, o);
+    after.clear();
     if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
-      // The copy starts once its input is produced (in program order) and the stream is free.
-      const double start = std::max(copy, compute);
-      copy = start + seconds;
-      for (TensorId out : p.outputs(op)) ready[out] = copy;
+      if (last_compute >= 0) after.push_back(static_cast<std::uint32_t>(last_compute));
+      const std::uint32_t task = schedule.add(Stream::copy, seconds, after);
+      for (TensorId out : p.outputs(op)) copied_by[out] = task;
       t.copy_seconds += seconds;
     } else {
-      double start = compute;
-      for (TensorId in : p.inputs(op)) start = std::max(start, ready[in]);
-      compute = start + seconds;
-      t.phase_seconds[static_cast<std::size_t>(op.phase)] += seconds;
-      const double flops = op_flops(p, i);
-      t.flops += flops;
-      if (op.pass == Pass::forward) forward_flops += flops;
+      for (TensorId in : p.inputs(op)) {
+        if (copied_by[in] >= 0) after.push_back(static_cast<std::uint32_t>(copied_by[in]));
+      }
+      compute_task(i, seconds, op_flops(p, i), after);
     }
     ++i;
   }
-  t.compute_seconds = compute;  // including waits for prefetches
-  t.step_seconds = std::max(compute, copy);
+  t.compute_seconds = schedule.stream_end(Stream::compute);  // including waits for prefetches
+  t.step_seconds = schedule.seconds();
   t.model_flops = 3.0 * forward_flops;
   const double optimizer = t.phase_seconds[static_cast<std::size_t>(Phase::optimizer)];
   const double amortised =

@@ -1,7 +1,7 @@
 #pragma once
 // Unrolls a step program's loops into one op per executed kernel, with every tensor instance
 // spelled out: what the runtime walks, and what tests use to check the analysis against a plain
-// liveness oracle.
+// liveness oracle. When each instance lives: liveness.h.
 //
 //   FlatProgram flat = expand(program);
 //   for (const FlatOp& op : flat.ops) run(op);   // op.inputs / op.outputs index flat.instances
@@ -33,19 +33,5 @@ struct FlatProgram {
 /// The program unrolled. An array read inside a loop is the instance of the same iteration;
 /// read outside loops, it is every instance.
 [[nodiscard]] FlatProgram expand(const Program& program);
-
-/// When each tensor instance lives, in the flat ops expand() emits: from the first op that reads
-/// or writes it to the last, after which it is freed (-1 for instances no op touches). Placement
-/// and the caching-allocator simulation read this one computation.
-struct Lifetimes {
-  std::vector<TensorInstance> instances;  ///< as in FlatProgram
-  std::vector<std::int64_t> first_op;     ///< per instance
-  std::vector<std::int64_t> last_op;      ///< per instance
-  std::vector<OpId> op;                   ///< per flat op: the program's op
-  std::vector<std::int64_t> iteration;    ///< per flat op: its loop iteration
-};
-[[nodiscard]] Lifetimes lifetimes(const Program& program);
-/// The same into `out`, reusing its storage (the allocator simulation runs many in a row).
-void lifetimes(const Program& program, Lifetimes& out);
 
 }  // namespace mstplan

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "planner/analysis.h"
-#include "planner/expand.h"
+#include "planner/liveness.h"
 #include "planner/program.h"
 
 namespace mstplan {

@@ -1,14 +1,10 @@
 #include "planner/schedule_check.h"
 
-#include <boost/graph/adjacency_list.hpp>
-#include <boost/graph/topological_sort.hpp>
 #include <fmt/format.h>
 
 namespace mstplan {
 
 std::optional<std::string> check_schedule(const Program& p) {
-  using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS>;
-  Graph graph(p.ops.size());
   std::vector<std::int64_t> last_writer(p.tensors.size(), -1);
 
   for (std::size_t l = 0; l < p.loops.size(); ++l) {
@@ -36,9 +32,6 @@ std::optional<std::string> check_schedule(const Program& p) {
                              tensor_name(p, t));
         }
       }
-      if (last_writer[t] != static_cast<std::int64_t>(i)) {
-        boost::add_edge(static_cast<std::size_t>(last_writer[t]), i, graph);
-      }
     }
     for (TensorId t : p.outputs(op)) {
       if (t >= p.tensors.size()) return fmt::format("op {} writes tensor id {}, which does not exist", op_name(p, i), t);
@@ -47,19 +40,6 @@ std::optional<std::string> check_schedule(const Program& p) {
       }
       last_writer[t] = i;
     }
-  }
-  // Every dependency must point forward in the schedule, and the graph must have no cycle.
-  for (auto [e, end] = boost::edges(graph); e != end; ++e) {
-    const auto from = boost::source(*e, graph);
-    const auto to = boost::target(*e, graph);
-    if (from >= to) return fmt::format("op {} depends on the later op {}", op_name(p, static_cast<OpId>(to)),
-                                       op_name(p, static_cast<OpId>(from)));
-  }
-  std::vector<std::size_t> order;
-  try {
-    boost::topological_sort(graph, std::back_inserter(order));
-  } catch (const boost::not_a_dag&) {
-    return std::string("the op dependencies form a cycle");
   }
   return std::nullopt;
 }

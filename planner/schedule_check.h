@@ -1,9 +1,9 @@
 #pragma once
-// Checks that a step program's schedule is executable: the ops form a DAG (Boost.Graph) whose
-// edges, from the op that last wrote a tensor to each op that reads it, all point forward in the
-// schedule; every tensor is written before it is read; arrays are read only within loops of
-// as many iterations as the loop that wrote them, or whole after them; loops are contiguous runs
-// of ops. The builder's output always passes; a failure is a bug in the builder.
+// Checks that a step program's schedule is executable, in one pass over the ops in order: every
+// tensor id exists and is written before it is read (so every dependency points forward: program
+// order is a topological order of the op DAG, and no cycle can exist); arrays are written only
+// inside their own loop and read only within loops over the same chunks, or whole outside loops;
+// loops are contiguous runs of ops. The builder's output always passes; a failure is a bug in it.
 //
 //   if (auto problem = check_schedule(program)) std::abort();
 #include <optional>

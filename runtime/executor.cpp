@@ -50,11 +50,11 @@ Executor::Executor(const ModelSpec& model, const TrainingSetup& setup, std::int6
   for (std::uint32_t i = static_cast<std::uint32_t>(flat_.instances.size()); i-- > 0;) {
     first_instance_[flat_.instances[i].tensor] = i;
   }
-  last_use_.assign(flat_.instances.size(), 0);
-  for (std::uint32_t i = 0; i < flat_.ops.size(); ++i) {
-    for (std::uint32_t x : flat_.ops[i].inputs) last_use_[x] = i;
-    for (std::uint32_t x : flat_.ops[i].outputs) last_use_[x] = i;
-  }
+  // Freed after the flat op that touches them last: the spans the planner's analysis reads.
+  Lifetimes lt = lifetimes(program_);
+  MSTPLAN_CHECK(lt.instances.size() == flat_.instances.size() && lt.op.size() == flat_.ops.size(),
+                "lifetimes disagree with expand()");
+  last_use_ = std::move(lt.last_op);
   static_tensor_.assign(program_.tensors.size(), false);
   for (TensorId t : program_.outputs(program_.ops.front())) static_tensor_[t] = true;
   loss_tensor_ = program_.loss;
@@ -277,7 +277,7 @@ Expected<StepReport> Executor::step() {
       // Free what the op used last (static tensors live on).
       auto release = [&](std::uint32_t x) {
         Instance& inst = instances_[x];
-        if (!inst.live || last_use_[x] != i || static_tensor_[flat_.instances[x].tensor]) return;
+        if (!inst.live || last_use_[x] != static_cast<std::int64_t>(i) || static_tensor_[flat_.instances[x].tensor]) return;
         allocator_->release(inst.block);
         inst.live = false;
       };

@@ -29,6 +29,7 @@
 
 #include "planner/error.h"
 #include "planner/expand.h"
+#include "planner/liveness.h"
 #include "planner/model_spec.h"
 #include "planner/plan.h"
 #include "planner/program.h"
@@ -125,7 +126,7 @@ class Executor {
   Program program_;
   FlatProgram flat_;
   std::vector<std::uint32_t> first_instance_;
-  std::vector<std::uint32_t> last_use_;  // per instance: the flat op that uses it last
+  std::vector<std::int64_t> last_use_;  // per instance: the flat op that touches it last (liveness.h)
   std::vector<bool> static_tensor_;
   std::vector<Instance> instances_;
   std::vector<std::uint32_t> fresh_;  // instances the running op allocated: it writes them first
