@@ -1,0 +1,168 @@
+// The main command: the longest sequence per method for a model and a GPU, and a plan file (--out).
+#include "cli/command.h"
+
+#include <cmath>
+#include <fmt/ostream.h>
+#include "cli/plan_output.h"
+#include "planner/catalog.h"
+#include "planner/json_output.h"
+#include "planner/plan_io.h"
+#include "planner/search.h"
+#include "planner/search_json.h"
+#include "planner/static_memory.h"
+#include "planner/units.h"
+#include "planner/yaml_input.h"
+
+namespace mstplan::cli {
+
+namespace {
+
+// "--batch: expected a positive integer, got '0'".
+std::optional<Failure> parse_positive(const std::string& flag, const std::string& text, std::int64_t& out,
+                                      bool size_suffixes = false) {
+  const std::string expected =
+      size_suffixes ? "a positive integer (K = 1024 and M = 1048576 suffixes allowed) or 'search'" : "a positive integer";
+  const auto parsed = parse_count(text, size_suffixes);
+  if (std::holds_alternative<CountError>(parsed)) {
+    return usage(std::get<CountError>(parsed) == CountError::out_of_range
+                     ? fmt::format("{}: expected {}, got '{}', which is out of the 64-bit range", flag, expected, text)
+                     : fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+  }
+  if (std::get<std::int64_t>(parsed) <= 0) return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+  out = std::get<std::int64_t>(parsed);
+  return std::nullopt;
+}
+
+// Flags override the scenario field by field.
+std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
+  std::optional<Failure> failure;
+  auto run = [&](std::optional<Failure> result) {
+    if (!failure && result) failure = std::move(result);
+  };
+  if (f.in_backward.given() && f.not_in_backward.given()) {
+    return usage("--optimizer-in-backward and --no-optimizer-in-backward contradict each other; give one");
+  }
+  if (f.batch.given()) run(parse_positive("--batch", f.batch.value, s.batch));
+  if (f.seq.given()) {
+    if (f.seq.value == "search") {
+      s.seq_len.reset();
+    } else {
+      std::int64_t seq = 0;
+      run(parse_positive("--seq", f.seq.value, seq, true));
+      s.seq_len = seq;
+    }
+  }
+  if (f.precision.given()) run(parse_choice("--precision", f.precision.value, s.precision));
+  if (f.optimizer.given()) run(parse_choice("--optimizer", f.optimizer.value, s.optimizer));
+  if (f.in_backward.given()) s.optimizer_in_backward = true;
+  if (f.not_in_backward.given()) s.optimizer_in_backward = false;
+  if (f.grad_accum.given()) run(parse_positive("--grad-accum", f.grad_accum.value, s.grad_accum));
+  if (f.attention.given()) run(parse_choice("--attention", f.attention.value, s.attention));
+  if (f.profile.given()) run(parse_choice("--profile", f.profile.value, s.profile));
+  if (f.framework.given()) run(parse_choice("--framework", f.framework.value, s.framework));
+  if (f.hold_outputs.given()) s.hold_outputs = true;
+  if (f.expandable_segments.given()) s.expandable_segments = true;
+  return failure;
+}
+
+// Resolves a model or GPU argument; errors about one taken from the scenario name its field.
+template <typename Spec>
+Expected<Spec> resolve_reference(const Flag& flag, const std::optional<std::string>& from_scenario,
+                                 const std::string& scenario_file, std::string_view field,
+                                 Expected<Spec> (*resolve)(const std::string&)) {
+  if (flag.given()) return resolve(flag.value);
+  auto spec = resolve(*from_scenario);
+  if (!spec) return Error{spec.error().kind, fmt::format("{}: field '{}': {}", scenario_file, field, spec.error().message)};
+  return spec;
+}
+
+}  // namespace
+
+std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
+  Scenario scenario;
+  if (f.scenario.given()) {
+    if (f.scenario.value.empty()) return *usage("--scenario: expected a file, got ''");
+    auto loaded = load_scenario_file(f.scenario.value);
+    if (!loaded) return Failure{exit_code_of(loaded.error()), loaded.error().message};
+    scenario = std::move(*loaded);
+  }
+  if (!f.model.given() && !scenario.model) {
+    return *usage("--model is required (or a scenario file with a 'model' field); e.g. --model llama3-8b");
+  }
+  if (!f.gpu.given() && !scenario.gpu) {
+    return *usage("--gpu is required (or a scenario file with a 'gpu' field); e.g. --gpu A100-80G");
+  }
+  TrainingSetup setup = scenario.setup;
+  if (auto failure = apply_flags(f, setup)) return *failure;
+  auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);
+  if (!model) return Failure{exit_code_of(model.error()), model.error().message};
+  auto gpu = resolve_reference<GpuSpec>(f.gpu, scenario.gpu, scenario.source, "gpu", resolve_gpu);
+  if (!gpu) return Failure{exit_code_of(gpu.error()), gpu.error().message};
+  if (auto error = check_setup_for_model(setup, *model, scenario.source.empty() ? "flags" : scenario.source)) {
+    return Failure{exit_code_of(*error), error->message};
+  }
+  return PlanInputs{std::move(*model), std::move(*gpu), std::move(setup)};
+}
+
+std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
+  auto resolved = resolve_inputs(f);
+  if (auto* failure = std::get_if<Failure>(&resolved)) return std::move(*failure);
+  PlanInputs& inputs = std::get<PlanInputs>(resolved);
+  const ModelSpec* model = &inputs.model;
+  const GpuSpec* gpu = &inputs.gpu;
+  TrainingSetup& setup = inputs.setup;
+
+  Method chosen_method = Method::automatic;
+  std::vector<Method> methods(all_methods().begin(), all_methods().end());
+  if (f.method.given()) {
+    if (auto failure = parse_choice("--method", f.method.value, chosen_method)) return failure;
+    if (chosen_method == Method::mst_reference && setup.profile != Profile::pytorch) {
+      return usage("--method: mst-reference is the MST authors' PyTorch code; it needs --profile pytorch");
+    }
+    methods = {chosen_method};
+  }
+  if (f.out.given() && f.out.value.empty()) return usage("--out: expected a file name, got ''");
+
+  const bool static_fits = static_memory(*model, setup).total_bytes() <= gpu->usable_bytes();
+  SearchResult result;
+  if (static_fits) result = search(*model, *gpu, setup, methods);
+  const Evaluation* chosen = nullptr;
+  for (const MethodResult& m : result.methods) {
+    if (m.method != chosen_method) continue;
+    if (setup.seq_len) {
+      if (m.at_request && m.at_request->fits) chosen = &*m.at_request;
+    } else if (m.at_max) {
+      chosen = &*m.at_max;
+    }
+  }
+
+  if (f.json) {
+    nlohmann::json j;
+    j["version"] = version_string();
+    j["model"] = model_json(*model);
+    j["gpu"] = gpu_json(*gpu);
+    j["setup"] = setup_json(setup);
+    j["static"] = static_memory_json(*model, *gpu, setup);
+    add_search_json(j, *model, setup, result, chosen_method, chosen);
+    out << json_text(j) << '\n';
+  } else {
+    if (print_static(out, *model, *gpu, setup)) {
+      print_search(out, *model, *gpu, setup, result, chosen_method, chosen, f.out.given() && chosen ? f.out.value : std::string());
+    }
+  }
+  if (f.out.given()) {
+    if (!chosen) {
+      return Failure{ExitCode::no_fit, fmt::format("{}: not written: no {} plan fits{}", f.out.value,
+                                                   to_string(chosen_method),
+                                                   setup.seq_len ? fmt::format(" {} tokens", *setup.seq_len) : "")};
+    }
+    PlanFile file{*model, *gpu, setup, chosen->plan, chosen->seq_len,
+                  Prediction{std::string(to_string(chosen_method)), chosen->analysis.peak.allocated_bytes,
+                             chosen->analysis.peak_live_bytes, chosen->required_bytes, chosen->peak_at,
+                             chosen->time.tokens_per_s}};
+    if (auto error = write_text_file(f.out.value, plan_to_yaml(file))) return Failure{ExitCode::internal, error->message};
+  }
+  return std::nullopt;
+}
+
+}  // namespace mstplan::cli
