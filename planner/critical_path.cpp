@@ -14,7 +14,6 @@ void StreamSchedule::waits_for_a_later_task(std::uint32_t before) const {
 void StreamSchedule::clear() {
   finish_.clear();
   stream_end_.fill(0.0);
-  end_ = 0;
 }
 
 }  // namespace mstplan

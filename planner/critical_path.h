@@ -36,13 +36,12 @@ class StreamSchedule {
     }
     stream_clock = start + task_seconds;
     finish_.push_back(stream_clock);
-    end_ = std::max(end_, stream_clock);
     return static_cast<std::uint32_t>(finish_.size() - 1);
   }
 
   [[nodiscard]] double finish_seconds(std::uint32_t task) const { return finish_[task]; }
   /// When the last task ends: the step's wall time (0 without tasks).
-  [[nodiscard]] double seconds() const { return end_; }
+  [[nodiscard]] double seconds() const { return *std::max_element(stream_end_.begin(), stream_end_.end()); }
   /// When the last task of stream `on` ends (0 if it has none).
   [[nodiscard]] double stream_end(Stream on) const { return stream_end_[static_cast<std::size_t>(on)]; }
   [[nodiscard]] std::size_t size() const { return finish_.size(); }
@@ -53,8 +52,7 @@ class StreamSchedule {
   [[noreturn]] void waits_for_a_later_task(std::uint32_t before) const;  // aborts, naming both tasks
 
   std::vector<double> finish_;  // per task
-  std::array<double, kStreams> stream_end_{};
-  double end_ = 0;
+  std::array<double, kStreams> stream_end_{};  // a stream's clock only grows: the last is the latest
 };
 
 }  // namespace mstplan
