@@ -97,7 +97,6 @@ class CudaBackend final : public Backend {
     if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess && !error_) {
       error_ = fmt::format("{}: {}", cudaGetErrorName(e), cudaGetErrorString(e));
     }
-    if (const char* g = gemm_->last_error(); g != nullptr && !error_) error_ = std::string(g);
     std::optional<std::string> out = std::move(error_);
     error_.reset();
     return out;
@@ -121,87 +120,84 @@ class CudaBackend final : public Backend {
   }
 
   void fill_normal(const View& x, std::uint64_t state, double mean, double std) override {
-    guarded([&] { cuda::fill_normal(cv(x), state, mean, std, stream_); });
+    note(cuda::fill_normal(cv(x), state, mean, std, stream_));
   }
   void matmul_xwt(const View& x, const View& w, const std::optional<View>& bias, const View& y, bool accumulate) override {
     const cuda::View b = bias ? cv(*bias) : cuda::View{};
-    guarded([&] { gemm_->xwt(cv(x), cv(w), bias ? &b : nullptr, cv(y), accumulate, stream_); });
-    note_gemm();
+    note(gemm_->xwt(cv(x), cv(w), bias ? &b : nullptr, cv(y), accumulate, stream_));
   }
   void matmul_xw(const View& dy, const View& w, const View& dx, bool accumulate) override {
-    guarded([&] { gemm_->xw(cv(dy), cv(w), cv(dx), accumulate, stream_); });
-    note_gemm();
+    note(gemm_->xw(cv(dy), cv(w), cv(dx), accumulate, stream_));
   }
   void matmul_dw(const View& dy, const View& x, const View& dw, bool accumulate) override {
-    guarded([&] { gemm_->dw(cv(dy), cv(x), cv(dw), accumulate, stream_); });
-    note_gemm();
+    note(gemm_->dw(cv(dy), cv(x), cv(dw), accumulate, stream_));
   }
   void bias_grad(const View& dy, const View& db, bool accumulate) override {
-    guarded([&] { cuda::bias_grad(cv(dy), cv(db), accumulate, stream_); });
+    note(cuda::bias_grad(cv(dy), cv(db), accumulate, stream_));
   }
   void rmsnorm_forward(const View& x, const View& w, float eps, float offset, const View& y, const View& rstd) override {
-    guarded([&] { cuda::rmsnorm_forward(cv(x), cv(w), eps, offset, cv(y), cv(rstd), stream_); });
+    note(cuda::rmsnorm_forward(cv(x), cv(w), eps, offset, cv(y), cv(rstd), stream_));
   }
   void rmsnorm_apply(const View& x, const View& rstd, const View& w, float offset, const View& y) override {
-    guarded([&] { cuda::rmsnorm_apply(cv(x), cv(rstd), cv(w), offset, cv(y), stream_); });
+    note(cuda::rmsnorm_apply(cv(x), cv(rstd), cv(w), offset, cv(y), stream_));
   }
   void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const View& w, float offset,
                         const std::optional<View>& residual, const View& dx, const std::optional<View>& dw,
                         bool dw_accumulate) override {
     const cuda::View r = residual ? cv(*residual) : cuda::View{};
     const cuda::View g = dw ? cv(*dw) : cuda::View{};
-    guarded([&] { cuda::rmsnorm_backward(cv(dy), cv(x), cv(rstd), cv(w), offset, residual ? &r : nullptr, cv(dx), dw ? &g : nullptr,
-                           dw_accumulate, stream_); });
+    note(cuda::rmsnorm_backward(cv(dy), cv(x), cv(rstd), cv(w), offset, residual ? &r : nullptr, cv(dx), dw ? &g : nullptr,
+                  dw_accumulate, stream_));
   }
   void rope(const View& x, std::int64_t head_dim, const Rope& r, std::int64_t seq_len, bool inverse) override {
-    guarded([&] { cuda::rope(cv(x), head_dim, r, seq_len, inverse, stream_); });
+    note(cuda::rope(cv(x), head_dim, r, seq_len, inverse, stream_));
   }
   void attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                          const View& lse) override {
-    guarded([&] { cuda::attention_forward(s, cv(q), cv(k), cv(v), cv(o), cv(lse), stream_); });
+    note(cuda::attention_forward(s, cv(q), cv(k), cv(v), cv(o), cv(lse), stream_));
   }
   void attention_backward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                           const View& lse, const View& dout, const View& dq, const View& dk, const View& dv,
                           const View& dq_accum, const View& delta) override {
-    guarded([&] { cuda::attention_backward(s, cv(q), cv(k), cv(v), cv(o), cv(lse), cv(dout), cv(dq), cv(dk), cv(dv), cv(dq_accum),
-                             cv(delta), stream_); });
+    note(cuda::attention_backward(s, cv(q), cv(k), cv(v), cv(o), cv(lse), cv(dout), cv(dq), cv(dk), cv(dv), cv(dq_accum),
+                    cv(delta), stream_));
   }
   void eager_scores(const AttentionShape& s, const View& q, const View& k, const View& scores) override {
-    guarded([&] { cuda::eager_scores(s, cv(q), cv(k), cv(scores), stream_); });
+    note(cuda::eager_scores(s, cv(q), cv(k), cv(scores), stream_));
   }
   void eager_softmax(const View& scores, const View& probs) override {
-    guarded([&] { cuda::eager_softmax(cv(scores), cv(probs), stream_); });
+    note(cuda::eager_softmax(cv(scores), cv(probs), stream_));
   }
   void eager_pv(const AttentionShape& s, const View& probs, const View& v, const View& o) override {
-    guarded([&] { cuda::eager_pv(s, cv(probs), cv(v), cv(o), stream_); });
+    note(cuda::eager_pv(s, cv(probs), cv(v), cv(o), stream_));
   }
   void eager_dprobs(const AttentionShape& s, const View& dout, const View& v, const View& dprobs) override {
-    guarded([&] { cuda::eager_dprobs(s, cv(dout), cv(v), cv(dprobs), stream_); });
+    note(cuda::eager_dprobs(s, cv(dout), cv(v), cv(dprobs), stream_));
   }
   void eager_dv(const AttentionShape& s, const View& probs, const View& dout, const View& dv) override {
-    guarded([&] { cuda::eager_dv(s, cv(probs), cv(dout), cv(dv), stream_); });
+    note(cuda::eager_dv(s, cv(probs), cv(dout), cv(dv), stream_));
   }
   void eager_softmax_backward(const View& probs, const View& dprobs, const View& dscores) override {
-    guarded([&] { cuda::eager_softmax_backward(cv(probs), cv(dprobs), cv(dscores), stream_); });
+    note(cuda::eager_softmax_backward(cv(probs), cv(dprobs), cv(dscores), stream_));
   }
   void eager_dq(const AttentionShape& s, const View& dscores, const View& k, const View& dq) override {
-    guarded([&] { cuda::eager_dq(s, cv(dscores), cv(k), cv(dq), stream_); });
+    note(cuda::eager_dq(s, cv(dscores), cv(k), cv(dq), stream_));
   }
   void eager_dk(const AttentionShape& s, const View& dscores, const View& q, const View& dk) override {
-    guarded([&] { cuda::eager_dk(s, cv(dscores), cv(q), cv(dk), stream_); });
+    note(cuda::eager_dk(s, cv(dscores), cv(q), cv(dk), stream_));
   }
   void gated_forward(GatedActivation a, const View& g, const View& u, const View& out) override {
-    guarded([&] { cuda::gated_forward(a, cv(g), cv(u), cv(out), stream_); });
+    note(cuda::gated_forward(a, cv(g), cv(u), cv(out), stream_));
   }
   void gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg,
                       const View& du) override {
-    guarded([&] { cuda::gated_backward(a, cv(dout), cv(g), cv(u), cv(dg), cv(du), stream_); });
+    note(cuda::gated_backward(a, cv(dout), cv(g), cv(u), cv(dg), cv(du), stream_));
   }
   void add(const View& a, const View& b, const View& out) override {
-    guarded([&] { cuda::add(cv(a), cv(b), cv(out), stream_); });
+    note(cuda::add(cv(a), cv(b), cv(out), stream_));
   }
   void softcap(const View& x, float cap) override {
-    guarded([&] { cuda::softcap(cv(x), cap, stream_); });
+    note(cuda::softcap(cv(x), cap, stream_));
   }
   void copy(const View& src, const View& dst) override {
     // Offload and its return: one DMA copy when both sides are plain blocks of one dtype.
@@ -214,51 +210,43 @@ class CudaBackend final : public Backend {
            "cudaMemcpyAsync");
       return;
     }
-    guarded([&] { cuda::copy(cv(src), cv(dst), stream_); });
+    note(cuda::copy(cv(src), cv(dst), stream_));
   }
   void zero(const View& x) override {
-    guarded([&] { cuda::zero(cv(x), stream_); });
+    note(cuda::zero(cv(x), stream_));
   }
   void embedding_forward(const View& tokens, const View& table, float scale, const View& out) override {
-    guarded([&] { cuda::embedding_forward(cv(tokens), cv(table), scale, cv(out), stream_); });
+    note(cuda::embedding_forward(cv(tokens), cv(table), scale, cv(out), stream_));
   }
   void embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable) override {
-    guarded([&] { cuda::embedding_backward(cv(dout), cv(tokens), scale, cv(dtable), stream_); });
+    note(cuda::embedding_backward(cv(dout), cv(tokens), scale, cv(dtable), stream_));
   }
   void cross_entropy_forward(const View& logits, const View& targets, float scale, float cap, float* loss,
                              const std::optional<View>& lse, const std::optional<View>& dlogits) override {
     const cuda::View l = lse ? cv(*lse) : cuda::View{};
     const cuda::View d = dlogits ? cv(*dlogits) : cuda::View{};
-    guarded([&] { cuda::cross_entropy_forward(cv(logits), cv(targets), scale, cap, loss, lse ? &l : nullptr, dlogits ? &d : nullptr,
-                                stream_); });
+    note(cuda::cross_entropy_forward(cv(logits), cv(targets), scale, cap, loss, lse ? &l : nullptr, dlogits ? &d : nullptr,
+                       stream_));
   }
   void cross_entropy_backward(const View& logits, const View& lse, const View& targets, float scale, float cap,
                               const View& dlogits) override {
-    guarded([&] { cuda::cross_entropy_backward(cv(logits), cv(lse), cv(targets), scale, cap, cv(dlogits), stream_); });
+    note(cuda::cross_entropy_backward(cv(logits), cv(lse), cv(targets), scale, cap, cv(dlogits), stream_));
   }
   void adamw(const AdamW& o, const View& g, const View& w, const View& m, const View& v,
              const std::optional<View>& master) override {
     const cuda::View mw = master ? cv(*master) : cuda::View{};
-    guarded([&] { cuda::adamw(o, cv(g), cv(w), cv(m), cv(v), master ? &mw : nullptr, stream_); });
+    note(cuda::adamw(o, cv(g), cv(w), cv(m), cv(v), master ? &mw : nullptr, stream_));
   }
   void sgd(float lr, float weight_decay, const View& g, const View& w, const std::optional<View>& master) override {
     const cuda::View mw = master ? cv(*master) : cuda::View{};
-    guarded([&] { cuda::sgd(lr, weight_decay, cv(g), cv(w), master ? &mw : nullptr, stream_); });
+    note(cuda::sgd(lr, weight_decay, cv(g), cv(w), master ? &mw : nullptr, stream_));
   }
 
  private:
-  // The launchers throw on arguments they cannot take (a programming error of the executor) and
-  // on failed launches: both become the error the executor reports after this op.
-  template <class F>
-  void guarded(F&& launch) {
-    try {
-      launch();
-    } catch (const std::exception& e) {
-      if (!error_) error_ = e.what();
-    }
-  }
-  void note_gemm() {  // the GEMM resets its error at the next call: keep it now
-    if (const char* g = gemm_->last_error(); g != nullptr && !error_) error_ = std::string(g);
+  // A launcher's status: a failure (an argument it does not take, or a failed launch) becomes the
+  // error the executor reports after this op; the first one of an op wins.
+  void note(const cuda::Status& s) {
+    if (!s.ok() && !error_) error_ = s.error;
   }
   void note(cudaError_t e, const char* what) {
     if (e != cudaSuccess && !error_) error_ = fmt::format("{}: {}", what, cudaGetErrorString(e));

@@ -533,57 +533,61 @@ void launch_backward(const Params& p, cudaStream_t stream) {
 // Tile sizes: all fp32 in shared memory and at most 99 KiB per block (what sm_86 / sm_89 allow),
 //   forward  (Q + K + V + P):          hd <= 64: 68 KiB, <= 128: 75 KiB, <= 256: 69.5 KiB (K, V share)
 //   backward (K + V + Q + dO + P + dS): hd <= 64: 68.3 KiB, <= 128: 75.3 KiB, <= 256: 67.6 KiB
-void attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
-                       const View& lse, cudaStream_t stream) {
-  const char* kernel = "cuda::attention_forward";
-  check_shape(s, kernel);
-  Params p = make_params(s);
-  p.q = as_mat(q, s.batch, s.seq, s.heads * s.head_dim, false, kernel, "q");
-  p.k = as_mat(k, s.batch, s.seq, s.kv_heads * s.head_dim, false, kernel, "k");
-  p.v = as_mat(v, s.batch, s.seq, s.kv_heads * s.head_dim, false, kernel, "v");
-  p.o = as_mat(o, s.batch, s.seq, s.heads * s.head_dim, false, kernel, "o");
-  p.lse = as_mat(lse, s.batch * s.heads, s.seq, 1, true, kernel, "lse");
-  if (s.head_dim <= 64) {
-    launch_forward<64, 64, 64, 256, false>(p, stream);
-  } else if (s.head_dim <= 128) {
-    launch_forward<128, 64, 32, 256, false>(p, stream);
-  } else {
-    launch_forward<256, 32, 32, 128, true>(p, stream);
-  }
-  check_launch(kernel);
+Status attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
+                         const View& lse, cudaStream_t stream) {
+  return launch_status("attention_forward", [&] {
+    const char* kernel = "cuda::attention_forward";
+    check_shape(s, kernel);
+    Params p = make_params(s);
+    p.q = as_mat(q, s.batch, s.seq, s.heads * s.head_dim, false, kernel, "q");
+    p.k = as_mat(k, s.batch, s.seq, s.kv_heads * s.head_dim, false, kernel, "k");
+    p.v = as_mat(v, s.batch, s.seq, s.kv_heads * s.head_dim, false, kernel, "v");
+    p.o = as_mat(o, s.batch, s.seq, s.heads * s.head_dim, false, kernel, "o");
+    p.lse = as_mat(lse, s.batch * s.heads, s.seq, 1, true, kernel, "lse");
+    if (s.head_dim <= 64) {
+      launch_forward<64, 64, 64, 256, false>(p, stream);
+    } else if (s.head_dim <= 128) {
+      launch_forward<128, 64, 32, 256, false>(p, stream);
+    } else {
+      launch_forward<256, 32, 32, 128, true>(p, stream);
+    }
+    check_launch(kernel);
+  });
 }
 
-void attention_backward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
-                        const View& lse, const View& dout, const View& dq, const View& dk, const View& dv,
-                        const View& dq_accum, const View& delta, cudaStream_t stream) {
-  const char* kernel = "cuda::attention_backward";
-  check_shape(s, kernel);
-  Params p = make_params(s);
-  const i64 q_cols = s.heads * s.head_dim, kv_cols = s.kv_heads * s.head_dim;
-  p.q = as_mat(q, s.batch, s.seq, q_cols, false, kernel, "q");
-  p.k = as_mat(k, s.batch, s.seq, kv_cols, false, kernel, "k");
-  p.v = as_mat(v, s.batch, s.seq, kv_cols, false, kernel, "v");
-  p.o = as_mat(o, s.batch, s.seq, q_cols, false, kernel, "o");
-  p.lse = as_mat(lse, s.batch * s.heads, s.seq, 1, true, kernel, "lse");
-  p.dout = as_mat(dout, s.batch, s.seq, q_cols, false, kernel, "dout");
-  p.dq = as_mat(dq, s.batch, s.seq, q_cols, false, kernel, "dq");
-  p.dk = as_mat(dk, s.batch, s.seq, kv_cols, false, kernel, "dk");
-  p.dv = as_mat(dv, s.batch, s.seq, kv_cols, false, kernel, "dv");
-  p.dq_accum = as_mat(dq_accum, s.batch, s.seq, q_cols, true, kernel, "dq_accum");
-  p.delta = as_mat(delta, s.batch * s.heads, s.seq, 1, true, kernel, "delta");
+Status attention_backward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
+                          const View& lse, const View& dout, const View& dq, const View& dk, const View& dv,
+                          const View& dq_accum, const View& delta, cudaStream_t stream) {
+  return launch_status("attention_backward", [&] {
+    const char* kernel = "cuda::attention_backward";
+    check_shape(s, kernel);
+    Params p = make_params(s);
+    const i64 q_cols = s.heads * s.head_dim, kv_cols = s.kv_heads * s.head_dim;
+    p.q = as_mat(q, s.batch, s.seq, q_cols, false, kernel, "q");
+    p.k = as_mat(k, s.batch, s.seq, kv_cols, false, kernel, "k");
+    p.v = as_mat(v, s.batch, s.seq, kv_cols, false, kernel, "v");
+    p.o = as_mat(o, s.batch, s.seq, q_cols, false, kernel, "o");
+    p.lse = as_mat(lse, s.batch * s.heads, s.seq, 1, true, kernel, "lse");
+    p.dout = as_mat(dout, s.batch, s.seq, q_cols, false, kernel, "dout");
+    p.dq = as_mat(dq, s.batch, s.seq, q_cols, false, kernel, "dq");
+    p.dk = as_mat(dk, s.batch, s.seq, kv_cols, false, kernel, "dk");
+    p.dv = as_mat(dv, s.batch, s.seq, kv_cols, false, kernel, "dv");
+    p.dq_accum = as_mat(dq_accum, s.batch, s.seq, q_cols, true, kernel, "dq_accum");
+    p.delta = as_mat(delta, s.batch * s.heads, s.seq, 1, true, kernel, "delta");
 
-  const i64 rows = s.batch * s.seq * s.heads;  // one warp each
-  MSTPLAN_LAUNCH(blocks_for(rows * 32, 256), 256, 0, stream, attention_delta_kernel)(p);
-  if (s.head_dim <= 64) {
-    launch_backward<64, 32, 64, 256>(p, stream);
-  } else if (s.head_dim <= 128) {
-    launch_backward<128, 32, 32, 256>(p, stream);
-  } else {
-    launch_backward<256, 16, 16, 128>(p, stream);
-  }
-  const i64 tokens = s.batch * s.seq;
-  MSTPLAN_LAUNCH(static_cast<unsigned>(std::min<i64>(tokens, kMaxGridStrideBlocks)), 256, 0, stream, attention_dq_kernel)(p);
-  check_launch(kernel);
+    const i64 rows = s.batch * s.seq * s.heads;  // one warp each
+    MSTPLAN_LAUNCH(blocks_for(rows * 32, 256), 256, 0, stream, attention_delta_kernel)(p);
+    if (s.head_dim <= 64) {
+      launch_backward<64, 32, 64, 256>(p, stream);
+    } else if (s.head_dim <= 128) {
+      launch_backward<128, 32, 32, 256>(p, stream);
+    } else {
+      launch_backward<256, 16, 16, 128>(p, stream);
+    }
+    const i64 tokens = s.batch * s.seq;
+    MSTPLAN_LAUNCH(static_cast<unsigned>(std::min<i64>(tokens, kMaxGridStrideBlocks)), 256, 0, stream, attention_dq_kernel)(p);
+    check_launch(kernel);
+  });
 }
 
 }  // namespace mstplan::cuda

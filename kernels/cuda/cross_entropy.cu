@@ -167,30 +167,34 @@ void dispatch(DType logits, DType dlogits, F&& f) {
 
 }  // namespace
 
-void cross_entropy_forward(const View& logits, const View& targets, float scale, float softcap, float* loss,
-                           const View* lse, const View* dlogits, cudaStream_t stream) {
-  const std::int64_t rows = logits.rows();
-  if (rows <= 0 || loss == nullptr || !is_float(logits.dtype)) return;
-  if (dlogits != nullptr && !is_float(dlogits->dtype)) return;
-  const View lse_view = lse != nullptr ? *lse : View{};
-  const View dlogits_view = dlogits != nullptr ? *dlogits : View{};
-  dispatch(logits.dtype, dlogits != nullptr ? dlogits->dtype : DType::fp32, [&](auto tl, auto td) {
-    using TL = decltype(tl);
-    using TD = decltype(td);
-    MSTPLAN_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, forward_kernel<TL, TD>)(
-        logits, targets, scale, softcap, loss, lse_view, lse != nullptr, dlogits_view, dlogits != nullptr);
+Status cross_entropy_forward(const View& logits, const View& targets, float scale, float softcap, float* loss,
+                             const View* lse, const View* dlogits, cudaStream_t stream) {
+  return launch_status("cross_entropy_forward", [&] {
+    const std::int64_t rows = logits.rows();
+    if (rows <= 0 || loss == nullptr || !is_float(logits.dtype)) return;
+    if (dlogits != nullptr && !is_float(dlogits->dtype)) return;
+    const View lse_view = lse != nullptr ? *lse : View{};
+    const View dlogits_view = dlogits != nullptr ? *dlogits : View{};
+    dispatch(logits.dtype, dlogits != nullptr ? dlogits->dtype : DType::fp32, [&](auto tl, auto td) {
+      using TL = decltype(tl);
+      using TD = decltype(td);
+      MSTPLAN_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, forward_kernel<TL, TD>)(
+          logits, targets, scale, softcap, loss, lse_view, lse != nullptr, dlogits_view, dlogits != nullptr);
+    });
   });
 }
 
-void cross_entropy_backward(const View& logits, const View& lse, const View& targets, float scale, float softcap,
-                            const View& dlogits, cudaStream_t stream) {
-  const std::int64_t rows = logits.rows();
-  if (rows <= 0 || !is_float(logits.dtype) || !is_float(dlogits.dtype)) return;
-  dispatch(logits.dtype, dlogits.dtype, [&](auto tl, auto td) {
-    using TL = decltype(tl);
-    using TD = decltype(td);
-    MSTPLAN_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, backward_kernel<TL, TD>)(logits, lse, targets, scale,
-                                                                                  softcap, dlogits);
+Status cross_entropy_backward(const View& logits, const View& lse, const View& targets, float scale, float softcap,
+                              const View& dlogits, cudaStream_t stream) {
+  return launch_status("cross_entropy_backward", [&] {
+    const std::int64_t rows = logits.rows();
+    if (rows <= 0 || !is_float(logits.dtype) || !is_float(dlogits.dtype)) return;
+    dispatch(logits.dtype, dlogits.dtype, [&](auto tl, auto td) {
+      using TL = decltype(tl);
+      using TD = decltype(td);
+      MSTPLAN_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, backward_kernel<TL, TD>)(logits, lse, targets, scale,
+                                                                                    softcap, dlogits);
+    });
   });
 }
 

@@ -3,6 +3,10 @@
 // View with fp32 arithmetic and round-to-nearest-even bf16 stores, as the reference does.
 #include <cuda_bf16.h>
 
+#include <exception>
+#include <string>
+
+#include "kernels/cuda/status.h"
 #include "kernels/cuda/view.h"
 
 // A kernel launch, `kernel<<<grid, block, shared_bytes, stream>>>(args)`, written
@@ -19,6 +23,21 @@
 #endif
 
 namespace mstplan::cuda {
+
+/// A launcher's body run to a Status: an argument check that throws inside the .cu file becomes
+/// "kernel: what", and a failed launch (cudaGetLastError) "kernel: the CUDA error".
+template <class Body>
+Status launch_status(const char* kernel, Body&& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    return Status{e.what()};
+  }
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+    return Status{std::string(kernel) + ": " + cudaGetErrorString(e)};
+  }
+  return Status{};
+}
 
 /// Element `offset` of the view's buffer (counted from its data pointer) as fp32, and storing
 /// with round-to-nearest-even to bf16: for kernels that compute buffer offsets themselves.

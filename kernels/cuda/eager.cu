@@ -333,88 +333,104 @@ unsigned row_blocks(const View& v) {
 
 }  // namespace
 
-void eager_scores(const AttentionShape& s, const View& q, const View& k, const View& scores, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_scores";
-  check_shape(s, kernel);
-  if (s.softcap != 0.0f) fail(kernel, "soft-capping is not supported by eager attention");
-  ScoresOp op;
-  init_op(op, s, s.seq, s.seq, s.head_dim, false);
-  op.q = as_mat(q, s.batch, s.seq, s.heads * s.head_dim, kernel, "q");
-  op.k = as_mat(k, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "k");
-  op.scores = as_mat(scores, s.batch * s.heads, s.seq, s.seq, kernel, "scores");
-  launch_gemm(op, s, false, stream, kernel);
+Status eager_scores(const AttentionShape& s, const View& q, const View& k, const View& scores, cudaStream_t stream) {
+  return launch_status("eager_scores", [&] {
+    const char* kernel = "cuda::eager_scores";
+    check_shape(s, kernel);
+    if (s.softcap != 0.0f) fail(kernel, "soft-capping is not supported by eager attention");
+    ScoresOp op;
+    init_op(op, s, s.seq, s.seq, s.head_dim, false);
+    op.q = as_mat(q, s.batch, s.seq, s.heads * s.head_dim, kernel, "q");
+    op.k = as_mat(k, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "k");
+    op.scores = as_mat(scores, s.batch * s.heads, s.seq, s.seq, kernel, "scores");
+    launch_gemm(op, s, false, stream, kernel);
+  });
 }
 
-void eager_softmax(const View& scores, const View& probs, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_softmax";
-  check_same_shape(scores, probs, kernel, "scores", "probs");
-  if (scores.seqs * scores.positions == 0) return;
-  MSTPLAN_LAUNCH(row_blocks(scores), kRowThreads, 0, stream, softmax_kernel)(scores, probs);
-  check_launch(kernel);
+Status eager_softmax(const View& scores, const View& probs, cudaStream_t stream) {
+  return launch_status("eager_softmax", [&] {
+    const char* kernel = "cuda::eager_softmax";
+    check_same_shape(scores, probs, kernel, "scores", "probs");
+    if (scores.seqs * scores.positions == 0) return;
+    MSTPLAN_LAUNCH(row_blocks(scores), kRowThreads, 0, stream, softmax_kernel)(scores, probs);
+    check_launch(kernel);
+  });
 }
 
-void eager_pv(const AttentionShape& s, const View& probs, const View& v, const View& o, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_pv";
-  check_shape(s, kernel);
-  PvOp op;
-  init_op(op, s, s.seq, s.head_dim, s.seq, false);
-  op.probs = as_mat(probs, s.batch * s.heads, s.seq, s.seq, kernel, "probs");
-  op.v = as_mat(v, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "v");
-  op.o = as_mat(o, s.batch, s.seq, s.heads * s.head_dim, kernel, "o");
-  launch_gemm(op, s, false, stream, kernel);
+Status eager_pv(const AttentionShape& s, const View& probs, const View& v, const View& o, cudaStream_t stream) {
+  return launch_status("eager_pv", [&] {
+    const char* kernel = "cuda::eager_pv";
+    check_shape(s, kernel);
+    PvOp op;
+    init_op(op, s, s.seq, s.head_dim, s.seq, false);
+    op.probs = as_mat(probs, s.batch * s.heads, s.seq, s.seq, kernel, "probs");
+    op.v = as_mat(v, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "v");
+    op.o = as_mat(o, s.batch, s.seq, s.heads * s.head_dim, kernel, "o");
+    launch_gemm(op, s, false, stream, kernel);
+  });
 }
 
-void eager_dprobs(const AttentionShape& s, const View& dout, const View& v, const View& dprobs, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_dprobs";
-  check_shape(s, kernel);
-  DprobsOp op;
-  init_op(op, s, s.seq, s.seq, s.head_dim, false);
-  op.dout = as_mat(dout, s.batch, s.seq, s.heads * s.head_dim, kernel, "dout");
-  op.v = as_mat(v, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "v");
-  op.dprobs = as_mat(dprobs, s.batch * s.heads, s.seq, s.seq, kernel, "dprobs");
-  launch_gemm(op, s, false, stream, kernel);
+Status eager_dprobs(const AttentionShape& s, const View& dout, const View& v, const View& dprobs, cudaStream_t stream) {
+  return launch_status("eager_dprobs", [&] {
+    const char* kernel = "cuda::eager_dprobs";
+    check_shape(s, kernel);
+    DprobsOp op;
+    init_op(op, s, s.seq, s.seq, s.head_dim, false);
+    op.dout = as_mat(dout, s.batch, s.seq, s.heads * s.head_dim, kernel, "dout");
+    op.v = as_mat(v, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "v");
+    op.dprobs = as_mat(dprobs, s.batch * s.heads, s.seq, s.seq, kernel, "dprobs");
+    launch_gemm(op, s, false, stream, kernel);
+  });
 }
 
-void eager_dv(const AttentionShape& s, const View& probs, const View& dout, const View& dv, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_dv";
-  check_shape(s, kernel);
-  DvOp op;
-  init_op(op, s, s.seq, s.head_dim, s.seq, true);
-  op.probs = as_mat(probs, s.batch * s.heads, s.seq, s.seq, kernel, "probs");
-  op.dout = as_mat(dout, s.batch, s.seq, s.heads * s.head_dim, kernel, "dout");
-  op.dv = as_mat(dv, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "dv");
-  launch_gemm(op, s, true, stream, kernel);
+Status eager_dv(const AttentionShape& s, const View& probs, const View& dout, const View& dv, cudaStream_t stream) {
+  return launch_status("eager_dv", [&] {
+    const char* kernel = "cuda::eager_dv";
+    check_shape(s, kernel);
+    DvOp op;
+    init_op(op, s, s.seq, s.head_dim, s.seq, true);
+    op.probs = as_mat(probs, s.batch * s.heads, s.seq, s.seq, kernel, "probs");
+    op.dout = as_mat(dout, s.batch, s.seq, s.heads * s.head_dim, kernel, "dout");
+    op.dv = as_mat(dv, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "dv");
+    launch_gemm(op, s, true, stream, kernel);
+  });
 }
 
-void eager_softmax_backward(const View& probs, const View& dprobs, const View& dscores, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_softmax_backward";
-  check_same_shape(probs, dprobs, kernel, "probs", "dprobs");
-  check_same_shape(probs, dscores, kernel, "probs", "dscores");
-  if (probs.seqs * probs.positions == 0) return;
-  MSTPLAN_LAUNCH(row_blocks(probs), kRowThreads, 0, stream, softmax_backward_kernel)(probs, dprobs, dscores);
-  check_launch(kernel);
+Status eager_softmax_backward(const View& probs, const View& dprobs, const View& dscores, cudaStream_t stream) {
+  return launch_status("eager_softmax_backward", [&] {
+    const char* kernel = "cuda::eager_softmax_backward";
+    check_same_shape(probs, dprobs, kernel, "probs", "dprobs");
+    check_same_shape(probs, dscores, kernel, "probs", "dscores");
+    if (probs.seqs * probs.positions == 0) return;
+    MSTPLAN_LAUNCH(row_blocks(probs), kRowThreads, 0, stream, softmax_backward_kernel)(probs, dprobs, dscores);
+    check_launch(kernel);
+  });
 }
 
-void eager_dq(const AttentionShape& s, const View& dscores, const View& k, const View& dq, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_dq";
-  check_shape(s, kernel);
-  DqOp op;
-  init_op(op, s, s.seq, s.head_dim, s.seq, false);
-  op.dscores = as_mat(dscores, s.batch * s.heads, s.seq, s.seq, kernel, "dscores");
-  op.k = as_mat(k, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "k");
-  op.dq = as_mat(dq, s.batch, s.seq, s.heads * s.head_dim, kernel, "dq");
-  launch_gemm(op, s, false, stream, kernel);
+Status eager_dq(const AttentionShape& s, const View& dscores, const View& k, const View& dq, cudaStream_t stream) {
+  return launch_status("eager_dq", [&] {
+    const char* kernel = "cuda::eager_dq";
+    check_shape(s, kernel);
+    DqOp op;
+    init_op(op, s, s.seq, s.head_dim, s.seq, false);
+    op.dscores = as_mat(dscores, s.batch * s.heads, s.seq, s.seq, kernel, "dscores");
+    op.k = as_mat(k, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "k");
+    op.dq = as_mat(dq, s.batch, s.seq, s.heads * s.head_dim, kernel, "dq");
+    launch_gemm(op, s, false, stream, kernel);
+  });
 }
 
-void eager_dk(const AttentionShape& s, const View& dscores, const View& q, const View& dk, cudaStream_t stream) {
-  const char* kernel = "cuda::eager_dk";
-  check_shape(s, kernel);
-  DkOp op;
-  init_op(op, s, s.seq, s.head_dim, s.seq, true);
-  op.dscores = as_mat(dscores, s.batch * s.heads, s.seq, s.seq, kernel, "dscores");
-  op.q = as_mat(q, s.batch, s.seq, s.heads * s.head_dim, kernel, "q");
-  op.dk = as_mat(dk, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "dk");
-  launch_gemm(op, s, true, stream, kernel);
+Status eager_dk(const AttentionShape& s, const View& dscores, const View& q, const View& dk, cudaStream_t stream) {
+  return launch_status("eager_dk", [&] {
+    const char* kernel = "cuda::eager_dk";
+    check_shape(s, kernel);
+    DkOp op;
+    init_op(op, s, s.seq, s.head_dim, s.seq, true);
+    op.dscores = as_mat(dscores, s.batch * s.heads, s.seq, s.seq, kernel, "dscores");
+    op.q = as_mat(q, s.batch, s.seq, s.heads * s.head_dim, kernel, "q");
+    op.dk = as_mat(dk, s.batch, s.seq, s.kv_heads * s.head_dim, kernel, "dk");
+    launch_gemm(op, s, true, stream, kernel);
+  });
 }
 
 }  // namespace mstplan::cuda

@@ -299,69 +299,85 @@ void check_index_view(const View& tokens, i64 rows, const char* kernel) {
 
 }  // namespace
 
-void gated_forward(GatedActivation a, const View& g, const View& u, const View& out, cudaStream_t stream) {
-  launch("gated_forward", Pack<3>{{g, u, out}}, GatedForwardOp{a}, stream);
+Status gated_forward(GatedActivation a, const View& g, const View& u, const View& out, cudaStream_t stream) {
+  return launch_status("gated_forward", [&] {
+    launch("gated_forward", Pack<3>{{g, u, out}}, GatedForwardOp{a}, stream);
+  });
 }
 
-void gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg, const View& du,
-                    cudaStream_t stream) {
-  launch("gated_backward", Pack<5>{{dout, g, u, dg, du}}, GatedBackwardOp{a}, stream);
+Status gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg, const View& du,
+                      cudaStream_t stream) {
+  return launch_status("gated_backward", [&] {
+    launch("gated_backward", Pack<5>{{dout, g, u, dg, du}}, GatedBackwardOp{a}, stream);
+  });
 }
 
-void add(const View& a, const View& b, const View& out, cudaStream_t stream) {
-  launch("add", Pack<3>{{a, b, out}}, AddOp{}, stream);
+Status add(const View& a, const View& b, const View& out, cudaStream_t stream) {
+  return launch_status("add", [&] {
+    launch("add", Pack<3>{{a, b, out}}, AddOp{}, stream);
+  });
 }
 
-void softcap(const View& x, float cap, cudaStream_t stream) {
-  require(cap > 0.0f, "softcap", "cap must be positive");
-  launch("softcap", Pack<1>{{x}}, SoftcapOp{cap}, stream);
+Status softcap(const View& x, float cap, cudaStream_t stream) {
+  return launch_status("softcap", [&] {
+    require(cap > 0.0f, "softcap", "cap must be positive");
+    launch("softcap", Pack<1>{{x}}, SoftcapOp{cap}, stream);
+  });
 }
 
-void copy(const View& src, const View& dst, cudaStream_t stream) {
-  const Pack<2> p{{src, dst}};
-  if (src.dtype != dst.dtype) return launch("copy", p, ConvertOp{}, stream);
-  switch (src.dtype) {
-    case DType::bf16: return launch("copy", p, RawCopyOp<std::uint16_t>{}, stream);
-    case DType::fp32:
-    case DType::int32: return launch("copy", p, RawCopyOp<std::uint32_t>{}, stream);
-    case DType::int64: return launch("copy", p, RawCopyOp<std::uint64_t>{}, stream);
-  }
+Status copy(const View& src, const View& dst, cudaStream_t stream) {
+  return launch_status("copy", [&] {
+    const Pack<2> p{{src, dst}};
+    if (src.dtype != dst.dtype) return launch("copy", p, ConvertOp{}, stream);
+    switch (src.dtype) {
+      case DType::bf16: return launch("copy", p, RawCopyOp<std::uint16_t>{}, stream);
+      case DType::fp32:
+      case DType::int32: return launch("copy", p, RawCopyOp<std::uint32_t>{}, stream);
+      case DType::int64: return launch("copy", p, RawCopyOp<std::uint64_t>{}, stream);
+    }
+  });
 }
 
-void zero(const View& x, cudaStream_t stream) {
-  const Pack<1> p{{x}};
-  switch (x.dtype) {
-    case DType::bf16: return launch("zero", p, RawZeroOp<std::uint16_t>{}, stream);
-    case DType::fp32:
-    case DType::int32: return launch("zero", p, RawZeroOp<std::uint32_t>{}, stream);
-    case DType::int64: return launch("zero", p, RawZeroOp<std::uint64_t>{}, stream);
-  }
+Status zero(const View& x, cudaStream_t stream) {
+  return launch_status("zero", [&] {
+    const Pack<1> p{{x}};
+    switch (x.dtype) {
+      case DType::bf16: return launch("zero", p, RawZeroOp<std::uint16_t>{}, stream);
+      case DType::fp32:
+      case DType::int32: return launch("zero", p, RawZeroOp<std::uint32_t>{}, stream);
+      case DType::int64: return launch("zero", p, RawZeroOp<std::uint64_t>{}, stream);
+    }
+  });
 }
 
-void embedding_forward(const View& tokens, const View& table, float scale, const View& out, cudaStream_t stream) {
-  const char* kernel = "embedding_forward";
-  const i64 rows = rows_of(out);
-  check_index_view(tokens, rows, kernel);
-  require(out.cols == table.cols, kernel, "out and table have different column counts");
-  if (rows == 0 || out.cols <= 0) return;
-  const float s = round_to(out.dtype, scale);
-  MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, embedding_forward_kernel)(tokens, table, s, out);
+Status embedding_forward(const View& tokens, const View& table, float scale, const View& out, cudaStream_t stream) {
+  return launch_status("embedding_forward", [&] {
+    const char* kernel = "embedding_forward";
+    const i64 rows = rows_of(out);
+    check_index_view(tokens, rows, kernel);
+    require(out.cols == table.cols, kernel, "out and table have different column counts");
+    if (rows == 0 || out.cols <= 0) return;
+    const float s = round_to(out.dtype, scale);
+    MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, embedding_forward_kernel)(tokens, table, s, out);
+  });
 }
 
-void embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable, cudaStream_t stream) {
-  const char* kernel = "embedding_backward";
-  const i64 rows = rows_of(dout);
-  check_index_view(tokens, rows, kernel);
-  require(dout.cols == dtable.cols, kernel, "dout and dtable have different column counts");
-  if (rows == 0 || dout.cols <= 0) return;
-  const float s = round_to(dout.dtype, scale);
-  if (dtable.dtype == DType::fp32) {
-    MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, embedding_backward_atomic_kernel)(dout, tokens, s,
-                                                                                               dtable);
-  } else {
-    MSTPLAN_LAUNCH(blocks_for(dout.cols, kOrderedThreads), kOrderedThreads, 0, stream, embedding_backward_ordered_kernel)(
-        dout, tokens, s, dtable);
-  }
+Status embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable, cudaStream_t stream) {
+  return launch_status("embedding_backward", [&] {
+    const char* kernel = "embedding_backward";
+    const i64 rows = rows_of(dout);
+    check_index_view(tokens, rows, kernel);
+    require(dout.cols == dtable.cols, kernel, "dout and dtable have different column counts");
+    if (rows == 0 || dout.cols <= 0) return;
+    const float s = round_to(dout.dtype, scale);
+    if (dtable.dtype == DType::fp32) {
+      MSTPLAN_LAUNCH(blocks_for(rows * 32, kThreads), kThreads, 0, stream, embedding_backward_atomic_kernel)(dout, tokens, s,
+                                                                                                 dtable);
+    } else {
+      MSTPLAN_LAUNCH(blocks_for(dout.cols, kOrderedThreads), kOrderedThreads, 0, stream, embedding_backward_ordered_kernel)(
+          dout, tokens, s, dtable);
+    }
+  });
 }
 
 }  // namespace mstplan::cuda

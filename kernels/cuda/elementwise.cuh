@@ -1,20 +1,21 @@
 #pragma once
 // Gated MLP activations, residual add, soft-capping, copy with casts, zero, embedding forward
 // and backward: reference.h's contracts.
+#include "kernels/cuda/status.h"
 #include "kernels/cuda/view.h"
 
 namespace mstplan::cuda {
 
-void gated_forward(GatedActivation a, const View& g, const View& u, const View& out, cudaStream_t stream);
-void gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg, const View& du,
-                    cudaStream_t stream);
-void add(const View& a, const View& b, const View& out, cudaStream_t stream);
-void softcap(const View& x, float cap, cudaStream_t stream);
-void copy(const View& src, const View& dst, cudaStream_t stream);
-void zero(const View& x, cudaStream_t stream);
-void embedding_forward(const View& tokens, const View& table, float scale, const View& out, cudaStream_t stream);
+Status gated_forward(GatedActivation a, const View& g, const View& u, const View& out, cudaStream_t stream);
+Status gated_backward(GatedActivation a, const View& dout, const View& g, const View& u, const View& dg, const View& du,
+                      cudaStream_t stream);
+Status add(const View& a, const View& b, const View& out, cudaStream_t stream);
+Status softcap(const View& x, float cap, cudaStream_t stream);
+Status copy(const View& src, const View& dst, cudaStream_t stream);
+Status zero(const View& x, cudaStream_t stream);
+Status embedding_forward(const View& tokens, const View& table, float scale, const View& out, cudaStream_t stream);
 /// Always accumulates into dtable: fp32 tables by atomics (the order of additions is not the
 /// reference's); bf16 tables column by column in the reference's row order (bit-exact).
-void embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable, cudaStream_t stream);
+Status embedding_backward(const View& dout, const View& tokens, float scale, const View& dtable, cudaStream_t stream);
 
 }  // namespace mstplan::cuda

@@ -288,147 +288,158 @@ const char* dtype_problem(const View& in_a, const View& in_b, const View& out) {
 
 }  // namespace
 
-void Gemm::xwt(const View& x, const View& w, const View* bias, const View& y, bool accumulate, cudaStream_t stream) {
-  last_error_ = nullptr;
-  if (handle_ == nullptr) return;
-  const std::int64_t rows = x.rows(), in = x.cols, out = w.rows();
-  if (y.rows() != rows || w.cols != in || y.cols != out ||
-      (bias != nullptr && (bias->rows() != 1 || bias->cols != out || !is_float(bias->dtype)))) {
-    fail("xwt", "shapes do not match (x rows x in, w out x in, bias 1 x out, y rows x out)", 0);
-    return;
-  }
-  if (const char* problem = dtype_problem(x, w, y)) {
-    fail("xwt", problem, 0);
-    return;
-  }
-  if (!one_matrix(w)) {
-    fail("xwt", "the weight is not one matrix", 0);
-    return;
-  }
-  if (rows == 0) return;
-  // The epilogue takes a bias of D's dtype; another dtype is added by a kernel afterwards.
-  const bool epilogue_bias = bias != nullptr && bias->dtype == y.dtype;
-  const RowPlan plan = plan_rows(x, y);
-  Problem p;
-  p.op = "xwt";
-  p.trans_a = CUBLAS_OP_T;
-  p.trans_b = CUBLAS_OP_N;
-  p.a = {row_address(w, w.first), w.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), w.cols, 0};
-  p.b = {nullptr, x.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(plan.rows), x.cols,
-         plan_stride(x, plan) * x.cols};
-  p.d = {nullptr, y.dtype, static_cast<std::uint64_t>(out), static_cast<std::uint64_t>(plan.rows), y.cols,
-         plan_stride(y, plan) * y.cols};
-  p.beta = accumulate ? 1.0f : 0.0f;
-  p.bias = epilogue_bias ? static_cast<const void*>(row_address(*bias, bias->first)) : nullptr;
-  // One matmul over `part` (y's rows it writes); where no algorithm takes the bias epilogue (a
-  // layout or alignment it does not support), the matmul alone and then the bias kernel.
-  const auto matmul = [&](const View& part) {
-    if (run(p, stream) || p.bias == nullptr || last_error_ != nullptr) return;
-    Problem plain = p;
-    plain.bias = nullptr;
-    if (run(plain, stream)) MSTPLAN_LAUNCH(blocks_for(part.rows() * out, 256), 256, 0, stream, add_bias_kernel)(part, *bias);
-  };
-  if (plan.uniform) {
-    p.batch = static_cast<std::int32_t>(plan.count);
-    p.b.data = row_address(x, x.first);
-    p.d.data = row_address(y, y.first);
-    matmul(y);
-  } else {
-    for (std::int64_t s = 0; s < plan.count && last_error_ == nullptr; ++s) {
-      p.b.data = row_address(x, x.buffer_row(s * plan.rows));
-      p.d.data = row_address(y, y.buffer_row(s * plan.rows));
-      matmul(View{const_cast<void*>(p.d.data), y.dtype, y.cols, 1, plan.rows, plan.rows, 0});
+Status Gemm::xwt(const View& x, const View& w, const View* bias, const View& y, bool accumulate, cudaStream_t stream) {
+  [&] {
+    last_error_ = nullptr;
+    if (handle_ == nullptr) return;
+    const std::int64_t rows = x.rows(), in = x.cols, out = w.rows();
+    if (y.rows() != rows || w.cols != in || y.cols != out ||
+        (bias != nullptr && (bias->rows() != 1 || bias->cols != out || !is_float(bias->dtype)))) {
+      fail("xwt", "shapes do not match (x rows x in, w out x in, bias 1 x out, y rows x out)", 0);
+      return;
     }
-  }
-  if (last_error_ == nullptr && bias != nullptr && !epilogue_bias) {
-    MSTPLAN_LAUNCH(blocks_for(rows * out, 256), 256, 0, stream, add_bias_kernel)(y, *bias);
-  }
+    if (const char* problem = dtype_problem(x, w, y)) {
+      fail("xwt", problem, 0);
+      return;
+    }
+    if (!one_matrix(w)) {
+      fail("xwt", "the weight is not one matrix", 0);
+      return;
+    }
+    if (rows == 0) return;
+    // The epilogue takes a bias of D's dtype; another dtype is added by a kernel afterwards.
+    const bool epilogue_bias = bias != nullptr && bias->dtype == y.dtype;
+    const RowPlan plan = plan_rows(x, y);
+    Problem p;
+    p.op = "xwt";
+    p.trans_a = CUBLAS_OP_T;
+    p.trans_b = CUBLAS_OP_N;
+    p.a = {row_address(w, w.first), w.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), w.cols, 0};
+    p.b = {nullptr, x.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(plan.rows), x.cols,
+           plan_stride(x, plan) * x.cols};
+    p.d = {nullptr, y.dtype, static_cast<std::uint64_t>(out), static_cast<std::uint64_t>(plan.rows), y.cols,
+           plan_stride(y, plan) * y.cols};
+    p.beta = accumulate ? 1.0f : 0.0f;
+    p.bias = epilogue_bias ? static_cast<const void*>(row_address(*bias, bias->first)) : nullptr;
+    // One matmul over `part` (y's rows it writes); where no algorithm takes the bias epilogue (a
+    // layout or alignment it does not support), the matmul alone and then the bias kernel.
+    const auto matmul = [&](const View& part) {
+      if (run(p, stream) || p.bias == nullptr || last_error_ != nullptr) return;
+      Problem plain = p;
+      plain.bias = nullptr;
+      if (run(plain, stream)) MSTPLAN_LAUNCH(blocks_for(part.rows() * out, 256), 256, 0, stream, add_bias_kernel)(part, *bias);
+    };
+    if (plan.uniform) {
+      p.batch = static_cast<std::int32_t>(plan.count);
+      p.b.data = row_address(x, x.first);
+      p.d.data = row_address(y, y.first);
+      matmul(y);
+    } else {
+      for (std::int64_t s = 0; s < plan.count && last_error_ == nullptr; ++s) {
+        p.b.data = row_address(x, x.buffer_row(s * plan.rows));
+        p.d.data = row_address(y, y.buffer_row(s * plan.rows));
+        matmul(View{const_cast<void*>(p.d.data), y.dtype, y.cols, 1, plan.rows, plan.rows, 0});
+      }
+    }
+    if (last_error_ == nullptr && bias != nullptr && !epilogue_bias) {
+      MSTPLAN_LAUNCH(blocks_for(rows * out, 256), 256, 0, stream, add_bias_kernel)(y, *bias);
+    }
+  }();
+  return last_error_ != nullptr ? Status{last_error_} : Status{};
 }
 
-void Gemm::xw(const View& dy, const View& w, const View& dx, bool accumulate, cudaStream_t stream) {
-  last_error_ = nullptr;
-  if (handle_ == nullptr) return;
-  const std::int64_t rows = dy.rows(), out = dy.cols, in = w.cols;
-  if (w.rows() != out || dx.rows() != rows || dx.cols != in) {
-    fail("xw", "shapes do not match (dy rows x out, w out x in, dx rows x in)", 0);
-    return;
-  }
-  if (const char* problem = dtype_problem(dy, w, dx)) {
-    fail("xw", problem, 0);
-    return;
-  }
-  if (!one_matrix(w)) {
-    fail("xw", "the weight is not one matrix", 0);
-    return;
-  }
-  if (rows == 0) return;
-  const RowPlan plan = plan_rows(dy, dx);
-  Problem p;
-  p.op = "xw";
-  p.trans_a = CUBLAS_OP_N;
-  p.trans_b = CUBLAS_OP_N;
-  p.a = {row_address(w, w.first), w.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), w.cols, 0};
-  p.b = {nullptr, dy.dtype, static_cast<std::uint64_t>(out), static_cast<std::uint64_t>(plan.rows), dy.cols,
-         plan_stride(dy, plan) * dy.cols};
-  p.d = {nullptr, dx.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(plan.rows), dx.cols,
-         plan_stride(dx, plan) * dx.cols};
-  p.beta = accumulate ? 1.0f : 0.0f;
-  if (plan.uniform) {
-    p.batch = static_cast<std::int32_t>(plan.count);
-    p.b.data = row_address(dy, dy.first);
-    p.d.data = row_address(dx, dx.first);
-    run(p, stream);
-  } else {
+Status Gemm::xw(const View& dy, const View& w, const View& dx, bool accumulate, cudaStream_t stream) {
+  [&] {
+    last_error_ = nullptr;
+    if (handle_ == nullptr) return;
+    const std::int64_t rows = dy.rows(), out = dy.cols, in = w.cols;
+    if (w.rows() != out || dx.rows() != rows || dx.cols != in) {
+      fail("xw", "shapes do not match (dy rows x out, w out x in, dx rows x in)", 0);
+      return;
+    }
+    if (const char* problem = dtype_problem(dy, w, dx)) {
+      fail("xw", problem, 0);
+      return;
+    }
+    if (!one_matrix(w)) {
+      fail("xw", "the weight is not one matrix", 0);
+      return;
+    }
+    if (rows == 0) return;
+    const RowPlan plan = plan_rows(dy, dx);
+    Problem p;
+    p.op = "xw";
+    p.trans_a = CUBLAS_OP_N;
+    p.trans_b = CUBLAS_OP_N;
+    p.a = {row_address(w, w.first), w.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), w.cols, 0};
+    p.b = {nullptr, dy.dtype, static_cast<std::uint64_t>(out), static_cast<std::uint64_t>(plan.rows), dy.cols,
+           plan_stride(dy, plan) * dy.cols};
+    p.d = {nullptr, dx.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(plan.rows), dx.cols,
+           plan_stride(dx, plan) * dx.cols};
+    p.beta = accumulate ? 1.0f : 0.0f;
+    if (plan.uniform) {
+      p.batch = static_cast<std::int32_t>(plan.count);
+      p.b.data = row_address(dy, dy.first);
+      p.d.data = row_address(dx, dx.first);
+      run(p, stream);
+    } else {
+      for (std::int64_t s = 0; s < plan.count && last_error_ == nullptr; ++s) {
+        p.b.data = row_address(dy, dy.buffer_row(s * plan.rows));
+        p.d.data = row_address(dx, dx.buffer_row(s * plan.rows));
+        run(p, stream);
+      }
+    }
+  }();
+  return last_error_ != nullptr ? Status{last_error_} : Status{};
+}
+
+Status Gemm::dw(const View& dy, const View& x, const View& dw, bool accumulate, cudaStream_t stream) {
+  [&] {
+    last_error_ = nullptr;
+    if (handle_ == nullptr) return;
+    const std::int64_t rows = dy.rows(), out = dy.cols, in = x.cols;
+    if (x.rows() != rows || dw.rows() != out || dw.cols != in) {
+      fail("dw", "shapes do not match (dy rows x out, x rows x in, dw out x in)", 0);
+      return;
+    }
+    if (const char* problem = dtype_problem(dy, x, dw)) {
+      fail("dw", problem, 0);
+      return;
+    }
+    if (!one_matrix(dw)) {
+      fail("dw", "the weight gradient is not one matrix", 0);
+      return;
+    }
+    if (rows == 0) {  // a sum over no rows
+      if (!accumulate) MSTPLAN_LAUNCH(blocks_for(out * in, 256), 256, 0, stream, zero_kernel)(dw);
+      return;
+    }
+    const RowPlan plan = plan_rows(dy, x);
+    Problem p;
+    p.op = "dw";
+    p.trans_a = CUBLAS_OP_N;
+    p.trans_b = CUBLAS_OP_T;
+    p.a = {nullptr, x.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(plan.rows), x.cols, 0};
+    p.b = {nullptr, dy.dtype, static_cast<std::uint64_t>(out), static_cast<std::uint64_t>(plan.rows), dy.cols, 0};
+    p.d = {row_address(dw, dw.first), dw.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), dw.cols,
+           0};
+    // One matmul per matrix of rows: the sum runs through D (beta 1 after the first).
     for (std::int64_t s = 0; s < plan.count && last_error_ == nullptr; ++s) {
+      p.a.data = row_address(x, x.buffer_row(s * plan.rows));
       p.b.data = row_address(dy, dy.buffer_row(s * plan.rows));
-      p.d.data = row_address(dx, dx.buffer_row(s * plan.rows));
+      p.beta = (s == 0 && !accumulate) ? 0.0f : 1.0f;
       run(p, stream);
     }
-  }
+  }();
+  return last_error_ != nullptr ? Status{last_error_} : Status{};
 }
 
-void Gemm::dw(const View& dy, const View& x, const View& dw, bool accumulate, cudaStream_t stream) {
-  last_error_ = nullptr;
-  if (handle_ == nullptr) return;
-  const std::int64_t rows = dy.rows(), out = dy.cols, in = x.cols;
-  if (x.rows() != rows || dw.rows() != out || dw.cols != in) {
-    fail("dw", "shapes do not match (dy rows x out, x rows x in, dw out x in)", 0);
-    return;
-  }
-  if (const char* problem = dtype_problem(dy, x, dw)) {
-    fail("dw", problem, 0);
-    return;
-  }
-  if (!one_matrix(dw)) {
-    fail("dw", "the weight gradient is not one matrix", 0);
-    return;
-  }
-  if (rows == 0) {  // a sum over no rows
-    if (!accumulate) MSTPLAN_LAUNCH(blocks_for(out * in, 256), 256, 0, stream, zero_kernel)(dw);
-    return;
-  }
-  const RowPlan plan = plan_rows(dy, x);
-  Problem p;
-  p.op = "dw";
-  p.trans_a = CUBLAS_OP_N;
-  p.trans_b = CUBLAS_OP_T;
-  p.a = {nullptr, x.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(plan.rows), x.cols, 0};
-  p.b = {nullptr, dy.dtype, static_cast<std::uint64_t>(out), static_cast<std::uint64_t>(plan.rows), dy.cols, 0};
-  p.d = {row_address(dw, dw.first), dw.dtype, static_cast<std::uint64_t>(in), static_cast<std::uint64_t>(out), dw.cols,
-         0};
-  // One matmul per matrix of rows: the sum runs through D (beta 1 after the first).
-  for (std::int64_t s = 0; s < plan.count && last_error_ == nullptr; ++s) {
-    p.a.data = row_address(x, x.buffer_row(s * plan.rows));
-    p.b.data = row_address(dy, dy.buffer_row(s * plan.rows));
-    p.beta = (s == 0 && !accumulate) ? 0.0f : 1.0f;
-    run(p, stream);
-  }
-}
-
-void bias_grad(const View& dy, const View& db, bool accumulate, cudaStream_t stream) {
-  if (dy.cols <= 0) return;
-  const auto blocks = static_cast<unsigned>((dy.cols + kBiasCols - 1) / kBiasCols);
-  MSTPLAN_LAUNCH(blocks, dim3(kBiasCols, kBiasRows), 0, stream, bias_grad_kernel)(dy, db, accumulate);
+Status bias_grad(const View& dy, const View& db, bool accumulate, cudaStream_t stream) {
+  return launch_status("bias_grad", [&] {
+    if (dy.cols <= 0) return;
+    const auto blocks = static_cast<unsigned>((dy.cols + kBiasCols - 1) / kBiasCols);
+    MSTPLAN_LAUNCH(blocks, dim3(kBiasCols, kBiasRows), 0, stream, bias_grad_kernel)(dy, db, accumulate);
+  });
 }
 
 }  // namespace mstplan::cuda

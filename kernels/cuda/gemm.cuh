@@ -5,6 +5,7 @@
 // uniform). The workspace is the program's `gemm_workspace` tensor, bound once per executor.
 #include <cstddef>
 
+#include "kernels/cuda/status.h"
 #include "kernels/cuda/view.h"
 
 namespace mstplan::cuda {
@@ -18,17 +19,16 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
   /// The workspace cuBLASLt may use (the program's tensor); before it is bound: none.
   void bind_workspace(void* data, std::size_t bytes) { workspace_ = data; workspace_bytes_ = bytes; }
+  // Each call returns why it was not enqueued (the failing cuBLASLt call and its status, or a
+  // shape or dtype it does not take), or ok.
   /// y = x . w^T [+ bias] (accumulate: y +=).
-  void xwt(const View& x, const View& w, const View* bias, const View& y, bool accumulate, cudaStream_t stream);
+  Status xwt(const View& x, const View& w, const View* bias, const View& y, bool accumulate, cudaStream_t stream);
   /// dx = dy . w (accumulate: dx +=).
-  void xw(const View& dy, const View& w, const View& dx, bool accumulate, cudaStream_t stream);
+  Status xw(const View& dy, const View& w, const View& dx, bool accumulate, cudaStream_t stream);
   /// dw = dy^T . x summed over every row (accumulate: dw +=).
-  void dw(const View& dy, const View& x, const View& dw, bool accumulate, cudaStream_t stream);
+  Status dw(const View& dy, const View& x, const View& dw, bool accumulate, cudaStream_t stream);
   /// Whether the handle was created (false: no device; every call then does nothing).
   [[nodiscard]] bool ok() const { return handle_ != nullptr; }
-  /// Why the last xwt / xw / dw call failed (the failing cuBLASLt call and its status, or a shape
-  /// or dtype it does not take); null when it was enqueued. Each of those calls resets it first.
-  [[nodiscard]] const char* last_error() const { return last_error_; }
 
  private:
   struct Problem;  // one cuBLASLt matmul (gemm.cu)
@@ -38,11 +38,11 @@ class Gemm {
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
-  const char* last_error_ = nullptr;  // null or error_text_
+  const char* last_error_ = nullptr;  // the running call's first failure: null or error_text_
   char error_text_[192] = {};
 };
 
 /// db (1 x out) = sum over rows of dy (accumulate: db +=).
-void bias_grad(const View& dy, const View& db, bool accumulate, cudaStream_t stream);
+Status bias_grad(const View& dy, const View& db, bool accumulate, cudaStream_t stream);
 
 }  // namespace mstplan::cuda

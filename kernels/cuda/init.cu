@@ -28,11 +28,13 @@ __global__ void fill_normal_kernel(View x, std::uint64_t state, double mean, dou
 
 }  // namespace
 
-void fill_normal(const View& x, std::uint64_t state, double mean, double std, cudaStream_t stream) {
-  const std::int64_t n = x.seqs * x.positions * x.cols;
-  if (n == 0) return;
-  constexpr unsigned threads = 256;
-  MSTPLAN_LAUNCH(blocks_for(n, threads), threads, 0, stream, fill_normal_kernel)(x, state, mean, std, n);
+Status fill_normal(const View& x, std::uint64_t state, double mean, double std, cudaStream_t stream) {
+  return launch_status("fill_normal", [&] {
+    const std::int64_t n = x.seqs * x.positions * x.cols;
+    if (n == 0) return;
+    constexpr unsigned threads = 256;
+    MSTPLAN_LAUNCH(blocks_for(n, threads), threads, 0, stream, fill_normal_kernel)(x, state, mean, std, n);
+  });
 }
 
 }  // namespace mstplan::cuda

@@ -194,49 +194,55 @@ void check_rstd(const View& rstd, std::int64_t rows, const char* kernel) {
 
 }  // namespace
 
-void rmsnorm_forward(const View& x, const View& w, float eps, float offset, const View& y, const View& rstd,
-                     cudaStream_t stream) {
-  const char* kernel = "rmsnorm_forward";
-  const i64 rows = x.seqs * x.positions;
-  check_vector(w, x.cols, kernel, "w");
-  check_shape(y, x, kernel, "y");
-  check_rstd(rstd, rows, kernel);
-  require(rstd.dtype == DType::fp32, kernel, "rstd must be fp32");
-  if (rows == 0 || x.cols == 0) return;
-  MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_forward_kernel)(x, w, eps, offset, y, rstd);
+Status rmsnorm_forward(const View& x, const View& w, float eps, float offset, const View& y, const View& rstd,
+                       cudaStream_t stream) {
+  return launch_status("rmsnorm_forward", [&] {
+    const char* kernel = "rmsnorm_forward";
+    const i64 rows = x.seqs * x.positions;
+    check_vector(w, x.cols, kernel, "w");
+    check_shape(y, x, kernel, "y");
+    check_rstd(rstd, rows, kernel);
+    require(rstd.dtype == DType::fp32, kernel, "rstd must be fp32");
+    if (rows == 0 || x.cols == 0) return;
+    MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_forward_kernel)(x, w, eps, offset, y, rstd);
+  });
 }
 
-void rmsnorm_apply(const View& x, const View& rstd, const View& w, float offset, const View& y, cudaStream_t stream) {
-  const char* kernel = "rmsnorm_apply";
-  const i64 rows = x.seqs * x.positions;
-  check_vector(w, x.cols, kernel, "w");
-  check_shape(y, x, kernel, "y");
-  check_rstd(rstd, rows, kernel);
-  if (rows == 0 || x.cols == 0) return;
-  MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_apply_kernel)(x, rstd, w, offset, y);
+Status rmsnorm_apply(const View& x, const View& rstd, const View& w, float offset, const View& y, cudaStream_t stream) {
+  return launch_status("rmsnorm_apply", [&] {
+    const char* kernel = "rmsnorm_apply";
+    const i64 rows = x.seqs * x.positions;
+    check_vector(w, x.cols, kernel, "w");
+    check_shape(y, x, kernel, "y");
+    check_rstd(rstd, rows, kernel);
+    if (rows == 0 || x.cols == 0) return;
+    MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_apply_kernel)(x, rstd, w, offset, y);
+  });
 }
 
-void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const View& w, float offset, const View* residual,
-                      const View& dx, const View* dw, bool dw_accumulate, cudaStream_t stream) {
-  const char* kernel = "rmsnorm_backward";
-  const i64 rows = x.seqs * x.positions, cols = x.cols;
-  check_shape(dy, x, kernel, "dy");
-  check_shape(dx, x, kernel, "dx");
-  check_rstd(rstd, rows, kernel);
-  check_vector(w, cols, kernel, "w");
-  if (residual != nullptr) check_shape(*residual, x, kernel, "residual");
-  if (dw != nullptr) check_vector(*dw, cols, kernel, "dw");
-  if (cols == 0) return;
-  if (dw != nullptr) {
-    // With no rows, dw is 0 (+ dw): the kernel handles rows == 0 (every slice empty).
-    const dim3 block(kDwCols, kDwSlices);
-    const i64 tiles = (cols + kDwCols - 1) / kDwCols;
-    MSTPLAN_LAUNCH(blocks_for(tiles, 1), block, 0, stream, rmsnorm_dw_kernel)(dy, x, rstd, *dw, dw_accumulate);
-  }
-  if (rows == 0) return;
-  const View res = residual != nullptr ? *residual : View{};
-  MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_dx_kernel)(dy, x, rstd, w, offset, res, residual != nullptr,
-                                                                      dx);
+Status rmsnorm_backward(const View& dy, const View& x, const View& rstd, const View& w, float offset, const View* residual,
+                        const View& dx, const View* dw, bool dw_accumulate, cudaStream_t stream) {
+  return launch_status("rmsnorm_backward", [&] {
+    const char* kernel = "rmsnorm_backward";
+    const i64 rows = x.seqs * x.positions, cols = x.cols;
+    check_shape(dy, x, kernel, "dy");
+    check_shape(dx, x, kernel, "dx");
+    check_rstd(rstd, rows, kernel);
+    check_vector(w, cols, kernel, "w");
+    if (residual != nullptr) check_shape(*residual, x, kernel, "residual");
+    if (dw != nullptr) check_vector(*dw, cols, kernel, "dw");
+    if (cols == 0) return;
+    if (dw != nullptr) {
+      // With no rows, dw is 0 (+ dw): the kernel handles rows == 0 (every slice empty).
+      const dim3 block(kDwCols, kDwSlices);
+      const i64 tiles = (cols + kDwCols - 1) / kDwCols;
+      MSTPLAN_LAUNCH(blocks_for(tiles, 1), block, 0, stream, rmsnorm_dw_kernel)(dy, x, rstd, *dw, dw_accumulate);
+    }
+    if (rows == 0) return;
+    const View res = residual != nullptr ? *residual : View{};
+    MSTPLAN_LAUNCH(blocks_for(rows, 1), kRowThreads, 0, stream, rmsnorm_dx_kernel)(dy, x, rstd, w, offset, res, residual != nullptr,
+                                                                        dx);
+  });
 }
 
 }  // namespace mstplan::cuda

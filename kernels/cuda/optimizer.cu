@@ -75,46 +75,50 @@ bool floating(const View& v) { return v.dtype == DType::bf16 || v.dtype == DType
 
 }  // namespace
 
-void adamw(const AdamW& o, const View& g, const View& w, const View& m, const View& v, const View* master,
-           cudaStream_t stream) {
-  const char* kernel = "adamw";
-  const i64 n = elements(g);
-  require(o.step >= 1, kernel, "step must be >= 1");
-  require(elements(w) == n && elements(m) == n && elements(v) == n, kernel, "g, w, m and v differ in size");
-  require(floating(g) && floating(w) && floating(m) && floating(v), kernel, "operands must be bf16 or fp32");
-  if (master != nullptr) {
-    require(elements(*master) == n, kernel, "master differs in size from g");
-    require(master->dtype == DType::fp32, kernel, "master must be fp32");
-  }
-  if (n == 0) return;
-  const auto t = static_cast<double>(o.step);
-  AdamWConstants c{};
-  c.lr = o.lr;
-  c.beta1 = o.beta1;
-  c.beta2 = o.beta2;
-  c.eps = o.eps;
-  c.weight_decay = o.weight_decay;
-  c.one_minus_beta1 = 1.0f - o.beta1;
-  c.one_minus_beta2 = 1.0f - o.beta2;
-  c.lr_wd = o.lr * o.weight_decay;
-  c.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta1), t));
-  c.bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta2), t));
-  const View mv = master != nullptr ? *master : View{};
-  MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, adamw_kernel)(c, g, w, m, v, mv, master != nullptr, n);
+Status adamw(const AdamW& o, const View& g, const View& w, const View& m, const View& v, const View* master,
+             cudaStream_t stream) {
+  return launch_status("adamw", [&] {
+    const char* kernel = "adamw";
+    const i64 n = elements(g);
+    require(o.step >= 1, kernel, "step must be >= 1");
+    require(elements(w) == n && elements(m) == n && elements(v) == n, kernel, "g, w, m and v differ in size");
+    require(floating(g) && floating(w) && floating(m) && floating(v), kernel, "operands must be bf16 or fp32");
+    if (master != nullptr) {
+      require(elements(*master) == n, kernel, "master differs in size from g");
+      require(master->dtype == DType::fp32, kernel, "master must be fp32");
+    }
+    if (n == 0) return;
+    const auto t = static_cast<double>(o.step);
+    AdamWConstants c{};
+    c.lr = o.lr;
+    c.beta1 = o.beta1;
+    c.beta2 = o.beta2;
+    c.eps = o.eps;
+    c.weight_decay = o.weight_decay;
+    c.one_minus_beta1 = 1.0f - o.beta1;
+    c.one_minus_beta2 = 1.0f - o.beta2;
+    c.lr_wd = o.lr * o.weight_decay;
+    c.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta1), t));
+    c.bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta2), t));
+    const View mv = master != nullptr ? *master : View{};
+    MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, adamw_kernel)(c, g, w, m, v, mv, master != nullptr, n);
+  });
 }
 
-void sgd(float lr, float weight_decay, const View& g, const View& w, const View* master, cudaStream_t stream) {
-  const char* kernel = "sgd";
-  const i64 n = elements(g);
-  require(elements(w) == n, kernel, "g and w differ in size");
-  require(floating(g) && floating(w), kernel, "operands must be bf16 or fp32");
-  if (master != nullptr) {
-    require(elements(*master) == n, kernel, "master differs in size from g");
-    require(master->dtype == DType::fp32, kernel, "master must be fp32");
-  }
-  if (n == 0) return;
-  const View mv = master != nullptr ? *master : View{};
-  MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, sgd_kernel)(lr, weight_decay, g, w, mv, master != nullptr, n);
+Status sgd(float lr, float weight_decay, const View& g, const View& w, const View* master, cudaStream_t stream) {
+  return launch_status("sgd", [&] {
+    const char* kernel = "sgd";
+    const i64 n = elements(g);
+    require(elements(w) == n, kernel, "g and w differ in size");
+    require(floating(g) && floating(w), kernel, "operands must be bf16 or fp32");
+    if (master != nullptr) {
+      require(elements(*master) == n, kernel, "master differs in size from g");
+      require(master->dtype == DType::fp32, kernel, "master must be fp32");
+    }
+    if (n == 0) return;
+    const View mv = master != nullptr ? *master : View{};
+    MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, sgd_kernel)(lr, weight_decay, g, w, mv, master != nullptr, n);
+  });
 }
 
 }  // namespace mstplan::cuda

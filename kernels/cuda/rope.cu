@@ -60,23 +60,25 @@ void require(bool ok, const std::string& what) {
 
 }  // namespace
 
-void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t seq_len, bool inverse,
-          cudaStream_t stream) {
-  require(head_dim > 0 && head_dim % 2 == 0, "head_dim must be even and positive");
-  require(x.cols % head_dim == 0, "cols not a multiple of head_dim");
-  require(head_dim / 2 <= kMaxHalf, "head_dim above 512 is not supported");
-  require(x.dtype == DType::bf16 || x.dtype == DType::fp32, "x must be bf16 or fp32");
-  require(rope.scaling != RopeScaling::dynamic || rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
-  if (rope.scaling == RopeScaling::llama3) {
-    require(rope.original_max_position_embeddings > 0, "llama3 scaling needs original_max_position_embeddings");
-    require(rope.high_freq_factor != rope.low_freq_factor, "llama3 needs high_freq_factor != low_freq_factor");
-  }
-  InvFreq inv{};  // the reference's frequencies (one shared function), passed by value to the kernel
-  kernels::rope_inverse_frequencies(rope, head_dim, seq_len, inv.f);
+Status rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t seq_len, bool inverse,
+            cudaStream_t stream) {
+  return launch_status("rope", [&] {
+    require(head_dim > 0 && head_dim % 2 == 0, "head_dim must be even and positive");
+    require(x.cols % head_dim == 0, "cols not a multiple of head_dim");
+    require(head_dim / 2 <= kMaxHalf, "head_dim above 512 is not supported");
+    require(x.dtype == DType::bf16 || x.dtype == DType::fp32, "x must be bf16 or fp32");
+    require(rope.scaling != RopeScaling::dynamic || rope.max_position_embeddings > 0, "dynamic scaling needs max_position_embeddings");
+    if (rope.scaling == RopeScaling::llama3) {
+      require(rope.original_max_position_embeddings > 0, "llama3 scaling needs original_max_position_embeddings");
+      require(rope.high_freq_factor != rope.low_freq_factor, "llama3 needs high_freq_factor != low_freq_factor");
+    }
+    InvFreq inv{};  // the reference's frequencies (one shared function), passed by value to the kernel
+    kernels::rope_inverse_frequencies(rope, head_dim, seq_len, inv.f);
 
-  const i64 rows = x.seqs * x.positions;
-  if (rows == 0 || x.cols == 0) return;
-  MSTPLAN_LAUNCH(blocks_for(rows, 1), kThreads, 0, stream, rope_kernel)(x, head_dim, inv, inverse);
+    const i64 rows = x.seqs * x.positions;
+    if (rows == 0 || x.cols == 0) return;
+    MSTPLAN_LAUNCH(blocks_for(rows, 1), kThreads, 0, stream, rope_kernel)(x, head_dim, inv, inverse);
+  });
 }
 
 }  // namespace mstplan::cuda

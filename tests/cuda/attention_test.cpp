@@ -93,8 +93,8 @@ void check_attention(const Case& c) {
   const DeviceTensor d_q(q), d_k(k), d_v(v), d_o(o), d_lse(lse);
 
   ref::attention_forward(s, token_view(c, q), token_view(c, k), token_view(c, v), token_view(c, o), lse.view());
-  cuda::attention_forward(cs, d_q.like(token_view(c, q)), d_k.like(token_view(c, k)), d_v.like(token_view(c, v)),
-                          d_o.like(token_view(c, o)), d_lse.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::attention_forward(cs, d_q.like(token_view(c, q)), d_k.like(token_view(c, k)), d_v.like(token_view(c, v)),
+                          d_o.like(token_view(c, o)), d_lse.view(), nullptr));
   EXPECT_LT(max_error(d_o.download(), o), tolerance(c.dtype)) << "o";
   EXPECT_LT(max_error(d_lse.download(), lse), kFp32Tolerance) << "lse";
 
@@ -107,10 +107,10 @@ void check_attention(const Case& c) {
   ref::attention_backward(s, token_view(c, q), token_view(c, k), token_view(c, v), token_view(c, o), lse.view(),
                           token_view(c, dout), token_view(c, dq), token_view(c, dk), token_view(c, dv),
                           token_view(c, dq_accum), delta.view());
-  cuda::attention_backward(cs, d_q.like(token_view(c, q)), d_k.like(token_view(c, k)), d_v.like(token_view(c, v)),
+  EXPECT_LAUNCHED(cuda::attention_backward(cs, d_q.like(token_view(c, q)), d_k.like(token_view(c, k)), d_v.like(token_view(c, v)),
                            d_o_ref.like(token_view(c, o)), d_lse_ref.view(), d_dout.like(token_view(c, dout)),
                            d_dq.like(token_view(c, dq)), d_dk.like(token_view(c, dk)), d_dv.like(token_view(c, dv)),
-                           d_dq_accum.like(token_view(c, dq_accum)), d_delta.view(), nullptr);
+                           d_dq_accum.like(token_view(c, dq_accum)), d_delta.view(), nullptr));
   EXPECT_LT(max_error(d_dq.download(), dq), tolerance(c.dtype)) << "dq";
   EXPECT_LT(max_error(d_dk.download(), dk), tolerance(c.dtype)) << "dk";
   EXPECT_LT(max_error(d_dv.download(), dv), tolerance(c.dtype)) << "dv";

@@ -175,8 +175,8 @@ void check_forward(const Case& c, std::uint64_t seed) {
   ASSERT_EQ(cudaMemcpy(d_loss, &initial, sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
   const cuda::View logits_v = d_logits.like(in.logits_view), lse_v = d_lse.view();
   const cuda::View grad_v = c.grad == Grad::in_place ? logits_v : d_grad.like(shaped(grad, c.layout));
-  cuda::cross_entropy_forward(logits_v, d_targets.like(in.targets_view), in.scale, c.softcap, d_loss,
-                              c.with_lse ? &lse_v : nullptr, c.grad != Grad::none ? &grad_v : nullptr, nullptr);
+  EXPECT_LAUNCHED(cuda::cross_entropy_forward(logits_v, d_targets.like(in.targets_view), in.scale, c.softcap, d_loss,
+                              c.with_lse ? &lse_v : nullptr, c.grad != Grad::none ? &grad_v : nullptr, nullptr));
   const HostTensor got_logits = d_logits.download(), got_lse = d_lse.download(), got_grad = d_grad.download();
   float got_loss = 0.0f;
   ASSERT_EQ(cudaMemcpy(&got_loss, d_loss, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
@@ -236,8 +236,8 @@ void check_backward(const Case& c, std::uint64_t seed) {
   DeviceTensor d_logits(in.logits), d_targets(in.targets), d_lse(lse), d_grad(grad);
   const cuda::View logits_v = d_logits.like(in.logits_view);
   const cuda::View grad_v = c.grad == Grad::in_place ? logits_v : d_grad.like(shaped(grad, c.layout));
-  cuda::cross_entropy_backward(logits_v, d_lse.view(), d_targets.like(in.targets_view), in.scale, c.softcap, grad_v,
-                               nullptr);
+  EXPECT_LAUNCHED(cuda::cross_entropy_backward(logits_v, d_lse.view(), d_targets.like(in.targets_view), in.scale, c.softcap, grad_v,
+                               nullptr));
   const HostTensor got_logits = d_logits.download(), got_grad = d_grad.download();
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
   const double grad_abs = kProb * static_cast<double>(in.scale);

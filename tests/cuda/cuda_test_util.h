@@ -6,13 +6,14 @@
 //   HostTensor x(DType::bf16, 37, 129, 1);        // rows, cols, seed: N(0, 1) values, rounded
 //   DeviceTensor dx(x);                           // a device copy
 //   ref::rmsnorm_forward(x.view(), ...);          // the reference on the host copy
-//   cuda::rmsnorm_forward(dx.view(), ..., nullptr);
+//   EXPECT_LAUNCHED(cuda::rmsnorm_forward(dx.view(), ..., nullptr));   // the launcher's status
 //   EXPECT_LT(max_error(dy.download(), y), 1e-6); // elementwise, relative to max(1, |ref|)
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cuda/status.h"
 #include "kernels/cuda/view.h"
 #include "kernels/reference/reference.h"
 
@@ -24,6 +25,14 @@ namespace mstplan::test {
 #define MSTPLAN_REQUIRE_CUDA()                                                         \
   do {                                                                                 \
     if (!::mstplan::test::cuda_device_available()) GTEST_SKIP() << "no CUDA device";   \
+  } while (0)
+
+/// A launcher's status: a failure fails the test, naming the kernel and why (the comparisons
+/// after it then fail too).
+#define EXPECT_LAUNCHED(status)                                      \
+  do {                                                               \
+    const ::mstplan::cuda::Status launched_ = (status);              \
+    EXPECT_TRUE(launched_.ok()) << launched_.error;                  \
   } while (0)
 
 /// A rows x cols host matrix of one dtype; values N(0, std) from `seed` (rounded to the dtype;

@@ -93,7 +93,7 @@ void check_eager(const Case& c) {
   HostTensor scores(dt, score_rows, c.seq, 5);
   const DeviceTensor d_scores(scores);
   ref::eager_scores(s, q.view(), k.view(), scores.view());
-  cuda::eager_scores(cs, d_q.view(), d_k.view(), d_scores.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_scores(cs, d_q.view(), d_k.view(), d_scores.view(), nullptr));
   const HostTensor got_scores = d_scores.download();
   EXPECT_LT(max_error(got_scores, scores), tol) << "scores";
   EXPECT_TRUE(same_infinities(got_scores, scores)) << "scores: the mask";
@@ -102,45 +102,45 @@ void check_eager(const Case& c) {
   HostTensor probs(dt, score_rows, c.seq, 6);
   const DeviceTensor d_scores_ref(scores), d_probs(probs);
   ref::eager_softmax(scores.view(), probs.view());
-  cuda::eager_softmax(d_scores_ref.view(), d_probs.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_softmax(d_scores_ref.view(), d_probs.view(), nullptr));
   EXPECT_LT(max_error(d_probs.download(), probs), tol) << "probs";
 
   // o = probs . v
   HostTensor o(dt, tokens, q_cols, 7);
   const DeviceTensor d_probs_ref(probs), d_o(o);
   ref::eager_pv(s, probs.view(), v.view(), o.view());
-  cuda::eager_pv(cs, d_probs_ref.view(), d_v.view(), d_o.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_pv(cs, d_probs_ref.view(), d_v.view(), d_o.view(), nullptr));
   EXPECT_LT(max_error(d_o.download(), o), tol) << "o";
 
   // dprobs = dout . v^T (fp32)
   HostTensor dprobs(DType::fp32, score_rows, c.seq, 8);
   const DeviceTensor d_dprobs(dprobs);
   ref::eager_dprobs(s, dout.view(), v.view(), dprobs.view());
-  cuda::eager_dprobs(cs, d_dout.view(), d_v.view(), d_dprobs.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_dprobs(cs, d_dout.view(), d_v.view(), d_dprobs.view(), nullptr));
   EXPECT_LT(max_error(d_dprobs.download(), dprobs), kFp32Tolerance) << "dprobs";
 
   // dv = probs^T . dout, summed over the group
   HostTensor dv(dt, tokens, kv_cols, 9);
   const DeviceTensor d_dv(dv);
   ref::eager_dv(s, probs.view(), dout.view(), dv.view());
-  cuda::eager_dv(cs, d_probs_ref.view(), d_dout.view(), d_dv.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_dv(cs, d_probs_ref.view(), d_dout.view(), d_dv.view(), nullptr));
   EXPECT_LT(max_error(d_dv.download(), dv), tol) << "dv";
 
   // dscores = probs * (dprobs - rowsum(probs * dprobs))
   HostTensor dscores(dt, score_rows, c.seq, 10);
   const DeviceTensor d_dprobs_ref(dprobs), d_dscores(dscores);
   ref::eager_softmax_backward(probs.view(), dprobs.view(), dscores.view());
-  cuda::eager_softmax_backward(d_probs_ref.view(), d_dprobs_ref.view(), d_dscores.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_softmax_backward(d_probs_ref.view(), d_dprobs_ref.view(), d_dscores.view(), nullptr));
   EXPECT_LT(max_error(d_dscores.download(), dscores), tol) << "dscores";
 
   // dq = dscores . k * scale, dk = dscores^T . q * scale (summed over the group)
   HostTensor dq(dt, tokens, q_cols, 11), dk(dt, tokens, kv_cols, 12);
   const DeviceTensor d_dscores_ref(dscores), d_dq(dq), d_dk(dk);
   ref::eager_dq(s, dscores.view(), k.view(), dq.view());
-  cuda::eager_dq(cs, d_dscores_ref.view(), d_k.view(), d_dq.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_dq(cs, d_dscores_ref.view(), d_k.view(), d_dq.view(), nullptr));
   EXPECT_LT(max_error(d_dq.download(), dq), tol) << "dq";
   ref::eager_dk(s, dscores.view(), q.view(), dk.view());
-  cuda::eager_dk(cs, d_dscores_ref.view(), d_q.view(), d_dk.view(), nullptr);
+  EXPECT_LAUNCHED(cuda::eager_dk(cs, d_dscores_ref.view(), d_q.view(), d_dk.view(), nullptr));
   EXPECT_LT(max_error(d_dk.download(), dk), tol) << "dk";
 }
 
@@ -177,7 +177,7 @@ TEST(CUDA_Eager, SoftmaxMaskedRowsAndStridedViews) {
     HostTensor probs(dt, rows, cols, 2);
     const DeviceTensor d_scores(scores), d_probs(probs);
     ref::eager_softmax(scores.view(), probs.view());
-    cuda::eager_softmax(d_scores.view(), d_probs.view(), nullptr);
+    EXPECT_LAUNCHED(cuda::eager_softmax(d_scores.view(), d_probs.view(), nullptr));
     const HostTensor got = d_probs.download();
     EXPECT_LT(max_error(got, probs), tolerance(dt));
     for (i64 c = 0; c < cols; ++c) EXPECT_EQ(got.at(2, c), 0.0f);
@@ -187,7 +187,7 @@ TEST(CUDA_Eager, SoftmaxMaskedRowsAndStridedViews) {
     const DeviceTensor d_p(p), d_dp(dp), d_ds(ds);
     auto strided = [](HostTensor& t) { return ref::View{t.bytes.data(), t.dtype, t.cols, 2, 2, 3, 1}; };
     ref::eager_softmax_backward(strided(p), strided(dp), strided(ds));
-    cuda::eager_softmax_backward(d_p.like(strided(p)), d_dp.like(strided(dp)), d_ds.like(strided(ds)), nullptr);
+    EXPECT_LAUNCHED(cuda::eager_softmax_backward(d_p.like(strided(p)), d_dp.like(strided(dp)), d_ds.like(strided(ds)), nullptr));
     EXPECT_LT(max_error(d_ds.download(), ds), tolerance(dt));
   }
 }

@@ -85,7 +85,7 @@ TEST(CUDA_Elementwise, GatedForwardMatchesReference) {
           DeviceTensor dg(g), du(u), dout(out);
           const ref::View gv = shaped(g, li), uv = shaped(u, li), ov = shaped(out, lo);
           ref::gated_forward(a, gv, uv, ov);
-          cuda::gated_forward(static_cast<cuda::GatedActivation>(a), dg.like(gv), du.like(uv), dout.like(ov), nullptr);
+          EXPECT_LAUNCHED(cuda::gated_forward(static_cast<cuda::GatedActivation>(a), dg.like(gv), du.like(uv), dout.like(ov), nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
           EXPECT_LE(max_error(dout.download(), out), tolerance(dtype, kFp32Activation))
               << (a == ref::GatedActivation::swiglu ? "swiglu " : "geglu ") << name(dtype) << " in "
@@ -110,8 +110,8 @@ TEST(CUDA_Elementwise, GatedBackwardMatchesReference) {
           const ref::View dv = shaped(d, li), gv = shaped(g, li), uv = shaped(u, li);
           const ref::View dgv = shaped(dg, lo), duv = shaped(du, lo);
           ref::gated_backward(a, dv, gv, uv, dgv, duv);
-          cuda::gated_backward(static_cast<cuda::GatedActivation>(a), dd.like(dv), dgin.like(gv), du_in.like(uv),
-                               ddg.like(dgv), ddu.like(duv), nullptr);
+          EXPECT_LAUNCHED(cuda::gated_backward(static_cast<cuda::GatedActivation>(a), dd.like(dv), dgin.like(gv), du_in.like(uv),
+                               ddg.like(dgv), ddu.like(duv), nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
           const std::string what = std::string(a == ref::GatedActivation::swiglu ? "swiglu " : "geglu ") +
                                    name(dtype) + " in " + describe(li, cols) + " out " + describe(lo, cols);
@@ -135,8 +135,8 @@ TEST(CUDA_Elementwise, GatedBackwardInPlace) {
       DeviceTensor dd(d), dg(g), du(u);
       const ref::View dv = shaped(d, l), gv = shaped(g, l), uv = shaped(u, l);
       ref::gated_backward(a, dv, gv, uv, gv, uv);
-      cuda::gated_backward(static_cast<cuda::GatedActivation>(a), dd.like(dv), dg.like(gv), du.like(uv), dg.like(gv),
-                           du.like(uv), nullptr);
+      EXPECT_LAUNCHED(cuda::gated_backward(static_cast<cuda::GatedActivation>(a), dd.like(dv), dg.like(gv), du.like(uv), dg.like(gv),
+                           du.like(uv), nullptr));
       ASSERT_EQ(cudaGetLastError(), cudaSuccess);
       EXPECT_LE(max_error(dg.download(), g), tolerance(dtype, kFp32Activation)) << name(dtype);
       EXPECT_LE(max_error(du.download(), u), tolerance(dtype, kFp32Activation)) << name(dtype);
@@ -159,7 +159,7 @@ TEST(CUDA_Elementwise, AddMatchesReferenceExactly) {
         DeviceTensor da(a), db(b), dout(out);
         const ref::View av = shaped(a, li), bv = shaped(b, lo), ov = shaped(out, lo);
         ref::add(av, bv, ov);
-        cuda::add(da.like(av), db.like(bv), dout.like(ov), nullptr);
+        EXPECT_LAUNCHED(cuda::add(da.like(av), db.like(bv), dout.like(ov), nullptr));
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         EXPECT_EQ(max_error(dout.download(), out), 0.0)
             << name(t.a) << " + " << name(t.b) << " -> " << name(t.out) << " " << describe(li, cols);
@@ -177,7 +177,7 @@ TEST(CUDA_Elementwise, AddInPlace) {
     DeviceTensor da(a), db(b);
     const ref::View av = shaped(a, l), bv = shaped(b, l);
     ref::add(av, bv, av);
-    cuda::add(da.like(av), db.like(bv), da.like(av), nullptr);
+    EXPECT_LAUNCHED(cuda::add(da.like(av), db.like(bv), da.like(av), nullptr));
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_EQ(max_error(da.download(), a), 0.0) << name(dtype);
   }
@@ -195,7 +195,7 @@ TEST(CUDA_Elementwise, SoftcapMatchesReference) {
           DeviceTensor dx(x);
           const ref::View xv = shaped(x, l);
           ref::softcap(xv, cap);
-          cuda::softcap(dx.like(xv), cap, nullptr);
+          EXPECT_LAUNCHED(cuda::softcap(dx.like(xv), cap, nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
           EXPECT_LE(max_error(dx.download(), x), tolerance(dtype, kFp32Math))
               << name(dtype) << " cap " << cap << " " << describe(l, cols);
@@ -216,7 +216,7 @@ TEST(CUDA_Elementwise, CopyMatchesReferenceExactly) {
           DeviceTensor dsrc(src), ddst(dst);
           const ref::View sv = shaped(src, li), dv = shaped(dst, lo);
           ref::copy(sv, dv);
-          cuda::copy(dsrc.like(sv), ddst.like(dv), nullptr);
+          EXPECT_LAUNCHED(cuda::copy(dsrc.like(sv), ddst.like(dv), nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
           EXPECT_EQ(max_error(ddst.download(), dst), 0.0)
               << name(from) << " -> " << name(to) << " in " << describe(li, cols) << " out " << describe(lo, cols);
@@ -239,7 +239,7 @@ TEST(CUDA_Elementwise, CopyIntegers) {
       for (i64 r = 0; r < sv.rows(); ++r) {
         for (i64 c = 0; c < 3; ++c) dst.set(dv.buffer_row(r), c, src.at(sv.buffer_row(r), c));
       }
-      cuda::copy(dsrc.like(sv), ddst.like(dv), nullptr);
+      EXPECT_LAUNCHED(cuda::copy(dsrc.like(sv), ddst.like(dv), nullptr));
       ASSERT_EQ(cudaGetLastError(), cudaSuccess);
       EXPECT_EQ(max_error(ddst.download(), dst), 0.0) << name(dtype) << " " << describe(lo, 3);
     }
@@ -259,7 +259,7 @@ TEST(CUDA_Elementwise, ZeroMatchesReference) {
         for (i64 r = 0; r < xv.rows(); ++r) {
           for (i64 c = 0; c < cols; ++c) x.set(xv.buffer_row(r), c, 0.0f);
         }
-        cuda::zero(dx.like(xv), nullptr);
+        EXPECT_LAUNCHED(cuda::zero(dx.like(xv), nullptr));
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         EXPECT_EQ(max_error(dx.download(), x), 0.0) << name(dtype) << " " << describe(l, cols);
       }
@@ -281,7 +281,7 @@ TEST(CUDA_Elementwise, EmbeddingForwardMatchesReferenceExactly) {
             DeviceTensor dtokens(tokens), dtable(table), dout(out);
             const ref::View tv = shaped(tokens, lt), ov = shaped(out, lo);
             ref::embedding_forward(tv, table.view(), scale, ov);
-            cuda::embedding_forward(dtokens.like(tv), dtable.view(), scale, dout.like(ov), nullptr);
+            EXPECT_LAUNCHED(cuda::embedding_forward(dtokens.like(tv), dtable.view(), scale, dout.like(ov), nullptr));
             ASSERT_EQ(cudaGetLastError(), cudaSuccess);
             EXPECT_EQ(max_error(dout.download(), out), 0.0)
                 << name(index) << " " << name(dtype) << " scale " << scale << " tokens " << describe(lt, 1)
@@ -310,7 +310,7 @@ TEST(CUDA_Elementwise, EmbeddingBackwardMatchesReference) {
               DeviceTensor dtokens(tokens), ddout(dout), ddtable(dtable);
               const ref::View tv = shaped(tokens, lt), ov = shaped(dout, lo);
               ref::embedding_backward(ov, tv, scale, dtable.view());
-              cuda::embedding_backward(ddout.like(ov), dtokens.like(tv), scale, ddtable.view(), nullptr);
+              EXPECT_LAUNCHED(cuda::embedding_backward(ddout.like(ov), dtokens.like(tv), scale, ddtable.view(), nullptr));
               ASSERT_EQ(cudaGetLastError(), cudaSuccess);
               const double err = max_error(ddtable.download(), dtable);
               const std::string what = std::string(name(index)) + " dout " + name(grad) + " dtable " + name(table) +

@@ -54,7 +54,6 @@ struct GemmFixture {
   ~GemmFixture() { cudaFree(workspace); }
   GemmFixture(const GemmFixture&) = delete;
   GemmFixture& operator=(const GemmFixture&) = delete;
-  [[nodiscard]] std::string error() const { return gemm.last_error() != nullptr ? gemm.last_error() : ""; }
 };
 
 using test::buffer_rows;
@@ -131,8 +130,7 @@ void check_xwt(GemmFixture& f, DType in_t, DType out_t, std::optional<DType> bia
     db.emplace(*b);
     bias_view = db->view();
   }
-  f.gemm.xwt(dx.like(xv), dw.view(), b ? &bias_view : nullptr, dy.like(yv), accumulate, nullptr);
-  EXPECT_EQ(f.error(), "") << what;
+  EXPECT_EQ(f.gemm.xwt(dx.like(xv), dw.view(), b ? &bias_view : nullptr, dy.like(yv), accumulate, nullptr).error, "") << what;
   const HostTensor got = dy.download();
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
 
@@ -166,8 +164,7 @@ void check_xw(GemmFixture& f, DType in_t, DType out_t, const Layout& dyl, const 
   ref::matmul_xw(dyv, w.view(), want_v, accumulate);
 
   DeviceTensor d_dy(dy), d_w(w), d_dx(dx);
-  f.gemm.xw(d_dy.like(dyv), d_w.view(), d_dx.like(dxv), accumulate, nullptr);
-  EXPECT_EQ(f.error(), "") << what;
+  EXPECT_EQ(f.gemm.xw(d_dy.like(dyv), d_w.view(), d_dx.like(dxv), accumulate, nullptr).error, "") << what;
   const HostTensor got = d_dx.download();
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
 
@@ -200,8 +197,7 @@ void check_dw(GemmFixture& f, DType in_t, DType out_t, const Layout& dyl, const 
   ref::matmul_dw(dyv, xv, want.view(), accumulate);
 
   DeviceTensor d_dy(dy), d_x(x), d_dw(dw);
-  f.gemm.dw(d_dy.like(dyv), d_x.like(xv), d_dw.view(), accumulate, nullptr);
-  EXPECT_EQ(f.error(), "") << what;
+  EXPECT_EQ(f.gemm.dw(d_dy.like(dyv), d_x.like(xv), d_dw.view(), accumulate, nullptr).error, "") << what;
   const HostTensor got = d_dw.download();
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
 
@@ -363,12 +359,10 @@ TEST(CUDA_Gemm, ReportsUnsupportedOperands) {
   ASSERT_TRUE(f.gemm.ok());
   HostTensor x(DType::bf16, 4, 16, 1), w(DType::fp32, 8, 16, 2), y(DType::fp32, 4, 8, 3);
   DeviceTensor dx(x), dw(w), dy(y);
-  f.gemm.xwt(dx.view(), dw.view(), nullptr, dy.view(), false, nullptr);
-  EXPECT_NE(f.error(), "");  // inputs of two dtypes
+  EXPECT_NE(f.gemm.xwt(dx.view(), dw.view(), nullptr, dy.view(), false, nullptr).error, "");  // inputs of two dtypes
   HostTensor w16(DType::bf16, 8, 16, 2);
   DeviceTensor dw16(w16);
-  f.gemm.xwt(dx.view(), dw16.view(), nullptr, dy.view(), false, nullptr);
-  EXPECT_EQ(f.error(), "");  // each call resets the error
+  EXPECT_EQ(f.gemm.xwt(dx.view(), dw16.view(), nullptr, dy.view(), false, nullptr).error, "");  // each call resets the error
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
@@ -381,7 +375,7 @@ void check_bias_grad(DType dy_t, DType db_t, const Layout& l, i64 cols, bool acc
   const ref::View dyv = shaped(dy, l);
   ref::bias_grad(dyv, want.view(), accumulate);
   DeviceTensor d_dy(dy), d_db(db);
-  cuda::bias_grad(d_dy.like(dyv), d_db.view(), accumulate, nullptr);
+  EXPECT_LAUNCHED(cuda::bias_grad(d_dy.like(dyv), d_db.view(), accumulate, nullptr));
   const HostTensor got = d_db.download();
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
   const std::vector<float> dys = values(dyv), dbs = values(db.view());

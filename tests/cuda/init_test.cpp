@@ -17,7 +17,7 @@ TEST(CUDA_Init, FillNormalMatchesTheReference) {
       test::HostTensor want(dtype, rows, 3, 1), before(dtype, rows, 3, 2);
       ref::fill_normal(want.view(), 0x1234567ull + static_cast<std::uint64_t>(rows), 1.0, 0.1);
       test::DeviceTensor got(before);
-      cuda::fill_normal(got.view(), 0x1234567ull + static_cast<std::uint64_t>(rows), 1.0, 0.1, nullptr);
+      EXPECT_LAUNCHED(cuda::fill_normal(got.view(), 0x1234567ull + static_cast<std::uint64_t>(rows), 1.0, 0.1, nullptr));
       const double tolerance = dtype == DType::bf16 ? 1.0 / 128 : 0x1.0p-22;
       EXPECT_LE(test::max_error(got.download(), want), tolerance) << to_string(dtype) << " rows " << rows;
     }

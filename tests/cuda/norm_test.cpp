@@ -62,7 +62,7 @@ TEST(CUDA_Norm, ForwardMatchesReference) {
           DeviceTensor dx(x), dw(w), dy(y), drstd(rstd);
           const ref::View xv = shaped(x, l), yv = shaped(y, l), rv = shaped(rstd, l);
           ref::rmsnorm_forward(xv, w.view(), kEps, offset, yv, rv);
-          cuda::rmsnorm_forward(dx.like(xv), dw.view(), kEps, offset, dy.like(yv), drstd.like(rv), nullptr);
+          EXPECT_LAUNCHED(cuda::rmsnorm_forward(dx.like(xv), dw.view(), kEps, offset, dy.like(yv), drstd.like(rv), nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
           const std::string what = describe(dtype, l, cols, offset);
           EXPECT_LE(max_error(dy.download(), y), tol) << what;
@@ -87,7 +87,7 @@ TEST(CUDA_Norm, ApplyMatchesReferenceExactly) {
           DeviceTensor dx(x), dw(w), dy(y), drstd(rstd);
           const ref::View xv = shaped(x, l), yv = shaped(y, l), rv = shaped(rstd, l);
           ref::rmsnorm_apply(xv, rv, w.view(), offset, yv);
-          cuda::rmsnorm_apply(dx.like(xv), drstd.like(rv), dw.view(), offset, dy.like(yv), nullptr);
+          EXPECT_LAUNCHED(cuda::rmsnorm_apply(dx.like(xv), drstd.like(rv), dw.view(), offset, dy.like(yv), nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
           EXPECT_EQ(max_error(dy.download(), y), 0.0) << describe(dtype, l, cols, offset);
         }
@@ -132,9 +132,9 @@ TEST(CUDA_Norm, BackwardMatchesReference) {
             ref::rmsnorm_backward(dyv, xv, rv, w.view(), offset, rres, dxv, rdw, c.dw_mode == 2);
 
             const cuda::View cres = dres.like(resv), cdw = ddw.view();
-            cuda::rmsnorm_backward(ddy.like(dyv), dx.like(xv), drstd.like(rv), dw.view(), offset,
+            EXPECT_LAUNCHED(cuda::rmsnorm_backward(ddy.like(dyv), dx.like(xv), drstd.like(rv), dw.view(), offset,
                                    c.residual ? &cres : nullptr, dx_dev.like(dxv), c.dw_mode > 0 ? &cdw : nullptr,
-                                   c.dw_mode == 2, nullptr);
+                                   c.dw_mode == 2, nullptr));
             ASSERT_EQ(cudaGetLastError(), cudaSuccess);
             const std::string what = describe(dtype, l, cols, offset) + " residual " + std::to_string(c.residual) +
                                      " dw " + std::to_string(c.dw_mode) + " in place " + std::to_string(c.in_place);

@@ -105,7 +105,7 @@ TEST(CUDA_Optimizer, AdamWMatchesReferenceExactly) {
           co.weight_decay = o.weight_decay;
           co.step = o.step;
           const cuda::View cmaster = dmaster.like(masterv);
-          cuda::adamw(co, dg.like(gv), dw.like(wv), dm.like(mv), dv.like(vv), d.master ? &cmaster : nullptr, nullptr);
+          EXPECT_LAUNCHED(cuda::adamw(co, dg.like(gv), dw.like(wv), dm.like(mv), dv.like(vv), d.master ? &cmaster : nullptr, nullptr));
           ASSERT_EQ(cudaGetLastError(), cudaSuccess);
 
           const std::string what = describe(d, s) + " wd " + std::to_string(wd) + " step " + std::to_string(step);
@@ -135,7 +135,7 @@ TEST(CUDA_Optimizer, SgdMatchesReferenceExactly) {
         if (d.master) rmaster = masterv;
         ref::sgd(0.01f, wd, gv, wv, rmaster);
         const cuda::View cmaster = dmaster.like(masterv);
-        cuda::sgd(0.01f, wd, dg.like(gv), dw.like(wv), d.master ? &cmaster : nullptr, nullptr);
+        EXPECT_LAUNCHED(cuda::sgd(0.01f, wd, dg.like(gv), dw.like(wv), d.master ? &cmaster : nullptr, nullptr));
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         const std::string what = describe(d, s) + " wd " + std::to_string(wd);
         EXPECT_EQ(max_error(dw.download(), w), 0.0) << "w " << what;

@@ -101,7 +101,7 @@ TEST(CUDA_Rope, MatchesReference) {
               r.high_freq_factor = s.rope.high_freq_factor;
               r.original_max_position_embeddings = s.rope.original_max_position_embeddings;
               r.max_position_embeddings = s.rope.max_position_embeddings;
-              cuda::rope(dx.like(xv), head_dim, r, s.seq_len, inverse, nullptr);
+              EXPECT_LAUNCHED(cuda::rope(dx.like(xv), head_dim, r, s.seq_len, inverse, nullptr));
               ASSERT_EQ(cudaGetLastError(), cudaSuccess);
               EXPECT_LE(max_error(dx.download(), x), tol)
                   << (dtype == DType::bf16 ? "bf16" : "fp32") << " head_dim " << head_dim << " heads " << heads
@@ -124,11 +124,26 @@ TEST(CUDA_Rope, InverseUndoesForward) {
   const ref::View xv = shaped(x, l);
   cuda::Rope r;
   r.theta = 10000.0;
-  cuda::rope(dx.like(xv), 128, r, 64, false, nullptr);
-  cuda::rope(dx.like(xv), 128, r, 64, true, nullptr);
+  EXPECT_LAUNCHED(cuda::rope(dx.like(xv), 128, r, 64, false, nullptr));
+  EXPECT_LAUNCHED(cuda::rope(dx.like(xv), 128, r, 64, true, nullptr));
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   // Two rotations of |x| <= 5 in fp32: a few ulp of 5 each.
   EXPECT_LE(max_error(dx.download(), x), 1e-5);
+}
+
+// An argument the kernel does not take comes back as a status naming the kernel and the rule,
+// with nothing launched: no exception crosses the kernel boundary.
+TEST(CUDA_Rope, BadArgumentsComeBackAsAStatus) {
+  MSTPLAN_REQUIRE_CUDA();
+  HostTensor x(DType::fp32, 4, 2 * 7, 5);
+  DeviceTensor dx(x);
+  cuda::Rope r;
+  r.theta = 10000.0;
+  const cuda::Status odd = cuda::rope(dx.view(), 7, r, 4, false, nullptr);  // head_dim 7: not even
+  EXPECT_FALSE(odd.ok());
+  EXPECT_NE(odd.error.find("rope: head_dim must be even"), std::string::npos) << odd.error;
+  EXPECT_EQ(max_error(dx.download(), x), 0.0);  // untouched
+  EXPECT_LAUNCHED(cuda::rope(dx.view(), 14, r, 4, false, nullptr));  // and the next launch is ok
 }
 
 }  // namespace
