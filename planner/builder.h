@@ -5,7 +5,8 @@
 // inside backward, or at the end).
 //
 // What is kept for backward depends on the setup's profile; see Note [Native step] and
-// Note [PyTorch step] in builder.cpp, which list every tensor each op keeps and why.
+// Note [PyTorch step] in builder_native.cpp and builder_pytorch.cpp, which list every tensor each op
+// keeps and why; builder_internal.h shows how the two share one walk.
 //
 //   Program p = build_program(model, setup, Plan::mst_reference(model), 32768);
 #include <cstdint>

@@ -163,70 +163,81 @@ const RopeLabels kRopeK{"attn.k.cos", "attn.k.rotated", "attn.k.neg", "attn.k.si
                         "attn.rope.k.grad", "attn.dk", "attn.dk.cos", "attn.dk.sin", "attn.dk.neg", "attn.rope.k.cos",
                         "attn.rope.k.rotate", "attn.rope.k.sin"};
 
-}  // namespace
+class PytorchStep final : public StepBuilder {
+ public:
+  PytorchStep(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len)
+      : StepBuilder(model, setup, plan, seq_len), layers_(static_cast<std::size_t>(model.num_layers)) {}
 
-void Builder::pt_build() {
-  act_dtype_ = storage_.autocast ? DType::fp32 : DType::bf16;
-  pt_layers_.resize(static_cast<std::size_t>(m_.num_layers));
+ private:
+  // What one norm saved for its backward.
+  struct NormState {
+    TensorId input = kNoTensor;  // what the norm read (its backward needs it in fp32: x32)
+    TensorId x32 = kNoTensor, rstd = kNoTensor, normed = kNoTensor;  // saved
+    std::int32_t param = kNone;
+  };
+  struct LayerState {
+    NormState attn_norm, attn_post_norm, mlp_norm, mlp_post_norm;
+    TensorId n1 = kNoTensor, q = kNoTensor, k = kNoTensor, v = kNoTensor, o = kNoTensor, lse = kNoTensor;
+    TensorId o_contig = kNoTensor, probs32 = kNoTensor, probs = kNoTensor, k_rep = kNoTensor, v_rep = kNoTensor;
+    TensorId n2 = kNoTensor, h_mid = kNoTensor;
+    std::vector<TensorId> gate, act, up, prod;  // paper mode: per chunk class
+    TensorId weights_bf16 = kNoTensor;          // autocast: bf16 copies of the layer's matmul weights
+  };
+
+  void forward_begin() override;
+  void embedding_forward() override;
+  void layer_forward(std::int32_t l, Pass pass) override;
+  void lm_head() override;
+  void layer_backward(std::int32_t l) override;
+  void embedding_backward(TensorId dh0) override;
+
+  void mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId out, bool keep);
+  TensorId norm(const char* label, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep, NormState& ns,
+                Phase phase = Phase::forward);
+  TensorId norm_grad(const char* label, TensorId dout, const NormState& ns, std::int32_t l, TensorId residual_grad,
+                     Phase phase = Phase::backward);
+  void dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs, std::int32_t param,
+          std::int64_t m, std::int64_t n, std::int64_t k);
+  // A weight gradient's outputs: {.grad, kNoTensor} for its first write (or one in place), {.grad,
+  // a partial} when autograd adds a new gradient into an existing .grad; none when frozen.
+  std::pair<TensorId, TensorId> grad_outputs(std::int32_t param, std::int32_t l, bool in_place);
+  TensorId rope(const char* label, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
+  TensorId rope_grad(const char* label, TensorId dx, std::int64_t width, std::int32_t l);
+  void autocast_exit();
+
+  std::vector<LayerState> layers_;
+  std::vector<TensorId> autocast_cache_;  // weight copies autocast caches until it exits
+  TensorId rope_cos_ = kNoTensor, rope_sin_ = kNoTensor;
+  TensorId previous_output_ = kNoTensor;  // hold_outputs: the previous step's logits
+};
+
+void PytorchStep::forward_begin() {
   if (s_.hold_outputs && plan_.lm_head_mode == LmHeadMode::keep) {
     // The previous step's output, held by the loop until this step's forward returns.
-    const bool legacy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune;
-    previous_output_ = tensor("outputs.previous.logits", TensorKind::saved, legacy ? DType::fp32 : DType::bf16,
+    previous_output_ = tensor("outputs.previous.logits", TensorKind::saved, policy_.fp32_output ? DType::fp32 : DType::bf16,
                               T_ * m_.vocab_size, kNone, Pass::forward);
     autograd_op("outputs.previous", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {previous_output_});
   }
-  pt_embedding_forward();
-  for (std::int32_t l = 0; l < m_.num_layers; ++l) pt_layer_forward(l, Pass::forward);
-  pt_lm_head();
-  for (std::int32_t l = static_cast<std::int32_t>(m_.num_layers) - 1; l >= 0; --l) pt_layer_backward(l);
-  pt_embedding_backward(upstream_);
-  if (!trained_ || s_.optimizer_in_backward) return;
-  if (s_.optimizer != OptimizerKind::adamw) {
-    for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
-    return;
-  }
-  // torch.optim.AdamW, foreach: one pass over all parameters with one temporary list the size of
-  // all parameters (exp_avg_sq_sqrt, in the parameters' dtype).
-  std::int64_t elements = 0;
-  for (const ParamTensor& pt : p_.params) elements += pt.numel();
-  const TensorId temp = tensor("adamw.exp_avg_sq_sqrt", TensorKind::workspace, storage_.weights, elements, kNone,
-                               Pass::optimizer);
-  std::vector<TensorId> ins, outs;
-  for (std::size_t i = 0; i < p_.params.size(); ++i) {
-    ins.push_back(grads_[i]);
-    ins.push_back(weights_[i]);
-    outs.push_back(weights_[i]);
-    for (TensorId st : {states_[2 * i], states_[2 * i + 1]}) {
-      if (st == kNoTensor) continue;
-      ins.push_back(st);
-      outs.push_back(st);
-    }
-  }
-  outs.push_back(temp);
-  const OpId id = open_op("adamw.foreach", OpCode::adamw, OpKind::optimizer, Phase::optimizer, Pass::optimizer, kNone);
-  push_operands(id, ins, outs);
-  p_.ops[id].m = elements;
-  // zero_grad(set_to_none=True) then drops the gradients: they are not read after this op.
 }
 
-void Builder::pt_embedding_forward() {
+void PytorchStep::embedding_forward() {
   const std::int64_t d = m_.hidden_size;
   const TensorKind kind = recomputed(0) ? TensorKind::checkpoint : TensorKind::transient;
-  TensorId h0 = tensor("input", m_.family == Family::gemma2 ? TensorKind::transient : kind, act_dtype_, T_ * d, 0,
+  TensorId h0 = tensor("input", m_.family == Family::gemma2 ? TensorKind::transient : kind, policy_.residual, T_ * d, 0,
                        Pass::forward);
   autograd_op("embedding", OpKind::embedding, Phase::forward, Pass::forward, kNone, {tokens_, weight(embed_param_)}, {h0});
   if (m_.family == Family::gemma2) {
-    const TensorId scaled = tensor("input", kind, act_dtype_, T_ * d, 0, Pass::forward);
+    const TensorId scaled = tensor("input", kind, policy_.residual, T_ * d, 0, Pass::forward);
     autograd_op("embedding.scale", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {h0}, {scaled});
     h0 = scaled;
   }
-  layers_[0].input = h0;
-  rope_cos_ = tensor("rope.cos", TensorKind::saved, act_dtype_, B_ * S_ * m_.head_dim, kNone, Pass::forward);
-  rope_sin_ = tensor("rope.sin", TensorKind::saved, act_dtype_, B_ * S_ * m_.head_dim, kNone, Pass::forward);
+  inputs_[0] = h0;
+  rope_cos_ = tensor("rope.cos", TensorKind::saved, policy_.residual, B_ * S_ * m_.head_dim, kNone, Pass::forward);
+  rope_sin_ = tensor("rope.sin", TensorKind::saved, policy_.residual, B_ * S_ * m_.head_dim, kNone, Pass::forward);
   autograd_op("rope.tables", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {rope_cos_, rope_sin_});
 }
 
-TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep,
+TensorId PytorchStep::norm(const char* name, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep,
                           NormState& ns, Phase phase) {
   const NormLabels& n = labels_of(name);
   const std::int64_t d = m_.hidden_size;
@@ -243,7 +254,7 @@ TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std:
   autograd_op(n.pow, OpKind::elementwise, phase, pass, l, {x32}, {pw});
   const TensorId rstd = tensor(n.rstd, kept, DType::fp32, T_, l, pass);
   autograd_op(n.rsqrt, OpKind::elementwise, phase, pass, l, {pw}, {rstd});
-  const bool fp32_out = gemma || act_dtype_ == DType::fp32;
+  const bool fp32_out = gemma || policy_.residual == DType::fp32;
   const TensorId y32 = tensor(n.normed, fp32_out ? kept : TensorKind::transient, DType::fp32, T_ * d, l, pass);
   autograd_op(n.scale, OpKind::elementwise, phase, pass, l, {x32, rstd}, {y32});
   const TensorId w = weight(param);
@@ -252,9 +263,9 @@ TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std:
   if (gemma) {
     const TensorId weighted = tensor(n.weighted, TensorKind::transient, DType::fp32, T_ * d, l, pass);
     autograd_op(n.weight, OpKind::elementwise, phase, pass, l, {y32, w}, {weighted});
-    out = tensor(n.out, TensorKind::transient, act_dtype_ == DType::fp32 ? DType::fp32 : DType::bf16, T_ * d, l, pass);
+    out = tensor(n.out, TensorKind::transient, policy_.residual == DType::fp32 ? DType::fp32 : DType::bf16, T_ * d, l, pass);
     autograd_op(n.downcast, OpKind::elementwise, phase, pass, l, {weighted}, {out});
-  } else if (act_dtype_ == DType::fp32) {
+  } else if (policy_.residual == DType::fp32) {
     out = tensor(n.out, TensorKind::transient, DType::fp32, T_ * d, l, pass);
     autograd_op(n.weight, OpKind::elementwise, phase, pass, l, {w, y32}, {out});
   } else {
@@ -271,20 +282,20 @@ TensorId Builder::pt_norm(const char* name, TensorId x, std::int32_t param, std:
   return out;
 }
 
-TensorId Builder::pt_norm_grad(const char* name, TensorId dout, const NormState& ns, std::int32_t l,
+TensorId PytorchStep::norm_grad(const char* name, TensorId dout, const NormState& ns, std::int32_t l,
                                TensorId residual_grad, Phase phase) {
   const NormLabels& n = labels_of(name);
   const std::int64_t d = m_.hidden_size;
   const bool gemma = m_.family == Family::gemma2;
   const TensorId w = weight(ns.param);
   // weight * normed: the gradient of normed, and the weight's (a T x d product, then a sum).
-  const DType product = gemma || act_dtype_ == DType::fp32 ? DType::fp32 : DType::bf16;
+  const DType product = gemma || policy_.residual == DType::fp32 ? DType::fp32 : DType::bf16;
   TensorId d_normed = tensor(n.d_normed, TensorKind::transient, product, T_ * d, l, Pass::backward);
   const TensorId tmp = tensor(n.workspace, TensorKind::workspace, product, T_ * d, l, Pass::backward);
-  const auto [g, partial] = pt_grad_outputs(ns.param, l, false);
+  const auto [g, partial] = grad_outputs(ns.param, l, false);
   autograd_op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w},
               {d_normed, tmp, g, partial});
-  if (trained_) grad_done(ns.param, l);
+  if (trained_) grad_done(ns.param);
   TensorId d_y32 = d_normed;
   if (product != DType::fp32) {
     d_y32 = tensor(n.d_x32, TensorKind::transient, DType::fp32, T_ * d, l, Pass::backward);
@@ -309,17 +320,17 @@ TensorId Builder::pt_norm_grad(const char* name, TensorId dout, const NormState&
   return d_in;
 }
 
-void Builder::pt_dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
+void PytorchStep::dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
                     std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k) {
   if (!trained_) return;
   // The authors' LM head adds each chunk's weight gradient into .grad in place (addmm, out=).
-  const auto [g, partial] = pt_grad_outputs(param, l, plan_.authors_code && param == lm_head_param_);
+  const auto [g, partial] = grad_outputs(param, l, plan_.authors_code && param == lm_head_param_);
   matmul(label, OpCode::linear_dw, phase, Pass::backward, l, inputs, {g, partial}, m, n, k);
 }
 
-std::pair<TensorId, TensorId> Builder::pt_grad_outputs(std::int32_t param, std::int32_t l, bool in_place) {
+std::pair<TensorId, TensorId> PytorchStep::grad_outputs(std::int32_t param, std::int32_t l, bool in_place) {
   if (!trained_) return {kNoTensor, kNoTensor};
-  const bool exists = grad_created_[static_cast<std::size_t>(param)] && !in_place;
+  const bool exists = has_grad(param) && !in_place;
   const TensorId g = grad(param, l);
   if (!exists) return {g, kNoTensor};
   // A gradient already there: the new one is a separate tensor, added into .grad.
@@ -328,7 +339,7 @@ std::pair<TensorId, TensorId> Builder::pt_grad_outputs(std::int32_t param, std::
   return {g, partial};
 }
 
-TensorId Builder::pt_rope(const char* which, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
+TensorId PytorchStep::rope(const char* which, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
   const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
   const TensorId xc = tensor(r.cos, TensorKind::transient, DType::bf16, T_ * width, l, pass);
   autograd_op(r.cos_op, OpKind::elementwise, Phase::forward, pass, l, {x, rope_cos_}, {xc});
@@ -342,7 +353,7 @@ TensorId Builder::pt_rope(const char* which, TensorId x, std::int64_t width, std
   return out;
 }
 
-TensorId Builder::pt_rope_grad(const char* which, TensorId dx, std::int64_t width, std::int32_t l) {
+TensorId PytorchStep::rope_grad(const char* which, TensorId dx, std::int64_t width, std::int32_t l) {
   const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
   const TensorId d_in = tensor(r.d_in, TensorKind::transient, DType::bf16, T_ * width, l, Pass::backward);
   const TensorId a = tensor(r.tmp_a, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
@@ -352,15 +363,14 @@ TensorId Builder::pt_rope_grad(const char* which, TensorId dx, std::int64_t widt
   return d_in;
 }
 
-void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
-  LayerState& base = layers_[static_cast<std::size_t>(l)];
-  PtLayerState& st = pt_layers_[static_cast<std::size_t>(l)];
-  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
+  LayerState& st = layers_[static_cast<std::size_t>(l)];
+  const LayerParams& lp = params_of(l);
   const std::int64_t d = m_.hidden_size;
   const bool keep = pass == Pass::recompute || !recomputed(l);
   const bool keep_mlp = keep && !selective(l);
   const TensorKind kept = keep ? TensorKind::saved : TensorKind::transient;
-  const TensorId h = base.input;
+  const TensorId h = inputs_[static_cast<std::size_t>(l)];
 
   if (storage_.autocast) {
     // autocast casts each fp32 weight to bf16 once per forward (cached until it exits) and the
@@ -373,7 +383,7 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
     autograd_op("autocast.cast", OpKind::elementwise, Phase::forward, pass, l, {weight(lp.q)}, {st.weights_bf16});
     if (pass == Pass::forward) autocast_cache_.push_back(st.weights_bf16);
   }
-  const TensorId n1 = pt_norm("attn_norm", h, lp.attn_norm, l, pass, keep, st.attn_norm);
+  const TensorId n1 = norm("attn_norm", h, lp.attn_norm, l, pass, keep, st.attn_norm);
   p_.tensors[n1].kind = kept;  // saved by the q/k/v linears
   auto linear = [&](const char* label, TensorId in, std::int32_t param, std::int32_t bias, TensorId out, std::int64_t n,
                     std::int64_t k) {
@@ -390,8 +400,8 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   linear("attn.k", n1, lp.k, lp.kb, k, kvd_, d);
   linear("attn.v", n1, lp.v, lp.vb, v, kvd_, d);
   st.n1 = n1;
-  st.q = pt_rope("q", q, qd_, l, pass);
-  st.k = pt_rope("k", k, kvd_, l, pass);
+  st.q = rope("q", q, qd_, l, pass);
+  st.k = rope("k", k, kvd_, l, pass);
   p_.tensors[st.q].kind = kept;
   p_.tensors[st.k].kind = kept;
   st.v = v;
@@ -399,7 +409,7 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   if (s_.attention != AttentionKind::eager) {
     TensorId key = st.k, value = st.v;
     st.k_rep = st.v_rep = kNoTensor;
-    if (legacy_sdpa()) {
+    if (policy_.repeat_kv) {
       // transformers <= 4.45 repeats the key/value heads before SDPA: the copies are what it saves.
       st.k_rep = tensor("attn.k.repeated", kept, DType::bf16, T_ * qd_, l, pass);
       st.v_rep = tensor("attn.v.repeated", kept, DType::bf16, T_ * qd_, l, pass);
@@ -441,38 +451,30 @@ void Builder::pt_layer_forward(std::int32_t l, Pass pass) {
   const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
   matmul("attn.o", OpCode::linear, Phase::forward, pass, l, {st.o_contig, weight(lp.o)}, {a}, T_, d, qd_);
   TensorId a_out = a;
-  if (m_.norms_per_layer == 4) a_out = pt_norm("attn_post_norm", a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
-  st.h_mid = tensor("attn.residual", TensorKind::transient, act_dtype_, T_ * d, l, pass);
+  if (m_.norms_per_layer == 4) a_out = norm("attn_post_norm", a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
+  st.h_mid = tensor("attn.residual", TensorKind::transient, policy_.residual, T_ * d, l, pass);
   autograd_op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {st.h_mid});
 
-  st.n2 = pt_norm("mlp_norm", st.h_mid, lp.mlp_norm, l, pass, keep_mlp, st.mlp_norm);
+  st.n2 = norm("mlp_norm", st.h_mid, lp.mlp_norm, l, pass, keep_mlp, st.mlp_norm);
   if (selective(l) && pass == Pass::forward) p_.tensors[st.h_mid].kind = TensorKind::checkpoint;  // the MLP's checkpoint
   p_.tensors[st.n2].kind = keep_mlp ? TensorKind::saved : TensorKind::transient;
   const TensorId mlp_out = tensor("mlp.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
-  pt_mlp_forward(l, pass, st, mlp_out, keep_mlp);
+  mlp_forward(l, pass, st, mlp_out, keep_mlp);
   TensorId m_out = mlp_out;
   if (m_.norms_per_layer == 4) {
-    m_out = pt_norm("mlp_post_norm", mlp_out, lp.mlp_post_norm, l, pass, keep, st.mlp_post_norm);
+    m_out = norm("mlp_post_norm", mlp_out, lp.mlp_post_norm, l, pass, keep, st.mlp_post_norm);
   }
   if (pass == Pass::recompute) return;  // checkpoint's early stop: no final residual add
   const bool last = l + 1 == m_.num_layers;
   TensorKind next_kind = TensorKind::transient;
   if (!last && recomputed(l + 1)) next_kind = TensorKind::checkpoint;
-  const TensorId next = tensor("output", next_kind, act_dtype_, T_ * d, l, pass);
+  const TensorId next = tensor("output", next_kind, policy_.residual, T_ * d, l, pass);
   autograd_op("mlp.residual", OpKind::elementwise, Phase::forward, pass, l, {st.h_mid, m_out}, {next});
-  if (!last) {
-    layers_[static_cast<std::size_t>(l + 1)].input = next;
-  } else {
-    final_hidden_ = next;
-  }
-  if (offloaded(l)) {
-    base.host_copy = tensor("input", TensorKind::checkpoint, act_dtype_, T_ * d, l, pass, false, Device::host);
-    op("offload", OpCode::offload, Phase::forward, pass, l, {h}, {base.host_copy});
-  }
+  set_output(l, next);
 }
 
-void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, TensorId out, bool keep) {
-  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+void PytorchStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId out, bool keep) {
+  const LayerParams& lp = params_of(l);
   const std::int64_t d = m_.hidden_size;
   const std::int64_t I = m_.intermediate_size;
   const bool paper = plan_.mlp_mode == MlpMode::paper && !selective(l);
@@ -486,7 +488,7 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
   const bool concatenated = plan_.authors_code;
   std::vector<TensorId> chunk_outputs;
   if (!concatenated) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
-  for (const ChunkClass& c : chunk_classes(S_, p_.mlp_chunks, true)) {
+  for (const ChunkClass& c : chunks(S_, p_.mlp_chunks)) {
     begin_loop(ChunkedBlock::mlp, c);
     const std::int64_t R = rows(c.positions);
     const TensorId g = tensor("mlp.gate", kind, DType::bf16, R * I, l, pass, true);
@@ -517,13 +519,13 @@ void Builder::pt_mlp_forward(std::int32_t l, Pass pass, PtLayerState& st, Tensor
   }
 }
 
-void Builder::pt_lm_head() {
+void PytorchStep::lm_head() {
   const std::int64_t d = m_.hidden_size;
   const std::int64_t V = m_.vocab_size;
   const LmHeadMode mode = plan_.lm_head_mode;
   const TensorId W = weight(lm_head_param_);
   NormState ns;
-  const TensorId nf = pt_norm("final_norm", final_hidden_, final_norm_param_, kNone, Pass::forward, true, ns, Phase::loss);
+  const TensorId nf = norm("final_norm", final_hidden_, final_norm_param_, kNone, Pass::forward, true, ns, Phase::loss);
   p_.tensors[nf].kind = TensorKind::saved;
   loss_ = tensor("loss", TensorKind::transient, DType::fp32, 1, kNone, Pass::forward);
   const std::optional<double> cap = m_.final_logit_softcap;
@@ -550,8 +552,7 @@ void Builder::pt_lm_head() {
     // backward (SliceBackward) writes a zero-filled full-size fp32 gradient. 4.49 and later shift
     // the labels instead. The upcast and the shifted copy are locals of the forward: they live until
     // the loss is computed.
-    const bool legacy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::torchtune;
-    const bool shifted_copy = s_.framework == Framework::transformers_4_44 || s_.framework == Framework::transformers_4_46;
+    const bool shifted_copy = policy_.shifted_loss_copy;
     const std::int64_t rows_loss = shifted_copy ? B_ * (S_ - 1) : rows_all;
     const TensorId logits32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, rows_all * V, kNone,
                                      Pass::forward);
@@ -569,7 +570,7 @@ void Builder::pt_lm_head() {
     // The model output: the fp32 logits (<= 4.45) or the bf16 ones. Dropped once the loss is
     // computed (HF Trainer), or held into the next step (`outputs = model(...)`), whose forward
     // then runs with this step's output still alive: that one is `outputs.previous`.
-    const TensorId output = legacy ? logits32 : capped;
+    const TensorId output = policy_.fp32_output ? logits32 : capped;
     if (s_.hold_outputs) {
       held_.push_back(output);
       autograd_op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone,
@@ -604,15 +605,15 @@ void Builder::pt_lm_head() {
     }
     dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone, Pass::backward);
     matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::backward, kNone, {dl, W}, {dnf}, rows_all, d, V);
-    pt_dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, rows_all);
+    dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, rows_all);
   } else {
     // MST: a custom autograd Function over the labelled positions, chunk by chunk.
     dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone,
                  mode == LmHeadMode::forward_grad ? Pass::forward : Pass::backward);
-    const auto classes = chunk_classes(S_ - 1, p_.lm_head_chunks, true);
+    const auto classes = chunks(S_ - 1, p_.lm_head_chunks);
     // One chunk: logits (bf16) -> fp32 (soft-capped in place) -> softmax-like fp32 pass -> dlogits (bf16).
     auto chunk = [&](Pass pass, bool gradient) {
-      const std::int64_t R = rows(p_.loops[static_cast<std::size_t>(loop_)].rows);
+      const std::int64_t R = loop_rows();
       const TensorId lb = tensor("lm_head.logits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
       matmul("lm_head.logits", OpCode::linear, Phase::loss, pass, kNone, {nf, W}, {lb}, R, V, d);
       const TensorId l32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
@@ -625,7 +626,7 @@ void Builder::pt_lm_head() {
       const TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
       autograd_op("lm_head.dlogits", OpKind::elementwise, Phase::loss, pass, kNone, {sm, l32, labels_}, {dl});
       matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, pass, kNone, {dl, W}, {dnf}, R, d, V);
-      pt_dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, R);
+      dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, R);
     };
     if (mode == LmHeadMode::forward_grad) prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {dnf});
     for (const ChunkClass& c : classes) {
@@ -645,34 +646,30 @@ void Builder::pt_lm_head() {
   }
   // The authors' hook skips the LM head's weight (`later`) and steps it after the embedding's.
   if (trained_ && !m_.tied_embeddings && !(plan_.authors_code && s_.optimizer_in_backward)) {
-    grad_done(lm_head_param_, kNone);
+    grad_done(lm_head_param_);
   }
-  upstream_ = pt_norm_grad("final_norm", dnf, ns, kNone, kNoTensor, Phase::loss);
+  upstream_ = norm_grad("final_norm", dnf, ns, kNone, kNoTensor, Phase::loss);
 }
 
-void Builder::pt_layer_backward(std::int32_t l) {
-  LayerState& base = layers_[static_cast<std::size_t>(l)];
-  PtLayerState& st = pt_layers_[static_cast<std::size_t>(l)];
-  const LayerParams& lp = layer_params_[static_cast<std::size_t>(l)];
+void PytorchStep::layer_backward(std::int32_t l) {
+  LayerState& st = layers_[static_cast<std::size_t>(l)];
+  const LayerParams& lp = params_of(l);
   const std::int64_t d = m_.hidden_size;
   const std::int64_t I = m_.intermediate_size;
   const TensorId dh = upstream_;
 
-  if (offloaded(l) && !prefetched_[static_cast<std::size_t>(l)]) prefetch(l);
-  if (l > 0 && offloaded(l - 1)) prefetch(l - 1);
-  if (recomputed(l)) pt_layer_forward(l, Pass::recompute);
   if (selective(l)) {
     // The checkpointed MLP block reruns from its input: its norm and (below) its chunks.
-    st.n2 = pt_norm("mlp_norm", st.h_mid, lp.mlp_norm, l, Pass::recompute, true, st.mlp_norm, Phase::backward);
+    st.n2 = norm("mlp_norm", st.h_mid, lp.mlp_norm, l, Pass::recompute, true, st.mlp_norm, Phase::backward);
     p_.tensors[st.n2].kind = TensorKind::saved;
   }
 
   TensorId dm = dh;
-  if (m_.norms_per_layer == 4) dm = pt_norm_grad("mlp_post_norm", dh, st.mlp_post_norm, l, kNoTensor);
+  if (m_.norms_per_layer == 4) dm = norm_grad("mlp_post_norm", dh, st.mlp_post_norm, l, kNoTensor);
 
   // MLP, chunk by chunk: down, mul, up, act, gate (autograd's order).
   const bool tiled = plan_.mlp_mode == MlpMode::tiled || selective(l) || st.gate.empty();
-  const auto classes = chunk_classes(S_, p_.mlp_chunks, true);
+  const auto classes = chunks(S_, p_.mlp_chunks);
   const bool split = p_.mlp_chunks > 1 && !tiled;
   TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
   if (!split) prealloc("mlp.grad.alloc", Phase::backward, Pass::backward, l, {dn2});
@@ -699,17 +696,17 @@ void Builder::pt_layer_backward(std::int32_t l) {
     }
     const TensorId dprod = tensor("mlp.dprod", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     matmul("mlp.down.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dm, weight(lp.down)}, {dprod}, R, I, d);
-    pt_dw("mlp.down.dw", Phase::backward, l, {dm, prod}, lp.down, d, I, R);
+    dw("mlp.down.dw", Phase::backward, l, {dm, prod}, lp.down, d, I, R);
     const TensorId dact = tensor("mlp.dact", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     const TensorId dup = tensor("mlp.dup", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     autograd_op("mlp.mul.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprod, act, u}, {dact, dup});
     const TensorId dx = split ? tensor("mlp.dinput", TensorKind::transient, DType::bf16, R * d, l, Pass::backward, true) : dn2;
     matmul("mlp.up.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dup, weight(lp.up)}, {dx}, R, d, I);
-    pt_dw("mlp.up.dw", Phase::backward, l, {dup, st.n2}, lp.up, I, d, R);
+    dw("mlp.up.dw", Phase::backward, l, {dup, st.n2}, lp.up, I, d, R);
     const TensorId dgate = tensor("mlp.dgate", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     autograd_op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g}, {dgate});
     matmul("mlp.gate.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dgate, weight(lp.gate)}, {dx}, R, d, I);
-    pt_dw("mlp.gate.dw", Phase::backward, l, {dgate, st.n2}, lp.gate, I, d, R);
+    dw("mlp.gate.dw", Phase::backward, l, {dgate, st.n2}, lp.gate, I, d, R);
     end_loop();
     if (split) chunk_grads.push_back(dx);
   }
@@ -719,26 +716,24 @@ void Builder::pt_layer_backward(std::int32_t l) {
     push_operands(cat, chunk_grads, std::array{dn2});
   }
   if (trained_) {
-    grad_done(lp.down, l);
-    grad_done(lp.up, l);
-    grad_done(lp.gate, l);
+    grad_done(lp.down);
+    grad_done(lp.up);
+    grad_done(lp.gate);
   }
-  const TensorId dh_mid = pt_norm_grad("mlp_norm", dn2, st.mlp_norm, l, dh);
+  const TensorId dh_mid = norm_grad("mlp_norm", dn2, st.mlp_norm, l, dh);
 
   // Attention.
   TensorId da = dh_mid;
-  if (m_.norms_per_layer == 4) da = pt_norm_grad("attn_post_norm", dh_mid, st.attn_post_norm, l, kNoTensor);
+  if (m_.norms_per_layer == 4) da = norm_grad("attn_post_norm", dh_mid, st.attn_post_norm, l, kNoTensor);
   const TensorId doc = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
   matmul("attn.o.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {da, weight(lp.o)}, {doc}, T_, qd_, d);
-  pt_dw("attn.o.dw", Phase::backward, l, {da, st.o_contig}, lp.o, d, qd_, T_);
-  if (trained_) grad_done(lp.o, l);
+  dw("attn.o.dw", Phase::backward, l, {da, st.o_contig}, lp.o, d, qd_, T_);
+  if (trained_) grad_done(lp.o);
   const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
   if (s_.attention != AttentionKind::eager) {
-    const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
-    const TensorId delta = tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l,
-                                  Pass::backward);
+    const auto [acc, delta] = flash_backward_workspaces(l);
     TensorId key = st.k, value = st.v, dkey = dk, dvalue = dv, dk_x = kNoTensor, dv_x = kNoTensor;
     if (st.k_rep != kNoTensor) {
       // The repeated heads' gradients, summed back to the key/value heads.
@@ -779,8 +774,8 @@ void Builder::pt_layer_backward(std::int32_t l) {
     eager_matmul("attn.scores.dk", OpCode::eager_dk, Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, S_, m_.head_dim, S_);
     autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
   }
-  const TensorId dq_in = pt_rope_grad("q", dq, qd_, l);
-  const TensorId dk_in = pt_rope_grad("k", dk, kvd_, l);
+  const TensorId dq_in = rope_grad("q", dq, qd_, l);
+  const TensorId dk_in = rope_grad("k", dk, kvd_, l);
   const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
   matmul("attn.q.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dq_in, weight(lp.q)}, {dn1}, T_, d, qd_);
   // The k and v input gradients are new tensors summed into dn1 (InputBuffer).
@@ -788,29 +783,28 @@ void Builder::pt_layer_backward(std::int32_t l) {
   matmul("attn.k.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dk_in, weight(lp.k)}, {dn1, tk}, T_, d, kvd_);
   const TensorId tv = tensor("attn.v.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
   matmul("attn.v.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dv, weight(lp.v)}, {dn1, tv}, T_, d, kvd_);
-  pt_dw("attn.q.dw", Phase::backward, l, {dq_in, st.n1}, lp.q, qd_, d, T_);
-  pt_dw("attn.k.dw", Phase::backward, l, {dk_in, st.n1}, lp.k, kvd_, d, T_);
-  pt_dw("attn.v.dw", Phase::backward, l, {dv, st.n1}, lp.v, kvd_, d, T_);
+  dw("attn.q.dw", Phase::backward, l, {dq_in, st.n1}, lp.q, qd_, d, T_);
+  dw("attn.k.dw", Phase::backward, l, {dk_in, st.n1}, lp.k, kvd_, d, T_);
+  dw("attn.v.dw", Phase::backward, l, {dv, st.n1}, lp.v, kvd_, d, T_);
   if (trained_ && m_.qkv_bias) {
     for (auto [bias, dy] : {std::pair{lp.qb, dq_in}, std::pair{lp.kb, dk_in}, std::pair{lp.vb, dv}}) {
       const TensorId gb = grad(bias, l);
       autograd_op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dy}, {gb});
-      grad_done(bias, l);
+      grad_done(bias);
     }
   }
   if (trained_) {
-    grad_done(lp.q, l);
-    grad_done(lp.k, l);
-    grad_done(lp.v, l);
+    grad_done(lp.q);
+    grad_done(lp.k);
+    grad_done(lp.v);
   }
   if (st.weights_bf16 != kNoTensor) {
     autograd_op("autocast.release", OpKind::elementwise, Phase::backward, Pass::backward, l, {st.weights_bf16}, {});
   }
-  upstream_ = pt_norm_grad("attn_norm", dn1, st.attn_norm, l, dh_mid);
-  (void)base;
+  upstream_ = norm_grad("attn_norm", dn1, st.attn_norm, l, dh_mid);
 }
 
-void Builder::autocast_exit() {
+void PytorchStep::autocast_exit() {
   if (autocast_cache_.empty()) return;
   // Leaving the autocast region (after the loss) drops the cast cache.
   const OpId id = open_op("autocast.exit", OpCode::autograd, OpKind::elementwise, Phase::loss, Pass::forward, kNone);
@@ -818,19 +812,28 @@ void Builder::autocast_exit() {
   autocast_cache_.clear();
 }
 
-void Builder::pt_embedding_backward(TensorId dh0) {
+void PytorchStep::embedding_backward(TensorId dh0) {
   TensorId dh = dh0;
   if (m_.family == Family::gemma2) {
-    dh = tensor("input.grad.scaled", TensorKind::transient, act_dtype_, T_ * m_.hidden_size, 0, Pass::backward);
+    dh = tensor("input.grad.scaled", TensorKind::transient, policy_.residual, T_ * m_.hidden_size, 0, Pass::backward);
     autograd_op("embedding.scale.grad", OpKind::elementwise, Phase::backward, Pass::backward, kNone, {dh0}, {dh});
   }
   if (!trained_) return;
   // embedding_dense_backward: a (V x d) gradient, added into the tied LM head's if there is one.
-  const auto [g, partial] = pt_grad_outputs(embed_param_, kNone, false);
+  const auto [g, partial] = grad_outputs(embed_param_, kNone, false);
   autograd_op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_},
               {g, partial});
-  grad_done(embed_param_, kNone);
-  if (plan_.authors_code && s_.optimizer_in_backward && !m_.tied_embeddings) grad_done(lm_head_param_, kNone);
+  grad_done(embed_param_);
+  if (plan_.authors_code && s_.optimizer_in_backward && !m_.tied_embeddings) grad_done(lm_head_param_);
+}
+
+}  // namespace
+
+Program build_pytorch(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len,
+                      Program&& recycled) {
+  PytorchStep builder(model, setup, plan, seq_len);
+  builder.recycle(std::move(recycled));
+  return builder.build();
 }
 
 }  // namespace mstplan::detail

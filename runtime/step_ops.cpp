@@ -1,5 +1,5 @@
 // The executor's dispatch: what each op of a native step program computes, in terms of the
-// backend's kernels, by its OpCode (program.h lists each code's operands; builder.cpp, Note
+// backend's kernels, by its OpCode (program.h lists each code's operands; builder_native.cpp, Note
 // [Native step], what the step holds). An output the op allocated is written first (overwrite);
 // an output that was already live is accumulated into, except by ops that update in place (rope,
 // soft-capping, the optimizer).
