@@ -39,6 +39,7 @@ StepPolicy step_policy(const TrainingSetup& setup) {
   p.split_first_chunk = true;
   p.adamw_temporaries = true;
   p.foreach_adamw = true;
+  p.partial_grads = true;
   p.repeat_kv = legacy && setup.attention == AttentionKind::flash;
   p.fp32_output = legacy;
   p.shifted_loss_copy =
@@ -123,6 +124,40 @@ OpId StepBuilder::matmul(const char* label, OpCode code, Phase phase, Pass pass,
   o.n = n;
   o.k = k;
   return id;
+}
+
+OpId StepBuilder::linear(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId x, std::int32_t param,
+                         TensorId y, std::int64_t rows, std::int64_t n, std::int64_t k, std::int32_t bias) {
+  const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
+  return matmul(label, OpCode::linear, phase, pass, l, {x, weight(param), weight_or_none(bias), ws}, {y}, rows, n, k);
+}
+
+OpId StepBuilder::linear_dx(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, std::int32_t param,
+                            std::initializer_list<TensorId> outputs, std::int64_t rows, std::int64_t n,
+                            std::int64_t k) {
+  const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
+  const OpId id = matmul(label, OpCode::linear_dx, phase, pass, l, {dy, weight(param), ws}, {}, rows, n, k);
+  push_operands(id, {}, outputs);
+  return id;
+}
+
+void StepBuilder::linear_dw(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, TensorId x,
+                            std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k, bool in_place) {
+  if (!trained_) return;
+  const auto [g, partial] = grad_outputs(param, l, in_place);
+  const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
+  matmul(label, OpCode::linear_dw, phase, pass, l, {dy, x, ws}, {g, partial}, m, n, k);
+}
+
+std::pair<TensorId, TensorId> StepBuilder::grad_outputs(std::int32_t param, std::int32_t layer, bool in_place) {
+  if (!trained_) return {kNoTensor, kNoTensor};
+  const bool exists = has_grad(param) && !in_place && policy_.partial_grads;
+  const TensorId g = grad(param, layer);
+  if (!exists) return {g, kNoTensor};
+  // A gradient already there: the new one is a separate tensor, added into .grad.
+  const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
+                                  p_.params[static_cast<std::size_t>(param)].numel(), layer, Pass::backward);
+  return {g, partial};
 }
 
 OpId StepBuilder::eager_matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t l,

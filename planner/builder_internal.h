@@ -53,6 +53,9 @@ struct StepPolicy {
   /// AdamW at the step's end is one foreach pass with one temporary list the size of all
   /// parameters (torch.optim.AdamW's default).
   bool foreach_adamw = false;
+  /// A weight gradient computed while .grad exists is a new tensor, then added into .grad
+  /// (autograd's AccumulateGrad); false: the GEMM accumulates into the gradient in place.
+  bool partial_grads = false;
   /// SDPA is given key/value heads repeated to the query heads (transformers <= 4.45, torchtune).
   bool repeat_kv = false;
   /// The model returns fp32 logits (transformers <= 4.45, torchtune's `.float()`).
@@ -120,6 +123,17 @@ class StepBuilder {
   OpId matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t layer,
               std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs, std::int64_t m,
               std::int64_t n, std::int64_t k);
+  // A linear layer over `rows` rows: y = x W^T (+ b); dx = dy W (into `outputs`: the input
+  // gradient, written or accumulated into if live, and any temporary of the profile's);
+  // dW = dy^T x into the weight's gradient, only when the step trains it (`in_place`: added into
+  // .grad even where the policy makes partial gradients). The GEMM workspace is an operand when
+  // the policy is executable.
+  OpId linear(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId x, std::int32_t param, TensorId y,
+              std::int64_t rows, std::int64_t n, std::int64_t k, std::int32_t bias = kNone);
+  OpId linear_dx(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, std::int32_t param,
+                 std::initializer_list<TensorId> outputs, std::int64_t rows, std::int64_t n, std::int64_t k);
+  void linear_dw(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, TensorId x, std::int32_t param,
+                 std::int64_t m, std::int64_t n, std::int64_t k, bool in_place = false);
   // Flash attention forward or backward over the layer's full sequence (sizes for the cost model).
   OpId attention_op(OpCode code, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
                     std::initializer_list<TensorId> outputs);
@@ -157,6 +171,9 @@ class StepBuilder {
   TensorId fresh_grad(std::int32_t param, std::int32_t layer) {
     return trained_ && !has_grad(param) ? grad(param, layer) : kNoTensor;
   }
+  // A weight gradient's outputs: {.grad, kNoTensor} for its first write (or one in place), {.grad,
+  // a partial} where the policy adds a new gradient into an existing .grad; none when frozen.
+  std::pair<TensorId, TensorId> grad_outputs(std::int32_t param, std::int32_t layer, bool in_place = false);
   void grad_done(std::int32_t param);  // the gradient is complete
   void optimizer_op(std::int32_t param, Phase phase);
 

@@ -105,12 +105,9 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   const TensorId q = tensor("attn.q", kept, act_, T_ * qd_, l, pass);
   const TensorId k = tensor("attn.k", kept, act_, T_ * kvd_, l, pass);
   const TensorId v = tensor("attn.v", kept, act_, T_ * kvd_, l, pass);
-  matmul("attn.q", OpCode::linear, Phase::forward, pass, l, {n1, weight(lp.q), weight_or_none(lp.qb), workspace_}, {q},
-         T_, qd_, d);
-  matmul("attn.k", OpCode::linear, Phase::forward, pass, l, {n1, weight(lp.k), weight_or_none(lp.kb), workspace_}, {k},
-         T_, kvd_, d);
-  matmul("attn.v", OpCode::linear, Phase::forward, pass, l, {n1, weight(lp.v), weight_or_none(lp.vb), workspace_}, {v},
-         T_, kvd_, d);
+  linear("attn.q", Phase::forward, pass, l, n1, lp.q, q, T_, qd_, d, lp.qb);
+  linear("attn.k", Phase::forward, pass, l, n1, lp.k, k, T_, kvd_, d, lp.kb);
+  linear("attn.v", Phase::forward, pass, l, n1, lp.v, v, T_, kvd_, d, lp.vb);
   op("attn.rope", OpCode::rope, Phase::forward, pass, l, {q, k}, {q, k});
   const TensorId o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
   TensorId lse = kNoTensor, probs = kNoTensor;
@@ -137,7 +134,7 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
 
   const bool post = m_.norms_per_layer == 4;
   const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, act_, T_ * d, l, pass);
-  matmul("attn.o", OpCode::linear, Phase::forward, pass, l, {o, weight(lp.o), workspace_}, {a}, T_, d, qd_);
+  linear("attn.o", Phase::forward, pass, l, o, lp.o, a, T_, d, qd_);
   TensorId a_out = a;
   if (post) {
     st.rstd_pa = tensor("attn_post_norm.rstd", kept, DType::fp32, T_, l, pass);
@@ -194,12 +191,12 @@ void NativeStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId
     const TensorKind kind = keep_chunks ? TensorKind::saved : TensorKind::transient;
     const TensorId g = tensor("mlp.gate", kind, act_, R * I, l, pass, true);
     const TensorId u = tensor("mlp.up", kind, act_, R * I, l, pass, true);
-    matmul("mlp.gate", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
-    matmul("mlp.up", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
+    linear("mlp.gate", Phase::forward, pass, l, st.n2, lp.gate, g, R, I, d);
+    linear("mlp.up", Phase::forward, pass, l, st.n2, lp.up, u, R, I, d);
     if (out != kNoTensor) {
       const TensorId act = tensor("mlp.act", TensorKind::transient, act_, R * I, l, pass, true);
       op("mlp.act", OpCode::gated_act, Phase::forward, pass, l, {g, u}, {act});
-      matmul("mlp.down", OpCode::linear, Phase::forward, pass, l, {act, weight(lp.down), workspace_}, {out}, R, d, I);
+      linear("mlp.down", Phase::forward, pass, l, act, lp.down, out, R, d, I);
     }
     end_loop();
     if (keep_chunks) {
@@ -214,7 +211,6 @@ void NativeStep::lm_head() {
   const std::int64_t V = m_.vocab_size;
   const TensorId h = final_hidden_;
   const LmHeadMode mode = plan_.lm_head_mode;
-  const TensorId W = weight(lm_head_param_);
   const TensorId nf =
       tensor("final_norm.out", mode == LmHeadMode::forward_grad ? TensorKind::transient : TensorKind::saved, act_,
              T_ * d, kNone, Pass::forward);
@@ -240,17 +236,14 @@ void NativeStep::lm_head() {
     const std::int64_t R = rows(c.positions);
     const TensorKind logits_kind = mode == LmHeadMode::keep ? TensorKind::saved : TensorKind::transient;
     const TensorId logits = tensor("lm_head.logits", logits_kind, DType::fp32, R * V, kNone, Pass::forward, true);
-    matmul("lm_head.logits", OpCode::linear, Phase::loss, Pass::forward, kNone, {nf, W, workspace_}, {logits}, R, V, d);
+    linear("lm_head.logits", Phase::loss, Pass::forward, kNone, nf, lm_head_param_, logits, R, V, d);
     if (capped) op("lm_head.softcap", OpCode::softcap, Phase::loss, Pass::forward, kNone, {logits}, {logits});
     if (mode == LmHeadMode::forward_grad) {
       const TensorId dlogits = tensor("lm_head.dlogits", TensorKind::transient, act_, R * V, kNone,
                                       Pass::forward, true);
       loss_op(OpCode::loss_with_grad, Pass::forward, {logits, labels_}, {loss_, dlogits}, R);
-      matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::forward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
-      if (trained_) {
-        const TensorId g = grad(lm_head_param_, kNone);
-        matmul("lm_head.dw", OpCode::linear_dw, Phase::loss, Pass::forward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
-      }
+      linear_dx("lm_head.dx", Phase::loss, Pass::forward, kNone, dlogits, lm_head_param_, {dnf}, R, d, V);
+      linear_dw("lm_head.dw", Phase::loss, Pass::forward, kNone, dlogits, nf, lm_head_param_, V, d, R);
     } else {
       const TensorId lse = tensor("lm_head.lse", TensorKind::saved, DType::fp32, R, kNone, Pass::forward, true);
       loss_op(OpCode::loss, Pass::forward, {logits, labels_}, {loss_, lse}, R);
@@ -271,17 +264,14 @@ void NativeStep::lm_head() {
       TensorId logits = kept_logits[ci];
       if (mode == LmHeadMode::recompute) {
         logits = tensor("lm_head.logits", TensorKind::transient, DType::fp32, R * V, kNone, Pass::recompute, true);
-        matmul("lm_head.logits", OpCode::linear, Phase::loss, Pass::recompute, kNone, {nf, W, workspace_}, {logits}, R, V, d);
+        linear("lm_head.logits", Phase::loss, Pass::recompute, kNone, nf, lm_head_param_, logits, R, V, d);
         if (capped) op("lm_head.softcap", OpCode::softcap, Phase::loss, Pass::recompute, kNone, {logits}, {logits});
       }
       const TensorId dlogits =
           tensor("lm_head.dlogits", TensorKind::transient, act_, R * V, kNone, Pass::backward, true);
       loss_op(OpCode::loss_grad, Pass::backward, {logits, kept_lse[ci], labels_, loss_}, {dlogits}, R);
-      matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::backward, kNone, {dlogits, W, workspace_}, {dnf}, R, d, V);
-      if (trained_) {
-        const TensorId g = grad(lm_head_param_, kNone);
-        matmul("lm_head.dw", OpCode::linear_dw, Phase::loss, Pass::backward, kNone, {dlogits, nf, workspace_}, {g}, V, d, R);
-      }
+      linear_dx("lm_head.dx", Phase::loss, Pass::backward, kNone, dlogits, lm_head_param_, {dnf}, R, d, V);
+      linear_dw("lm_head.dw", Phase::loss, Pass::backward, kNone, dlogits, nf, lm_head_param_, V, d, R);
       end_loop();
     }
     if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_);
@@ -349,28 +339,21 @@ void NativeStep::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, Tenso
     } else {
       g = tensor("mlp.gate", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
       u = tensor("mlp.up", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
-      matmul("mlp.gate", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate), workspace_}, {g}, R, I, d);
-      matmul("mlp.up", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up), workspace_}, {u}, R, I, d);
+      linear("mlp.gate", Phase::backward, Pass::recompute, l, st.n2, lp.gate, g, R, I, d);
+      linear("mlp.up", Phase::backward, Pass::recompute, l, st.n2, lp.up, u, R, I, d);
     }
     const TensorId act = tensor("mlp.act", TensorKind::transient, act_, R * I, l, Pass::recompute, true);
     op("mlp.act", OpCode::gated_act, Phase::backward, Pass::recompute, l, {g, u}, {act});
-    if (trained_) {
-      const TensorId gd = grad(lp.down, l);
-      matmul("mlp.down.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dh, act, workspace_}, {gd}, d, I, R);
-    }
+    linear_dw("mlp.down.dw", Phase::backward, Pass::backward, l, dh, act, lp.down, d, I, R);
     const TensorId dact = tensor("mlp.dact", TensorKind::transient, act_, R * I, l, Pass::backward, true);
-    matmul("mlp.down.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dh, weight(lp.down), workspace_}, {dact}, R, I, d);
+    linear_dx("mlp.down.dx", Phase::backward, Pass::backward, l, dh, lp.down, {dact}, R, I, d);
     const TensorId dg = tensor("mlp.dgate", TensorKind::transient, act_, R * I, l, Pass::backward, true);
     const TensorId du = tensor("mlp.dup", TensorKind::transient, act_, R * I, l, Pass::backward, true);
     op("mlp.act.grad", OpCode::gated_act_grad, Phase::backward, Pass::backward, l, {dact, g, u}, {dg, du});
-    matmul("mlp.gate.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dg, weight(lp.gate), workspace_}, {dn2}, R, d, I);
-    matmul("mlp.up.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {du, weight(lp.up), workspace_}, {dn2}, R, d, I);
-    if (trained_) {
-      const TensorId gg = grad(lp.gate, l);
-      const TensorId gu = grad(lp.up, l);
-      matmul("mlp.gate.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dg, st.n2, workspace_}, {gg}, I, d, R);
-      matmul("mlp.up.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {du, st.n2, workspace_}, {gu}, I, d, R);
-    }
+    linear_dx("mlp.gate.dx", Phase::backward, Pass::backward, l, dg, lp.gate, {dn2}, R, d, I);
+    linear_dx("mlp.up.dx", Phase::backward, Pass::backward, l, du, lp.up, {dn2}, R, d, I);
+    linear_dw("mlp.gate.dw", Phase::backward, Pass::backward, l, dg, st.n2, lp.gate, I, d, R);
+    linear_dw("mlp.up.dw", Phase::backward, Pass::backward, l, du, st.n2, lp.up, I, d, R);
     end_loop();
   }
   if (trained_) {
@@ -384,12 +367,9 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   const LayerParams& lp = params_of(l);
   const std::int64_t d = m_.hidden_size;
   const TensorId dout = tensor("attn.dout", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
-  matmul("attn.o.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {da, weight(lp.o), workspace_}, {dout}, T_, qd_, d);
-  if (trained_) {
-    const TensorId g = grad(lp.o, l);
-    matmul("attn.o.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {da, st.o, workspace_}, {g}, d, qd_, T_);
-    grad_done(lp.o);
-  }
+  linear_dx("attn.o.dx", Phase::backward, Pass::backward, l, da, lp.o, {dout}, T_, qd_, d);
+  linear_dw("attn.o.dw", Phase::backward, Pass::backward, l, da, st.o, lp.o, d, qd_, T_);
+  if (trained_) grad_done(lp.o);
   const TensorId dq = tensor("attn.dq", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
@@ -416,16 +396,13 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
        {inputs_[static_cast<std::size_t>(l)], st.rstd1, weight(lp.attn_norm)}, {n1});
     st.n1 = n1;
   }
-  matmul("attn.q.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dq, weight(lp.q), workspace_}, {dn1}, T_, d, qd_);
-  matmul("attn.k.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dk, weight(lp.k), workspace_}, {dn1}, T_, d, kvd_);
-  matmul("attn.v.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dv, weight(lp.v), workspace_}, {dn1}, T_, d, kvd_);
+  linear_dx("attn.q.dx", Phase::backward, Pass::backward, l, dq, lp.q, {dn1}, T_, d, qd_);
+  linear_dx("attn.k.dx", Phase::backward, Pass::backward, l, dk, lp.k, {dn1}, T_, d, kvd_);
+  linear_dx("attn.v.dx", Phase::backward, Pass::backward, l, dv, lp.v, {dn1}, T_, d, kvd_);
+  linear_dw("attn.q.dw", Phase::backward, Pass::backward, l, dq, st.n1, lp.q, qd_, d, T_);
+  linear_dw("attn.k.dw", Phase::backward, Pass::backward, l, dk, st.n1, lp.k, kvd_, d, T_);
+  linear_dw("attn.v.dw", Phase::backward, Pass::backward, l, dv, st.n1, lp.v, kvd_, d, T_);
   if (!trained_) return;
-  const TensorId gq = grad(lp.q, l);
-  const TensorId gk = grad(lp.k, l);
-  const TensorId gv = grad(lp.v, l);
-  matmul("attn.q.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dq, st.n1, workspace_}, {gq}, qd_, d, T_);
-  matmul("attn.k.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dk, st.n1, workspace_}, {gk}, kvd_, d, T_);
-  matmul("attn.v.dw", OpCode::linear_dw, Phase::backward, Pass::backward, l, {dv, st.n1, workspace_}, {gv}, kvd_, d, T_);
   if (m_.qkv_bias) {
     const TensorId gqb = grad(lp.qb, l);
     const TensorId gkb = grad(lp.kb, l);

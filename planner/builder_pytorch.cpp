@@ -196,11 +196,6 @@ class PytorchStep final : public StepBuilder {
                 Phase phase = Phase::forward);
   TensorId norm_grad(const char* label, TensorId dout, const NormState& ns, std::int32_t l, TensorId residual_grad,
                      Phase phase = Phase::backward);
-  void dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs, std::int32_t param,
-          std::int64_t m, std::int64_t n, std::int64_t k);
-  // A weight gradient's outputs: {.grad, kNoTensor} for its first write (or one in place), {.grad,
-  // a partial} when autograd adds a new gradient into an existing .grad; none when frozen.
-  std::pair<TensorId, TensorId> grad_outputs(std::int32_t param, std::int32_t l, bool in_place);
   TensorId rope(const char* label, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
   TensorId rope_grad(const char* label, TensorId dx, std::int64_t width, std::int32_t l);
   void autocast_exit();
@@ -320,25 +315,6 @@ TensorId PytorchStep::norm_grad(const char* name, TensorId dout, const NormState
   return d_in;
 }
 
-void PytorchStep::dw(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
-                    std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k) {
-  if (!trained_) return;
-  // The authors' LM head adds each chunk's weight gradient into .grad in place (addmm, out=).
-  const auto [g, partial] = grad_outputs(param, l, plan_.authors_code && param == lm_head_param_);
-  matmul(label, OpCode::linear_dw, phase, Pass::backward, l, inputs, {g, partial}, m, n, k);
-}
-
-std::pair<TensorId, TensorId> PytorchStep::grad_outputs(std::int32_t param, std::int32_t l, bool in_place) {
-  if (!trained_) return {kNoTensor, kNoTensor};
-  const bool exists = has_grad(param) && !in_place;
-  const TensorId g = grad(param, l);
-  if (!exists) return {g, kNoTensor};
-  // A gradient already there: the new one is a separate tensor, added into .grad.
-  const TensorId partial = tensor("weight.grad.partial", TensorKind::workspace, *storage_.gradients,
-                                  p_.params[static_cast<std::size_t>(param)].numel(), l, Pass::backward);
-  return {g, partial};
-}
-
 TensorId PytorchStep::rope(const char* which, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
   const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
   const TensorId xc = tensor(r.cos, TensorKind::transient, DType::bf16, T_ * width, l, pass);
@@ -385,20 +361,12 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
   }
   const TensorId n1 = norm("attn_norm", h, lp.attn_norm, l, pass, keep, st.attn_norm);
   p_.tensors[n1].kind = kept;  // saved by the q/k/v linears
-  auto linear = [&](const char* label, TensorId in, std::int32_t param, std::int32_t bias, TensorId out, std::int64_t n,
-                    std::int64_t k) {
-    if (bias != kNone) {
-      matmul(label, OpCode::linear, Phase::forward, pass, l, {in, weight(param), weight(bias)}, {out}, T_, n, k);
-    } else {
-      matmul(label, OpCode::linear, Phase::forward, pass, l, {in, weight(param)}, {out}, T_, n, k);
-    }
-  };
   const TensorId q = tensor("attn.q", TensorKind::transient, DType::bf16, T_ * qd_, l, pass);
   const TensorId k = tensor("attn.k", TensorKind::transient, DType::bf16, T_ * kvd_, l, pass);
   const TensorId v = tensor("attn.v", kept, DType::bf16, T_ * kvd_, l, pass);
-  linear("attn.q", n1, lp.q, lp.qb, q, qd_, d);
-  linear("attn.k", n1, lp.k, lp.kb, k, kvd_, d);
-  linear("attn.v", n1, lp.v, lp.vb, v, kvd_, d);
+  linear("attn.q", Phase::forward, pass, l, n1, lp.q, q, T_, qd_, d, lp.qb);
+  linear("attn.k", Phase::forward, pass, l, n1, lp.k, k, T_, kvd_, d, lp.kb);
+  linear("attn.v", Phase::forward, pass, l, n1, lp.v, v, T_, kvd_, d, lp.vb);
   st.n1 = n1;
   st.q = rope("q", q, qd_, l, pass);
   st.k = rope("k", k, kvd_, l, pass);
@@ -449,7 +417,7 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
     autograd_op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
   }
   const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
-  matmul("attn.o", OpCode::linear, Phase::forward, pass, l, {st.o_contig, weight(lp.o)}, {a}, T_, d, qd_);
+  linear("attn.o", Phase::forward, pass, l, st.o_contig, lp.o, a, T_, d, qd_);
   TensorId a_out = a;
   if (m_.norms_per_layer == 4) a_out = norm("attn_post_norm", a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
   st.h_mid = tensor("attn.residual", TensorKind::transient, policy_.residual, T_ * d, l, pass);
@@ -495,16 +463,16 @@ void PytorchStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorI
     const TensorId act = tensor("mlp.act", kind, DType::bf16, R * I, l, pass, true);
     const TensorId u = tensor("mlp.up", kind, DType::bf16, R * I, l, pass, true);
     const TensorId prod = tensor("mlp.prod", kind, DType::bf16, R * I, l, pass, true);
-    matmul("mlp.gate", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
+    linear("mlp.gate", Phase::forward, pass, l, st.n2, lp.gate, g, R, I, d);
     autograd_op("mlp.act", OpKind::elementwise, Phase::forward, pass, l, {g}, {act});
-    matmul("mlp.up", OpCode::linear, Phase::forward, pass, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
+    linear("mlp.up", Phase::forward, pass, l, st.n2, lp.up, u, R, I, d);
     autograd_op("mlp.mul", OpKind::elementwise, Phase::forward, pass, l, {act, u}, {prod});
     TensorId down = out;
     if (concatenated) {
       down = tensor("mlp.chunk_out", TensorKind::transient, DType::bf16, R * d, l, pass, true);
       chunk_outputs.push_back(down);
     }
-    matmul("mlp.down", OpCode::linear, Phase::forward, pass, l, {prod, weight(lp.down)}, {down}, R, d, I);
+    linear("mlp.down", Phase::forward, pass, l, prod, lp.down, down, R, d, I);
     end_loop();
     if (keep_chunks) {
       st.gate.push_back(g);
@@ -523,7 +491,6 @@ void PytorchStep::lm_head() {
   const std::int64_t d = m_.hidden_size;
   const std::int64_t V = m_.vocab_size;
   const LmHeadMode mode = plan_.lm_head_mode;
-  const TensorId W = weight(lm_head_param_);
   NormState ns;
   const TensorId nf = norm("final_norm", final_hidden_, final_norm_param_, kNone, Pass::forward, true, ns, Phase::loss);
   p_.tensors[nf].kind = TensorKind::saved;
@@ -536,7 +503,7 @@ void PytorchStep::lm_head() {
     const std::int64_t rows_all = T_;
     const TensorId logits = tensor("lm_head.logits", TensorKind::transient, DType::bf16, rows_all * V, kNone,
                                    Pass::forward);
-    matmul("lm_head.logits", OpCode::linear, Phase::loss, Pass::forward, kNone, {nf, W}, {logits}, rows_all, V, d);
+    linear("lm_head.logits", Phase::loss, Pass::forward, kNone, nf, lm_head_param_, logits, rows_all, V, d);
     TensorId capped = logits, tanh = kNoTensor;
     if (cap) {
       tanh = tensor("lm_head.logits.tanh", TensorKind::saved, DType::bf16, rows_all * V, kNone, Pass::forward);
@@ -604,8 +571,8 @@ void PytorchStep::lm_head() {
       autograd_op("lm_head.softcap.div.grad", OpKind::elementwise, Phase::loss, Pass::backward, kNone, {d2}, {dl});
     }
     dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone, Pass::backward);
-    matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, Pass::backward, kNone, {dl, W}, {dnf}, rows_all, d, V);
-    dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, rows_all);
+    linear_dx("lm_head.dx", Phase::loss, Pass::backward, kNone, dl, lm_head_param_, {dnf}, rows_all, d, V);
+    linear_dw("lm_head.dw", Phase::loss, Pass::backward, kNone, dl, nf, lm_head_param_, V, d, rows_all, plan_.authors_code);
   } else {
     // MST: a custom autograd Function over the labelled positions, chunk by chunk.
     dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone,
@@ -615,7 +582,7 @@ void PytorchStep::lm_head() {
     auto chunk = [&](Pass pass, bool gradient) {
       const std::int64_t R = loop_rows();
       const TensorId lb = tensor("lm_head.logits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
-      matmul("lm_head.logits", OpCode::linear, Phase::loss, pass, kNone, {nf, W}, {lb}, R, V, d);
+      linear("lm_head.logits", Phase::loss, pass, kNone, nf, lm_head_param_, lb, R, V, d);
       const TensorId l32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
       autograd_op("lm_head.upcast", OpKind::elementwise, Phase::loss, pass, kNone, {lb}, {l32});
       const TensorId sm = tensor("lm_head.softmax", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
@@ -625,8 +592,8 @@ void PytorchStep::lm_head() {
       if (!gradient) return;
       const TensorId dl = tensor("lm_head.dlogits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
       autograd_op("lm_head.dlogits", OpKind::elementwise, Phase::loss, pass, kNone, {sm, l32, labels_}, {dl});
-      matmul("lm_head.dx", OpCode::linear_dx, Phase::loss, pass, kNone, {dl, W}, {dnf}, R, d, V);
-      dw("lm_head.dw", Phase::loss, kNone, {dl, nf}, lm_head_param_, V, d, R);
+      linear_dx("lm_head.dx", Phase::loss, pass, kNone, dl, lm_head_param_, {dnf}, R, d, V);
+      linear_dw("lm_head.dw", Phase::loss, Pass::backward, kNone, dl, nf, lm_head_param_, V, d, R, plan_.authors_code);
     };
     if (mode == LmHeadMode::forward_grad) prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {dnf});
     for (const ChunkClass& c : classes) {
@@ -689,24 +656,24 @@ void PytorchStep::layer_backward(std::int32_t l) {
       act = tensor("mlp.act", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
       u = tensor("mlp.up", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
       prod = tensor("mlp.prod", TensorKind::transient, DType::bf16, R * I, l, Pass::recompute, true);
-      matmul("mlp.gate", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.gate)}, {g}, R, I, d);
+      linear("mlp.gate", Phase::backward, Pass::recompute, l, st.n2, lp.gate, g, R, I, d);
       autograd_op("mlp.act", OpKind::elementwise, Phase::backward, Pass::recompute, l, {g}, {act});
-      matmul("mlp.up", OpCode::linear, Phase::backward, Pass::recompute, l, {st.n2, weight(lp.up)}, {u}, R, I, d);
+      linear("mlp.up", Phase::backward, Pass::recompute, l, st.n2, lp.up, u, R, I, d);
       autograd_op("mlp.mul", OpKind::elementwise, Phase::backward, Pass::recompute, l, {act, u}, {prod});
     }
     const TensorId dprod = tensor("mlp.dprod", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
-    matmul("mlp.down.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dm, weight(lp.down)}, {dprod}, R, I, d);
-    dw("mlp.down.dw", Phase::backward, l, {dm, prod}, lp.down, d, I, R);
+    linear_dx("mlp.down.dx", Phase::backward, Pass::backward, l, dm, lp.down, {dprod}, R, I, d);
+    linear_dw("mlp.down.dw", Phase::backward, Pass::backward, l, dm, prod, lp.down, d, I, R);
     const TensorId dact = tensor("mlp.dact", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     const TensorId dup = tensor("mlp.dup", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     autograd_op("mlp.mul.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprod, act, u}, {dact, dup});
     const TensorId dx = split ? tensor("mlp.dinput", TensorKind::transient, DType::bf16, R * d, l, Pass::backward, true) : dn2;
-    matmul("mlp.up.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dup, weight(lp.up)}, {dx}, R, d, I);
-    dw("mlp.up.dw", Phase::backward, l, {dup, st.n2}, lp.up, I, d, R);
+    linear_dx("mlp.up.dx", Phase::backward, Pass::backward, l, dup, lp.up, {dx}, R, d, I);
+    linear_dw("mlp.up.dw", Phase::backward, Pass::backward, l, dup, st.n2, lp.up, I, d, R);
     const TensorId dgate = tensor("mlp.dgate", TensorKind::transient, DType::bf16, R * I, l, Pass::backward, true);
     autograd_op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g}, {dgate});
-    matmul("mlp.gate.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dgate, weight(lp.gate)}, {dx}, R, d, I);
-    dw("mlp.gate.dw", Phase::backward, l, {dgate, st.n2}, lp.gate, I, d, R);
+    linear_dx("mlp.gate.dx", Phase::backward, Pass::backward, l, dgate, lp.gate, {dx}, R, d, I);
+    linear_dw("mlp.gate.dw", Phase::backward, Pass::backward, l, dgate, st.n2, lp.gate, I, d, R);
     end_loop();
     if (split) chunk_grads.push_back(dx);
   }
@@ -726,8 +693,8 @@ void PytorchStep::layer_backward(std::int32_t l) {
   TensorId da = dh_mid;
   if (m_.norms_per_layer == 4) da = norm_grad("attn_post_norm", dh_mid, st.attn_post_norm, l, kNoTensor);
   const TensorId doc = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-  matmul("attn.o.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {da, weight(lp.o)}, {doc}, T_, qd_, d);
-  dw("attn.o.dw", Phase::backward, l, {da, st.o_contig}, lp.o, d, qd_, T_);
+  linear_dx("attn.o.dx", Phase::backward, Pass::backward, l, da, lp.o, {doc}, T_, qd_, d);
+  linear_dw("attn.o.dw", Phase::backward, Pass::backward, l, da, st.o_contig, lp.o, d, qd_, T_);
   if (trained_) grad_done(lp.o);
   const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
@@ -777,15 +744,15 @@ void PytorchStep::layer_backward(std::int32_t l) {
   const TensorId dq_in = rope_grad("q", dq, qd_, l);
   const TensorId dk_in = rope_grad("k", dk, kvd_, l);
   const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
-  matmul("attn.q.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dq_in, weight(lp.q)}, {dn1}, T_, d, qd_);
+  linear_dx("attn.q.dx", Phase::backward, Pass::backward, l, dq_in, lp.q, {dn1}, T_, d, qd_);
   // The k and v input gradients are new tensors summed into dn1 (InputBuffer).
   const TensorId tk = tensor("attn.k.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
-  matmul("attn.k.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dk_in, weight(lp.k)}, {dn1, tk}, T_, d, kvd_);
+  linear_dx("attn.k.dx", Phase::backward, Pass::backward, l, dk_in, lp.k, {dn1, tk}, T_, d, kvd_);
   const TensorId tv = tensor("attn.v.dinput", TensorKind::workspace, DType::bf16, T_ * d, l, Pass::backward);
-  matmul("attn.v.dx", OpCode::linear_dx, Phase::backward, Pass::backward, l, {dv, weight(lp.v)}, {dn1, tv}, T_, d, kvd_);
-  dw("attn.q.dw", Phase::backward, l, {dq_in, st.n1}, lp.q, qd_, d, T_);
-  dw("attn.k.dw", Phase::backward, l, {dk_in, st.n1}, lp.k, kvd_, d, T_);
-  dw("attn.v.dw", Phase::backward, l, {dv, st.n1}, lp.v, kvd_, d, T_);
+  linear_dx("attn.v.dx", Phase::backward, Pass::backward, l, dv, lp.v, {dn1, tv}, T_, d, kvd_);
+  linear_dw("attn.q.dw", Phase::backward, Pass::backward, l, dq_in, st.n1, lp.q, qd_, d, T_);
+  linear_dw("attn.k.dw", Phase::backward, Pass::backward, l, dk_in, st.n1, lp.k, kvd_, d, T_);
+  linear_dw("attn.v.dw", Phase::backward, Pass::backward, l, dv, st.n1, lp.v, kvd_, d, T_);
   if (trained_ && m_.qkv_bias) {
     for (auto [bias, dy] : {std::pair{lp.qb, dq_in}, std::pair{lp.kb, dk_in}, std::pair{lp.vb, dv}}) {
       const TensorId gb = grad(bias, l);
