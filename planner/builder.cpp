@@ -412,7 +412,8 @@ void StepBuilder::offload(std::int32_t l) {
 }
 
 void StepBuilder::prefetch(std::int32_t l) {
-  const TensorId dev = tensor("input", TensorKind::checkpoint, act_, T_ * m_.hidden_size, l, Pass::backward);
+  const TensorId dev =
+      tensor("input", TensorKind::checkpoint, policy_.residual, T_ * m_.hidden_size, l, Pass::backward);
   op("prefetch", OpCode::prefetch, Phase::backward, Pass::backward, l, {host_copies_[static_cast<std::size_t>(l)]},
      {dev});
   inputs_[static_cast<std::size_t>(l)] = dev;

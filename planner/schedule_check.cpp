@@ -40,6 +40,20 @@ std::optional<std::string> check_schedule(const Program& p) {
       }
       last_writer[t] = i;
     }
+    if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
+      const auto in = p.inputs(op);
+      const auto out = p.outputs(op);
+      const Device to = op.kind == OpKind::copy_to_host ? Device::host : Device::device;
+      if (in.size() != 1 || out.size() != 1 || p.tensors[in[0]].device == to || p.tensors[out[0]].device != to) {
+        return fmt::format("op {} does not copy one tensor to the {}", op_name(p, i), to == Device::host ? "host" : "GPU");
+      }
+      const Tensor& a = p.tensors[in[0]];
+      const Tensor& b = p.tensors[out[0]];
+      if (a.dtype != b.dtype || a.bytes != b.bytes) {
+        return fmt::format("op {} copies {} ({}, {} bytes) into {} ({}, {} bytes)", op_name(p, i),
+                           tensor_name(p, in[0]), to_string(a.dtype), a.bytes, tensor_name(p, out[0]), to_string(b.dtype), b.bytes);
+      }
+    }
   }
   return std::nullopt;
 }

@@ -116,6 +116,30 @@ TEST(PytorchProfile, GradientsLiveFromBackwardToTheOptimizerStep) {
   EXPECT_EQ(gradients_at(s, "lm_head.logits", Pass::forward), 316'800);
 }
 
+// Under autocast (precision mixed) the residual stream is fp32, so an offloaded checkpoint leaves
+// as 64 x 64 x 4 = 16,384 bytes and comes back as the same 16,384 fp32 bytes (not 8,192 of bf16):
+// one offload and one prefetch per layer, 2 layers.
+TEST(PytorchProfile, OffloadedCheckpointsComeBackInTheirDtype) {
+  const ModelSpec m = tiny();
+  TrainingSetup s = pytorch(Framework::transformers_5);
+  s.precision = Precision::mixed;
+  Plan plan = Plan::recompute_all();
+  plan.offload_checkpoints = true;
+  const Program p = build_program(m, s, plan, 64);
+  int copies = 0;
+  for (const Op& op : p.ops) {
+    if (op.kind != OpKind::copy_to_host && op.kind != OpKind::copy_to_device) continue;
+    ++copies;
+    for (const auto list : {p.inputs(op), p.outputs(op)}) {
+      for (TensorId t : list) {
+        EXPECT_EQ(p.tensors[t].dtype, DType::fp32) << op.label;
+        EXPECT_EQ(p.tensors[t].bytes, 16'384) << op.label;
+      }
+    }
+  }
+  EXPECT_EQ(copies, 4);
+}
+
 // flash-attn: o_proj reads the kernel's output (no contiguous copy of 128 x 64 bf16 per layer), and
 // its backward expands dk and dv to the 4 query heads (GQA).
 TEST(PytorchProfile, FlashAttnPackage) {
