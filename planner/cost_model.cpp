@@ -92,9 +92,10 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
   // order) has produced what it moves; a compute op reading a copied tensor waits for the copy.
   thread_local StreamSchedule schedule;
   thread_local std::vector<std::int64_t> copied_by;  // per tensor: the copy task writing it, or -1
+  thread_local std::vector<TensorId> copied;         // the tensors with an entry there, to reset
   thread_local std::vector<std::uint32_t> after;
   schedule.clear();
-  copied_by.assign(p.tensors.size(), -1);
+  if (copied_by.size() < p.tensors.size()) copied_by.resize(p.tensors.size(), -1);
   std::int64_t last_compute = -1;
   double forward_flops = 0.0;
   auto compute_task = [&](OpId j, double seconds, double flops, std::span<const std::uint32_t> waits) {
@@ -118,16 +119,23 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
     if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
       if (last_compute >= 0) after.push_back(static_cast<std::uint32_t>(last_compute));
       const std::uint32_t task = schedule.add(Stream::copy, seconds, after);
-      for (TensorId out : p.outputs(op)) copied_by[out] = task;
+      for (TensorId out : p.outputs(op)) {
+        copied_by[out] = task;
+        copied.push_back(out);
+      }
       t.copy_seconds += seconds;
     } else {
-      for (TensorId in : p.inputs(op)) {
-        if (copied_by[in] >= 0) after.push_back(static_cast<std::uint32_t>(copied_by[in]));
+      if (!copied.empty()) {  // until a first copy, no input can wait for one
+        for (TensorId in : p.inputs(op)) {
+          if (copied_by[in] >= 0) after.push_back(static_cast<std::uint32_t>(copied_by[in]));
+        }
       }
       compute_task(i, seconds, op_flops(p, i), after);
     }
     ++i;
   }
+  for (TensorId c : copied) copied_by[c] = -1;
+  copied.clear();
   t.compute_seconds = schedule.stream_end(Stream::compute);  // including waits for prefetches
   t.step_seconds = schedule.seconds();
   t.model_flops = 3.0 * forward_flops;

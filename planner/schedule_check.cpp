@@ -44,8 +44,10 @@ std::optional<std::string> check_schedule(const Program& p) {
       const auto in = p.inputs(op);
       const auto out = p.outputs(op);
       const Device to = op.kind == OpKind::copy_to_host ? Device::host : Device::device;
-      if (in.size() != 1 || out.size() != 1 || p.tensors[in[0]].device == to || p.tensors[out[0]].device != to) {
-        return fmt::format("op {} does not copy one tensor to the {}", op_name(p, i), to == Device::host ? "host" : "GPU");
+      if (op.loop != kNone || in.size() != 1 || out.size() != 1 || p.tensors[in[0]].device == to ||
+          p.tensors[out[0]].device != to) {
+        return fmt::format("op {} does not copy one tensor to the {} outside chunk loops", op_name(p, i),
+                           to == Device::host ? "host" : "GPU");
       }
       const Tensor& a = p.tensors[in[0]];
       const Tensor& b = p.tensors[out[0]];

@@ -3,8 +3,9 @@
 // tensor id exists and is written before it is read (so every dependency points forward: program
 // order is a topological order of the op DAG, and no cycle can exist); arrays are written only
 // inside their own loop and read only within loops over the same chunks, or whole outside loops;
-// loops are contiguous runs of ops; an offload or prefetch copies one tensor to the other device
-// with its dtype and bytes unchanged. The builder's output always passes; a failure is a bug in it.
+// loops are contiguous runs of ops; an offload or prefetch, outside chunk loops, copies one tensor
+// to the other device with its dtype and bytes unchanged. The builder's output always passes; a
+// failure is a bug in it.
 //
 //   if (auto problem = check_schedule(program)) std::abort();
 #include <optional>
