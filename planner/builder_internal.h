@@ -174,7 +174,12 @@ class StepBuilder {
   // A weight gradient's outputs: {.grad, kNoTensor} for its first write (or one in place), {.grad,
   // a partial} where the policy adds a new gradient into an existing .grad; none when frozen.
   std::pair<TensorId, TensorId> grad_outputs(std::int32_t param, std::int32_t layer, bool in_place = false);
-  void grad_done(std::int32_t param);  // the gradient is complete
+  // The gradients are complete (the optimizer steps them here when it runs in backward); nothing
+  // when the step trains nothing.
+  void grad_done(std::int32_t param);
+  void grad_done(std::initializer_list<std::int32_t> params) {
+    for (std::int32_t param : params) grad_done(param);
+  }
   void optimizer_op(std::int32_t param, Phase phase);
 
   std::int64_t rows(std::int64_t positions) const { return B_ * positions; }

@@ -76,7 +76,7 @@ class NativeStep final : public StepBuilder {
 void NativeStep::norm_grad_op(const char* label, Phase phase, std::int32_t l, std::initializer_list<TensorId> inputs,
                            TensorId dx, std::int32_t param) {
   op(label, OpCode::norm_grad, phase, Pass::backward, l, inputs, {dx, grad_if_trained(param, l)});
-  if (trained_) grad_done(param);
+  grad_done(param);
 }
 
 void NativeStep::embedding_forward() {
@@ -98,43 +98,35 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   const TensorId h = inputs_[static_cast<std::size_t>(l)];
 
   // Attention block.
-  const TensorId n1 = tensor("attn_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, act_,
-                             T_ * d, l, pass);
-  const TensorId rstd1 = tensor("attn_norm.rstd", kept, DType::fp32, T_, l, pass);
-  op("attn_norm", OpCode::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {n1, rstd1});
-  const TensorId q = tensor("attn.q", kept, act_, T_ * qd_, l, pass);
-  const TensorId k = tensor("attn.k", kept, act_, T_ * kvd_, l, pass);
-  const TensorId v = tensor("attn.v", kept, act_, T_ * kvd_, l, pass);
-  linear("attn.q", Phase::forward, pass, l, n1, lp.q, q, T_, qd_, d, lp.qb);
-  linear("attn.k", Phase::forward, pass, l, n1, lp.k, k, T_, kvd_, d, lp.kb);
-  linear("attn.v", Phase::forward, pass, l, n1, lp.v, v, T_, kvd_, d, lp.vb);
-  op("attn.rope", OpCode::rope, Phase::forward, pass, l, {q, k}, {q, k});
-  const TensorId o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
-  TensorId lse = kNoTensor, probs = kNoTensor;
+  st.n1_kept = keep && !sel;
+  st.n1 = tensor("attn_norm.out", st.n1_kept ? TensorKind::saved : TensorKind::transient, act_, T_ * d, l, pass);
+  st.rstd1 = tensor("attn_norm.rstd", kept, DType::fp32, T_, l, pass);
+  op("attn_norm", OpCode::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {st.n1, st.rstd1});
+  st.q = tensor("attn.q", kept, act_, T_ * qd_, l, pass);
+  st.k = tensor("attn.k", kept, act_, T_ * kvd_, l, pass);
+  st.v = tensor("attn.v", kept, act_, T_ * kvd_, l, pass);
+  linear("attn.q", Phase::forward, pass, l, st.n1, lp.q, st.q, T_, qd_, d, lp.qb);
+  linear("attn.k", Phase::forward, pass, l, st.n1, lp.k, st.k, T_, kvd_, d, lp.kb);
+  linear("attn.v", Phase::forward, pass, l, st.n1, lp.v, st.v, T_, kvd_, d, lp.vb);
+  op("attn.rope", OpCode::rope, Phase::forward, pass, l, {st.q, st.k}, {st.q, st.k});
+  st.o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
+  st.lse = st.probs = kNoTensor;
   if (s_.attention != AttentionKind::eager) {
-    lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
-    attention_op(OpCode::attention, pass, l, {q, k, v}, {o, lse});
+    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
+    attention_op(OpCode::attention, pass, l, {st.q, st.k, st.v}, {st.o, st.lse});
   } else {
     const std::int64_t scores_elements = B_ * m_.num_heads * S_ * S_;
     const TensorId scores = tensor("attn.scores", TensorKind::transient, DType::fp32, scores_elements, l, pass);
-    probs = tensor("attn.probs", kept, act_, scores_elements, l, pass);
-    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {q, k}, {scores}, S_, S_, m_.head_dim);
-    op("attn.softmax", OpCode::softmax, Phase::forward, pass, l, {scores}, {probs});
-    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {probs, v}, {o}, S_, m_.head_dim, S_);
+    st.probs = tensor("attn.probs", kept, act_, scores_elements, l, pass);
+    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {st.q, st.k}, {scores}, S_, S_,
+                 m_.head_dim);
+    op("attn.softmax", OpCode::softmax, Phase::forward, pass, l, {scores}, {st.probs});
+    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {st.probs, st.v}, {st.o}, S_, m_.head_dim, S_);
   }
-  st.n1 = n1;
-  st.n1_kept = keep && !sel;
-  st.rstd1 = rstd1;
-  st.q = q;
-  st.k = k;
-  st.v = v;
-  st.o = o;
-  st.lse = lse;
-  st.probs = probs;
 
   const bool post = m_.norms_per_layer == 4;
   const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, act_, T_ * d, l, pass);
-  linear("attn.o", Phase::forward, pass, l, o, lp.o, a, T_, d, qd_);
+  linear("attn.o", Phase::forward, pass, l, st.o, lp.o, a, T_, d, qd_);
   TensorId a_out = a;
   if (post) {
     st.rstd_pa = tensor("attn_post_norm.rstd", kept, DType::fp32, T_, l, pass);
@@ -142,18 +134,14 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
     op("attn_post_norm", OpCode::norm, Phase::forward, pass, l, {a, weight(lp.attn_post_norm)}, {a_out, st.rstd_pa});
     st.a = a;
   }
-  const TensorId h_mid = tensor("attn.residual", kept, act_, T_ * d, l, pass);
-  op("attn.residual", OpCode::residual_add, Phase::forward, pass, l, {h, a_out}, {h_mid});
-  st.h_mid = h_mid;
+  st.h_mid = tensor("attn.residual", kept, act_, T_ * d, l, pass);
+  op("attn.residual", OpCode::residual_add, Phase::forward, pass, l, {h, a_out}, {st.h_mid});
 
   // MLP block.
-  const TensorId n2 = tensor("mlp_norm.out", keep && !sel ? TensorKind::saved : TensorKind::transient, act_,
-                             T_ * d, l, pass);
-  const TensorId rstd2 = tensor("mlp_norm.rstd", kept, DType::fp32, T_, l, pass);
-  op("mlp_norm", OpCode::norm, Phase::forward, pass, l, {h_mid, weight(lp.mlp_norm)}, {n2, rstd2});
-  st.n2 = n2;
   st.n2_kept = keep && !sel;
-  st.rstd2 = rstd2;
+  st.n2 = tensor("mlp_norm.out", st.n2_kept ? TensorKind::saved : TensorKind::transient, act_, T_ * d, l, pass);
+  st.rstd2 = tensor("mlp_norm.rstd", kept, DType::fp32, T_, l, pass);
+  op("mlp_norm", OpCode::norm, Phase::forward, pass, l, {st.h_mid, weight(lp.mlp_norm)}, {st.n2, st.rstd2});
 
   if (pass == Pass::recompute) {
     // The recomputation stops here: backward needs the saved tensors, not the layer's output.
@@ -173,7 +161,7 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   const bool last = l + 1 == m_.num_layers;
   const TensorKind next_kind = !last && recomputed(l + 1) ? TensorKind::checkpoint : TensorKind::saved;
   const TensorId next = tensor("output", next_kind, act_, T_ * d, l, pass);
-  op("mlp.residual", OpCode::residual_add, Phase::forward, pass, l, {h_mid, m_out}, {next});
+  op("mlp.residual", OpCode::residual_add, Phase::forward, pass, l, {st.h_mid, m_out}, {next});
   set_output(l, next);
 }
 
@@ -253,7 +241,7 @@ void NativeStep::lm_head() {
     end_loop();
   }
   if (mode == LmHeadMode::forward_grad) {
-    if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_);
+    if (!m_.tied_embeddings) grad_done(lm_head_param_);
   } else {
     // Backward over the same chunks.
     prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf, fresh_grad(lm_head_param_, kNone)});
@@ -274,7 +262,7 @@ void NativeStep::lm_head() {
       linear_dw("lm_head.dw", Phase::loss, Pass::backward, kNone, dlogits, nf, lm_head_param_, V, d, R);
       end_loop();
     }
-    if (trained_ && !m_.tied_embeddings) grad_done(lm_head_param_);
+    if (!m_.tied_embeddings) grad_done(lm_head_param_);
   }
   // Final norm backward: dh_L.
   const TensorId dh = tensor("output.grad", TensorKind::transient, act_, T_ * d,
@@ -356,11 +344,7 @@ void NativeStep::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, Tenso
     linear_dw("mlp.up.dw", Phase::backward, Pass::backward, l, du, st.n2, lp.up, I, d, R);
     end_loop();
   }
-  if (trained_) {
-    grad_done(lp.down);
-    grad_done(lp.gate);
-    grad_done(lp.up);
-  }
+  grad_done({lp.down, lp.gate, lp.up});
 }
 
 void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da, TensorId dn1) {
@@ -369,7 +353,7 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   const TensorId dout = tensor("attn.dout", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
   linear_dx("attn.o.dx", Phase::backward, Pass::backward, l, da, lp.o, {dout}, T_, qd_, d);
   linear_dw("attn.o.dw", Phase::backward, Pass::backward, l, da, st.o, lp.o, d, qd_, T_);
-  if (trained_) grad_done(lp.o);
+  grad_done(lp.o);
   const TensorId dq = tensor("attn.dq", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
@@ -402,26 +386,18 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   linear_dw("attn.q.dw", Phase::backward, Pass::backward, l, dq, st.n1, lp.q, qd_, d, T_);
   linear_dw("attn.k.dw", Phase::backward, Pass::backward, l, dk, st.n1, lp.k, kvd_, d, T_);
   linear_dw("attn.v.dw", Phase::backward, Pass::backward, l, dv, st.n1, lp.v, kvd_, d, T_);
-  if (!trained_) return;
-  if (m_.qkv_bias) {
-    const TensorId gqb = grad(lp.qb, l);
-    const TensorId gkb = grad(lp.kb, l);
-    const TensorId gvb = grad(lp.vb, l);
+  if (trained_ && m_.qkv_bias) {
     op("attn.bias.dw", OpCode::bias_grad, Phase::backward, Pass::backward, l, {dq, dk, dv},
-       {gqb, gkb, gvb});
-    grad_done(lp.qb);
-    grad_done(lp.kb);
-    grad_done(lp.vb);
+       {grad(lp.qb, l), grad(lp.kb, l), grad(lp.vb, l)});
+    grad_done({lp.qb, lp.kb, lp.vb});
   }
-  grad_done(lp.q);
-  grad_done(lp.k);
-  grad_done(lp.v);
+  grad_done({lp.q, lp.k, lp.v});
 }
 
 void NativeStep::embedding_backward(TensorId dh0) {
   if (!trained_) return;
-  const TensorId g = grad(embed_param_, kNone);
-  op("embedding.grad", OpCode::embedding_grad, Phase::backward, Pass::backward, kNone, {dh0, tokens_}, {g});
+  op("embedding.grad", OpCode::embedding_grad, Phase::backward, Pass::backward, kNone, {dh0, tokens_},
+     {grad(embed_param_, kNone)});
   grad_done(embed_param_);
 }
 

@@ -95,28 +95,9 @@ namespace {
 
 // Literal labels of one norm's tensors and ops.
 struct NormLabels {
-  const char* name;
-  const char* upcast;
-  const char* x32;
-  const char* pow;
-  const char* rstd;
-  const char* rsqrt;
-  const char* scale;
-  const char* normed;
-  const char* weight;
-  const char* weighted;
-  const char* out;
-  const char* downcast;
-  const char* grad_weight;
-  const char* d_normed;
-  const char* grad_upcast;
-  const char* d_x32;
-  const char* grad_scale;
-  const char* grad_variance;
-  const char* grad_downcast;
-  const char* d_in;
-  const char* residual_grad;
-  const char* workspace;
+  const char *name, *upcast, *x32, *pow, *rstd, *rsqrt, *scale, *normed, *weight, *weighted, *out, *downcast;
+  const char *grad_weight, *d_normed, *grad_upcast, *d_x32, *grad_scale, *grad_variance, *grad_downcast, *d_in;
+  const char *residual_grad, *workspace;
 };
 #define MSTPLAN_NORM_LABELS(n)                                                                                     \
   NormLabels {                                                                                                     \
@@ -131,30 +112,9 @@ const NormLabels kMlpPostNorm = MSTPLAN_NORM_LABELS("mlp_post_norm");
 const NormLabels kFinalNorm = MSTPLAN_NORM_LABELS("final_norm");
 #undef MSTPLAN_NORM_LABELS
 
-const NormLabels& labels_of(const char* name) {
-  const std::string_view n(name);
-  if (n == "attn_post_norm") return kAttnPostNorm;
-  if (n == "mlp_norm") return kMlpNorm;
-  if (n == "mlp_post_norm") return kMlpPostNorm;
-  if (n == "final_norm") return kFinalNorm;
-  return kAttnNorm;
-}
-
+// Literal labels of RoPE on q or k.
 struct RopeLabels {
-  const char* cos;
-  const char* rotated;
-  const char* neg;
-  const char* sin;
-  const char* out;
-  const char* add;
-  const char* grad;
-  const char* d_in;
-  const char* tmp_a;
-  const char* tmp_b;
-  const char* tmp_neg;
-  const char* cos_op;
-  const char* rotate_op;
-  const char* sin_op;
+  const char *cos, *rotated, *neg, *sin, *out, *add, *grad, *d_in, *tmp_a, *tmp_b, *tmp_neg, *cos_op, *rotate_op, *sin_op;
 };
 const RopeLabels kRopeQ{"attn.q.cos", "attn.q.rotated", "attn.q.neg", "attn.q.sin", "attn.q.rope", "attn.rope.q.add",
                         "attn.rope.q.grad", "attn.dq", "attn.dq.cos", "attn.dq.sin", "attn.dq.neg", "attn.rope.q.cos",
@@ -171,6 +131,7 @@ class PytorchStep final : public StepBuilder {
  private:
   // What one norm saved for its backward.
   struct NormState {
+    const NormLabels* labels = nullptr;
     TensorId input = kNoTensor;  // what the norm read (its backward needs it in fp32: x32)
     TensorId x32 = kNoTensor, rstd = kNoTensor, normed = kNoTensor;  // saved
     std::int32_t param = kNone;
@@ -192,12 +153,12 @@ class PytorchStep final : public StepBuilder {
   void embedding_backward(TensorId dh0) override;
 
   void mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId out, bool keep);
-  TensorId norm(const char* label, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep, NormState& ns,
+  TensorId norm(const NormLabels& n, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep, NormState& ns,
                 Phase phase = Phase::forward);
-  TensorId norm_grad(const char* label, TensorId dout, const NormState& ns, std::int32_t l, TensorId residual_grad,
+  TensorId norm_grad(TensorId dout, const NormState& ns, std::int32_t l, TensorId residual_grad,
                      Phase phase = Phase::backward);
-  TensorId rope(const char* label, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
-  TensorId rope_grad(const char* label, TensorId dx, std::int64_t width, std::int32_t l);
+  TensorId rope(const RopeLabels& r, TensorId x, std::int64_t width, std::int32_t l, Pass pass);
+  TensorId rope_grad(const RopeLabels& r, TensorId dx, std::int64_t width, std::int32_t l);
   void autocast_exit();
 
   std::vector<LayerState> layers_;
@@ -232,9 +193,8 @@ void PytorchStep::embedding_forward() {
   autograd_op("rope.tables", OpKind::elementwise, Phase::forward, Pass::forward, kNone, {}, {rope_cos_, rope_sin_});
 }
 
-TensorId PytorchStep::norm(const char* name, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep,
+TensorId PytorchStep::norm(const NormLabels& n, TensorId x, std::int32_t param, std::int32_t l, Pass pass, bool keep,
                           NormState& ns, Phase phase) {
-  const NormLabels& n = labels_of(name);
   const std::int64_t d = m_.hidden_size;
   const bool gemma = m_.family == Family::gemma2;
   const TensorKind kept = keep ? TensorKind::saved : TensorKind::transient;
@@ -270,6 +230,7 @@ TensorId PytorchStep::norm(const char* name, TensorId x, std::int32_t param, std
     autograd_op(n.weight, OpKind::elementwise, phase, pass, l, {w, yb}, {out});
     ns.normed = yb;
   }
+  ns.labels = &n;
   ns.input = x;
   ns.x32 = x32;
   ns.rstd = rstd;
@@ -277,9 +238,9 @@ TensorId PytorchStep::norm(const char* name, TensorId x, std::int32_t param, std
   return out;
 }
 
-TensorId PytorchStep::norm_grad(const char* name, TensorId dout, const NormState& ns, std::int32_t l,
+TensorId PytorchStep::norm_grad(TensorId dout, const NormState& ns, std::int32_t l,
                                TensorId residual_grad, Phase phase) {
-  const NormLabels& n = labels_of(name);
+  const NormLabels& n = *ns.labels;
   const std::int64_t d = m_.hidden_size;
   const bool gemma = m_.family == Family::gemma2;
   const TensorId w = weight(ns.param);
@@ -290,7 +251,7 @@ TensorId PytorchStep::norm_grad(const char* name, TensorId dout, const NormState
   const auto [g, partial] = grad_outputs(ns.param, l, false);
   autograd_op(n.grad_weight, OpKind::elementwise, phase, Pass::backward, l, {dout, ns.normed, w},
               {d_normed, tmp, g, partial});
-  if (trained_) grad_done(ns.param);
+  grad_done(ns.param);
   TensorId d_y32 = d_normed;
   if (product != DType::fp32) {
     d_y32 = tensor(n.d_x32, TensorKind::transient, DType::fp32, T_ * d, l, Pass::backward);
@@ -315,8 +276,7 @@ TensorId PytorchStep::norm_grad(const char* name, TensorId dout, const NormState
   return d_in;
 }
 
-TensorId PytorchStep::rope(const char* which, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
-  const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
+TensorId PytorchStep::rope(const RopeLabels& r, TensorId x, std::int64_t width, std::int32_t l, Pass pass) {
   const TensorId xc = tensor(r.cos, TensorKind::transient, DType::bf16, T_ * width, l, pass);
   autograd_op(r.cos_op, OpKind::elementwise, Phase::forward, pass, l, {x, rope_cos_}, {xc});
   const TensorId neg = tensor(r.neg, TensorKind::transient, DType::bf16, T_ * width / 2, l, pass);
@@ -329,8 +289,7 @@ TensorId PytorchStep::rope(const char* which, TensorId x, std::int64_t width, st
   return out;
 }
 
-TensorId PytorchStep::rope_grad(const char* which, TensorId dx, std::int64_t width, std::int32_t l) {
-  const RopeLabels& r = std::string_view(which) == "q" ? kRopeQ : kRopeK;
+TensorId PytorchStep::rope_grad(const RopeLabels& r, TensorId dx, std::int64_t width, std::int32_t l) {
   const TensorId d_in = tensor(r.d_in, TensorKind::transient, DType::bf16, T_ * width, l, Pass::backward);
   const TensorId a = tensor(r.tmp_a, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
   const TensorId b = tensor(r.tmp_b, TensorKind::workspace, DType::bf16, T_ * width, l, Pass::backward);
@@ -359,7 +318,7 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
     autograd_op("autocast.cast", OpKind::elementwise, Phase::forward, pass, l, {weight(lp.q)}, {st.weights_bf16});
     if (pass == Pass::forward) autocast_cache_.push_back(st.weights_bf16);
   }
-  const TensorId n1 = norm("attn_norm", h, lp.attn_norm, l, pass, keep, st.attn_norm);
+  const TensorId n1 = norm(kAttnNorm, h, lp.attn_norm, l, pass, keep, st.attn_norm);
   p_.tensors[n1].kind = kept;  // saved by the q/k/v linears
   const TensorId q = tensor("attn.q", TensorKind::transient, DType::bf16, T_ * qd_, l, pass);
   const TensorId k = tensor("attn.k", TensorKind::transient, DType::bf16, T_ * kvd_, l, pass);
@@ -368,8 +327,8 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
   linear("attn.k", Phase::forward, pass, l, n1, lp.k, k, T_, kvd_, d, lp.kb);
   linear("attn.v", Phase::forward, pass, l, n1, lp.v, v, T_, kvd_, d, lp.vb);
   st.n1 = n1;
-  st.q = rope("q", q, qd_, l, pass);
-  st.k = rope("k", k, kvd_, l, pass);
+  st.q = rope(kRopeQ, q, qd_, l, pass);
+  st.k = rope(kRopeK, k, kvd_, l, pass);
   p_.tensors[st.q].kind = kept;
   p_.tensors[st.k].kind = kept;
   st.v = v;
@@ -419,18 +378,18 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
   const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
   linear("attn.o", Phase::forward, pass, l, st.o_contig, lp.o, a, T_, d, qd_);
   TensorId a_out = a;
-  if (m_.norms_per_layer == 4) a_out = norm("attn_post_norm", a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
+  if (m_.norms_per_layer == 4) a_out = norm(kAttnPostNorm, a, lp.attn_post_norm, l, pass, keep, st.attn_post_norm);
   st.h_mid = tensor("attn.residual", TensorKind::transient, policy_.residual, T_ * d, l, pass);
   autograd_op("attn.residual", OpKind::elementwise, Phase::forward, pass, l, {h, a_out}, {st.h_mid});
 
-  st.n2 = norm("mlp_norm", st.h_mid, lp.mlp_norm, l, pass, keep_mlp, st.mlp_norm);
+  st.n2 = norm(kMlpNorm, st.h_mid, lp.mlp_norm, l, pass, keep_mlp, st.mlp_norm);
   if (selective(l) && pass == Pass::forward) p_.tensors[st.h_mid].kind = TensorKind::checkpoint;  // the MLP's checkpoint
   p_.tensors[st.n2].kind = keep_mlp ? TensorKind::saved : TensorKind::transient;
   const TensorId mlp_out = tensor("mlp.out", TensorKind::transient, DType::bf16, T_ * d, l, pass);
   mlp_forward(l, pass, st, mlp_out, keep_mlp);
   TensorId m_out = mlp_out;
   if (m_.norms_per_layer == 4) {
-    m_out = norm("mlp_post_norm", mlp_out, lp.mlp_post_norm, l, pass, keep, st.mlp_post_norm);
+    m_out = norm(kMlpPostNorm, mlp_out, lp.mlp_post_norm, l, pass, keep, st.mlp_post_norm);
   }
   if (pass == Pass::recompute) return;  // checkpoint's early stop: no final residual add
   const bool last = l + 1 == m_.num_layers;
@@ -492,7 +451,7 @@ void PytorchStep::lm_head() {
   const std::int64_t V = m_.vocab_size;
   const LmHeadMode mode = plan_.lm_head_mode;
   NormState ns;
-  const TensorId nf = norm("final_norm", final_hidden_, final_norm_param_, kNone, Pass::forward, true, ns, Phase::loss);
+  const TensorId nf = norm(kFinalNorm, final_hidden_, final_norm_param_, kNone, Pass::forward, true, ns, Phase::loss);
   p_.tensors[nf].kind = TensorKind::saved;
   loss_ = tensor("loss", TensorKind::transient, DType::fp32, 1, kNone, Pass::forward);
   const std::optional<double> cap = m_.final_logit_softcap;
@@ -538,14 +497,9 @@ void PytorchStep::lm_head() {
     // computed (HF Trainer), or held into the next step (`outputs = model(...)`), whose forward
     // then runs with this step's output still alive: that one is `outputs.previous`.
     const TensorId output = policy_.fp32_output ? logits32 : capped;
-    if (s_.hold_outputs) {
-      held_.push_back(output);
-      autograd_op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone,
-         {lsm, labels_, logits32, loss_input, output, previous_output_}, {loss_});
-    } else {
-      autograd_op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone, {lsm, labels_, logits32, loss_input, output},
-         {loss_});
-    }
+    if (s_.hold_outputs) held_.push_back(output);
+    autograd_op("lm_head.loss", OpKind::elementwise, Phase::loss, Pass::forward, kNone,
+                {lsm, labels_, logits32, loss_input, output, previous_output_}, {loss_});
     autocast_exit();
     // Backward.
     const TensorId nll = tensor("lm_head.nll.grad", TensorKind::transient, DType::fp32, rows_loss * V, kNone, Pass::backward);
@@ -612,10 +566,8 @@ void PytorchStep::lm_head() {
     }
   }
   // The authors' hook skips the LM head's weight (`later`) and steps it after the embedding's.
-  if (trained_ && !m_.tied_embeddings && !(plan_.authors_code && s_.optimizer_in_backward)) {
-    grad_done(lm_head_param_);
-  }
-  upstream_ = norm_grad("final_norm", dnf, ns, kNone, kNoTensor, Phase::loss);
+  if (!m_.tied_embeddings && !(plan_.authors_code && s_.optimizer_in_backward)) grad_done(lm_head_param_);
+  upstream_ = norm_grad(dnf, ns, kNone, kNoTensor, Phase::loss);
 }
 
 void PytorchStep::layer_backward(std::int32_t l) {
@@ -627,12 +579,12 @@ void PytorchStep::layer_backward(std::int32_t l) {
 
   if (selective(l)) {
     // The checkpointed MLP block reruns from its input: its norm and (below) its chunks.
-    st.n2 = norm("mlp_norm", st.h_mid, lp.mlp_norm, l, Pass::recompute, true, st.mlp_norm, Phase::backward);
+    st.n2 = norm(kMlpNorm, st.h_mid, lp.mlp_norm, l, Pass::recompute, true, st.mlp_norm, Phase::backward);
     p_.tensors[st.n2].kind = TensorKind::saved;
   }
 
   TensorId dm = dh;
-  if (m_.norms_per_layer == 4) dm = norm_grad("mlp_post_norm", dh, st.mlp_post_norm, l, kNoTensor);
+  if (m_.norms_per_layer == 4) dm = norm_grad(dh, st.mlp_post_norm, l, kNoTensor);
 
   // MLP, chunk by chunk: down, mul, up, act, gate (autograd's order).
   const bool tiled = plan_.mlp_mode == MlpMode::tiled || selective(l) || st.gate.empty();
@@ -682,20 +634,16 @@ void PytorchStep::layer_backward(std::int32_t l) {
     const OpId cat = open_op("mlp.split.grad", OpCode::autograd, OpKind::elementwise, Phase::backward, Pass::backward, l);
     push_operands(cat, chunk_grads, std::array{dn2});
   }
-  if (trained_) {
-    grad_done(lp.down);
-    grad_done(lp.up);
-    grad_done(lp.gate);
-  }
-  const TensorId dh_mid = norm_grad("mlp_norm", dn2, st.mlp_norm, l, dh);
+  grad_done({lp.down, lp.up, lp.gate});
+  const TensorId dh_mid = norm_grad(dn2, st.mlp_norm, l, dh);
 
   // Attention.
   TensorId da = dh_mid;
-  if (m_.norms_per_layer == 4) da = norm_grad("attn_post_norm", dh_mid, st.attn_post_norm, l, kNoTensor);
+  if (m_.norms_per_layer == 4) da = norm_grad(dh_mid, st.attn_post_norm, l, kNoTensor);
   const TensorId doc = tensor("attn.dout", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
   linear_dx("attn.o.dx", Phase::backward, Pass::backward, l, da, lp.o, {doc}, T_, qd_, d);
   linear_dw("attn.o.dw", Phase::backward, Pass::backward, l, da, st.o_contig, lp.o, d, qd_, T_);
-  if (trained_) grad_done(lp.o);
+  grad_done(lp.o);
   const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
@@ -741,8 +689,8 @@ void PytorchStep::layer_backward(std::int32_t l) {
     eager_matmul("attn.scores.dk", OpCode::eager_dk, Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, S_, m_.head_dim, S_);
     autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
   }
-  const TensorId dq_in = rope_grad("q", dq, qd_, l);
-  const TensorId dk_in = rope_grad("k", dk, kvd_, l);
+  const TensorId dq_in = rope_grad(kRopeQ, dq, qd_, l);
+  const TensorId dk_in = rope_grad(kRopeK, dk, kvd_, l);
   const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
   linear_dx("attn.q.dx", Phase::backward, Pass::backward, l, dq_in, lp.q, {dn1}, T_, d, qd_);
   // The k and v input gradients are new tensors summed into dn1 (InputBuffer).
@@ -760,15 +708,11 @@ void PytorchStep::layer_backward(std::int32_t l) {
       grad_done(bias);
     }
   }
-  if (trained_) {
-    grad_done(lp.q);
-    grad_done(lp.k);
-    grad_done(lp.v);
-  }
+  grad_done({lp.q, lp.k, lp.v});
   if (st.weights_bf16 != kNoTensor) {
     autograd_op("autocast.release", OpKind::elementwise, Phase::backward, Pass::backward, l, {st.weights_bf16}, {});
   }
-  upstream_ = norm_grad("attn_norm", dn1, st.attn_norm, l, dh_mid);
+  upstream_ = norm_grad(dn1, st.attn_norm, l, dh_mid);
 }
 
 void PytorchStep::autocast_exit() {
