@@ -88,29 +88,37 @@ void StepBuilder::push_operands(OpId id, std::span<const TensorId> inputs, std::
   MSTPLAN_CHECK(id + 1 == p_.ops.size() && o.io_begin + o.inputs + o.outputs == p_.io.size(),
                 "operands added to op {} after later ops", o.label);
   MSTPLAN_CHECK(inputs.empty() || o.outputs == 0, "inputs of op {} added after its outputs", o.label);
+  append_operands(o, inputs, outputs);
+}
+
+void StepBuilder::append_operands(Op& o, std::span<const TensorId> inputs, std::span<const TensorId> outputs) {
+  std::vector<TensorId>& io = p_.io;
+  std::uint32_t added_inputs = 0, added_outputs = 0;  // counted locally: io's growth may not alias o
   for (TensorId t : inputs) {
     if (t == kNoTensor) continue;
-    p_.io.push_back(t);
-    ++o.inputs;
+    io.push_back(t);
+    ++added_inputs;
   }
   for (TensorId t : outputs) {
     if (t == kNoTensor) continue;
-    p_.io.push_back(t);
-    ++o.outputs;
+    io.push_back(t);
+    ++added_outputs;
   }
+  o.inputs += added_inputs;
+  o.outputs += added_outputs;
 }
 
 OpId StepBuilder::op(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t layer,
                  std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
   const OpId id = open_op(label, code, op_kind(code), phase, pass, layer);
-  push_operands(id, inputs, outputs);
+  append_operands(p_.ops.back(), inputs, outputs);
   return id;
 }
 
 OpId StepBuilder::autograd_op(const char* label, OpKind kind, Phase phase, Pass pass, std::int32_t layer,
                           std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
   const OpId id = open_op(label, OpCode::autograd, kind, phase, pass, layer);
-  push_operands(id, inputs, outputs);
+  append_operands(p_.ops.back(), inputs, outputs);
   return id;
 }
 
@@ -136,9 +144,7 @@ OpId StepBuilder::linear_dx(const char* label, Phase phase, Pass pass, std::int3
                             std::initializer_list<TensorId> outputs, std::int64_t rows, std::int64_t n,
                             std::int64_t k) {
   const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
-  const OpId id = matmul(label, OpCode::linear_dx, phase, pass, l, {dy, weight(param), ws}, {}, rows, n, k);
-  push_operands(id, {}, outputs);
-  return id;
+  return matmul(label, OpCode::linear_dx, phase, pass, l, {dy, weight(param), ws}, outputs, rows, n, k);
 }
 
 void StepBuilder::linear_dw(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, TensorId x,
@@ -267,7 +273,16 @@ void StepBuilder::grad_done(std::int32_t param) {
 // (m and v; with mixed precision m and v together, then the fp32 master), so that per-parameter
 // updates read exactly their own state.
 void StepBuilder::static_tensors() {
-  p_.params = parameters(m_);
+  // The parameter list depends on the model only: kept per thread for the last model (a search
+  // builds hundreds of programs of one model) and copied into the program's, whose strings a
+  // recycled program already has room for.
+  thread_local ModelSpec listed_model;
+  thread_local std::vector<ParamTensor> listed;
+  if (listed.empty() || !(listed_model == m_)) {
+    listed = parameters(m_);
+    listed_model = m_;
+  }
+  p_.params = listed;
   const std::size_t n = p_.params.size();
   weights_.resize(n);
   grads_.assign(n, kNoTensor);

@@ -215,6 +215,8 @@ class StepBuilder {
 
  private:
   void static_tensors();
+  // The operands of op `o`, the last one (kNoTensor ones dropped).
+  void append_operands(Op& o, std::span<const TensorId> inputs, std::span<const TensorId> outputs);
   void offload(std::int32_t l);
   void prefetch(std::int32_t l);
   void optimizer_end();
