@@ -146,11 +146,19 @@ class StepBuilder {
   // A loss op over a chunk of `rows` logit rows.
   OpId loss_op(OpCode code, Pass pass, std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs,
                std::int64_t rows);
-  void begin_loop(ChunkedBlock block, const ChunkClass& c);
-  void end_loop();
-  // The chunk classes of a loop over `positions` in `chunks` (split as the policy says).
-  std::vector<ChunkClass> chunks(std::int64_t positions, std::int64_t chunks) const {
-    return chunk_classes(positions, chunks, policy_.split_first_chunk);
+  // Emits `body(class_index, rows)` inside one loop per chunk class of `block` (the MLP's: the
+  // sequence in the plan's MLP chunks; the LM head's: the labelled positions, S - 1, in its
+  // chunks), split as the policy says; `rows` is batch x the class's positions.
+  template <class Body>
+  void chunk_loops(ChunkedBlock block, Body&& body) {
+    const bool mlp = block == ChunkedBlock::mlp;
+    const auto classes =
+        chunk_classes(mlp ? S_ : S_ - 1, mlp ? p_.mlp_chunks : p_.lm_head_chunks, policy_.split_first_chunk);
+    for (std::size_t ci = 0; ci < classes.size(); ++ci) {
+      begin_loop(block, classes[ci]);
+      body(ci, rows(classes[ci].positions));
+      end_loop();
+    }
   }
   // Allocates (and zeroes) tensors that a chunk loop writes slice by slice or accumulates into,
   // before the loop: then every chunk count has the same accumulators live in every chunk, and
@@ -193,8 +201,6 @@ class StepBuilder {
     if (m_.sliding_window->layers == SlidingLayers::even && l % 2 != 0) return 0;
     return m_.sliding_window->size;
   }
-  // The rows of the loop being emitted.
-  std::int64_t loop_rows() const { return rows(p_.loops[static_cast<std::size_t>(loop_)].rows); }
   const LayerParams& params_of(std::int32_t l) const { return layer_params_[static_cast<std::size_t>(l)]; }
 
   const ModelSpec& m_;
@@ -215,6 +221,8 @@ class StepBuilder {
 
  private:
   void static_tensors();
+  void begin_loop(ChunkedBlock block, const ChunkClass& c);
+  void end_loop();
   // The operands of op `o`, the last one (kNoTensor ones dropped).
   void append_operands(Op& o, std::span<const TensorId> inputs, std::span<const TensorId> outputs);
   void offload(std::int32_t l);

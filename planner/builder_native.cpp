@@ -173,9 +173,7 @@ void NativeStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId
   st.gate.clear();
   st.up.clear();
   if (out != kNoTensor) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
-  for (const ChunkClass& c : chunks(S_, p_.mlp_chunks)) {
-    begin_loop(ChunkedBlock::mlp, c);
-    const std::int64_t R = rows(c.positions);
+  chunk_loops(ChunkedBlock::mlp, [&](std::size_t, std::int64_t R) {
     const TensorKind kind = keep_chunks ? TensorKind::saved : TensorKind::transient;
     const TensorId g = tensor("mlp.gate", kind, act_, R * I, l, pass, true);
     const TensorId u = tensor("mlp.up", kind, act_, R * I, l, pass, true);
@@ -186,12 +184,11 @@ void NativeStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorId
       op("mlp.act", OpCode::gated_act, Phase::forward, pass, l, {g, u}, {act});
       linear("mlp.down", Phase::forward, pass, l, act, lp.down, out, R, d, I);
     }
-    end_loop();
     if (keep_chunks) {
       st.gate.push_back(g);
       st.up.push_back(u);
     }
-  }
+  });
 }
 
 void NativeStep::lm_head() {
@@ -207,7 +204,6 @@ void NativeStep::lm_head() {
   loss_ = tensor("loss", TensorKind::transient, DType::fp32, 1, kNone, Pass::forward);
 
   // Labelled positions: the last position of each sequence has no next token.
-  const auto classes = chunks(S_ - 1, p_.lm_head_chunks);
   const bool capped = m_.final_logit_softcap.has_value();
   std::vector<TensorId> kept_logits, kept_lse;
   const TensorId dnf = tensor("final_norm.dout", TensorKind::transient, act_, T_ * d, kNone,
@@ -219,9 +215,7 @@ void NativeStep::lm_head() {
     prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {loss_});
   }
   // Forward over chunks.
-  for (const ChunkClass& c : classes) {
-    begin_loop(ChunkedBlock::lm_head, c);
-    const std::int64_t R = rows(c.positions);
+  chunk_loops(ChunkedBlock::lm_head, [&](std::size_t, std::int64_t R) {
     const TensorKind logits_kind = mode == LmHeadMode::keep ? TensorKind::saved : TensorKind::transient;
     const TensorId logits = tensor("lm_head.logits", logits_kind, DType::fp32, R * V, kNone, Pass::forward, true);
     linear("lm_head.logits", Phase::loss, Pass::forward, kNone, nf, lm_head_param_, logits, R, V, d);
@@ -238,17 +232,13 @@ void NativeStep::lm_head() {
       kept_lse.push_back(lse);
       kept_logits.push_back(logits);
     }
-    end_loop();
-  }
+  });
   if (mode == LmHeadMode::forward_grad) {
     if (!m_.tied_embeddings) grad_done(lm_head_param_);
   } else {
     // Backward over the same chunks.
     prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf, fresh_grad(lm_head_param_, kNone)});
-    for (std::size_t ci = 0; ci < classes.size(); ++ci) {
-      const ChunkClass& c = classes[ci];
-      begin_loop(ChunkedBlock::lm_head, c);
-      const std::int64_t R = rows(c.positions);
+    chunk_loops(ChunkedBlock::lm_head, [&](std::size_t ci, std::int64_t R) {
       TensorId logits = kept_logits[ci];
       if (mode == LmHeadMode::recompute) {
         logits = tensor("lm_head.logits", TensorKind::transient, DType::fp32, R * V, kNone, Pass::recompute, true);
@@ -260,8 +250,7 @@ void NativeStep::lm_head() {
       loss_op(OpCode::loss_grad, Pass::backward, {logits, kept_lse[ci], labels_, loss_}, {dlogits}, R);
       linear_dx("lm_head.dx", Phase::loss, Pass::backward, kNone, dlogits, lm_head_param_, {dnf}, R, d, V);
       linear_dw("lm_head.dw", Phase::loss, Pass::backward, kNone, dlogits, nf, lm_head_param_, V, d, R);
-      end_loop();
-    }
+    });
     if (!m_.tied_embeddings) grad_done(lm_head_param_);
   }
   // Final norm backward: dh_L.
@@ -313,13 +302,9 @@ void NativeStep::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, Tenso
   const LayerParams& lp = params_of(l);
   const std::int64_t d = m_.hidden_size;
   const std::int64_t I = m_.intermediate_size;
-  const auto classes = chunks(S_, p_.mlp_chunks);
   prealloc("mlp.grad.alloc", Phase::backward, Pass::backward, l, {dn2, fresh_grad(lp.down, l), fresh_grad(lp.gate, l),
                                                                    fresh_grad(lp.up, l)});
-  for (std::size_t ci = 0; ci < classes.size(); ++ci) {
-    const ChunkClass& c = classes[ci];
-    begin_loop(ChunkedBlock::mlp, c);
-    const std::int64_t R = rows(c.positions);
+  chunk_loops(ChunkedBlock::mlp, [&](std::size_t ci, std::int64_t R) {
     TensorId g = kNoTensor, u = kNoTensor;
     if (!st.gate.empty()) {
       g = st.gate[ci];
@@ -342,8 +327,7 @@ void NativeStep::mlp_backward(std::int32_t l, LayerState& st, TensorId dh, Tenso
     linear_dx("mlp.up.dx", Phase::backward, Pass::backward, l, du, lp.up, {dn2}, R, d, I);
     linear_dw("mlp.gate.dw", Phase::backward, Pass::backward, l, dg, st.n2, lp.gate, I, d, R);
     linear_dw("mlp.up.dw", Phase::backward, Pass::backward, l, du, st.n2, lp.up, I, d, R);
-    end_loop();
-  }
+  });
   grad_done({lp.down, lp.gate, lp.up});
 }
 

@@ -415,9 +415,7 @@ void PytorchStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorI
   const bool concatenated = plan_.authors_code;
   std::vector<TensorId> chunk_outputs;
   if (!concatenated) prealloc("mlp.alloc", Phase::forward, pass, l, {out});
-  for (const ChunkClass& c : chunks(S_, p_.mlp_chunks)) {
-    begin_loop(ChunkedBlock::mlp, c);
-    const std::int64_t R = rows(c.positions);
+  chunk_loops(ChunkedBlock::mlp, [&](std::size_t, std::int64_t R) {
     const TensorId g = tensor("mlp.gate", kind, DType::bf16, R * I, l, pass, true);
     const TensorId act = tensor("mlp.act", kind, DType::bf16, R * I, l, pass, true);
     const TensorId u = tensor("mlp.up", kind, DType::bf16, R * I, l, pass, true);
@@ -432,14 +430,13 @@ void PytorchStep::mlp_forward(std::int32_t l, Pass pass, LayerState& st, TensorI
       chunk_outputs.push_back(down);
     }
     linear("mlp.down", Phase::forward, pass, l, prod, lp.down, down, R, d, I);
-    end_loop();
     if (keep_chunks) {
       st.gate.push_back(g);
       st.act.push_back(act);
       st.up.push_back(u);
       st.prod.push_back(prod);
     }
-  }
+  });
   if (concatenated) {
     const OpId cat = open_op("mlp.cat", OpCode::autograd, OpKind::elementwise, Phase::forward, pass, l);
     push_operands(cat, chunk_outputs, std::array{out});
@@ -531,10 +528,8 @@ void PytorchStep::lm_head() {
     // MST: a custom autograd Function over the labelled positions, chunk by chunk.
     dnf = tensor("final_norm.dout", TensorKind::transient, DType::bf16, T_ * d, kNone,
                  mode == LmHeadMode::forward_grad ? Pass::forward : Pass::backward);
-    const auto classes = chunks(S_ - 1, p_.lm_head_chunks);
     // One chunk: logits (bf16) -> fp32 (soft-capped in place) -> softmax-like fp32 pass -> dlogits (bf16).
-    auto chunk = [&](Pass pass, bool gradient) {
-      const std::int64_t R = loop_rows();
+    auto chunk = [&](Pass pass, bool gradient, std::int64_t R) {
       const TensorId lb = tensor("lm_head.logits", TensorKind::transient, DType::bf16, R * V, kNone, pass, true);
       linear("lm_head.logits", Phase::loss, pass, kNone, nf, lm_head_param_, lb, R, V, d);
       const TensorId l32 = tensor("lm_head.logits32", TensorKind::transient, DType::fp32, R * V, kNone, pass, true);
@@ -550,19 +545,12 @@ void PytorchStep::lm_head() {
       linear_dw("lm_head.dw", Phase::loss, Pass::backward, kNone, dl, nf, lm_head_param_, V, d, R, plan_.authors_code);
     };
     if (mode == LmHeadMode::forward_grad) prealloc("lm_head.alloc", Phase::loss, Pass::forward, kNone, {dnf});
-    for (const ChunkClass& c : classes) {
-      begin_loop(ChunkedBlock::lm_head, c);
-      chunk(Pass::forward, mode == LmHeadMode::forward_grad);
-      end_loop();
-    }
+    chunk_loops(ChunkedBlock::lm_head,
+                [&](std::size_t, std::int64_t R) { chunk(Pass::forward, mode == LmHeadMode::forward_grad, R); });
     autocast_exit();
     if (mode != LmHeadMode::forward_grad) {
       prealloc("lm_head.grad.alloc", Phase::loss, Pass::backward, kNone, {dnf});
-      for (const ChunkClass& c : classes) {
-        begin_loop(ChunkedBlock::lm_head, c);
-        chunk(Pass::recompute, true);
-        end_loop();
-      }
+      chunk_loops(ChunkedBlock::lm_head, [&](std::size_t, std::int64_t R) { chunk(Pass::recompute, true, R); });
     }
   }
   // The authors' hook skips the LM head's weight (`later`) and steps it after the embedding's.
@@ -588,15 +576,11 @@ void PytorchStep::layer_backward(std::int32_t l) {
 
   // MLP, chunk by chunk: down, mul, up, act, gate (autograd's order).
   const bool tiled = plan_.mlp_mode == MlpMode::tiled || selective(l) || st.gate.empty();
-  const auto classes = chunks(S_, p_.mlp_chunks);
   const bool split = p_.mlp_chunks > 1 && !tiled;
   TensorId dn2 = tensor("mlp_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);
   if (!split) prealloc("mlp.grad.alloc", Phase::backward, Pass::backward, l, {dn2});
   std::vector<TensorId> chunk_grads;
-  for (std::size_t ci = 0; ci < classes.size(); ++ci) {
-    const ChunkClass& c = classes[ci];
-    begin_loop(ChunkedBlock::mlp, c);
-    const std::int64_t R = rows(c.positions);
+  chunk_loops(ChunkedBlock::mlp, [&](std::size_t ci, std::int64_t R) {
     TensorId g, act, u, prod;
     if (!tiled) {
       g = st.gate[ci];
@@ -626,9 +610,8 @@ void PytorchStep::layer_backward(std::int32_t l) {
     autograd_op("mlp.act.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dact, g}, {dgate});
     linear_dx("mlp.gate.dx", Phase::backward, Pass::backward, l, dgate, lp.gate, {dx}, R, d, I);
     linear_dw("mlp.gate.dw", Phase::backward, Pass::backward, l, dgate, st.n2, lp.gate, I, d, R);
-    end_loop();
     if (split) chunk_grads.push_back(dx);
-  }
+  });
   if (split) {
     // torch.split's backward concatenates the chunk gradients.
     const OpId cat = open_op("mlp.split.grad", OpCode::autograd, OpKind::elementwise, Phase::backward, Pass::backward, l);
