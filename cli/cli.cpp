@@ -42,6 +42,7 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan --scenario scenarios/examples/llama3-8b-a100.yaml --optimizer adamw-8bit
   mst-plan models                    # the model catalog;  mst-plan models gemma2-9b  prints one spec
   mst-plan gpus                      # the GPU catalog
+  mst-plan clusters                  # the cluster catalog (nodes, links, host memory)
   mst-plan --model llama3-8b --gpu H100 --seq 64K --out plan.yaml   # fastest plan for 64K tokens
   mst-plan show plan.yaml            # rebuild a plan file's step and check its prediction
   mst-plan devices                   # the CUDA devices of this machine against the catalog
@@ -138,6 +139,13 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   CLI::App* gpus = app.add_subcommand("gpus", "List the GPU catalog, or print one spec as YAML; e.g. mst-plan gpus h100");
   gpus->add_option("gpu", gpus_which, "A GPU name or file")->type_name("NAME|PATH");
   gpus->add_flag("--json", gpus_json, "Print JSON");
+
+  std::string clusters_which;
+  bool clusters_json = false;
+  CLI::App* clusters = app.add_subcommand(
+      "clusters", "List the cluster catalog (one node each), or print one spec as YAML; e.g. mst-plan clusters dgx-h100");
+  clusters->add_option("cluster", clusters_which, "A cluster name or file")->type_name("NAME|PATH");
+  clusters->add_flag("--json", clusters_json, "Print JSON");
 
   std::string show_file;
   CLI::App* show = app.add_subcommand("show", "Rebuild the step of a plan file and check the prediction it carries; "
@@ -250,6 +258,8 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     failure = run_models(models_which, models_json || f.json, out);
   } else if (gpus->parsed()) {
     failure = run_gpus(gpus_which, gpus_json || f.json, out);
+  } else if (clusters->parsed()) {
+    failure = run_clusters(clusters_which, clusters_json || f.json, out);
   } else if (devices->parsed()) {
     failure = run_devices(devices_json || f.json, out);
   } else if (show->parsed()) {

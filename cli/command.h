@@ -4,6 +4,7 @@
 //   plan_command.cpp      the main command: the longest sequence per method, a plan file (--out)
 //   show_command.cpp      mst-plan show PLAN        models_command.cpp   mst-plan models [NAME]
 //   gpus_command.cpp      mst-plan gpus [NAME]      devices_command.cpp  mst-plan devices
+//   clusters_command.cpp  mst-plan clusters [NAME]
 //   report_command.cpp    mst-plan report           sweep_command.cpp    mst-plan sweep FILE...
 //   fidelity_command.cpp  mst-plan fidelity [--published]
 //   run_command.cpp       mst-plan run PLAN, mst-plan verify PLAN (run_command.h)
@@ -113,6 +114,7 @@ struct FidelityFlags {
 [[nodiscard]] std::optional<Failure> run_show(const std::string& plan_file, bool json, std::ostream& out);
 [[nodiscard]] std::optional<Failure> run_models(const std::string& which, bool json, std::ostream& out);
 [[nodiscard]] std::optional<Failure> run_gpus(const std::string& which, bool json, std::ostream& out);
+[[nodiscard]] std::optional<Failure> run_clusters(const std::string& which, bool json, std::ostream& out);
 [[nodiscard]] std::optional<Failure> run_devices(bool json, std::ostream& out);
 [[nodiscard]] std::optional<Failure> run_report(const PlanFlags& flags, const ReportFlags& report,
                                                 const std::string& command, std::ostream& out);

@@ -57,6 +57,12 @@ const std::vector<GpuSpec>& builtin_gpus() {
   return gpus;
 }
 
+const std::vector<ClusterSpec>& builtin_clusters() {
+  static const std::vector<ClusterSpec> clusters =
+      parse_builtin<ClusterSpec>("scenarios/clusters/", parse_cluster_yaml);
+  return clusters;
+}
+
 bool names_a_path(std::string_view argument) {
   const std::filesystem::path p{std::string(argument)};
   const std::string ext = p.extension().string();
@@ -95,6 +101,39 @@ Expected<GpuSpec> resolve_gpu(const std::string& argument) {
   for (const GpuSpec& g : builtin_gpus()) known += (known.empty() ? "" : ", ") + g.name;
   return make_error(ErrorKind::not_found, "unknown GPU '{}' (known GPUs: {}; or give a path to a YAML spec)",
                     argument, known);
+}
+
+Expected<ClusterSpec> resolve_cluster(const std::string& argument) {
+  if (argument.empty()) return make_error(ErrorKind::usage, "--cluster: empty cluster name");
+  std::optional<ClusterSpec> cluster;
+  if (names_a_path(argument)) {
+    auto loaded = load_cluster_file(argument);
+    if (!loaded) return loaded.error();
+    cluster = std::move(*loaded);
+  } else {
+    for (const ClusterSpec& c : builtin_clusters()) {
+      bool match = iequals(c.name, argument);
+      for (const std::string& alias : c.aliases) match = match || iequals(alias, argument);
+      if (match) cluster = c;
+    }
+    if (!cluster) {
+      std::string known;
+      for (const ClusterSpec& c : builtin_clusters()) known += (known.empty() ? "" : ", ") + c.name;
+      return make_error(ErrorKind::not_found, "unknown cluster '{}' (known clusters: {}; or give a path to a YAML spec)",
+                        argument, known);
+    }
+  }
+  // The node's GPU must be a catalog entry: its memory and speed come from there.
+  bool known_gpu = false;
+  for (const GpuSpec& g : builtin_gpus()) {
+    known_gpu = known_gpu || iequals(g.name, cluster->gpu);
+    for (const std::string& alias : g.aliases) known_gpu = known_gpu || iequals(alias, cluster->gpu);
+  }
+  if (!known_gpu) {
+    return make_error(ErrorKind::invalid, "{}: field 'gpu': unknown GPU '{}' (mst-plan gpus lists the catalog)",
+                      cluster->source, cluster->gpu);
+  }
+  return std::move(*cluster);
 }
 
 const GpuSpec* find_gpu_by_device_name(std::string_view device_name) {

@@ -1,11 +1,11 @@
 #pragma once
-// The built-in catalog (models/*.yaml, scenarios/gpus/*.yaml, compiled into the binary) and
-// the resolution of --model / --gpu arguments.
+// The built-in catalog (models/*.yaml, scenarios/gpus/*.yaml, scenarios/clusters/*.yaml, compiled
+// into the binary) and the resolution of model, GPU and cluster arguments.
 //
 // A --model argument is a catalog name (case-insensitive), a path to a YAML spec, or a path to
 // a Hugging Face config.json (or the folder holding it). A --gpu argument is a catalog name or
-// alias (case-insensitive) or a path to a YAML spec. An argument is a path when it contains a
-// '/' or ends in .yaml, .yml or .json.
+// alias (case-insensitive) or a path to a YAML spec; so is a cluster argument. An argument is a
+// path when it contains a '/' or ends in .yaml, .yml or .json.
 //
 //   Expected<ModelSpec> model = resolve_model("llama3-8b");
 //   Expected<GpuSpec> gpu = resolve_gpu("a100-80g");
@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "planner/cluster_spec.h"
 #include "planner/error.h"
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
@@ -33,11 +34,17 @@ struct EmbeddedFile {
 /// The built-in GPUs, in catalog order (sorted by name).
 [[nodiscard]] const std::vector<GpuSpec>& builtin_gpus();
 
+/// The built-in clusters (one node each), sorted by name.
+[[nodiscard]] const std::vector<ClusterSpec>& builtin_clusters();
+
 /// True when an argument names a file rather than a catalog entry.
 [[nodiscard]] bool names_a_path(std::string_view argument);
 
 [[nodiscard]] Expected<ModelSpec> resolve_model(const std::string& argument);
 [[nodiscard]] Expected<GpuSpec> resolve_gpu(const std::string& argument);
+/// A cluster, its `gpu` checked against the GPU catalog (an unknown one is refused naming the
+/// file, the field and the value).
+[[nodiscard]] Expected<ClusterSpec> resolve_cluster(const std::string& argument);
 
 /// The catalog GPU whose device_names contain `device_name` (as CUDA reports it), if any.
 [[nodiscard]] const GpuSpec* find_gpu_by_device_name(std::string_view device_name);

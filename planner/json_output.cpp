@@ -65,6 +65,20 @@ nlohmann::json gpu_json(const GpuSpec& g) {
           {"host_link_gb_per_s", g.host_link_gb_per_s}};
 }
 
+nlohmann::json cluster_json(const ClusterSpec& c) {
+  return {{"name", c.name},
+          {"description", c.description},
+          {"aliases", c.aliases},
+          {"source", c.source},
+          {"gpu", c.gpu},
+          {"gpus_per_node", c.gpus_per_node},
+          {"nodes", c.nodes},
+          {"gpus", c.gpus()},
+          {"intra_node_gb_per_s", c.intra_node_gb_per_s},
+          {"inter_node_gb_per_s", c.inter_node_gb_per_s},
+          {"host_memory_bytes", c.host_memory_bytes}};
+}
+
 nlohmann::json setup_json(const TrainingSetup& s) {
   nlohmann::json j = {{"description", describe_setup(s)},
                       {"batch", s.batch},
