@@ -3,10 +3,35 @@
 
 #include <fmt/ostream.h>
 #include "planner/catalog.h"
+#include "planner/collectives.h"
 #include "planner/json_output.h"
 #include "planner/units.h"
 
 namespace mstplan::cli {
+namespace {
+
+// What the collective model (planner/collectives.h) makes of the cluster's links: 1 GiB moved
+// by each collective over one node, and over 2 and 4 nodes of this type.
+void print_collective_times(const ClusterSpec& cluster, std::ostream& out) {
+  constexpr std::int64_t kBytes = std::int64_t{1} << 30;
+  const CollectiveOptions options;
+  fmt::print(out, "# Collective times for 1 GiB (as nccl-tests sizes it) at {:.0f}% of the links (planner/collectives.h):\n",
+             100 * options.bus_efficiency);
+  fmt::print(out, "# {:>6} {:>6} {:>12} {:>15} {:>12} {:>12}\n", "GPUs", "nodes", "all-gather", "reduce-scatter",
+             "all-reduce", "all-to-all");
+  for (const std::int64_t nodes : {std::int64_t{1}, std::int64_t{2}, std::int64_t{4}}) {
+    ClusterSpec scaled = cluster;
+    scaled.nodes = nodes;
+    const std::int64_t ranks = scaled.gpus();
+    const auto ms = [&](Collective op) {
+      return fmt::format("{:.2f} ms", 1e3 * collective_time(op, kBytes, ranks, scaled, options).seconds);
+    };
+    fmt::print(out, "# {:>6} {:>6} {:>12} {:>15} {:>12} {:>12}\n", ranks, nodes, ms(Collective::all_gather),
+               ms(Collective::reduce_scatter), ms(Collective::all_reduce), ms(Collective::all_to_all));
+  }
+}
+
+}  // namespace
 
 std::optional<Failure> run_clusters(const std::string& which, bool json, std::ostream& out) {
   if (!which.empty()) {
@@ -16,6 +41,7 @@ std::optional<Failure> run_clusters(const std::string& which, bool json, std::os
       out << json_text(cluster_json(*cluster)) << '\n';
     } else {
       fmt::print(out, "# read from {}\n{}", cluster->source, cluster_to_yaml(*cluster));
+      print_collective_times(*cluster, out);
     }
     return std::nullopt;
   }

@@ -123,6 +123,14 @@ TEST(Cluster, CommandListsPrintsAndRefuses) {
   ASSERT_EQ(one.code, 0) << one.err;
   EXPECT_THAT(one.out, HasSubstr("gpu: H200"));
   EXPECT_THAT(one.out, HasSubstr("host_memory_bytes: 2199023255552"));
+  // All-reduce of 1 GiB over the node's 8 GPUs: 2 * 7/8 * 2^30 bytes at 0.9 * 450e9 B/s = 4.64 ms;
+  // over 4 nodes (32 GPUs) the network carries 2 * 3/4 * 2^30 / 8 bytes at 0.9 * 50e9 = 4.47 ms,
+  // under NVLink's 4.64, so the time stays.
+  EXPECT_THAT(one.out, HasSubstr("#      8      1      2.32 ms         2.32 ms      4.64 ms"));
+  EXPECT_THAT(one.out, HasSubstr("#     32      4"));
+  // The collective table is YAML comments: the output still reads as the spec.
+  const std::size_t first_line = one.out.find('\n') + 1;
+  EXPECT_TRUE(parse_cluster_yaml(one.out.substr(first_line), "printed.yaml"));
 
   const auto one_json = test::run({"clusters", "DGX-H100", "--json"});
   ASSERT_EQ(one_json.code, 0) << one_json.err;
