@@ -87,16 +87,27 @@ Expected<ModelSpec> resolve_model(const std::string& argument) {
                     "or a Hugging Face config.json)", argument, known);
 }
 
+namespace {
+
+// The catalog entry whose name or an alias is `argument`, case-insensitively.
+template <typename Spec>
+const Spec* find_by_name(const std::vector<Spec>& specs, const std::string& argument) {
+  for (const Spec& spec : specs) {
+    if (iequals(spec.name, argument)) return &spec;
+    for (const std::string& alias : spec.aliases) {
+      if (iequals(alias, argument)) return &spec;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 Expected<GpuSpec> resolve_gpu(const std::string& argument) {
   if (argument.empty()) return make_error(ErrorKind::usage, "--gpu: empty GPU name");
   if (names_a_path(argument)) return load_gpu_file(argument);
   if (auto named = parse_named<GpuSpec>("scenarios/gpus/", argument, parse_gpu_yaml)) return std::move(*named);
-  for (const GpuSpec& g : builtin_gpus()) {
-    if (iequals(g.name, argument)) return g;
-    for (const std::string& alias : g.aliases) {
-      if (iequals(alias, argument)) return g;
-    }
-  }
+  if (const GpuSpec* g = find_by_name(builtin_gpus(), argument)) return *g;
   std::string known;
   for (const GpuSpec& g : builtin_gpus()) known += (known.empty() ? "" : ", ") + g.name;
   return make_error(ErrorKind::not_found, "unknown GPU '{}' (known GPUs: {}; or give a path to a YAML spec)",
@@ -104,19 +115,16 @@ Expected<GpuSpec> resolve_gpu(const std::string& argument) {
 }
 
 Expected<ClusterSpec> resolve_cluster(const std::string& argument) {
-  if (argument.empty()) return make_error(ErrorKind::usage, "--cluster: empty cluster name");
+  if (argument.empty()) return make_error(ErrorKind::usage, "empty cluster name");
   std::optional<ClusterSpec> cluster;
   if (names_a_path(argument)) {
     auto loaded = load_cluster_file(argument);
     if (!loaded) return loaded.error();
     cluster = std::move(*loaded);
   } else {
-    for (const ClusterSpec& c : builtin_clusters()) {
-      bool match = iequals(c.name, argument);
-      for (const std::string& alias : c.aliases) match = match || iequals(alias, argument);
-      if (match) cluster = c;
-    }
-    if (!cluster) {
+    if (const ClusterSpec* found = find_by_name(builtin_clusters(), argument)) {
+      cluster = *found;
+    } else {
       std::string known;
       for (const ClusterSpec& c : builtin_clusters()) known += (known.empty() ? "" : ", ") + c.name;
       return make_error(ErrorKind::not_found, "unknown cluster '{}' (known clusters: {}; or give a path to a YAML spec)",
@@ -124,12 +132,7 @@ Expected<ClusterSpec> resolve_cluster(const std::string& argument) {
     }
   }
   // The node's GPU must be a catalog entry: its memory and speed come from there.
-  bool known_gpu = false;
-  for (const GpuSpec& g : builtin_gpus()) {
-    known_gpu = known_gpu || iequals(g.name, cluster->gpu);
-    for (const std::string& alias : g.aliases) known_gpu = known_gpu || iequals(alias, cluster->gpu);
-  }
-  if (!known_gpu) {
+  if (find_by_name(builtin_gpus(), cluster->gpu) == nullptr) {
     return make_error(ErrorKind::invalid, "{}: field 'gpu': unknown GPU '{}' (mst-plan gpus lists the catalog)",
                       cluster->source, cluster->gpu);
   }
