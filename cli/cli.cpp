@@ -118,6 +118,15 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   f.expandable_segments.option = app.add_flag("--expandable-segments", expandable,
                                               "pytorch profile: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; "
                                               "e.g. --expandable-segments");
+  option(f.gpus, "--gpus", "N",
+         "Data-parallel GPUs, each running the step on its own micro-batch (default 1); memory is per rank, tokens/s "
+         "of all; e.g. --gpus 8");
+  option(f.zero, "--zero", "0|1|2|3",
+         "With --gpus: what the ranks shard (ZeRO stage): 0 nothing (DDP, default), 1 optimizer state, 2 and "
+         "gradients, 3 and weights (FSDP full shard); e.g. --zero 3");
+  option(f.cluster, "--cluster", "NAME|PATH",
+         "With --gpus: the nodes and links (mst-plan clusters; default: the catalog node of the GPU); "
+         "e.g. --cluster DGX-H100");
   option(f.profile, "--profile", "native|pytorch",
          "Who executes the step: native (this project's runtime, default) or pytorch (transformers on "
          "autograd); e.g. --profile pytorch");

@@ -48,6 +48,7 @@ struct Flag {
 // The plan command's flags, parsed by us so that every message has the same shape.
 struct PlanFlags {
   Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile, method, out, framework;
+  Flag gpus, zero, cluster;
   Flag in_backward, not_in_backward, hold_outputs, expandable_segments;  // values unused: presence is the flag
   bool json = false;
 
@@ -56,7 +57,7 @@ struct PlanFlags {
     std::vector<std::string> names;
     for (const Flag* f : {&model, &gpu, &scenario, &batch, &seq, &precision, &optimizer, &grad_accum, &attention,
                           &profile, &method, &out, &framework, &in_backward, &not_in_backward, &hold_outputs,
-                          &expandable_segments}) {
+                          &expandable_segments, &gpus, &zero, &cluster}) {
       if (f->given()) names.push_back(f->option->get_name());
     }
     return names;
@@ -80,6 +81,7 @@ struct PlanInputs {
   ModelSpec model;
   GpuSpec gpu;
   TrainingSetup setup;
+  std::optional<ClusterSpec> cluster;  ///< with setup.parallel.gpus > 1: the nodes the ranks run on
 };
 
 /// The model, GPU and setup the plan flags (and a scenario file) describe; flags override the

@@ -61,6 +61,8 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.profile.given()) run(parse_choice("--profile", f.profile.value, s.profile));
   if (f.framework.given()) run(parse_choice("--framework", f.framework.value, s.framework));
   if (f.hold_outputs.given()) s.hold_outputs = true;
+  if (f.gpus.given()) run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
+  if (f.zero.given()) run(parse_choice("--zero", f.zero.value, s.parallel.zero));
   if (f.expandable_segments.given()) s.expandable_segments = true;
   return failure;
 }
@@ -101,7 +103,24 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
   if (auto error = check_setup_for_model(setup, *model, scenario.source.empty() ? "flags" : scenario.source)) {
     return Failure{exit_code_of(*error), error->message};
   }
-  return PlanInputs{std::move(*model), std::move(*gpu), std::move(setup)};
+  std::optional<ClusterSpec> cluster;
+  if (setup.parallel.gpus > 1) {
+    std::optional<std::string> named = f.cluster.given() ? std::optional(f.cluster.value) : scenario.cluster;
+    auto resolved = cluster_for_ranks(named, *gpu, setup.parallel.gpus);
+    if (!resolved) {
+      const bool from_file = !f.cluster.given() && scenario.cluster;
+      return Failure{exit_code_of(resolved.error()),
+                     from_file ? fmt::format("{}: field 'cluster': {}", scenario.source, resolved.error().message)
+                               : resolved.error().message};
+    }
+    cluster = std::move(*resolved);
+  } else if (f.cluster.given()) {
+    return *usage("--cluster: the nodes of a multi-GPU plan; give --gpus N too");
+  } else if (scenario.cluster) {
+    return Failure{ExitCode::input,
+                   fmt::format("{}: field 'cluster': the nodes of a multi-GPU plan; give gpus too", scenario.source)};
+  }
+  return PlanInputs{std::move(*model), std::move(*gpu), std::move(setup), std::move(cluster)};
 }
 
 std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
@@ -125,7 +144,9 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
 
   const bool static_fits = static_memory(*model, setup).total_bytes() <= gpu->usable_bytes();
   SearchResult result;
-  if (static_fits) result = search(*model, *gpu, setup, methods);
+  SearchOptions options;
+  options.cluster = inputs.cluster;
+  if (static_fits) result = search(*model, *gpu, setup, methods, options);
   const Evaluation* chosen = nullptr;
   for (const MethodResult& m : result.methods) {
     if (m.method != chosen_method) continue;
@@ -141,6 +162,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     j["version"] = version_string();
     j["model"] = model_json(*model);
     j["gpu"] = gpu_json(*gpu);
+    if (inputs.cluster) j["cluster"] = cluster_json(*inputs.cluster);
     j["setup"] = setup_json(setup);
     j["static"] = static_memory_json(*model, *gpu, setup);
     add_search_json(j, *model, setup, result, chosen_method, chosen);
@@ -159,7 +181,8 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     PlanFile file{*model, *gpu, setup, chosen->plan, chosen->seq_len,
                   Prediction{std::string(to_string(chosen_method)), chosen->analysis.peak.allocated_bytes,
                              chosen->analysis.peak_live_bytes, chosen->required_bytes, chosen->peak_at,
-                             chosen->time.tokens_per_s}};
+                             chosen->time.tokens_per_s},
+                  inputs.cluster};
     if (auto error = write_text_file(f.out.value, plan_to_yaml(file))) return Failure{ExitCode::internal, error->message};
   }
   return std::nullopt;

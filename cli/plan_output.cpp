@@ -47,13 +47,23 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
              counts.lm_head > 0 ? fmt::format(" + LM head {}", format_thousands(counts.lm_head)) : " (LM head tied)");
 
   const ParameterStorage storage = parameter_storage(setup);
-  fmt::print(out, "static memory (independent of the sequence length)\n");
+  const Parallelism& par = setup.parallel;
+  fmt::print(out, "static memory{} (independent of the sequence length)\n",
+             par.gpus > 1 ? fmt::format(" per rank, of {} GPUs", par.gpus) : std::string());
   auto row = [&](std::string_view what, std::int64_t bytes, const std::string& note) {
     fmt::print(out, "  {:<17} {:>9} GiB   {}\n", what, format_gib(bytes), note);
   };
+  // ", a 1/8 shard (ZeRO-3)" after what a sharded row holds.
+  auto sharded = [&](bool is_sharded) {
+    return is_sharded ? fmt::format(", a 1/{} shard (ZeRO-{})", par.gpus, to_string(par.zero)) : std::string();
+  };
   row("weights", m.weights_bytes,
-      storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights)));
-  if (storage.master) row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)));
+      (storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights))) +
+          sharded(par.shards_weights()) +
+          (par.shards_weights() ? "; each layer's are all-gathered before use" : ""));
+  if (storage.master) {
+    row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)) + sharded(par.shards_optimizer()));
+  }
   std::string state_note;
   switch (setup.optimizer) {
     case OptimizerKind::adamw: state_note = fmt::format("AdamW m and v in {}", to_string(*storage.adam_state)); break;
@@ -61,14 +71,18 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
     case OptimizerKind::sgd: state_note = "SGD keeps no state"; break;
     case OptimizerKind::none: state_note = "frozen weights"; break;
   }
+  if (setup.optimizer == OptimizerKind::adamw || setup.optimizer == OptimizerKind::adamw_8bit) {
+    state_note += sharded(par.shards_optimizer());
+  }
   row("optimizer state", m.optimizer_state_bytes, state_note);
   if (setup.optimizer == OptimizerKind::none) {
     row("gradients", 0, "none: weights are frozen");
   } else if (m.persistent_gradients) {
     row("gradients", m.gradient_bytes,
-        fmt::format("{}, kept {}", to_string(*storage.gradients),
+        fmt::format("{}, kept {}{}", to_string(*storage.gradients),
                     setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
-                                         : std::string("until the optimizer step")));
+                                         : std::string("until the optimizer step"),
+                    sharded(par.shards_gradients())));
   } else if (!setup.optimizer_in_backward) {
     row("gradients", 0,
         fmt::format("none kept across steps: each allocated by backward, freed after the optimizer step "
@@ -77,6 +91,9 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
     row("gradients", 0,
         fmt::format("none kept: each applied in backward (the largest, {}, is {} GiB while it lives)",
                     m.largest_gradient_name, format_gib(m.largest_gradient_bytes)));
+  }
+  if (m.communication_bytes > 0) {
+    row("DDP buckets", m.communication_bytes, "a flat copy of every gradient for the all-reduce (gradient_as_bucket_view=False)");
   }
   const std::int64_t left = gpu.usable_bytes() - m.total_bytes();
   if (left >= 0) {
@@ -91,7 +108,7 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   const auto fixes = static_fixes(model, gpu, setup);
   if (fixes.empty()) {
     fmt::print(out, "no change of precision or optimizer makes it fit on one {}; a larger GPU or sharding "
-                    "(ZeRO / FSDP) is needed\n", gpu.name);
+                    "(--gpus N --zero 3) is needed\n", gpu.name);
   }
   for (const SetupChange& fix : fixes) {
     fmt::print(out, "would fit with {}: static {} GiB, {} GiB left\n", fix.flags, format_gib(fix.static_bytes),
@@ -194,8 +211,15 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   const double mfu = c.time.step_seconds > 0 ? c.time.model_flops / c.time.step_seconds / (gpu.bf16_tflops * 1e12) : 0.0;
   const std::string step = c.time.step_seconds >= 100 ? format_thousands(static_cast<std::int64_t>(c.time.step_seconds + 0.5))
                                                        : fmt::format("{:.2f}", c.time.step_seconds);
-  fmt::print(out, "  estimated {} tokens/s (step {} s, model FLOPs at {:.0f}% of the bf16 peak)\n",
-             tokens_per_s(c.time.tokens_per_s), step, 100.0 * mfu);
+  const std::int64_t gpus = setup.parallel.gpus;
+  fmt::print(out, "  estimated {} tokens/s{} (step {} s, model FLOPs at {:.0f}% of the bf16 peak{})\n",
+             tokens_per_s(c.time.tokens_per_s), gpus > 1 ? fmt::format(" over {} GPUs", gpus) : std::string(), step,
+             100.0 * mfu, gpus > 1 ? " per GPU" : "");
+  if (gpus > 1) {
+    fmt::print(out, "  collectives: {:.3f} s per step on the communication stream, {:.3f} s of it not hidden behind "
+                    "compute\n",
+               c.time.comm_seconds, c.time.exposed_comm_seconds);
+  }
   if (chosen_method == Method::automatic && !request && result.pareto.size() > 1) {
     fmt::print(out, "\nauto's trade-offs (longest sequence against speed, none better on both):\n");
     for (const Evaluation& e : result.pareto) {

@@ -32,6 +32,7 @@ std::optional<Failure> run_report(const PlanFlags& f, const ReportFlags& r, cons
   auto measured = measurements(r.measured);
   if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
   report::ReportOptions options;
+  options.search.cluster = inputs.cluster;
   options.measurements = std::move(std::get<report::MeasuredData>(measured).peaks);
   const report::Report rep = report::build_report(inputs.model, inputs.gpu, inputs.setup, options);
   auto written = report::write_report(r.out, report::report_files(rep, command), report::find_gnuplot());

@@ -19,6 +19,7 @@ std::optional<Failure> run_show(const std::string& path, bool json, std::ostream
   auto file = load_plan_file(path);
   if (!file) return Failure{exit_code_of(file.error()), file.error().message};
   SearchOptions options;
+  options.cluster = file->cluster;
   Evaluator evaluator(file->model, file->gpu, file->setup, options);
   const Evaluation e = evaluator.evaluate(file->plan, file->seq_len);
   const bool same = e.analysis.peak.allocated_bytes == file->predicted.peak_allocated_bytes &&

@@ -7,6 +7,40 @@
 // The core of the step builder: the walk and the primitives (builder_internal.h says how the
 // profiles plug in). Note [Native step] (builder_native.cpp) and Note [PyTorch step]
 // (builder_pytorch.cpp) list what each profile keeps, op by op.
+//
+// Note [Sharded step]
+// -------------------
+// With setup.parallel.gpus = N > 1 the program is one rank's step: N ranks run it at once, each
+// on its own micro-batch (data parallelism), and a rank keeps ceil(numel / N) elements of what its
+// ZeRO stage shards (Parallelism::shard_numel; FSDP2 pads each parameter's dim-0 shards, DeepSpeed
+// its flat buffer, to equal sizes):
+//
+//   stage  weights           master, m, v   gradients                collectives per step
+//   0      full              full           full, all-reduced        all-reduce of every gradient
+//   1      full              shard          full, all-reduced        + all-gather of each updated weight
+//   2      full              shard          reduce-scattered: shard  reduce-scatter; all-gather of weights
+//   3      shard, gathered   shard          reduce-scattered: shard  all-gather fwd and bwd; reduce-scatter
+//
+// - ZeRO-3 gathers a block's weights (the embedding; a layer; the final norm with the LM head or
+//   the tied embedding) in one all-gather into transient full copies, read by weight() until the
+//   block is done, and one block ahead (FSDP2's forward and backward prefetch, DeepSpeed's
+//   prefetch bucket): two blocks' weights are live at once. A recomputed layer's forward and its
+//   backward share one gather (FSDP2 unshards once in the backward pre-hook); the embedding's
+//   backward reads no weight.
+// - A gradient is reduced as soon as backward completes it (DDP's and FSDP2's hooks, DeepSpeed's
+//   overlap_comm); with ZeRO-2/3 the full gradient is then dead and the rank's shard lives (static
+//   when persistent, else until the update). With the optimizer in backward the updates of
+//   parameters whose reduction is in flight run after the next layer's backward, so compute does
+//   not wait for the collective; the full gradients (ZeRO-0/1) live until then.
+// - The pytorch profile models DDP (stage 0; with its buckets, a second copy of every gradient:
+//   gradient_as_bucket_view=False, the default) and FSDP2 full shard (stage 3); DeepSpeed's stage
+//   1/2 buffers are not modelled and refused. Not modelled either: NCCL's internal buffers (a few
+//   MiB per communicator), FSDP2's flat reduce-scatter input, a copy of one layer's unsharded
+//   gradients while it is reduced (436 MiB in bf16 for a llama3-8b layer), and DDP's skipping of
+//   the all-reduce under no_sync (every micro-batch is reduced here, as ZeRO-2/3 do).
+// Each collective's buffers are the program's tensors, so the analysis finds each rank's peak
+// with no change; the cost model runs collectives on their own stream (Note [Overlapped
+// collectives] in cost_model.h).
 
 namespace mstplan::detail {
 
@@ -51,7 +85,8 @@ StepBuilder::StepBuilder(const ModelSpec& model, const TrainingSetup& setup, con
     : m_(model), s_(setup), plan_(plan), policy_(step_policy(setup)), B_(setup.batch), S_(seq_len),
       T_(setup.batch * seq_len), qd_(model.num_heads * model.head_dim), kvd_(model.num_kv_heads * model.head_dim),
       storage_(parameter_storage(setup)), act_(setup.precision == Precision::fp32 ? DType::fp32 : DType::bf16),
-      trained_(setup.optimizer != OptimizerKind::none), persistent_grads_(persistent_gradients(setup)) {}
+      trained_(setup.optimizer != OptimizerKind::none), par_(setup.parallel),
+      persistent_grads_(persistent_gradients(setup)) {}
 
 TensorId StepBuilder::tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
                          Pass pass, bool array, Device device) {
@@ -72,7 +107,7 @@ TensorId StepBuilder::tensor(const char* label, TensorKind kind, DType dtype, st
 OpId StepBuilder::open_op(const char* label, OpCode code, OpKind kind, Phase phase, Pass pass, std::int32_t layer) {
   Op o;
   o.label = label;
-  o.code = policy_.executable ? code : OpCode::autograd;
+  o.code = policy_.executable || op_kind(code) == OpKind::collective ? code : OpCode::autograd;
   o.kind = kind;
   o.phase = phase;
   o.pass = pass;
@@ -246,7 +281,7 @@ void StepBuilder::optimizer_op(std::int32_t param, Phase phase) {
   const auto i = static_cast<std::size_t>(param);
   const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
   const bool sgd = s_.optimizer == OptimizerKind::sgd;
-  const TensorId g = grads_[i];
+  const TensorId g = par_.shards_gradients() ? grad_shards_[i] : grads_[i];
   MSTPLAN_CHECK(g != kNoTensor, "optimizer step for {} without a gradient", p_.params[i].name);
   const TensorId w = weights_[i];
   // (m, v), (m+v, master), (none, master) or none: kNoTensor operands are dropped.
@@ -255,18 +290,87 @@ void StepBuilder::optimizer_op(std::int32_t param, Phase phase) {
   const OpId id = op(sgd ? "sgd" : "adamw", sgd ? OpCode::sgd : OpCode::adamw, phase, Pass::optimizer, layer,
                      {g, w, first, second}, {w, first, second});
   p_.ops[id].param = param;
-  p_.ops[id].m = p_.params[i].numel();
+  const std::int64_t updated = par_.shards_optimizer() ? par_.shard_numel(p_.params[i].numel()) : p_.params[i].numel();
+  p_.ops[id].m = updated;
   if (policy_.adamw_temporaries && s_.optimizer == OptimizerKind::adamw) {
     // torch's single-tensor AdamW (one hook per parameter): exp_avg_sq.sqrt() and its division by
-    // the bias correction are two temporaries the size of the parameter.
-    const TensorId temp = tensor("adamw.denom", TensorKind::workspace, storage_.weights, 2 * p_.params[i].numel(), layer,
+    // the bias correction are two temporaries the size of the parameter (of its shard).
+    const TensorId temp = tensor("adamw.denom", TensorKind::workspace, storage_.weights, 2 * updated, layer,
                                  Pass::optimizer);
     push_operands(id, {}, std::array{temp});
   }
+  gather_updated(param, phase);
+}
+
+void StepBuilder::gather_updated(std::int32_t param, Phase phase) {
+  if (!par_.shards_optimizer() || par_.shards_weights()) return;
+  const auto i = static_cast<std::size_t>(param);
+  const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
+  const TensorId w = weights_[i];
+  const OpId id = op("weight.all_gather", OpCode::all_gather, phase, Pass::optimizer, layer, {w}, {w});
+  p_.ops[id].param = param;
+  p_.ops[id].m = par_.gpus;
+  p_.ops[id].n = p_.tensors[w].bytes;
+}
+
+void StepBuilder::gather(const std::vector<std::int32_t>& params, Pass pass, std::int32_t layer) {
+  if (!par_.shards_weights() || params.empty()) return;
+  std::vector<TensorId> shards, full;
+  std::int64_t bytes = 0;
+  for (std::int32_t param : params) {
+    const auto i = static_cast<std::size_t>(param);
+    if (gathered_[i] != kNoTensor) continue;  // still gathered (a tied embedding)
+    gathered_[i] = tensor("gathered", TensorKind::transient, storage_.weights, p_.params[i].numel(), layer, pass);
+    p_.tensors[gathered_[i]].param = param;
+    shards.push_back(weights_[i]);
+    full.push_back(gathered_[i]);
+    bytes += p_.tensors[gathered_[i]].bytes;
+  }
+  if (full.empty()) return;
+  const OpId id = open_op("weights.all_gather", OpCode::all_gather, OpKind::collective,
+                          pass == Pass::forward ? Phase::forward : Phase::backward, pass, layer);
+  push_operands(id, shards, full);
+  p_.ops[id].m = par_.gpus;
+  p_.ops[id].n = bytes;
+}
+
+void StepBuilder::release(const std::vector<std::int32_t>& params) {
+  if (!par_.shards_weights()) return;
+  for (std::int32_t param : params) gathered_[static_cast<std::size_t>(param)] = kNoTensor;
+}
+
+void StepBuilder::run_updates(std::vector<std::int32_t>& params) {
+  for (std::int32_t param : params) optimizer_op(param, Phase::backward);
+  params.clear();
 }
 
 void StepBuilder::grad_done(std::int32_t param) {
-  if (trained_ && s_.optimizer_in_backward) optimizer_op(param, Phase::backward);
+  if (!trained_) return;
+  if (par_.gpus == 1) {
+    if (s_.optimizer_in_backward) optimizer_op(param, Phase::backward);
+    return;
+  }
+  // The complete gradient is summed over the ranks: all-reduced in place (ZeRO-0/1), or
+  // reduce-scattered into this rank's shard (ZeRO-2/3), after which the full one is dead.
+  const auto i = static_cast<std::size_t>(param);
+  const TensorId g = grads_[i];
+  MSTPLAN_CHECK(g != kNoTensor, "gradient {} done before it was written", p_.params[i].name);
+  const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
+  OpId id = 0;
+  if (par_.shards_gradients()) {
+    if (grad_shards_[i] == kNoTensor) {
+      grad_shards_[i] = tensor("grad.shard", TensorKind::gradient, *storage_.gradients,
+                               par_.shard_numel(p_.params[i].numel()), layer, Pass::backward);
+      p_.tensors[grad_shards_[i]].param = param;
+    }
+    id = op("grad.reduce_scatter", OpCode::reduce_scatter, Phase::backward, Pass::backward, layer, {g}, {grad_shards_[i]});
+  } else {
+    id = op("grad.all_reduce", OpCode::all_reduce, Phase::backward, Pass::backward, layer, {g}, {g});
+  }
+  p_.ops[id].param = param;
+  p_.ops[id].m = par_.gpus;
+  p_.ops[id].n = p_.tensors[g].bytes;
+  if (s_.optimizer_in_backward) queued_updates_.push_back(param);
 }
 
 // Static tensors: outputs of step.begin. Optimizer state is kept per parameter as two tensors
@@ -287,6 +391,11 @@ void StepBuilder::static_tensors() {
   weights_.resize(n);
   grads_.assign(n, kNoTensor);
   grad_created_.assign(n, false);
+  grad_shards_.assign(n, kNoTensor);
+  gathered_.assign(n, kNoTensor);
+  queued_updates_.clear();
+  // What one rank keeps of a parameter's weight, and of its optimizer state and master copy.
+  auto kept = [&](std::int64_t numel, bool sharded) { return sharded ? par_.shard_numel(numel) : numel; };
   const bool adam = storage_.adam_state.has_value();
   if (adam || storage_.master) states_.assign(2 * n, kNoTensor);
   std::vector<TensorId> outs;
@@ -294,7 +403,8 @@ void StepBuilder::static_tensors() {
     const ParamTensor& pt = p_.params[i];
     const auto layer = static_cast<std::int32_t>(pt.layer);
     const auto param = static_cast<std::int32_t>(i);
-    weights_[i] = tensor("", TensorKind::weight, storage_.weights, pt.numel(), layer, Pass::forward);
+    weights_[i] = tensor(par_.shards_weights() ? "shard" : "", TensorKind::weight, storage_.weights,
+                         kept(pt.numel(), par_.shards_weights()), layer, Pass::forward);
     p_.tensors[weights_[i]].param = param;
     outs.push_back(weights_[i]);
     if (adam) {
@@ -302,7 +412,7 @@ void StepBuilder::static_tensors() {
       TensorId mv = tensor(storage_.master ? "adam_mv" : "adam_m", TensorKind::optimizer_state, DType::fp32, 0, layer,
                            Pass::forward);
       TensorId second = kNoTensor;
-      const std::int64_t numel = pt.numel();
+      const std::int64_t numel = kept(pt.numel(), par_.shards_optimizer());
       const std::int64_t state_bytes = adam_moment_bytes(numel, *storage_.adam_state);
       p_.tensors[mv].dtype = *storage_.adam_state;
       p_.tensors[mv].elements = numel;
@@ -321,14 +431,26 @@ void StepBuilder::static_tensors() {
       outs.push_back(mv);
       outs.push_back(second);
     } else if (storage_.master) {
-      const TensorId master = tensor("master", TensorKind::master_weight, DType::fp32, pt.numel(), layer, Pass::forward);
+      const TensorId master = tensor("master", TensorKind::master_weight, DType::fp32,
+                                     kept(pt.numel(), par_.shards_optimizer()), layer, Pass::forward);
       p_.tensors[master].param = param;
       states_[2 * i + 1] = master;
       outs.push_back(master);
     }
-    if (persistent_grads_) {
+    if (persistent_grads_ && par_.shards_gradients()) {
+      grad_shards_[i] = tensor("grad.shard", TensorKind::gradient, *storage_.gradients, par_.shard_numel(pt.numel()),
+                               layer, Pass::forward);
+      p_.tensors[grad_shards_[i]].param = param;
+      outs.push_back(grad_shards_[i]);
+    } else if (persistent_grads_) {
       outs.push_back(grad(param, layer));
     }
+  }
+  if (s_.profile == Profile::pytorch && par_.gpus > 1 && par_.zero == ZeroStage::none && trained_) {
+    // DDP's gradient buckets (gradient_as_bucket_view=False): a flat copy of every gradient.
+    std::int64_t elements = 0;
+    for (const ParamTensor& pt : p_.params) elements += pt.numel();
+    outs.push_back(tensor("ddp.buckets", TensorKind::workspace, *storage_.gradients, elements, kNone, Pass::forward));
   }
   tokens_ = tensor("tokens", TensorKind::data, policy_.token_ids, T_, kNone, Pass::forward);
   labels_ = tensor("labels", TensorKind::data, policy_.token_ids, T_, kNone, Pass::forward);
@@ -372,11 +494,18 @@ void StepBuilder::static_tensors() {
   }
   final_norm_param_ = static_cast<std::int32_t>(i);
   lm_head_param_ = m_.tied_embeddings ? embed_param_ : static_cast<std::int32_t>(n - 1);
+  layer_param_lists_.assign(static_cast<std::size_t>(m_.num_layers), {});
+  for (std::size_t j = 0; j < n; ++j) {
+    if (p_.params[j].layer >= 0) layer_param_lists_[static_cast<std::size_t>(p_.params[j].layer)].push_back(static_cast<std::int32_t>(j));
+  }
+  embed_params_ = {embed_param_};
+  head_params_ = {final_norm_param_, lm_head_param_};
 }
 Program StepBuilder::build() {
   p_.batch = B_;
   p_.seq_len = S_;
   p_.profile = s_.profile;
+  p_.data_parallel_ranks = par_.gpus;
   p_.mlp_chunks = chunk_count(plan_.mlp, S_);
   p_.lm_head_chunks = chunk_count(plan_.lm_head, S_ - 1);
   p_.tensors.reserve(static_cast<std::size_t>(m_.num_layers) * 64 + 4096);
@@ -390,20 +519,38 @@ Program StepBuilder::build() {
   const OpId begin = open_op("step.begin", OpCode::begin, OpKind::begin, Phase::forward, Pass::forward, kNone);
   push_operands(begin, {}, static_outputs_);
   forward_begin();
+  // ZeRO-3 gathers a block's weights one block ahead (FSDP's prefetch): while layer l runs,
+  // layer l + 1's all-gather is in flight and both are live.
+  const auto L = static_cast<std::int32_t>(m_.num_layers);
+  gather(embed_params_, Pass::forward, kNone);
   embedding_forward();
-  for (std::int32_t l = 0; l < m_.num_layers; ++l) {
+  release(embed_params_);
+  gather(layer_param_list(0), Pass::forward, 0);
+  for (std::int32_t l = 0; l < L; ++l) {
+    if (l + 1 < L) gather(layer_param_list(l + 1), Pass::forward, l + 1);
+    else gather(head_params_, Pass::forward, kNone);
     layer_forward(l, Pass::forward);
+    release(layer_param_list(l));
     if (offloaded(l)) offload(l);
   }
   lm_head();
-  for (std::int32_t l = static_cast<std::int32_t>(m_.num_layers) - 1; l >= 0; --l) {
+  release(head_params_);
+  gather(layer_param_list(L - 1), Pass::backward, L - 1);
+  for (std::int32_t l = L - 1; l >= 0; --l) {
     // Offloaded checkpoints come back one layer ahead, so the copy overlaps this layer's work.
     if (offloaded(l) && !prefetched_[static_cast<std::size_t>(l)]) prefetch(l);
     if (l > 0 && offloaded(l - 1)) prefetch(l - 1);
+    if (l > 0) gather(layer_param_list(l - 1), Pass::backward, l - 1);
+    // Updates whose gradients were reduced before this layer run after it (several ranks).
+    std::vector<std::int32_t> ready = std::move(queued_updates_);
+    queued_updates_.clear();
     if (recomputed(l)) layer_forward(l, Pass::recompute);
     layer_backward(l);
+    release(layer_param_list(l));
+    run_updates(ready);
   }
   embedding_backward(upstream_);
+  run_updates(queued_updates_);
   if (trained_ && !s_.optimizer_in_backward) optimizer_end();
 
   const OpId end = open_op("step.end", OpCode::end, OpKind::end, Phase::optimizer, Pass::optimizer, kNone);
@@ -443,12 +590,12 @@ void StepBuilder::optimizer_end() {
   // torch.optim.AdamW, foreach: one pass over all parameters with one temporary list the size of
   // all parameters (exp_avg_sq_sqrt, in the parameters' dtype).
   std::int64_t elements = 0;
-  for (const ParamTensor& pt : p_.params) elements += pt.numel();
+  for (const ParamTensor& pt : p_.params) elements += par_.shards_optimizer() ? par_.shard_numel(pt.numel()) : pt.numel();
   const TensorId temp = tensor("adamw.exp_avg_sq_sqrt", TensorKind::workspace, storage_.weights, elements, kNone,
                                Pass::optimizer);
   std::vector<TensorId> ins, outs;
   for (std::size_t i = 0; i < p_.params.size(); ++i) {
-    ins.push_back(grads_[i]);
+    ins.push_back(par_.shards_gradients() ? grad_shards_[i] : grads_[i]);
     ins.push_back(weights_[i]);
     outs.push_back(weights_[i]);
     for (TensorId st : {states_[2 * i], states_[2 * i + 1]}) {

@@ -168,7 +168,14 @@ class StepBuilder {
   void set_output(std::int32_t l, TensorId out);
 
   // Parameters: weight, gradient (created on first accumulation unless persistent), optimizer.
-  TensorId weight(std::int32_t param) const { return weights_[static_cast<std::size_t>(param)]; }
+  // The weight the kernels read: the parameter itself, or with ZeRO-3 its all-gathered copy
+  // (gather(); an invariant: a sharded weight is read only while gathered).
+  TensorId weight(std::int32_t param) const {
+    const auto i = static_cast<std::size_t>(param);
+    if (!par_.shards_weights()) return weights_[i];
+    MSTPLAN_CHECK(gathered_[i] != kNoTensor, "sharded weight {} read while not gathered", p_.params[i].name);
+    return gathered_[i];
+  }
   TensorId weight_or_none(std::int32_t param) const { return param == kNone ? kNoTensor : weight(param); }
   TensorId grad(std::int32_t param, std::int32_t layer);  // for accumulation ops: creates on first use
   bool has_grad(std::int32_t param) const { return grad_created_[static_cast<std::size_t>(param)]; }
@@ -189,6 +196,15 @@ class StepBuilder {
     for (std::int32_t param : params) grad_done(param);
   }
   void optimizer_op(std::int32_t param, Phase phase);
+  // ZeRO-3: one all-gather of the parameters `params` into full transient copies, read by
+  // weight() until release(); nothing without sharded weights.
+  void gather(const std::vector<std::int32_t>& params, Pass pass, std::int32_t layer);
+  void release(const std::vector<std::int32_t>& params);
+  // The parameters of layer `l`, and those the LM head block reads (the final norm, the head or
+  // the tied embedding).
+  const std::vector<std::int32_t>& layer_param_list(std::int32_t l) const {
+    return layer_param_lists_[static_cast<std::size_t>(l)];
+  }
 
   std::int64_t rows(std::int64_t positions) const { return B_ * positions; }
   bool recomputed(std::int32_t l) const { return plan_.recompute == RecomputeKind::full && recomputes_layer(plan_, l); }
@@ -211,6 +227,7 @@ class StepBuilder {
   const ParameterStorage storage_;
   const DType act_;  // activations of the native step: bf16, or fp32 with precision fp32
   const bool trained_;
+  const Parallelism par_;
   Program p_;
   std::int32_t embed_param_ = 0, final_norm_param_ = 0, lm_head_param_ = 0;
   TensorId tokens_ = kNoTensor, labels_ = kNoTensor, workspace_ = kNoTensor, loss_ = kNoTensor;
@@ -228,12 +245,22 @@ class StepBuilder {
   void offload(std::int32_t l);
   void prefetch(std::int32_t l);
   void optimizer_end();
+  // After an update of a shard of full weights (ZeRO-1/2): the weight all-gathered in place.
+  void gather_updated(std::int32_t param, Phase phase);
+  // Updates queued by grad_done() while their gradients' reduction is in flight (several ranks):
+  // run after the next layer's backward, so compute does not wait for the collective.
+  void run_updates(std::vector<std::int32_t>& params);
 
   const bool persistent_grads_;
   std::int32_t loop_ = kNone;  // the loop being emitted
   std::vector<TensorId> weights_, grads_;
   std::vector<TensorId> states_;  // per parameter [2i, 2i+1]: (m, v), (m+v, master) or (none, master)
   std::vector<bool> grad_created_;
+  std::vector<TensorId> grad_shards_;  // ZeRO-2/3: per parameter, its reduced gradient shard
+  std::vector<TensorId> gathered_;     // ZeRO-3: per parameter, its gathered copy while in use
+  std::vector<std::vector<std::int32_t>> layer_param_lists_;
+  std::vector<std::int32_t> head_params_, embed_params_;
+  std::vector<std::int32_t> queued_updates_;
   std::vector<LayerParams> layer_params_;
   std::vector<TensorId> host_copies_;  // per layer: the offloaded checkpoint
   std::vector<bool> prefetched_;

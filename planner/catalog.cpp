@@ -139,6 +139,47 @@ Expected<ClusterSpec> resolve_cluster(const std::string& argument) {
   return std::move(*cluster);
 }
 
+Expected<ClusterSpec> cluster_for_ranks(const std::optional<std::string>& argument, const GpuSpec& gpu,
+                                        std::int64_t ranks) {
+  std::optional<ClusterSpec> cluster;
+  if (argument) {
+    auto resolved = resolve_cluster(*argument);
+    if (!resolved) return resolved.error();
+    cluster = std::move(*resolved);
+    const GpuSpec* node_gpu = find_by_name(builtin_gpus(), cluster->gpu);
+    if (!iequals(node_gpu->name, gpu.name)) {
+      return make_error(ErrorKind::invalid, "cluster {} has {} GPUs, not {}; give --gpu {} or another cluster",
+                        cluster->name, node_gpu->name, gpu.name, node_gpu->name);
+    }
+  } else {
+    for (const ClusterSpec& c : builtin_clusters()) {
+      if (iequals(find_by_name(builtin_gpus(), c.gpu)->name, gpu.name)) {
+        cluster = c;
+        break;
+      }
+    }
+    if (!cluster) {
+      std::string known;
+      for (const ClusterSpec& c : builtin_clusters()) known += (known.empty() ? "" : ", ") + fmt::format("{} ({})", c.name, c.gpu);
+      return make_error(ErrorKind::not_found,
+                        "--gpus {}: no catalog cluster has {} GPUs (clusters: {}); give --cluster with a YAML spec",
+                        ranks, gpu.name, known);
+    }
+  }
+  if (ranks > cluster->gpus_per_node && ranks % cluster->gpus_per_node != 0) {
+    return make_error(ErrorKind::invalid, "--gpus {}: {} has {} GPUs per node; give at most {} or a multiple of {}",
+                      ranks, cluster->name, cluster->gpus_per_node, cluster->gpus_per_node, cluster->gpus_per_node);
+  }
+  const std::int64_t nodes = (ranks + cluster->gpus_per_node - 1) / cluster->gpus_per_node;
+  if (cluster->nodes == 1) {
+    cluster->nodes = nodes;  // a node type: as many nodes as the ranks need
+  } else if (nodes > cluster->nodes) {
+    return make_error(ErrorKind::invalid, "--gpus {}: {} has {} GPUs ({} nodes of {})", ranks, cluster->name,
+                      cluster->gpus(), cluster->nodes, cluster->gpus_per_node);
+  }
+  return std::move(*cluster);
+}
+
 const GpuSpec* find_gpu_by_device_name(std::string_view device_name) {
   for (const GpuSpec& g : builtin_gpus()) {
     for (const std::string& name : g.device_names) {

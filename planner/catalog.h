@@ -9,6 +9,7 @@
 //
 //   Expected<ModelSpec> model = resolve_model("llama3-8b");
 //   Expected<GpuSpec> gpu = resolve_gpu("a100-80g");
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -45,6 +46,13 @@ struct EmbeddedFile {
 /// A cluster, its `gpu` checked against the GPU catalog (an unknown one is refused naming the
 /// file, the field and the value).
 [[nodiscard]] Expected<ClusterSpec> resolve_cluster(const std::string& argument);
+
+/// The cluster `ranks` data-parallel GPUs of `gpu` run on: `argument` (a name or file; its node
+/// GPU must be `gpu`), or the first catalog cluster whose node has `gpu`. A one-node spec (every
+/// catalog entry) is a node type: the result has ceil(ranks / gpus_per_node) nodes; a spec with
+/// more nodes bounds the ranks. Ranks beyond one node fill whole nodes.
+[[nodiscard]] Expected<ClusterSpec> cluster_for_ranks(const std::optional<std::string>& argument, const GpuSpec& gpu,
+                                                      std::int64_t ranks);
 
 /// The catalog GPU whose device_names contain `device_name` (as CUDA reports it), if any.
 [[nodiscard]] const GpuSpec* find_gpu_by_device_name(std::string_view device_name);

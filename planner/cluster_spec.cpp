@@ -2,11 +2,11 @@
 
 #include <fmt/format.h>
 
+#include "planner/spec_fields.h"
 #include "planner/units.h"
 #include "planner/yaml_input.h"
 
 namespace mstplan {
-namespace {
 
 void read_cluster_fields(FieldReader& r, ClusterSpec& c) {
   c.name = r.required_string("name");
@@ -20,8 +20,6 @@ void read_cluster_fields(FieldReader& r, ClusterSpec& c) {
   c.inter_node_gb_per_s = r.required_number("inter_node_gb_per_s");
   c.host_memory_bytes = r.required_int("host_memory_bytes");
 }
-
-}  // namespace
 
 Expected<ClusterSpec> parse_cluster_yaml(const std::string& text, const std::string& origin) {
   auto node = load_yaml(text, origin, "cluster spec");

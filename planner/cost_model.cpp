@@ -62,9 +62,24 @@ double op_flops(const Program& p, OpId id) {
   }
 }
 
-double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptions& o) {
+static Collective collective_of(OpCode code) {
+  switch (code) {
+    case OpCode::all_gather: return Collective::all_gather;
+    case OpCode::reduce_scatter: return Collective::reduce_scatter;
+    case OpCode::all_reduce: return Collective::all_reduce;
+    default: break;
+  }
+  MSTPLAN_CHECK(false, "op code {} is not a collective", static_cast<int>(code));
+  return Collective::all_reduce;
+}
+
+double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptions& o, const ClusterSpec* cluster) {
   const Op& op = p.ops[id];
   if (op.kind == OpKind::begin || op.kind == OpKind::end) return 0.0;
+  if (op.kind == OpKind::collective) {
+    MSTPLAN_CHECK(cluster != nullptr, "collective {} timed without a cluster", op_name(p, id));
+    return collective_time(collective_of(op.code), op.n, op.m, *cluster, o.collectives).seconds + o.launch_seconds;
+  }
   const double bandwidth = gpu.memory_bandwidth_gb_per_s * 1e9 * o.memory_efficiency;
   const double bytes = op_bytes(p, op);
   if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
@@ -85,19 +100,24 @@ double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptio
   return std::max(compute, bytes / bandwidth) + o.launch_seconds;
 }
 
-StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_accum, const CostOptions& o) {
+StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_accum, const CostOptions& o,
+                       const ClusterSpec* cluster) {
   StepTime t;
   // The schedule as a DAG (critical_path.h): every op a task on the compute stream or, for
-  // checkpoint copies, the copy stream. A copy starts once the compute op before it (in program
-  // order) has produced what it moves; a compute op reading a copied tensor waits for the copy.
+  // checkpoint copies, the copy stream, or for collectives the communication stream. A copy or
+  // collective starts once the compute op before it (in program order) has finished; a compute
+  // op reading a tensor a copy or collective wrote waits for it (Note [Overlapped collectives]).
   thread_local StreamSchedule schedule;
-  thread_local std::vector<std::int64_t> copied_by;  // per tensor: the copy task writing it, or -1
+  thread_local std::vector<std::int64_t> copied_by;  // per tensor: the side-stream task writing it, or -1
   thread_local std::vector<TensorId> copied;         // the tensors with an entry there, to reset
   thread_local std::vector<std::uint32_t> after;
   schedule.clear();
   if (copied_by.size() < p.tensors.size()) copied_by.resize(p.tensors.size(), -1);
   std::int64_t last_compute = -1;
   double forward_flops = 0.0;
+  thread_local std::vector<char> comm_written;  // per tensor: its side-stream writer is a collective
+  if (comm_written.size() < p.tensors.size()) comm_written.resize(p.tensors.size(), 0);
+  auto written_by_comm = [&](TensorId in) { return comm_written[in] != 0; };
   auto compute_task = [&](OpId j, double seconds, double flops, std::span<const std::uint32_t> waits) {
     last_compute = schedule.add(Stream::compute, seconds, waits);
     t.phase_seconds[static_cast<std::size_t>(p.ops[j].phase)] += seconds;
@@ -114,27 +134,40 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
       i = loop.end_op;
       continue;
     }
-    const double seconds = op_seconds(p, i, gpu, o);
+    const double seconds = op_seconds(p, i, gpu, o, cluster);
     after.clear();
-    if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {
+    const bool copy = op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device;
+    if (copy || op.kind == OpKind::collective) {
       if (last_compute >= 0) after.push_back(static_cast<std::uint32_t>(last_compute));
-      const std::uint32_t task = schedule.add(Stream::copy, seconds, after);
+      const std::uint32_t task = schedule.add(copy ? Stream::copy : Stream::comm, seconds, after);
       for (TensorId out : p.outputs(op)) {
         copied_by[out] = task;
+        comm_written[out] = copy ? 0 : 1;
         copied.push_back(out);
       }
-      t.copy_seconds += seconds;
+      (copy ? t.copy_seconds : t.comm_seconds) += seconds;
     } else {
+      // The op could start at `ready` but for the collectives it reads: the difference is
+      // communication the overlap did not hide.
+      double ready = schedule.stream_end(Stream::compute), comm_ready = 0.0;
       if (!copied.empty()) {  // until a first copy, no input can wait for one
         for (TensorId in : p.inputs(op)) {
-          if (copied_by[in] >= 0) after.push_back(static_cast<std::uint32_t>(copied_by[in]));
+          if (copied_by[in] < 0) continue;
+          const auto task = static_cast<std::uint32_t>(copied_by[in]);
+          after.push_back(task);
+          double& bound = written_by_comm(in) ? comm_ready : ready;
+          bound = std::max(bound, schedule.finish_seconds(task));
         }
       }
+      t.exposed_comm_seconds += std::max(0.0, comm_ready - ready);
       compute_task(i, seconds, op_flops(p, i), after);
     }
     ++i;
   }
-  for (TensorId c : copied) copied_by[c] = -1;
+  for (TensorId c : copied) {
+    copied_by[c] = -1;
+    comm_written[c] = 0;
+  }
   copied.clear();
   t.compute_seconds = schedule.stream_end(Stream::compute);  // including waits for prefetches
   t.step_seconds = schedule.seconds();
@@ -142,7 +175,8 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
   const double optimizer = t.phase_seconds[static_cast<std::size_t>(Phase::optimizer)];
   const double amortised =
       t.step_seconds - optimizer * (1.0 - 1.0 / static_cast<double>(std::max<std::int64_t>(grad_accum, 1)));
-  t.tokens_per_s = amortised > 0 ? static_cast<double>(p.batch * p.seq_len) / amortised : 0.0;
+  const double tokens = static_cast<double>(p.batch * p.seq_len) * static_cast<double>(p.data_parallel_ranks);
+  t.tokens_per_s = amortised > 0 ? tokens / amortised : 0.0;
   return t;
 }
 

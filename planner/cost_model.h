@@ -13,6 +13,8 @@
 #include <array>
 #include <cstdint>
 
+#include "planner/cluster_spec.h"
+#include "planner/collectives.h"
 #include "planner/gpu_spec.h"
 #include "planner/program.h"
 
@@ -41,25 +43,42 @@ struct CostOptions {
   double host_link_efficiency = 0.80;
   /// Fixed cost of one kernel launch, in seconds. 5 us: an assumption.
   double launch_seconds = 5e-6;
+  /// The collectives' link efficiency (Note [Collective time] in collectives.h).
+  CollectiveOptions collectives;
 };
 
 struct StepTime {
   double step_seconds = 0;     ///< the step's wall time: compute and copies overlapped
   double compute_seconds = 0;  ///< the compute stream alone
   double copy_seconds = 0;     ///< the copy stream alone
-  double tokens_per_s = 0;     ///< batch x seq / step (the optimizer amortised over micro-batches)
+  double comm_seconds = 0;     ///< the communication stream alone (collectives among ranks)
+  /// Communication the compute stream waited for: what overlap did not hide (0 on one GPU).
+  double exposed_comm_seconds = 0;
+  /// batch x seq x data-parallel ranks / step (the optimizer amortised over micro-batches): all
+  /// ranks together
+  double tokens_per_s = 0;
   double flops = 0;            ///< work of the step, recompute included
   double model_flops = 0;      ///< work of forward + backward without recompute (6 x params x tokens + attention)
   std::array<double, kPhases> phase_seconds{};
 };
 
-/// Seconds of one execution of op `id` on `gpu` (a loop op: one iteration).
-[[nodiscard]] double op_seconds(const Program& program, OpId id, const GpuSpec& gpu, const CostOptions& options = {});
+/// Seconds of one execution of op `id` on `gpu` (a loop op: one iteration). A collective runs
+/// over `cluster`'s links (an invariant: programs with collectives are timed with a cluster).
+[[nodiscard]] double op_seconds(const Program& program, OpId id, const GpuSpec& gpu, const CostOptions& options = {},
+                                const ClusterSpec* cluster = nullptr);
 
 /// FLOPs of one execution of op `id`.
 [[nodiscard]] double op_flops(const Program& program, OpId id);
 
+/// The step's time. Note [Overlapped collectives]: a collective is a task on the communication
+/// stream that starts once the compute op before it in program order has finished (what it
+/// reduces is complete, or, for a weight all-gather issued a block ahead, the stream is free to
+/// prefetch); a compute op reading what a collective wrote waits for it. The builder places
+/// ZeRO-3's all-gathers one block ahead and the updates after a reduction one layer later (Note
+/// [Sharded step]), so the overlap is what FSDP's prefetching and DeepSpeed's overlap_comm give:
+/// communication slower than a layer's compute shows as exposed_comm_seconds. NCCL kernels also
+/// take SMs from the compute kernels they overlap; that slowdown is not modelled.
 [[nodiscard]] StepTime estimate_time(const Program& program, const GpuSpec& gpu, std::int64_t grad_accum = 1,
-                                     const CostOptions& options = {});
+                                     const CostOptions& options = {}, const ClusterSpec* cluster = nullptr);
 
 }  // namespace mstplan

@@ -1,5 +1,6 @@
 #pragma once
-// The step's schedule as a DAG: tasks on in-order streams (compute, copy, and next communication),
+// The step's schedule as a DAG: tasks on in-order streams (compute, the copy stream of checkpoint offload, and the
+// communication stream of collectives),
 // each with a duration, and the dependencies between streams. Its critical path is the step's wall
 // time. A task may wait only for tasks added before it, so the order of adding is a topological
 // order and each task's earliest finish is known as it is added: the longest path, computed online
@@ -20,8 +21,8 @@
 namespace mstplan {
 
 /// Where a task runs. Tasks of one stream run one after another, in the order they were added.
-enum class Stream : std::uint8_t { compute, copy };
-inline constexpr std::size_t kStreams = 2;
+enum class Stream : std::uint8_t { compute, copy, comm };
+inline constexpr std::size_t kStreams = 3;
 
 class StreamSchedule {
  public:

@@ -88,7 +88,9 @@ nlohmann::json setup_json(const TrainingSetup& s) {
                       {"optimizer_in_backward", s.optimizer_in_backward},
                       {"grad_accum", s.grad_accum},
                       {"attention", to_string(s.attention)},
-                      {"profile", to_string(s.profile)}};
+                      {"profile", to_string(s.profile)},
+                      {"gpus", s.parallel.gpus},
+                      {"zero", static_cast<int>(s.parallel.zero)}};
   return j;
 }
 
@@ -102,6 +104,7 @@ nlohmann::json static_memory_json(const ModelSpec& model, const GpuSpec& gpu, co
           {"master_weights_bytes", m.master_weights_bytes},
           {"gradient_bytes", m.gradient_bytes},
           {"optimizer_state_bytes", m.optimizer_state_bytes},
+          {"communication_bytes", m.communication_bytes},
           {"total_bytes", m.total_bytes()},
           {"persistent_gradients", m.persistent_gradients},
           {"largest_gradient_bytes", m.largest_gradient_bytes},

@@ -46,6 +46,7 @@ std::string plan_to_yaml(const PlanFile& f) {
   out += fmt::format("seq_len: {}\n", f.seq_len);
   out += "model:\n" + indent(model_to_yaml(f.model));
   out += "gpu:\n" + indent(gpu_to_yaml(f.gpu));
+  if (f.cluster) out += "cluster:\n" + indent(cluster_to_yaml(*f.cluster));
   TrainingSetup setup = f.setup;
   setup.knobs = PlanKnobs{};  // the plan below is the decision; a scenario's constraints are spent
   out += "setup:\n" + indent(setup_to_yaml(setup));
@@ -80,6 +81,12 @@ Expected<PlanFile> parse_plan_yaml(const std::string& text, const std::string& o
     f.gpu.source = origin;
     read_gpu_fields(*gpu, f.gpu);
   }
+  if (auto cluster = r.optional_map("cluster")) {
+    f.cluster.emplace();
+    f.cluster->source = origin;
+    read_cluster_fields(*cluster, *f.cluster);
+    (void)cluster->finish();
+  }
   if (auto setup = section("setup")) {
     read_setup_fields(*setup, f.setup);
     (void)setup->finish();
@@ -105,6 +112,19 @@ Expected<PlanFile> parse_plan_yaml(const std::string& text, const std::string& o
   }
   if (auto error = r.finish()) return *error;
   if (auto error = check_setup_for_model(f.setup, f.model, origin)) return *error;
+  const std::int64_t gpus = f.setup.parallel.gpus;
+  if (gpus > 1 && !f.cluster) {
+    return make_error(ErrorKind::invalid, "{}: section 'cluster': missing; a plan for {} GPUs names the cluster they are on",
+                      origin, gpus);
+  }
+  if (f.cluster && gpus > f.cluster->gpus()) {
+    return make_error(ErrorKind::invalid, "{}: field 'setup.gpus': {} GPUs, but cluster {} has {}", origin, gpus,
+                      f.cluster->name, f.cluster->gpus());
+  }
+  if (f.cluster && gpus == 1) {
+    return make_error(ErrorKind::invalid, "{}: section 'cluster': a plan for one GPU has no cluster; give setup.gpus",
+                      origin);
+  }
   return f;
 }
 

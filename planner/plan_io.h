@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "planner/cluster_spec.h"
 #include "planner/error.h"
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
@@ -36,6 +37,8 @@ struct PlanFile {
   Plan plan;
   std::int64_t seq_len = 0;
   Prediction predicted;
+  /// The cluster of a multi-GPU plan (setup.parallel.gpus > 1), with the nodes the ranks use.
+  std::optional<ClusterSpec> cluster;
 };
 
 /// Every knob of the plan, set (a scenario's knobs leave some to the search).

@@ -77,11 +77,12 @@ enum class OpKind : std::uint8_t {
   optimizer,        ///< AdamW / SGD update of one parameter
   copy_to_host,     ///< checkpoint offload, on the copy stream
   copy_to_device,   ///< checkpoint prefetch, on the copy stream
+  collective,       ///< NCCL collective among data-parallel ranks, on the communication stream
 };
 
 template <>
 struct EnumNames<OpKind> {
-  static constexpr std::array<std::pair<OpKind, std::string_view>, 15> table{
+  static constexpr std::array<std::pair<OpKind, std::string_view>, 16> table{
       {{OpKind::begin, "begin"},
        {OpKind::end, "end"},
        {OpKind::embedding, "embedding"},
@@ -96,7 +97,8 @@ struct EnumNames<OpKind> {
        {OpKind::loss, "loss"},
        {OpKind::optimizer, "optimizer"},
        {OpKind::copy_to_host, "copy to host"},
-       {OpKind::copy_to_device, "copy to device"}}};
+       {OpKind::copy_to_device, "copy to device"},
+       {OpKind::collective, "collective"}}};
 };
 
 /// What an op computes: the contract between the builders and the runtime, which dispatches on
@@ -140,6 +142,12 @@ enum class OpCode : std::uint8_t {
   sgd,               ///< {g, w, [master]} -> {w, [master]}
   offload,           ///< {x} -> {host copy}: on the copy stream
   prefetch,          ///< {host copy} -> {x}: on the copy stream
+  // Collectives among the data-parallel ranks (Note [Sharded step] in builder.cpp); Op::m is the
+  // group's ranks, Op::n the bytes nccl-tests would report (collectives.h). They keep their code
+  // in both profiles.
+  all_gather,        ///< {shards...} -> {full tensors...}, or {w} -> {w}: a full tensor refilled in place
+  reduce_scatter,    ///< {full gradient} -> {its shard}: summed over the ranks (accumulated if live)
+  all_reduce,        ///< {g} -> {g}: summed over the ranks, in place
   autograd,          ///< pytorch profile: a PyTorch op, modelled for its memory and time only
 };
 
@@ -172,6 +180,9 @@ enum class OpCode : std::uint8_t {
     case OpCode::sgd: return OpKind::optimizer;
     case OpCode::offload: return OpKind::copy_to_host;
     case OpCode::prefetch: return OpKind::copy_to_device;
+    case OpCode::all_gather:
+    case OpCode::reduce_scatter:
+    case OpCode::all_reduce: return OpKind::collective;
     case OpCode::norm_apply:
     case OpCode::bias_grad:
     case OpCode::rope:
@@ -274,6 +285,7 @@ struct Program {
   std::int64_t mlp_chunks = 1;      ///< resolved mini-sequence counts
   std::int64_t lm_head_chunks = 1;
   Profile profile = Profile::native;
+  std::int64_t data_parallel_ranks = 1;  ///< ranks running this program, each on its own micro-batch
 
   // Tensors with a role in the step (kNoTensor where the program has none).
   TensorId tokens = kNoTensor;          ///< input ids

@@ -120,7 +120,7 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode
   e.analysis = analyze(p, allocator_);
   // Lengths the pytorch profile only probes on allocated bytes are never an answer: no time.
   if (mode != Pool::skip || setup_.profile != Profile::pytorch) {
-    e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost);
+    e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost, options_.cluster ? &*options_.cluster : nullptr);
   }
   e.required_bytes = e.analysis.peak.allocated_bytes + gpu_.reserve_bytes;
   e.fits = e.required_bytes <= gpu_.capacity_bytes;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "planner/analysis.h"
+#include "planner/cluster_spec.h"
 #include "planner/caching_allocator.h"
 #include "planner/cost_model.h"
 #include "planner/gpu_spec.h"
@@ -52,6 +53,9 @@ struct SearchOptions {
   /// answer does not depend on it.
   std::int32_t threads = 0;
   CostOptions cost;
+  /// The cluster the ranks' collectives run on: required when setup.parallel.gpus > 1 (an
+  /// invariant), at least that many GPUs.
+  std::optional<ClusterSpec> cluster;
 };
 
 /// One plan at one length: memory, time, whether it fits.

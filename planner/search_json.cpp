@@ -50,6 +50,8 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
           {"phase_peak_bytes", by_phase},
           {"tokens_per_s", e.time.tokens_per_s},
           {"step_seconds", e.time.step_seconds},
+          {"comm_seconds", e.time.comm_seconds},
+          {"exposed_comm_seconds", e.time.exposed_comm_seconds},
           {"plan", plan_json(e.plan, model, e.seq_len)}};
   if (e.pool) {
     // pytorch profile: the caching allocator simulated with the GPU's usable bytes.

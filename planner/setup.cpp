@@ -43,6 +43,8 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.framework = r.optional_enum<Framework>("framework").value_or(s.framework);
   s.hold_outputs = r.optional_bool("hold_outputs").value_or(s.hold_outputs);
   s.zero_grad_set_to_none = r.optional_bool("zero_grad_set_to_none").value_or(s.zero_grad_set_to_none);
+  s.parallel.gpus = r.optional_int("gpus").value_or(s.parallel.gpus);
+  s.parallel.zero = r.optional_enum<ZeroStage>("zero").value_or(s.parallel.zero);
   read_knob_fields(r, s.knobs);
 }
 
@@ -74,6 +76,7 @@ Expected<Scenario> parse_scenario_yaml(const std::string& text, const std::strin
   sc.source = origin;
   if (auto model = r.optional_string("model")) sc.model = resolve_relative(*model, origin);
   if (auto gpu = r.optional_string("gpu")) sc.gpu = resolve_relative(*gpu, origin);
+  if (auto cluster = r.optional_string("cluster")) sc.cluster = resolve_relative(*cluster, origin);
   read_setup_fields(r, sc.setup);
   if (auto error = r.finish()) return *error;
   return sc;
@@ -123,6 +126,8 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.framework != Framework::transformers_5) out += fmt::format("framework: {}\n", to_string(s.framework));
   if (s.hold_outputs) out += "hold_outputs: true\n";
   if (!s.zero_grad_set_to_none) out += "zero_grad_set_to_none: false\n";
+  if (s.parallel.gpus > 1) out += fmt::format("gpus: {}\n", s.parallel.gpus);
+  if (s.parallel.zero != ZeroStage::none) out += fmt::format("zero: {}\n", to_string(s.parallel.zero));
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -151,6 +156,17 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
     return make_error(ErrorKind::invalid,
                       "{}: field 'authors_code': the MST authors' code is PyTorch code; it needs profile pytorch", origin);
   }
+  if (setup.parallel.zero != ZeroStage::none && setup.parallel.gpus == 1) {
+    return make_error(ErrorKind::invalid, "{}: field 'zero': ZeRO-{} shards over data-parallel GPUs; give gpus > 1",
+                      origin, to_string(setup.parallel.zero));
+  }
+  if (setup.profile == Profile::pytorch && setup.parallel.gpus > 1 &&
+      (setup.parallel.zero == ZeroStage::optimizer || setup.parallel.zero == ZeroStage::gradients)) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'zero': ZeRO-{} with profile pytorch is DeepSpeed's, whose bucket buffers are not "
+                      "modelled; the pytorch profile models DDP (zero 0) and FSDP2 full shard (zero 3)",
+                      origin, to_string(setup.parallel.zero));
+  }
   if (setup.knobs.recompute_layers) {
     for (std::int64_t layer : *setup.knobs.recompute_layers) {
       if (layer >= model.num_layers) {
@@ -160,6 +176,14 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
     }
   }
   return std::nullopt;
+}
+
+std::optional<Error> check_one_gpu(const TrainingSetup& setup, const std::string& origin, std::string_view what) {
+  if (setup.parallel.gpus == 1) return std::nullopt;
+  return make_error(ErrorKind::invalid,
+                    "{}: field 'gpus': {}: {} cover one GPU for now; plan {} GPUs with the main command (mst-plan "
+                    "--gpus N) or `mst-plan report`",
+                    origin, setup.parallel.gpus, what, setup.parallel.gpus);
 }
 
 bool persistent_gradients(const TrainingSetup& s) {
@@ -201,6 +225,11 @@ std::string describe_setup(const TrainingSetup& s) {
     out += s.optimizer_in_backward ? ", optimizer in backward" : ", optimizer after backward";
   }
   if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
+  if (s.parallel.gpus > 1) {
+    out += fmt::format(", {} data-parallel GPUs{}", s.parallel.gpus,
+                       s.parallel.zero == ZeroStage::none ? std::string(" (DDP)")
+                                                          : fmt::format(" with ZeRO-{}", to_string(s.parallel.zero)));
+  }
   out += fmt::format(", batch {}, {} attention, profile {}", s.batch, to_string(s.attention), to_string(s.profile));
   if (s.profile == Profile::pytorch) {
     if (s.framework != Framework::transformers_5) out += fmt::format(", {}", to_string(s.framework));

@@ -122,6 +122,34 @@ struct EnumNames<RecomputeKind> {
       {{RecomputeKind::none, "none"}, {RecomputeKind::full, "full"}, {RecomputeKind::selective, "selective"}}};
 };
 
+/// What data-parallel ranks shard (ZeRO's stages; PyTorch FSDP's full shard is stage 3). Each
+/// stage shards what the one before it does, and more (Note [Sharded step] in builder.cpp).
+enum class ZeroStage {
+  none,        ///< 0: every rank holds everything; gradients all-reduced (DDP)
+  optimizer,   ///< 1: optimizer state and fp32 master weights sharded; gradients all-reduced
+  gradients,   ///< 2: and the gradients, reduce-scattered as backward completes them
+  parameters,  ///< 3: and the weights, all-gathered layer by layer before use (FSDP full shard)
+};
+template <>
+struct EnumNames<ZeroStage> {
+  static constexpr std::array<std::pair<ZeroStage, std::string_view>, 4> table{
+      {{ZeroStage::none, "0"}, {ZeroStage::optimizer, "1"}, {ZeroStage::gradients, "2"}, {ZeroStage::parameters, "3"}}};
+};
+
+/// How the step is spread over GPUs: data-parallel ranks, each running the same step program on
+/// its own micro-batch, with what ZeRO shards among them.
+struct Parallelism {
+  std::int64_t gpus = 1;                ///< data-parallel ranks (the world size)
+  ZeroStage zero = ZeroStage::none;
+  /// Elements of a tensor of `numel` one rank keeps when its stage shards it: ceil(numel / gpus)
+  /// (FSDP2 pads each parameter's shards to equal size; DeepSpeed pads its flat buffer likewise).
+  [[nodiscard]] std::int64_t shard_numel(std::int64_t numel) const { return (numel + gpus - 1) / gpus; }
+  [[nodiscard]] bool shards_optimizer() const { return gpus > 1 && zero >= ZeroStage::optimizer; }
+  [[nodiscard]] bool shards_gradients() const { return gpus > 1 && zero >= ZeroStage::gradients; }
+  [[nodiscard]] bool shards_weights() const { return gpus > 1 && zero >= ZeroStage::parameters; }
+  bool operator==(const Parallelism&) const = default;
+};
+
 /// Mini-sequences of one block: a count M, or a number of tokens per chunk.
 struct ChunkSetting {
   std::optional<std::int64_t> chunks;        ///< M
@@ -164,6 +192,7 @@ struct TrainingSetup {
   /// Trainer's: the gradients are freed after each step and every one is allocated again when
   /// backward first writes it. false: they are zeroed in place and live through the training.
   bool zero_grad_set_to_none = true;
+  Parallelism parallel;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
 };
@@ -172,6 +201,9 @@ struct TrainingSetup {
 struct Scenario {
   std::optional<std::string> model;  ///< a model name, or a path relative to the scenario file
   std::optional<std::string> gpu;    ///< a GPU name, or a path relative to the scenario file
+  /// a cluster name, or a path relative to the scenario file (multi-GPU setups; nullopt: the
+  /// catalog's node of the GPU)
+  std::optional<std::string> cluster;
   TrainingSetup setup;
   std::string source;  ///< the file, for messages
 };
@@ -208,6 +240,10 @@ struct ParameterStorage {
 /// Checks what only the model can tell (recomputed layers exist); `origin` names the source.
 [[nodiscard]] std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
                                                          const std::string& origin);
+
+/// Refuses a multi-GPU setup where `what` ("sweeps", "measurements") covers one GPU only.
+[[nodiscard]] std::optional<Error> check_one_gpu(const TrainingSetup& setup, const std::string& origin,
+                                                 std::string_view what);
 
 /// One line for the top of every output: "bf16 weights, AdamW state bf16, optimizer in backward, ...".
 [[nodiscard]] std::string describe_setup(const TrainingSetup& setup);

@@ -5,6 +5,7 @@
 //
 //   FieldReader r = FieldReader::root(node, "plan.yaml", "plan file");
 //   if (auto model = r.optional_map("model")) read_model_fields(*model, spec);
+#include "planner/cluster_spec.h"
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
 #include "planner/setup.h"
@@ -16,6 +17,8 @@ namespace mstplan {
 void read_model_fields(FieldReader& reader, ModelSpec& spec);
 /// The fields of scenarios/gpus/*.yaml.
 void read_gpu_fields(FieldReader& reader, GpuSpec& gpu);
+/// The fields of scenarios/clusters/*.yaml.
+void read_cluster_fields(FieldReader& reader, ClusterSpec& cluster);
 /// A scenario's setup fields (not `model` and `gpu`), knobs included.
 void read_setup_fields(FieldReader& reader, TrainingSetup& setup);
 /// The plan knobs: `mlp`, `lm_head`, `recompute`, `offload`.

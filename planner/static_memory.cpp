@@ -23,18 +23,27 @@ StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
   const ParameterStorage storage = parameter_storage(setup);
   StaticMemory m;
   m.persistent_gradients = storage.gradients && persistent_gradients(setup);
+  const Parallelism& par = setup.parallel;
   for (const ParamTensor& p : parameters(model)) {
     const std::int64_t n = p.numel();
-    m.weights_bytes += n * dtype_bytes(storage.weights);
-    if (storage.master) m.master_weights_bytes += n * dtype_bytes(*storage.master);
+    const std::int64_t shard = par.shard_numel(n);
+    m.weights_bytes += (par.shards_weights() ? shard : n) * dtype_bytes(storage.weights);
+    if (storage.master) m.master_weights_bytes += (par.shards_optimizer() ? shard : n) * dtype_bytes(*storage.master);
     if (!storage.gradients) continue;
     const std::int64_t grad_bytes = n * dtype_bytes(*storage.gradients);
-    if (m.persistent_gradients) m.gradient_bytes += grad_bytes;
+    if (m.persistent_gradients) m.gradient_bytes += (par.shards_gradients() ? shard : n) * dtype_bytes(*storage.gradients);
     if (grad_bytes > m.largest_gradient_bytes) {
       m.largest_gradient_bytes = grad_bytes;
       m.largest_gradient_name = p.name;
     }
-    if (storage.adam_state) m.optimizer_state_bytes += 2 * adam_moment_bytes(n, *storage.adam_state);
+    if (storage.adam_state) {
+      m.optimizer_state_bytes += 2 * adam_moment_bytes(par.shards_optimizer() ? shard : n, *storage.adam_state);
+    }
+    // DDP's buckets (pytorch profile, gradient_as_bucket_view=False, its default): a flat copy of
+    // every gradient that the all-reduce runs on, alive for the whole training.
+    if (setup.profile == Profile::pytorch && par.gpus > 1 && par.zero == ZeroStage::none) {
+      m.communication_bytes += grad_bytes;
+    }
   }
   return m;
 }
@@ -54,6 +63,8 @@ std::vector<SetupChange> static_fixes(const ModelSpec& model, const GpuSpec& gpu
   const bool adam = setup.optimizer == OptimizerKind::adamw;
   const bool trained = setup.optimizer != OptimizerKind::none;
   const std::vector<Change> changes = {
+      {"--zero 3", setup.parallel.gpus > 1 && setup.parallel.zero != ZeroStage::parameters, 1, false,
+       [](TrainingSetup& s) { s.parallel.zero = ZeroStage::parameters; }},
       {"--precision bf16", setup.precision != Precision::bf16 && trained, 1, false,
        [](TrainingSetup& s) { s.precision = Precision::bf16; }},
       {"--optimizer-in-backward", !setup.optimizer_in_backward && trained, 1, false,

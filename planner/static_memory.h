@@ -30,6 +30,11 @@
 // and one micro-batch, each gradient lives only from its computation to its update: the step
 // program counts it there, and `largest_gradient_bytes` says how large one gets.
 //
+// With several data-parallel GPUs (setup.parallel), a rank keeps ceil(numel / gpus) elements of
+// what its ZeRO stage shards: stage 1 the optimizer state and master weights, stage 2 also the
+// persistent gradients, stage 3 also the weights (Note [Sharded step] in builder.cpp). The
+// pytorch profile's DDP (stage 0) adds its gradient buckets, a second copy of every gradient.
+//
 //   StaticMemory m = static_memory(llama3_8b, TrainingSetup{});
 //   m.weights_bytes == 16'060'522'496;  m.optimizer_state_bytes == 32'121'044'992;
 #include <cstdint>
@@ -47,12 +52,13 @@ struct StaticMemory {
   std::int64_t master_weights_bytes = 0;   ///< fp32 master copy (mixed precision, native profile)
   std::int64_t gradient_bytes = 0;         ///< persistent gradient buffers (0 when not persistent)
   std::int64_t optimizer_state_bytes = 0;  ///< moments and quantisation scales
+  std::int64_t communication_bytes = 0;    ///< persistent collective buffers (DDP's gradient buckets)
   bool persistent_gradients = false;
   std::int64_t largest_gradient_bytes = 0;  ///< one parameter's gradient (0 with frozen weights)
   std::string largest_gradient_name;
 
   [[nodiscard]] std::int64_t total_bytes() const {
-    return weights_bytes + master_weights_bytes + gradient_bytes + optimizer_state_bytes;
+    return weights_bytes + master_weights_bytes + gradient_bytes + optimizer_state_bytes + communication_bytes;
   }
 };
 

@@ -62,6 +62,7 @@ Expected<Measurement> read_entry(FieldReader& e, const std::string& where, bool 
   m.gpu = gpu_spec->name;
   m.model_spec = std::move(*model_spec);
   m.gpu_spec = std::move(*gpu_spec);
+  if (auto error = check_one_gpu(m.setup, where, "measurement files")) return *error;
   if (auto error = check_setup_for_model(m.setup, measured_model(m), where)) return *error;
   return m;
 }

@@ -153,6 +153,7 @@ Expected<PublishedCase> parse_published_case(const std::string& text, const std:
       m.gpu_spec = std::move(*gpu_spec);
       m.origin = origin;
       m.measured_by = c.source;
+      if (auto error = check_one_gpu(m.setup, origin, "published cases")) return *error;
       if (auto error = check_setup_for_model(m.setup, measured_model(m), origin)) return *error;
       if (c.missing.empty()) c.setup = std::move(m);
     }

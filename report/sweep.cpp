@@ -40,6 +40,7 @@ std::optional<Error> complete(SweepItem& item, const std::string& model, const s
   item.model = std::move(*m);
   item.gpu = std::move(*g);
   item.origin = where;
+  if (auto error = check_one_gpu(item.setup, where, "sweeps")) return error;
   return check_setup_for_model(item.setup, item.model, where);
 }
 
@@ -188,6 +189,9 @@ Expected<SweepInputs> load_sweep_inputs(const std::vector<std::string>& files) {
       return make_error(ErrorKind::invalid, "{}: field '{}': a scenario in a sweep must name its {} (or use a sweep file "
                                             "with 'models' and 'gpus')",
                         file, scenario->model ? "gpu" : "model", scenario->model ? "GPU" : "model");
+    }
+    if (scenario->cluster) {
+      return make_error(ErrorKind::invalid, "{}: field 'cluster': sweeps cover one GPU for now", file);
     }
     SweepItem item;
     item.setup = scenario->setup;  // the scenario's paths are already relative to the working directory

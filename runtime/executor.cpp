@@ -23,6 +23,12 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                       "field 'profile': the runtime executes the native profile; 'pytorch' describes what PyTorch "
                       "keeps and is checked against PyTorch itself");
   }
+  if (setup.parallel.gpus > 1) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'gpus': {}: the runtime executes one rank; running each rank of a multi-GPU plan (MPI "
+                      "processes on the CPU backend, NCCL on CUDA) is not built yet",
+                      setup.parallel.gpus);
+  }
   if (setup.optimizer == OptimizerKind::adamw_8bit) {
     return make_error(ErrorKind::unsupported,
                       "field 'optimizer': the runtime has no 8-bit AdamW (the planner models its bytes); use adamw or sgd");

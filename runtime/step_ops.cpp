@@ -200,6 +200,10 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     case OpCode::prefetch:
       k.copy(in(0), out(0));
       return;
+    case OpCode::all_gather:
+    case OpCode::reduce_scatter:
+    case OpCode::all_reduce:
+      break;  // a multi-rank program's; the executor refuses those (one rank only, for now)
     case OpCode::autograd:
       break;  // the pytorch profile's ops are modelled, not executed (the executor refuses its programs)
   }

@@ -131,7 +131,7 @@ TEST(CUDA_Backend, MemoryMatchesThePredictionOnTheDevice) {
   MSTPLAN_REQUIRE_CUDA();
   const ModelSpec model = *resolve_model("tiny-llama");
   Plan plan = Plan::mst_reference(model);
-  PlanFile f{model, {}, TrainingSetup{}, plan, 512, {}};
+  PlanFile f{model, {}, TrainingSetup{}, plan, 512, {}, std::nullopt};
   auto gpu = make_cuda_backend();
   ASSERT_TRUE(gpu.has_value()) << gpu.error().message;
   auto r = run_plan(f, **gpu, RunOptions{}, 2);

@@ -187,7 +187,7 @@ TEST(Cli, HelpDocumentsEveryFlagWithAnExample) {
   ASSERT_EQ(r.code, 0);
   for (const char* flag : {"--model", "--gpu", "--scenario", "--batch", "--seq", "--precision", "--optimizer",
                            "--optimizer-in-backward", "--no-optimizer-in-backward", "--grad-accum", "--attention", "--framework", "--hold-outputs",
-                           "--expandable-segments", "--profile", "--method", "--out", "--json", "--version"}) {
+                           "--expandable-segments", "--gpus", "--zero", "--cluster", "--profile", "--method", "--out", "--json", "--version"}) {
     EXPECT_THAT(r.out, HasSubstr(flag)) << flag;
   }
   // Every option's description carries an example ("e.g."), except --help and --version.
@@ -200,7 +200,7 @@ TEST(Cli, HelpDocumentsEveryFlagWithAnExample) {
     ++options;
     EXPECT_THAT(line, HasSubstr("e.g.")) << line;
   }
-  EXPECT_EQ(options, 18);
+  EXPECT_EQ(options, 21);
   EXPECT_THAT(r.out, HasSubstr("Exit codes: 0 success"));
 }
 

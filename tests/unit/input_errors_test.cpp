@@ -150,7 +150,7 @@ std::vector<BadInput> cases() {
        {"s.yaml:1:12: field 'precision': expected one of bf16, mixed, fp32, got 'fp8'"}},
       {"scenario unknown field", s("batchsize: 2\n"), sargs, 3, {"s.yaml:1:1: unknown field 'batchsize' in scenario; did you mean 'batch'?"}},
       {"scenario unrelated field", s("colour: blue\n"), sargs, 3,
-       {"unknown field 'colour' in scenario (known fields: model, gpu, batch, seq_len"}},
+       {"unknown field 'colour' in scenario (known fields: model, gpu, cluster, batch, seq_len"}},
       {"scenario zero batch", s("batch: 0\n"), sargs, 3, {"field 'batch': expected a positive integer, got 0"}},
       {"scenario bad seq", s("seq_len: lots\n"), sargs, 3,
        {"field 'seq_len': expected a positive integer (K = 1024 and M = 1048576 suffixes allowed) or 'search', got 'lots'"}},

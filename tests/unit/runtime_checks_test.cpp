@@ -163,7 +163,7 @@ TEST(RuntimeChecks, LossFallsIdenticallyWithAndWithoutChunking) {
   options.learning_rate = 3e-3f;
   auto losses_of = [&](const Plan& plan) {
     auto cpu = make_cpu_backend();
-    PlanFile f{model, {}, setup, plan, 24, {}};
+    PlanFile f{model, {}, setup, plan, 24, {}, std::nullopt};
     auto r = run_plan(f, *cpu, options, 20);
     EXPECT_TRUE(r.has_value()) << r.error().message;
     EXPECT_TRUE(r->memory_ok);
@@ -229,7 +229,7 @@ TEST_P(RuntimeOptimizers, MatchThePlainStep) {
   Plan plan = mst_plan(3, LmHeadMode::forward_grad, 4);
   plan.recompute = RecomputeKind::full;
   plan.offload_checkpoints = true;
-  PlanFile f{catalog_model("tiny-qwen2"), {}, setup, plan, 21, {}};
+  PlanFile f{catalog_model("tiny-qwen2"), {}, setup, plan, 21, {}, std::nullopt};
   RunOptions options;
   options.ignore_fraction = 0.1;
   auto cpu = make_cpu_backend();
@@ -282,7 +282,7 @@ TEST(RuntimeChecks, MemoryOnlyRunsAllocateAsTheFullStep) {
   Plan plan = mst_plan(4, LmHeadMode::recompute, 3);
   plan.recompute = RecomputeKind::full;
   plan.offload_checkpoints = true;
-  PlanFile f{catalog_model("tiny-gemma2"), {}, TrainingSetup{}, plan, 40, {}};
+  PlanFile f{catalog_model("tiny-gemma2"), {}, TrainingSetup{}, plan, 40, {}, std::nullopt};
   auto cpu = make_cpu_backend();
   auto full = run_plan(f, *cpu, RunOptions{}, 1);
   RunOptions memory_only;

@@ -86,7 +86,7 @@ std::vector<Case> knob_matrix(std::int64_t seq, bool full) {
 
 void expect_verified(const ModelSpec& model, const TrainingSetup& setup, const Case& c, std::int64_t seq,
                      const RunOptions& options) {
-  PlanFile f{model, {}, setup, make_plan(c), seq, {}};
+  PlanFile f{model, {}, setup, make_plan(c), seq, {}, std::nullopt};
   auto cpu = make_cpu_backend();
   auto v = verify_plan(f, *cpu, options);
   ASSERT_TRUE(v.has_value()) << v.error().message;

@@ -142,6 +142,7 @@ TEST(StaticMemory, FixesSayWhichChangeWouldFit) {
 #include <rapidcheck/gtest.h>
 
 #include "planner/builder.h"
+#include "planner/schedule_check.h"
 
 namespace mstplan {
 namespace {
@@ -159,29 +160,37 @@ RC_GTEST_PROP(StaticMemoryProperty, FormulaEqualsTheProgramsStaticTensors, ()) {
   s.optimizer_in_backward = *rc::gen::arbitrary<bool>();
   s.grad_accum = *rc::gen::inRange<std::int64_t>(1, 4);
   s.zero_grad_set_to_none = *rc::gen::arbitrary<bool>();
+  // Data-parallel ranks with every ZeRO stage the profile models (pytorch: DDP and FSDP2).
+  s.parallel.gpus = *rc::gen::element<std::int64_t>(1, 2, 3, 8);
+  if (s.parallel.gpus > 1) {
+    s.parallel.zero = s.profile == Profile::native
+                          ? *rc::gen::element(ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters)
+                          : *rc::gen::element(ZeroStage::none, ZeroStage::parameters);
+  }
   const Program p = build_program(m, s, Plan::vanilla(), *rc::gen::inRange<std::int64_t>(2, 200));
-  std::int64_t weights = 0, master = 0, gradients = 0, state = 0;
+  RC_ASSERT(!check_schedule(p).has_value());
+  std::int64_t weights = 0, master = 0, gradients = 0, state = 0, buckets = 0;
   for (TensorId t : p.outputs(p.ops.front())) {
     const Tensor& x = p.tensors[t];
     if (x.kind == TensorKind::weight) weights += x.bytes;
     if (x.kind == TensorKind::master_weight) master += x.bytes;
     if (x.kind == TensorKind::gradient) gradients += x.bytes;
     if (x.kind == TensorKind::optimizer_state) state += x.bytes;
+    if (std::string_view(x.label) == "ddp.buckets") buckets += x.bytes;
   }
   const StaticMemory f = static_memory(m, s);
   RC_ASSERT(weights == f.weights_bytes);
   RC_ASSERT(master == f.master_weights_bytes);
   RC_ASSERT(gradients == f.gradient_bytes);
   RC_ASSERT(state == f.optimizer_state_bytes);
+  RC_ASSERT(buckets == f.communication_bytes);
   // Gradients that are not static are allocated by backward: each one exactly once when trained.
   std::int64_t all_gradients = 0;
   for (const Tensor& x : p.tensors) {
-    if (x.kind == TensorKind::gradient) all_gradients += x.bytes;
+    if (x.kind == TensorKind::gradient && std::string_view(x.label) != "grad.shard") all_gradients += x.bytes;
   }
   const ParameterStorage storage = parameter_storage(s);
-  RC_ASSERT(all_gradients == (storage.gradients ? f.weights_bytes / dtype_bytes(storage.weights) *
-                                                      dtype_bytes(*storage.gradients)
-                                                : 0));
+  RC_ASSERT(all_gradients == (storage.gradients ? count_parameters(m).total * dtype_bytes(*storage.gradients) : 0));
 }
 
 }  // namespace

@@ -1,0 +1,256 @@
+// Data-parallel steps (Note [Sharded step] in builder.cpp): what one rank keeps under each ZeRO
+// stage, the collectives its step program gains, their time, and the commands' answers.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string_view>
+
+#include "planner/builder.h"
+#include "planner/catalog.h"
+#include "planner/collectives.h"
+#include "planner/cost_model.h"
+#include "planner/liveness.h"
+#include "planner/schedule_check.h"
+#include "planner/static_memory.h"
+#include "test_util.h"
+
+namespace mstplan {
+namespace {
+
+using ::testing::HasSubstr;
+
+ModelSpec model(const char* name) { return *resolve_model(name); }
+
+TrainingSetup ranks(std::int64_t gpus, ZeroStage zero) {
+  TrainingSetup s;
+  s.parallel.gpus = gpus;
+  s.parallel.zero = zero;
+  return s;
+}
+
+std::int64_t count_ops(const Program& p, OpCode code) {
+  std::int64_t n = 0;
+  for (const Op& op : p.ops) n += op.code == code ? 1 : 0;
+  return n;
+}
+
+TEST(Sharding, StaticBytesPerRankOfLlama3_8bOnEightGpus) {
+  // llama3-8b has 8,030,261,248 parameters; every parameter's size is a multiple of 8, so a
+  // 1/8 shard is exact. bf16 weights (2 bytes), bf16 m and v (2 + 2), bf16 gradients (2).
+  const ModelSpec m = model("llama3-8b");
+  const std::int64_t n = 8'030'261'248;
+  const StaticMemory none = static_memory(m, ranks(8, ZeroStage::none));
+  EXPECT_EQ(none.weights_bytes, 2 * n);          // 16,060,522,496
+  EXPECT_EQ(none.optimizer_state_bytes, 4 * n);  // nothing sharded: as on one GPU
+  const StaticMemory one = static_memory(m, ranks(8, ZeroStage::optimizer));
+  EXPECT_EQ(one.weights_bytes, 2 * n);
+  EXPECT_EQ(one.optimizer_state_bytes, 4 * n / 8);  // 4,015,130,624
+  // ZeRO-2 with the optimizer after backward keeps a gradient shard per parameter: 2 n / 8.
+  TrainingSetup two = ranks(8, ZeroStage::gradients);
+  two.optimizer_in_backward = false;
+  EXPECT_EQ(static_memory(m, two).gradient_bytes, 2 * n / 8);  // 2,007,565,312
+  two.parallel.zero = ZeroStage::optimizer;                     // ZeRO-1 keeps them whole
+  EXPECT_EQ(static_memory(m, two).gradient_bytes, 2 * n);
+  const StaticMemory three = static_memory(m, ranks(8, ZeroStage::parameters));
+  EXPECT_EQ(three.weights_bytes, 2 * n / 8);
+  EXPECT_EQ(three.total_bytes(), 6 * n / 8);  // 6,022,695,936: weights and state, no gradients kept
+  // Mixed precision: the fp32 master copy is optimizer state to ZeRO (4 n / 8 bytes per rank).
+  TrainingSetup mixed = ranks(8, ZeroStage::optimizer);
+  mixed.precision = Precision::mixed;
+  EXPECT_EQ(static_memory(m, mixed).master_weights_bytes, 4 * n / 8);
+}
+
+TEST(Sharding, ShardsRoundUpPerParameter) {
+  // tiny-llama on 3 ranks: embed.weight is 515 x 64 = 32,960 elements, ceil(32,960 / 3) = 10,987
+  // elements per rank, 21,974 bytes in bf16; a 64-element norm weight keeps ceil(64 / 3) = 22.
+  const ModelSpec m = model("tiny-llama");
+  const Program p = build_program(m, ranks(3, ZeroStage::parameters), Plan::vanilla(), 16);
+  bool saw_embed = false, saw_norm = false;
+  for (TensorId t : p.outputs(p.ops.front())) {
+    const Tensor& x = p.tensors[t];
+    if (x.kind != TensorKind::weight) continue;
+    const ParamTensor& param = p.params[static_cast<std::size_t>(x.param)];
+    if (param.name == "embed.weight") {
+      EXPECT_EQ(x.elements, 10'987);
+      EXPECT_EQ(x.bytes, 21'974);
+      saw_embed = true;
+    }
+    if (param.name == "final_norm.weight") {
+      EXPECT_EQ(x.elements, 22);
+      saw_norm = true;
+    }
+  }
+  EXPECT_TRUE(saw_embed && saw_norm);
+}
+
+TEST(Sharding, ZeroThreeGathersEachBlockAndReduceScattersEachGradient) {
+  // tiny-llama, 2 layers, untied head. All-gathers: forward embed, layer 0, layer 1, the head
+  // (final norm + LM head); backward layer 1, layer 0: 6. One reduce-scatter per parameter.
+  const ModelSpec m = model("tiny-llama");
+  const Program p = build_program(m, ranks(4, ZeroStage::parameters), Plan::vanilla(), 33);
+  ASSERT_EQ(check_schedule(p), std::nullopt);
+  EXPECT_EQ(count_ops(p, OpCode::all_gather), 6);
+  EXPECT_EQ(count_ops(p, OpCode::reduce_scatter), static_cast<std::int64_t>(p.params.size()));
+  EXPECT_EQ(count_ops(p, OpCode::all_reduce), 0);
+  for (const Op& op : p.ops) {
+    if (op.code != OpCode::reduce_scatter) continue;
+    const Tensor& full = p.tensors[p.inputs(op)[0]];
+    const Tensor& shard = p.tensors[p.outputs(op)[0]];
+    EXPECT_EQ(shard.elements, (full.elements + 3) / 4);
+    EXPECT_EQ(op.m, 4);
+    EXPECT_EQ(op.n, full.bytes);  // nccl-tests' size of a reduce-scatter: the full input
+  }
+  // Gathered copies are the full parameters, and at most two blocks are gathered at once (the
+  // block running and the next one, prefetched).
+  const Lifetimes lt = lifetimes(p);
+  for (std::size_t i = 0; i < lt.instances.size(); ++i) {
+    const Tensor& x = p.tensors[lt.instances[i].tensor];
+    if (std::string_view(x.label) != "gathered") continue;
+    EXPECT_EQ(x.elements, p.params[static_cast<std::size_t>(x.param)].numel());
+  }
+  // Count the gather ops whose outputs are still live after each flat op.
+  std::vector<std::int64_t> live(lt.op.size(), 0);
+  for (std::size_t i = 0; i < lt.instances.size(); ++i) {
+    const Tensor& x = p.tensors[lt.instances[i].tensor];
+    const bool block_marker = std::string_view(x.label) == "gathered" &&
+                              (p.params[static_cast<std::size_t>(x.param)].name.find("attn_norm") != std::string::npos ||
+                               p.params[static_cast<std::size_t>(x.param)].name == "embed.weight" ||
+                               p.params[static_cast<std::size_t>(x.param)].name == "final_norm.weight");
+    if (!block_marker) continue;
+    for (std::int64_t f = lt.first_op[i]; f <= lt.last_op[i]; ++f) ++live[static_cast<std::size_t>(f)];
+  }
+  EXPECT_LE(*std::max_element(live.begin(), live.end()), 2);
+  EXPECT_EQ(*std::max_element(live.begin(), live.end()), 2);
+}
+
+TEST(Sharding, DdpAllReducesInPlaceAndZeroOneRegathersUpdatedWeights) {
+  const ModelSpec m = model("tiny-llama");
+  const auto n = static_cast<std::int64_t>(parameters(m).size());
+  const Program ddp = build_program(m, ranks(2, ZeroStage::none), Plan::vanilla(), 20);
+  ASSERT_EQ(check_schedule(ddp), std::nullopt);
+  EXPECT_EQ(count_ops(ddp, OpCode::all_reduce), n);
+  EXPECT_EQ(count_ops(ddp, OpCode::all_gather), 0);
+  const Program one = build_program(m, ranks(2, ZeroStage::optimizer), Plan::vanilla(), 20);
+  EXPECT_EQ(count_ops(one, OpCode::all_reduce), n);
+  EXPECT_EQ(count_ops(one, OpCode::all_gather), n);  // each updated weight, refilled in place
+  for (const Op& op : one.ops) {
+    if (op.code != OpCode::adamw) continue;
+    EXPECT_EQ(op.m, (one.params[static_cast<std::size_t>(op.param)].numel() + 1) / 2);  // its shard
+  }
+  // One GPU: no collective at all, and the same program as without the parallel fields.
+  const Program single = build_program(m, TrainingSetup{}, Plan::vanilla(), 20);
+  for (const Op& op : single.ops) EXPECT_NE(op.kind, OpKind::collective);
+}
+
+TEST(Sharding, CommunicationTimeIsTheCollectivesOnTheNodesLinks) {
+  // llama3-8b, ZeRO-3 over one DGX-H100 node (8 ranks, NVLink 450 GB/s at 90%). Per step: the
+  // forward all-gathers every parameter once, the backward all-gathers the layers' again (the
+  // head's stay gathered through the LM head block, the embedding's backward reads no weight),
+  // and every gradient is reduce-scattered once. Each moves 7/8 of its bytes over NVLink.
+  const ModelSpec m = model("llama3-8b");
+  const ClusterSpec cluster = *cluster_for_ranks(std::nullopt, *resolve_gpu("H100-80G"), 8);
+  ASSERT_EQ(cluster.name, "DGX-H100");
+  const Program p = build_program(m, ranks(8, ZeroStage::parameters), Plan::vanilla(), 1024);
+  const StepTime t = estimate_time(p, *resolve_gpu("H100-80G"), 1, CostOptions{}, &cluster);
+  const double all = 2.0 * 8'030'261'248;  // bf16 bytes of every parameter
+  const double outside_layers = 2.0 * (2 * 525'336'576 + 4096);  // embedding, LM head, final norm
+  const double link = 450e9 * 0.90;
+  std::int64_t collectives = 0;
+  for (const Op& op : p.ops) collectives += op.kind == OpKind::collective ? 1 : 0;
+  const double expected = 7.0 / 8.0 * (all + (all - outside_layers) + all) / link + 5e-6 * static_cast<double>(collectives);
+  EXPECT_NEAR(t.comm_seconds, expected, 1e-9 * expected);
+  EXPECT_GE(t.exposed_comm_seconds, 0.0);
+  EXPECT_LE(t.exposed_comm_seconds, t.comm_seconds);
+  // Tokens/s counts every rank's micro-batch: 8 x 1,024 tokens per step.
+  const double amortised = t.step_seconds;  // one micro-batch: nothing amortised
+  EXPECT_NEAR(t.tokens_per_s, 8.0 * 1024.0 / amortised, 1e-9 * t.tokens_per_s);
+}
+
+TEST(Sharding, PytorchDdpKeepsItsBucketsAndRefusesDeepSpeedStages) {
+  // DDP's buckets: a second copy of every gradient, 2 x 8,030,261,248 bytes in bf16.
+  TrainingSetup s = ranks(8, ZeroStage::none);
+  s.profile = Profile::pytorch;
+  EXPECT_EQ(static_memory(model("llama3-8b"), s).communication_bytes, 2 * 8'030'261'248);
+  s.parallel.zero = ZeroStage::gradients;
+  const auto error = check_setup_for_model(s, model("llama3-8b"), "s.yaml");
+  ASSERT_TRUE(error.has_value());
+  EXPECT_THAT(error->message, HasSubstr("s.yaml: field 'zero': ZeRO-2 with profile pytorch"));
+}
+
+TEST(Sharding, MoreRanksNeverRaiseTheStaticBytesOfARank) {
+  const ModelSpec m = model("llama3-70b");
+  for (ZeroStage zero : {ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters}) {
+    std::int64_t previous = static_memory(m, TrainingSetup{}).total_bytes();
+    for (std::int64_t gpus : {2, 4, 8, 16, 64}) {
+      const std::int64_t bytes = static_memory(m, ranks(gpus, zero)).total_bytes();
+      EXPECT_LT(bytes, previous) << to_string(zero) << " " << gpus;
+      previous = bytes;
+    }
+  }
+}
+
+TEST(ShardingCli, EightGpusAnswerPerRankWithTheCollectives) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "8", "--zero", "3", "--method", "mst"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("8 data-parallel GPUs with ZeRO-3"));
+  EXPECT_THAT(r.out, HasSubstr("static memory per rank, of 8 GPUs"));
+  EXPECT_THAT(r.out, HasSubstr("a 1/8 shard (ZeRO-3); each layer's are all-gathered before use"));
+  EXPECT_THAT(r.out, HasSubstr("tokens/s over 8 GPUs"));
+  EXPECT_THAT(r.out, HasSubstr("collectives: "));
+  const auto j = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "16", "--zero", "3", "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  EXPECT_THAT(j.out, HasSubstr("\"nodes\": 2"));
+  EXPECT_THAT(j.out, HasSubstr("\"zero\": 3"));
+}
+
+TEST(ShardingCli, PlanFilesCarryTheClusterAndTheRuntimeRefusesThem) {
+  test::ScratchDir dir;
+  const std::string plan = (dir.path() / "p.yaml").string();
+  const auto w = test::run({"--model", "tiny-llama", "--gpu", "A100-80G", "--gpus", "4", "--zero", "3", "--seq", "256",
+                            "--out", plan});
+  ASSERT_EQ(w.code, 0) << w.err;
+  const std::string text = test::source_file_at(plan);
+  EXPECT_THAT(text, HasSubstr("cluster:\n  name: DGX-A100"));
+  EXPECT_THAT(text, HasSubstr("gpus: 4\n"));
+  const auto show = test::run({"show", plan});
+  ASSERT_EQ(show.code, 0) << show.err;
+  EXPECT_THAT(show.out, HasSubstr(": the same"));
+  const auto verify = test::run({"verify", plan});
+  EXPECT_EQ(verify.code, 4);
+  EXPECT_THAT(verify.err, HasSubstr("field 'gpus': 4: the runtime executes one rank"));
+  // A plan file for several GPUs without its cluster is refused, naming the section.
+  std::string stripped = text.substr(0, text.find("cluster:")) + text.substr(text.find("setup:"));
+  const std::string bad = dir.write("bad.yaml", stripped);
+  const auto refused = test::run({"show", bad});
+  EXPECT_EQ(refused.code, 3);
+  EXPECT_THAT(refused.err, HasSubstr("section 'cluster': missing"));
+}
+
+TEST(ShardingCli, BadLayoutsAreRefusedWithTheFlagAndValue) {
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{"--zero", "3"}, 3, "field 'zero': ZeRO-3 shards over data-parallel GPUs; give gpus > 1"},
+      {{"--gpus", "2", "--zero", "4"}, 2, "--zero: expected one of 0, 1, 2, 3, got '4'"},
+      {{"--gpus", "0"}, 2, "--gpus: expected a positive integer, got '0'"},
+      {{"--gpus", "12"}, 3, "--gpus 12: DGX-H100 has 8 GPUs per node; give at most 8 or a multiple of 8"},
+      {{"--gpus", "8", "--cluster", "DGX-A100"}, 3, "cluster DGX-A100 has A100-80G GPUs, not H100-80G"},
+      {{"--gpus", "8", "--cluster", "nope"}, 3, "unknown cluster 'nope'"},
+      {{"--cluster", "DGX-H100"}, 2, "--cluster: the nodes of a multi-GPU plan; give --gpus N too"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"--model", "tiny-llama", "--gpu", "H100-80G"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    const auto r = test::run(args);
+    EXPECT_EQ(r.code, c.code) << c.message << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.message));
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+}  // namespace
+}  // namespace mstplan
