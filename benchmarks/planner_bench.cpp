@@ -104,6 +104,23 @@ void BM_AutoSearchLlama8b(benchmark::State& state) {
 // {profile, threads}: native and pytorch, on every hardware thread and on one.
 BENCHMARK(BM_AutoSearchLlama8b)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Args({1, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// The layouts of llama3-8b on N H100s (DGX-H100 nodes): auto searched under each ZeRO stage, as
+// the main command does for --gpus N (issue 16's target: under 200 ms for 8 and 64 GPUs).
+void BM_LayoutSearchLlama8b(benchmark::State& state) {
+  const ModelSpec model = *resolve_model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  TrainingSetup setup;
+  setup.parallel.gpus = state.range(0);
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, setup.parallel.gpus);
+  for (auto _ : state) {
+    const std::vector<LayoutResult> r = search_layouts(model, gpu, setup, options);
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetLabel(fmt::format("{} GPUs on {}", setup.parallel.gpus, options.cluster->name));
+}
+BENCHMARK(BM_LayoutSearchLlama8b)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 }  // namespace
 }  // namespace mstplan
 

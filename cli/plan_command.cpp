@@ -147,6 +147,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   SearchOptions options;
   options.cluster = inputs.cluster;
   if (static_fits) result = search(*model, *gpu, setup, methods, options);
+  const std::vector<LayoutResult> layouts = search_layouts(*model, *gpu, setup, options);
   const Evaluation* chosen = nullptr;
   for (const MethodResult& m : result.methods) {
     if (m.method != chosen_method) continue;
@@ -166,11 +167,13 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     j["setup"] = setup_json(setup);
     j["static"] = static_memory_json(*model, *gpu, setup);
     add_search_json(j, *model, setup, result, chosen_method, chosen);
+    if (!layouts.empty()) j["layouts"] = layouts_json(layouts, *model);
     out << json_text(j) << '\n';
   } else {
     if (print_static(out, *model, *gpu, setup)) {
       print_search(out, *model, *gpu, setup, result, chosen_method, chosen, f.out.given() && chosen ? f.out.value : std::string());
     }
+    print_layouts(out, setup, layouts);
   }
   if (f.out.given()) {
     if (!chosen) {

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "planner/builder.h"
+#include "planner/static_memory.h"
 
 namespace mstplan {
 namespace {
@@ -356,6 +357,31 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
   }
   result.evaluations = evaluator.evaluations() + evaluations.load();
   return result;
+}
+
+std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                                         const SearchOptions& options) {
+  std::vector<LayoutResult> out;
+  if (setup.parallel.gpus == 1) return out;
+  const std::vector<ZeroStage> stages =
+      setup.profile == Profile::pytorch
+          ? std::vector<ZeroStage>{ZeroStage::none, ZeroStage::parameters}
+          : std::vector<ZeroStage>{ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters};
+  const Method automatic[] = {Method::automatic};
+  for (ZeroStage zero : stages) {
+    TrainingSetup s = setup;
+    s.parallel.zero = zero;
+    LayoutResult r;
+    r.zero = zero;
+    r.static_bytes = static_memory(model, s).total_bytes();
+    if (r.static_bytes <= gpu.usable_bytes()) {
+      SearchResult found = search(model, gpu, s, automatic, options);
+      r.longest = std::move(found.methods.front().at_max);
+      if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 }  // namespace mstplan

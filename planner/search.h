@@ -129,4 +129,18 @@ class Evaluator {
 [[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                                   std::span<const Method> methods, const SearchOptions& options = {});
 
+/// One data-parallel layout of a multi-GPU setup: a ZeRO stage, and auto's answer under it.
+struct LayoutResult {
+  ZeroStage zero = ZeroStage::none;
+  std::int64_t static_bytes = 0;       ///< per rank
+  std::optional<Evaluation> longest;   ///< auto's longest plan (nullopt: none fits)
+  std::optional<Evaluation> at_request;  ///< auto's fastest plan at setup.seq_len, if it fits
+};
+
+/// The ZeRO stages the setup's profile models (native: 0 to 3; pytorch: 0 and 3), each searched
+/// with auto over the setup's other fields (options.cluster as for search()); for a setup of one
+/// GPU, empty. Stages whose static state does not fit are listed with no plan.
+[[nodiscard]] std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& gpu,
+                                                       const TrainingSetup& setup, const SearchOptions& options);
+
 }  // namespace mstplan

@@ -104,4 +104,15 @@ void add_search_json(nlohmann::json& out, const ModelSpec& model, const Training
   out["evaluations"] = result.evaluations;
 }
 
+nlohmann::json layouts_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const LayoutResult& l : layouts) {
+    out.push_back({{"zero", static_cast<int>(l.zero)},
+                   {"static_bytes", l.static_bytes},
+                   {"longest", l.longest ? evaluation_json(*l.longest, model) : nlohmann::json(nullptr)},
+                   {"at_request", l.at_request ? evaluation_json(*l.at_request, model) : nlohmann::json(nullptr)}});
+  }
+  return out;
+}
+
 }  // namespace mstplan

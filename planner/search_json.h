@@ -16,6 +16,9 @@ namespace mstplan {
 [[nodiscard]] nlohmann::json plan_json(const Plan& plan, const ModelSpec& model, std::int64_t seq_len);
 [[nodiscard]] nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model);
 /// The `methods` array (and `pareto`, `fastest_at_seq`, `chosen`) of the --json contract.
+/// Each layout: {"zero", "static_bytes", "longest": evaluation or null, "at_request": evaluation or null}.
+[[nodiscard]] nlohmann::json layouts_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model);
+
 void add_search_json(nlohmann::json& out, const ModelSpec& model, const TrainingSetup& setup, const SearchResult& result,
                      Method chosen_method, const Evaluation* chosen);
 

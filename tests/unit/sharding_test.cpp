@@ -12,6 +12,7 @@
 #include "planner/cost_model.h"
 #include "planner/liveness.h"
 #include "planner/schedule_check.h"
+#include "planner/search.h"
 #include "planner/static_memory.h"
 #include "test_util.h"
 
@@ -188,6 +189,43 @@ TEST(Sharding, MoreRanksNeverRaiseTheStaticBytesOfARank) {
       previous = bytes;
     }
   }
+}
+
+TEST(Sharding, LayoutsSearchEveryStageTheProfileModels) {
+  const ModelSpec m = model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  TrainingSetup s = ranks(8, ZeroStage::none);
+  const std::vector<LayoutResult> native = search_layouts(m, gpu, s, options);
+  ASSERT_EQ(native.size(), 4u);
+  for (std::size_t i = 0; i < native.size(); ++i) {
+    EXPECT_EQ(native[i].zero, static_cast<ZeroStage>(i));
+    TrainingSetup staged = s;
+    staged.parallel.zero = native[i].zero;
+    EXPECT_EQ(native[i].static_bytes, static_memory(m, staged).total_bytes());
+    ASSERT_TRUE(native[i].longest.has_value());
+    // Each stage shards more, so auto reaches at least as far (the state it frees is activations' room).
+    if (i > 0) {
+      EXPECT_GE(native[i].longest->seq_len, native[i - 1].longest->seq_len);
+    }
+  }
+  s.profile = Profile::pytorch;
+  const std::vector<LayoutResult> pytorch = search_layouts(m, gpu, s, options);
+  ASSERT_EQ(pytorch.size(), 2u);
+  EXPECT_EQ(pytorch[0].zero, ZeroStage::none);
+  EXPECT_EQ(pytorch[1].zero, ZeroStage::parameters);
+  EXPECT_TRUE(search_layouts(m, gpu, TrainingSetup{}, options).empty());
+}
+
+TEST(ShardingCli, LayoutsTableNamesTheStagesThatFit) {
+  // llama3-70b's static state: 394.25 GiB per rank unsharded; only ZeRO-3 (49.28 GiB) fits an H100.
+  const auto r = test::run({"--model", "llama3-70b", "--gpu", "H100-80G", "--gpus", "8", "--seq", "32K"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("would fit with --zero 3"));
+  EXPECT_THAT(r.out, HasSubstr("layouts on 8 GPUs"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  0 +394.25 +none fits .*\\(this setup\\)"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
 }
 
 TEST(ShardingCli, EightGpusAnswerPerRankWithTheCollectives) {
