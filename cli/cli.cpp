@@ -43,6 +43,7 @@ constexpr const char* kFooter = R"(Examples:
   mst-plan models                    # the model catalog;  mst-plan models gemma2-9b  prints one spec
   mst-plan gpus                      # the GPU catalog
   mst-plan clusters                  # the cluster catalog (nodes, links, host memory)
+  mst-plan --model llama3-8b --gpu H100-80G --gpus 8 --zero 3   # one rank of 8, ZeRO-3; layouts compared
   mst-plan --model llama3-8b --gpu H100 --seq 64K --out plan.yaml   # fastest plan for 64K tokens
   mst-plan show plan.yaml            # rebuild a plan file's step and check its prediction
   mst-plan devices                   # the CUDA devices of this machine against the catalog

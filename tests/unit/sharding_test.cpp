@@ -242,6 +242,17 @@ TEST(ShardingCli, EightGpusAnswerPerRankWithTheCollectives) {
   EXPECT_THAT(j.out, HasSubstr("\"zero\": 3"));
 }
 
+TEST(ShardingCli, TheExampleScenarioPlansEightRanks) {
+  // Mixed precision under ZeRO-3 on 8 ranks: fp32 master, m and v sharded (12 n / 8 bytes) plus
+  // bf16 weights sharded (2 n / 8) and fp32 gradient shards kept until the step (4 n / 8):
+  // 18 x 8,030,261,248 / 8 = 18,068,087,808 bytes.
+  const auto r = test::run({"--scenario", std::string(MSTPLAN_SOURCE_DIR) + "/scenarios/examples/llama3-8b-8xh100-zero3.yaml",
+                            "--method", "mst", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"total_bytes\": 18068087808"));
+  EXPECT_THAT(r.out, HasSubstr("\"name\": \"DGX-H100\""));
+}
+
 TEST(ShardingCli, PlanFilesCarryTheClusterAndTheRuntimeRefusesThem) {
   test::ScratchDir dir;
   const std::string plan = (dir.path() / "p.yaml").string();
