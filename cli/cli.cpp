@@ -119,9 +119,9 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   f.expandable_segments.option = app.add_flag("--expandable-segments", expandable,
                                               "pytorch profile: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; "
                                               "e.g. --expandable-segments");
-  option(f.gpus, "--gpus", "N",
+  option(f.gpus, "--gpus", "N|auto",
          "Data-parallel GPUs, each running the step on its own micro-batch (default 1); memory is per rank, tokens/s "
-         "of all; e.g. --gpus 8");
+         "of all; auto (with --seq): the fewest GPUs and the ZeRO stage that fit; e.g. --gpus 8");
   option(f.zero, "--zero", "0|1|2|3",
          "With --gpus: what the ranks shard (ZeRO stage): 0 nothing (DDP, default), 1 optimizer state, 2 and "
          "gradients, 3 and weights (FSDP full shard); e.g. --zero 3");

@@ -82,6 +82,8 @@ struct PlanInputs {
   GpuSpec gpu;
   TrainingSetup setup;
   std::optional<ClusterSpec> cluster;  ///< with setup.parallel.gpus > 1: the nodes the ranks run on
+  bool fewest_gpus = false;            ///< --gpus auto: find the fewest GPUs for setup.seq_len
+  std::optional<std::string> cluster_argument;  ///< --cluster or the scenario's, as given
 };
 
 /// The model, GPU and setup the plan flags (and a scenario file) describe; flags override the

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <fmt/ostream.h>
+#include <fmt/ranges.h>
 #include "cli/plan_output.h"
 #include "planner/catalog.h"
 #include "planner/json_output.h"
@@ -16,6 +17,9 @@
 namespace mstplan::cli {
 
 namespace {
+
+// --gpus auto searches 1, 2, 4, ... up to this many GPUs.
+constexpr std::int64_t kMaxGpus = 1024;
 
 // "--batch: expected a positive integer, got '0'".
 std::optional<Failure> parse_positive(const std::string& flag, const std::string& text, std::int64_t& out,
@@ -61,7 +65,7 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.profile.given()) run(parse_choice("--profile", f.profile.value, s.profile));
   if (f.framework.given()) run(parse_choice("--framework", f.framework.value, s.framework));
   if (f.hold_outputs.given()) s.hold_outputs = true;
-  if (f.gpus.given()) run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
+  if (f.gpus.given() && f.gpus.value != "auto") run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
   if (f.zero.given()) run(parse_choice("--zero", f.zero.value, s.parallel.zero));
   if (f.expandable_segments.given()) s.expandable_segments = true;
   return failure;
@@ -96,6 +100,11 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
   }
   TrainingSetup setup = scenario.setup;
   if (auto failure = apply_flags(f, setup)) return *failure;
+  if (f.gpus.given() && f.gpus.value == "auto") {
+    if (!setup.seq_len) return *usage("--gpus auto: finds the fewest GPUs for a length; give --seq N");
+    if (f.zero.given()) return *usage("--gpus auto: compares every ZeRO stage itself; leave --zero out");
+    setup.parallel = Parallelism{};  // a scenario's layout is what auto replaces
+  }
   auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);
   if (!model) return Failure{exit_code_of(model.error()), model.error().message};
   auto gpu = resolve_reference<GpuSpec>(f.gpu, scenario.gpu, scenario.source, "gpu", resolve_gpu);
@@ -104,8 +113,13 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
     return Failure{exit_code_of(*error), error->message};
   }
   std::optional<ClusterSpec> cluster;
+  std::optional<std::string> named = f.cluster.given() ? std::optional(f.cluster.value) : scenario.cluster;
+  const bool fewest = f.gpus.given() && f.gpus.value == "auto";
+  if (fewest) {
+    PlanInputs inputs{std::move(*model), std::move(*gpu), std::move(setup), std::nullopt, true, named};
+    return inputs;
+  }
   if (setup.parallel.gpus > 1) {
-    std::optional<std::string> named = f.cluster.given() ? std::optional(f.cluster.value) : scenario.cluster;
     auto resolved = cluster_for_ranks(named, *gpu, setup.parallel.gpus);
     if (!resolved) {
       const bool from_file = !f.cluster.given() && scenario.cluster;
@@ -120,7 +134,7 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
     return Failure{ExitCode::input,
                    fmt::format("{}: field 'cluster': the nodes of a multi-GPU plan; give gpus too", scenario.source)};
   }
-  return PlanInputs{std::move(*model), std::move(*gpu), std::move(setup), std::move(cluster)};
+  return PlanInputs{std::move(*model), std::move(*gpu), std::move(setup), std::move(cluster), false, named};
 }
 
 std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
@@ -142,6 +156,29 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   }
   if (f.out.given() && f.out.value.empty()) return usage("--out: expected a file name, got ''");
 
+  if (inputs.fewest_gpus) {
+    auto found = fewest_gpus(*model, *gpu, setup, kMaxGpus, [&](std::int64_t gpus) {
+      return cluster_for_ranks(inputs.cluster_argument, *gpu, gpus);
+    });
+    if (!found) return Failure{exit_code_of(found.error()), found.error().message};
+    if (!*found) {
+      return Failure{ExitCode::no_fit,
+                     fmt::format("--gpus auto: {} tokens fit no layout on up to {} {} GPUs: with data parallelism "
+                                 "alone each rank holds its whole sequence's activations (sequence parallelism is "
+                                 "not modelled yet)",
+                                 format_thousands(*setup.seq_len), kMaxGpus, gpu->name)};
+    }
+    setup.parallel.gpus = (*found)->gpus;
+    setup.parallel.zero = (*found)->zero;
+    inputs.cluster = (*found)->cluster;
+    if (!f.json) {
+      fmt::print(out, "fewest GPUs for {} tokens: {}{} (tried {})\n\n", format_thousands(*setup.seq_len),
+                 (*found)->gpus,
+                 (*found)->gpus > 1 ? fmt::format(", ZeRO-{} on {}", to_string((*found)->zero), (*found)->cluster->name)
+                                    : std::string(),
+                 fmt::join((*found)->tried, ", "));
+    }
+  }
   const bool static_fits = static_memory(*model, setup).total_bytes() <= gpu->usable_bytes();
   SearchResult result;
   SearchOptions options;
@@ -161,6 +198,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   if (f.json) {
     nlohmann::json j;
     j["version"] = version_string();
+    if (inputs.fewest_gpus) j["fewest_gpus"] = {{"gpus", setup.parallel.gpus}, {"zero", static_cast<int>(setup.parallel.zero)}};
     j["model"] = model_json(*model);
     j["gpu"] = gpu_json(*gpu);
     if (inputs.cluster) j["cluster"] = cluster_json(*inputs.cluster);

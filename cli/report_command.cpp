@@ -29,6 +29,7 @@ std::optional<Failure> run_report(const PlanFlags& f, const ReportFlags& r, cons
   auto resolved = resolve_inputs(f);
   if (auto* failure = std::get_if<Failure>(&resolved)) return std::move(*failure);
   const PlanInputs& inputs = std::get<PlanInputs>(resolved);
+  if (inputs.fewest_gpus) return usage("--gpus auto: the main command finds the count; give the report --gpus N");
   auto measured = measurements(r.measured);
   if (auto* failure = std::get_if<Failure>(&measured)) return std::move(*failure);
   report::ReportOptions options;

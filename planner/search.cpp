@@ -359,6 +359,47 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
   return result;
 }
 
+Expected<std::optional<FewestGpus>> fewest_gpus(
+    const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, std::int64_t max_gpus,
+    const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for) {
+  MSTPLAN_CHECK(setup.seq_len.has_value(), "fewest_gpus without a length");
+  FewestGpus found;
+  const Method automatic[] = {Method::automatic};
+  for (std::int64_t gpus = 1; gpus <= max_gpus; gpus *= 2) {
+    found.tried.push_back(gpus);
+    TrainingSetup s = setup;
+    s.parallel.gpus = gpus;
+    s.parallel.zero = ZeroStage::none;
+    SearchOptions options;
+    if (gpus == 1) {
+      if (static_memory(model, s).total_bytes() > gpu.usable_bytes()) continue;
+      SearchResult r = search(model, gpu, s, automatic, options);
+      if (r.fastest_at_request) {
+        found.gpus = 1;
+        found.plan = std::move(*r.fastest_at_request);
+        return std::optional<FewestGpus>(std::move(found));
+      }
+      continue;
+    }
+    auto cluster = cluster_for(gpus);
+    if (!cluster) return cluster.error();
+    options.cluster = *cluster;
+    const std::vector<LayoutResult> layouts = search_layouts(model, gpu, s, options);
+    const LayoutResult* best = nullptr;
+    for (const LayoutResult& l : layouts) {
+      if (l.at_request && (!best || l.at_request->time.tokens_per_s > best->at_request->time.tokens_per_s)) best = &l;
+    }
+    if (best) {
+      found.gpus = gpus;
+      found.zero = best->zero;
+      found.cluster = std::move(*cluster);
+      found.plan = *best->at_request;
+      return std::optional<FewestGpus>(std::move(found));
+    }
+  }
+  return std::optional<FewestGpus>();
+}
+
 std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                                          const SearchOptions& options) {
   std::vector<LayoutResult> out;

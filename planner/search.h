@@ -11,6 +11,7 @@
 //   SearchResult r = search(model, gpu, setup, all_methods(), SearchOptions{});
 //   for (const MethodResult& m : r.methods) fmt::print("{} {}\n", to_string(m.method), m.at_max->seq_len);
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -142,5 +143,20 @@ struct LayoutResult {
 /// GPU, empty. Stages whose static state does not fit are listed with no plan.
 [[nodiscard]] std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& gpu,
                                                        const TrainingSetup& setup, const SearchOptions& options);
+
+/// The fewest data-parallel GPUs on which some layout fits setup.seq_len tokens (an invariant:
+/// it is set): 1, 2, 4, ... up to `max_gpus`, each with every ZeRO stage the profile models, on
+/// `cluster_for(gpus)`'s nodes; the fastest stage at the first count that fits.
+struct FewestGpus {
+  std::int64_t gpus = 1;
+  ZeroStage zero = ZeroStage::none;
+  std::optional<ClusterSpec> cluster;  ///< nullopt for one GPU
+  Evaluation plan;                     ///< auto's fastest plan at the length
+  std::vector<std::int64_t> tried;     ///< the counts searched, in order
+};
+/// Nullopt when no count up to `max_gpus` fits; an error when `cluster_for` refuses a count.
+[[nodiscard]] Expected<std::optional<FewestGpus>> fewest_gpus(
+    const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, std::int64_t max_gpus,
+    const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for);
 
 }  // namespace mstplan

@@ -218,6 +218,56 @@ TEST(Sharding, LayoutsSearchEveryStageTheProfileModels) {
   EXPECT_TRUE(search_layouts(m, gpu, TrainingSetup{}, options).empty());
 }
 
+TEST(Sharding, FewestGpusIsTheFirstCountWhereALayoutFits) {
+  const ModelSpec m = model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  TrainingSetup s;
+  s.seq_len = 600 * 1024;  // beyond one H100 (107,456 tokens with MST, 399,872 with offload)
+  auto cluster_for = [&](std::int64_t gpus) { return cluster_for_ranks(std::nullopt, gpu, gpus); };
+  auto found = fewest_gpus(m, gpu, s, 1024, cluster_for);
+  ASSERT_TRUE(found && found->has_value());
+  const FewestGpus& f = **found;
+  ASSERT_GT(f.gpus, 1);
+  EXPECT_TRUE(f.plan.fits);
+  EXPECT_EQ(f.plan.seq_len, 600 * 1024);
+  EXPECT_EQ(f.tried.back(), f.gpus);
+  // Half as many GPUs: no layout fits the length.
+  TrainingSetup half = s;
+  half.parallel.gpus = f.gpus / 2;
+  SearchOptions options;
+  if (half.parallel.gpus > 1) {
+    options.cluster = *cluster_for(half.parallel.gpus);
+    for (const LayoutResult& l : search_layouts(m, gpu, half, options)) EXPECT_FALSE(l.at_request.has_value());
+  } else {
+    const Method automatic[] = {Method::automatic};
+    EXPECT_FALSE(search(m, gpu, half, automatic, options).fastest_at_request.has_value());
+  }
+  // The chosen stage is the fastest that fits at that count.
+  TrainingSetup at = s;
+  at.parallel.gpus = f.gpus;
+  options.cluster = *cluster_for(f.gpus);
+  for (const LayoutResult& l : search_layouts(m, gpu, at, options)) {
+    if (l.at_request) {
+      EXPECT_LE(l.at_request->time.tokens_per_s, f.plan.time.tokens_per_s);
+    }
+  }
+}
+
+TEST(ShardingCli, GpusAutoAnswersOrSaysWhyNot) {
+  const auto ok = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "600K"});
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  EXPECT_THAT(ok.out, ::testing::ContainsRegex("^fewest GPUs for 614,400 tokens: [0-9]+, ZeRO-[0-3] on DGX-H100 \\(tried 1, 2"));
+  const auto none = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "16M"});
+  EXPECT_EQ(none.code, 5);
+  EXPECT_THAT(none.err, HasSubstr("16,777,216 tokens fit no layout on up to 1024 H100-80G GPUs"));
+  EXPECT_TRUE(none.out.empty());
+  const auto no_seq = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto"});
+  EXPECT_EQ(no_seq.code, 2);
+  EXPECT_THAT(no_seq.err, HasSubstr("--gpus auto: finds the fewest GPUs for a length; give --seq N"));
+  const auto zero = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "1M", "--zero", "3"});
+  EXPECT_EQ(zero.code, 2);
+}
+
 TEST(ShardingCli, LayoutsTableNamesTheStagesThatFit) {
   // llama3-70b's static state: 394.25 GiB per rank unsharded; only ZeRO-3 (49.28 GiB) fits an H100.
   const auto r = test::run({"--model", "llama3-70b", "--gpu", "H100-80G", "--gpus", "8", "--seq", "32K"});
