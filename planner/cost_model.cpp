@@ -117,7 +117,6 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
   double forward_flops = 0.0;
   thread_local std::vector<char> comm_written;  // per tensor: its side-stream writer is a collective
   if (comm_written.size() < p.tensors.size()) comm_written.resize(p.tensors.size(), 0);
-  auto written_by_comm = [&](TensorId in) { return comm_written[in] != 0; };
   auto compute_task = [&](OpId j, double seconds, double flops, std::span<const std::uint32_t> waits) {
     last_compute = schedule.add(Stream::compute, seconds, waits);
     t.phase_seconds[static_cast<std::size_t>(p.ops[j].phase)] += seconds;
@@ -155,7 +154,7 @@ StepTime estimate_time(const Program& p, const GpuSpec& gpu, std::int64_t grad_a
           if (copied_by[in] < 0) continue;
           const auto task = static_cast<std::uint32_t>(copied_by[in]);
           after.push_back(task);
-          double& bound = written_by_comm(in) ? comm_ready : ready;
+          double& bound = comm_written[in] != 0 ? comm_ready : ready;
           bound = std::max(bound, schedule.finish_seconds(task));
         }
       }

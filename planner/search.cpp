@@ -359,43 +359,49 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
   return result;
 }
 
+namespace {
+
+// The ZeRO stages the profile models (native: 0 to 3; pytorch: DDP and FSDP2 full shard).
+std::vector<ZeroStage> modelled_stages(const TrainingSetup& setup) {
+  if (setup.profile == Profile::pytorch) return {ZeroStage::none, ZeroStage::parameters};
+  return {ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters};
+}
+
+}  // namespace
+
 Expected<std::optional<FewestGpus>> fewest_gpus(
     const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, std::int64_t max_gpus,
     const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for) {
   MSTPLAN_CHECK(setup.seq_len.has_value(), "fewest_gpus without a length");
   FewestGpus found;
-  const Method automatic[] = {Method::automatic};
   for (std::int64_t gpus = 1; gpus <= max_gpus; gpus *= 2) {
     found.tried.push_back(gpus);
-    TrainingSetup s = setup;
-    s.parallel.gpus = gpus;
-    s.parallel.zero = ZeroStage::none;
     SearchOptions options;
-    if (gpus == 1) {
+    if (gpus > 1) {
+      auto cluster = cluster_for(gpus);
+      if (!cluster) return cluster.error();
+      options.cluster = std::move(*cluster);
+    }
+    // auto's fastest plan at the length under each stage (no longest-length searches: only the
+    // length asked for matters here).
+    const std::vector<ZeroStage> stages = gpus == 1 ? std::vector<ZeroStage>{ZeroStage::none} : modelled_stages(setup);
+    bool fits = false;
+    for (ZeroStage zero : stages) {
+      TrainingSetup s = setup;
+      s.parallel.gpus = gpus;
+      s.parallel.zero = zero;
       if (static_memory(model, s).total_bytes() > gpu.usable_bytes()) continue;
-      SearchResult r = search(model, gpu, s, automatic, options);
-      if (r.fastest_at_request) {
-        found.gpus = 1;
-        found.plan = std::move(*r.fastest_at_request);
-        return std::optional<FewestGpus>(std::move(found));
+      Evaluator evaluator(model, gpu, s, options);
+      std::optional<Evaluation> e = fastest_fitting(evaluator, model, s, *setup.seq_len);
+      if (e && (!fits || e->time.tokens_per_s > found.plan.time.tokens_per_s)) {
+        found.gpus = gpus;
+        found.zero = zero;
+        found.cluster = options.cluster;
+        found.plan = std::move(*e);
+        fits = true;
       }
-      continue;
     }
-    auto cluster = cluster_for(gpus);
-    if (!cluster) return cluster.error();
-    options.cluster = *cluster;
-    const std::vector<LayoutResult> layouts = search_layouts(model, gpu, s, options);
-    const LayoutResult* best = nullptr;
-    for (const LayoutResult& l : layouts) {
-      if (l.at_request && (!best || l.at_request->time.tokens_per_s > best->at_request->time.tokens_per_s)) best = &l;
-    }
-    if (best) {
-      found.gpus = gpus;
-      found.zero = best->zero;
-      found.cluster = std::move(*cluster);
-      found.plan = *best->at_request;
-      return std::optional<FewestGpus>(std::move(found));
-    }
+    if (fits) return std::optional<FewestGpus>(std::move(found));
   }
   return std::optional<FewestGpus>();
 }
@@ -404,12 +410,8 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
                                          const SearchOptions& options) {
   std::vector<LayoutResult> out;
   if (setup.parallel.gpus == 1) return out;
-  const std::vector<ZeroStage> stages =
-      setup.profile == Profile::pytorch
-          ? std::vector<ZeroStage>{ZeroStage::none, ZeroStage::parameters}
-          : std::vector<ZeroStage>{ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters};
   const Method automatic[] = {Method::automatic};
-  for (ZeroStage zero : stages) {
+  for (ZeroStage zero : modelled_stages(setup)) {
     TrainingSetup s = setup;
     s.parallel.zero = zero;
     LayoutResult r;

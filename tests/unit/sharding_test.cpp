@@ -121,7 +121,6 @@ TEST(Sharding, ZeroThreeGathersEachBlockAndReduceScattersEachGradient) {
     if (!block_marker) continue;
     for (std::int64_t f = lt.first_op[i]; f <= lt.last_op[i]; ++f) ++live[static_cast<std::size_t>(f)];
   }
-  EXPECT_LE(*std::max_element(live.begin(), live.end()), 2);
   EXPECT_EQ(*std::max_element(live.begin(), live.end()), 2);
 }
 
