@@ -125,6 +125,9 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   option(f.zero, "--zero", "0|1|2|3",
          "With --gpus: what the ranks shard (ZeRO stage): 0 nothing (DDP, default), 1 optimizer state, 2 and "
          "gradients, 3 and weights (FSDP full shard); e.g. --zero 3");
+  option(f.sp, "--sp", "N",
+         "With --gpus: Ulysses sequence parallelism, N ranks sharing each sequence (all-to-alls around attention; N "
+         "divides --gpus and the query heads); default 1, and the layouts table compares the others; e.g. --sp 8");
   option(f.cluster, "--cluster", "NAME|PATH",
          "With --gpus: the nodes and links (mst-plan clusters; default: the catalog node of the GPU); "
          "e.g. --cluster DGX-H100");

@@ -67,6 +67,7 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.hold_outputs.given()) s.hold_outputs = true;
   if (f.gpus.given() && f.gpus.value != "auto") run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
   if (f.zero.given()) run(parse_choice("--zero", f.zero.value, s.parallel.zero));
+  if (f.sp.given()) run(parse_positive("--sp", f.sp.value, s.parallel.sp));
   if (f.expandable_segments.given()) s.expandable_segments = true;
   return failure;
 }
@@ -103,6 +104,7 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
   if (f.gpus.given() && f.gpus.value == "auto") {
     if (!setup.seq_len) return *usage("--gpus auto: finds the fewest GPUs for a length; give --seq N");
     if (f.zero.given()) return *usage("--gpus auto: compares every ZeRO stage itself; leave --zero out");
+    if (f.sp.given()) return *usage("--gpus auto: compares sequence-parallel degrees itself; leave --sp out");
     setup.parallel = Parallelism{};  // a scenario's layout is what auto replaces
   }
   auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);
@@ -163,18 +165,22 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     if (!found) return Failure{exit_code_of(found.error()), found.error().message};
     if (!*found) {
       return Failure{ExitCode::no_fit,
-                     fmt::format("--gpus auto: {} tokens fit no layout on up to {} {} GPUs: with data parallelism "
-                                 "alone each rank holds its whole sequence's activations (sequence parallelism is "
-                                 "not modelled yet)",
-                                 format_thousands(*setup.seq_len), kMaxGpus, gpu->name)};
+                     fmt::format("--gpus auto: {} tokens fit no layout on up to {} {} GPUs (ZeRO stages with "
+                                 "Ulysses sequence parallelism up to {} ranks, the query heads; more ranks than that "
+                                 "only add data-parallel copies of the same sequence's memory)",
+                                 format_thousands(*setup.seq_len), kMaxGpus, gpu->name, model->num_heads)};
     }
     setup.parallel.gpus = (*found)->gpus;
     setup.parallel.zero = (*found)->zero;
+    setup.parallel.sp = (*found)->sp;
     inputs.cluster = (*found)->cluster;
     if (!f.json) {
       fmt::print(out, "fewest GPUs for {} tokens: {}{} (tried {})\n\n", format_thousands(*setup.seq_len),
                  (*found)->gpus,
-                 (*found)->gpus > 1 ? fmt::format(", ZeRO-{} on {}", to_string((*found)->zero), (*found)->cluster->name)
+                 (*found)->gpus > 1 ? fmt::format(", ZeRO-{}{} on {}", to_string((*found)->zero),
+                                                  (*found)->sp > 1 ? fmt::format(", Ulysses over {}", (*found)->sp)
+                                                                   : std::string(),
+                                                  (*found)->cluster->name)
                                     : std::string(),
                  fmt::join((*found)->tried, ", "));
     }
@@ -198,7 +204,11 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   if (f.json) {
     nlohmann::json j;
     j["version"] = version_string();
-    if (inputs.fewest_gpus) j["fewest_gpus"] = {{"gpus", setup.parallel.gpus}, {"zero", static_cast<int>(setup.parallel.zero)}};
+    if (inputs.fewest_gpus) {
+      j["fewest_gpus"] = {{"gpus", setup.parallel.gpus},
+                          {"zero", static_cast<int>(setup.parallel.zero)},
+                          {"sp", setup.parallel.sp}};
+    }
     j["model"] = model_json(*model);
     j["gpu"] = gpu_json(*gpu);
     if (inputs.cluster) j["cluster"] = cluster_json(*inputs.cluster);

@@ -238,19 +238,24 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
 void print_layouts(std::ostream& out, const TrainingSetup& setup, const std::vector<LayoutResult>& layouts) {
   if (layouts.empty()) return;
   const std::optional<std::int64_t> request = setup.seq_len;
-  fmt::print(out, "\nlayouts on {} GPUs (auto's longest sequence under each ZeRO stage; --zero picks one)\n",
+  fmt::print(out,
+             "\nlayouts on {} GPUs (auto's longest sequence under each ZeRO stage and Ulysses degree; --zero and --sp "
+             "pick one)\n",
              setup.parallel.gpus);
-  fmt::print(out, "  {:<6} {:>16} {:>11} {:>9} {:>9}{}\n", "zero", "static GiB/rank", "max length", "peak GiB", "tokens/s",
+  fmt::print(out, "  {:<4} {:>4} {:>16} {:>11} {:>9} {:>9}{}\n", "zero", "sp", "static GiB/rank", "max length", "peak GiB",
+             "tokens/s",
              request ? fmt::format("   {:>9} {:>9}", fmt::format("at {}", format_thousands(*request)), "tokens/s") : "");
   for (const LayoutResult& l : layouts) {
-    const std::string mark = l.zero == setup.parallel.zero ? "  (this setup)" : "";
+    const bool this_setup = l.zero == setup.parallel.zero && l.sp == setup.parallel.sp;
+    const std::string mark = this_setup ? "  (this setup)" : "";
     std::string row;
     if (l.longest) {
-      row = fmt::format("  {:<6} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), gib(l.static_bytes),
+      row = fmt::format("  {:<4} {:>4} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), l.sp, gib(l.static_bytes),
                         format_thousands(l.longest->seq_len), gib(l.longest->analysis.peak.allocated_bytes),
                         tokens_per_s(l.longest->time.tokens_per_s));
     } else {
-      row = fmt::format("  {:<6} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), gib(l.static_bytes), "none fits", "-", "-");
+      row = fmt::format("  {:<4} {:>4} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), l.sp, gib(l.static_bytes),
+                        "none fits", "-", "-");
     }
     if (request) {
       row += l.at_request ? fmt::format("   {:>9} {:>9}", "fits", tokens_per_s(l.at_request->time.tokens_per_s))

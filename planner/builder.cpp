@@ -41,6 +41,28 @@
 // Each collective's buffers are the program's tensors, so the analysis finds each rank's peak
 // with no change; the cost model runs collectives on their own stream (Note [Overlapped
 // collectives] in cost_model.h).
+//
+// Note [Ulysses step]
+// -------------------
+// With setup.parallel.sp = P > 1 (DeepSpeed-Ulysses, as ALST runs it on Hugging Face models:
+// arXiv 2309.14509, 2506.13996), groups of P ranks share each sequence: a rank holds S / P
+// consecutive positions (S_) of every head from the embedding to the loss, so the norms, the
+// projections, the MLP (and its mini-sequences), the LM head and the loss run on T_ = B x S / P
+// tokens. Attention needs every position: around it, one all-to-all turns q, k and v (after
+// RoPE, which each rank applies at its own positions) from S / P positions of every head into
+// all S positions of H / P query heads and KV / P key/value heads (heads_), and one turns the
+// output back; backward mirrors them (the output's gradient in, dq, dk, dv out). Each side has
+// the same elements, B x S x heads x head_dim / P. What attention saves is the head-split copy
+// (the sequence-split q, k, v die after the all-to-all; the all-to-all's autograd Function saves
+// nothing); o_proj saves the output's sequence-split copy, so the output is kept twice. Attention
+// costs B x H / P heads over S queries and keys. The labels are shifted before the sequence is
+// split, so each rank's S / P positions all have one. P must divide the query heads; with fewer
+// key/value heads than P (P a multiple of them), each rank gets one, k and v repeated to P heads
+// before the all-to-all (a transient copy each; ALST section 3.2.1), their gradients summed after. ZeRO shards over all the ranks (DeepSpeed's data-parallel group for
+// ZeRO spans the sequence-parallel ranks), and gradients are reduced over all of them; tokens/s
+// counts gpus / P sequences per step. The loss's all-reduce over the group (a scalar) is not
+// modelled. The all-to-alls sit on the critical path: compute waits for each (the cost model's
+// rule that a compute op reading a collective's output waits for it).
 
 namespace mstplan::detail {
 
@@ -82,8 +104,10 @@ StepPolicy step_policy(const TrainingSetup& setup) {
 }
 
 StepBuilder::StepBuilder(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len)
-    : m_(model), s_(setup), plan_(plan), policy_(step_policy(setup)), B_(setup.batch), S_(seq_len),
-      T_(setup.batch * seq_len), qd_(model.num_heads * model.head_dim), kvd_(model.num_kv_heads * model.head_dim),
+    : m_(model), s_(setup), plan_(plan), policy_(step_policy(setup)), B_(setup.batch),
+      S_(seq_len / setup.parallel.sp), T_(setup.batch * S_), qd_(model.num_heads * model.head_dim),
+      kvd_(model.num_kv_heads * model.head_dim), A_(seq_len), heads_(model.num_heads / setup.parallel.sp),
+      labelled_(setup.parallel.sp > 1 ? S_ : S_ - 1),
       storage_(parameter_storage(setup)), act_(setup.precision == Precision::fp32 ? DType::fp32 : DType::bf16),
       trained_(setup.optimizer != OptimizerKind::none), par_(setup.parallel),
       persistent_grads_(persistent_gradients(setup)) {}
@@ -205,7 +229,7 @@ OpId StepBuilder::eager_matmul(const char* label, OpCode code, Phase phase, Pass
                            std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs,
                            std::int64_t m, std::int64_t n, std::int64_t k) {
   const OpId id = matmul(label, code, phase, pass, l, inputs, outputs, m, n, k);
-  p_.ops[id].flops_multiplier = static_cast<double>(B_ * m_.num_heads);
+  p_.ops[id].flops_multiplier = static_cast<double>(B_ * heads_);
   return id;
 }
 
@@ -216,9 +240,9 @@ OpId StepBuilder::attention_op(OpCode code, Pass pass, std::int32_t l, std::init
   const OpId id = op(forward ? "attention" : "attention.grad", code, forward ? Phase::forward : Phase::backward, pass,
                      l, inputs, outputs);
   Op& o = p_.ops[id];
-  o.m = B_ * m_.num_heads;
-  o.n = S_;
-  o.k = S_;
+  o.m = B_ * heads_;
+  o.n = A_;
+  o.k = A_;
   o.head_dim = m_.head_dim;
   o.window = window(l);
   return id;
@@ -257,8 +281,53 @@ void StepBuilder::set_output(std::int32_t l, TensorId out) {
 std::pair<TensorId, TensorId> StepBuilder::flash_backward_workspaces(std::int32_t l) {
   const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
   const TensorId delta =
-      tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * m_.num_heads * S_, l, Pass::backward);
+      tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * heads_ * A_, l, Pass::backward);
   return {acc, delta};
+}
+
+void StepBuilder::all_to_all(const char* label, Phase phase, Pass pass, std::int32_t l,
+                             std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs) {
+  MSTPLAN_CHECK(ulysses(), "all-to-all {} without sequence parallelism", label);
+  const OpId id = op(label, OpCode::all_to_all, phase, pass, l, inputs, outputs);
+  Op& o = p_.ops[id];
+  std::int64_t in_bytes = 0, out_bytes = 0;
+  for (TensorId t : p_.inputs(o)) in_bytes += p_.tensors[t].bytes;
+  for (TensorId t : p_.outputs(o)) out_bytes += p_.tensors[t].bytes;
+  MSTPLAN_CHECK(in_bytes == out_bytes, "all-to-all {} sends {} bytes and receives {}", label, in_bytes, out_bytes);
+  o.m = par_.sp;
+  o.n = in_bytes;  // one rank's send buffer (Note [Collective time])
+}
+
+std::tuple<TensorId, TensorId, TensorId> StepBuilder::qkv_to_heads(std::int32_t l, Pass pass, TensorKind kind,
+                                                                   DType dtype, TensorId q, TensorId k, TensorId v) {
+  for (TensorId t : {q, k, v}) p_.tensors[t].kind = TensorKind::transient;
+  TensorId ks = k, vs = v;
+  if (m_.num_kv_heads < par_.sp) {
+    ks = tensor("attn.k.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, pass);
+    vs = tensor("attn.v.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, pass);
+    autograd_op("attn.kv.replicate", OpKind::elementwise, Phase::forward, pass, l, {k, v}, {ks, vs});
+  }
+  const TensorId qh = tensor("attn.q.heads", kind, dtype, T_ * qd_, l, pass);
+  const TensorId kh = tensor("attn.k.heads", kind, dtype, kv_heads_elements(), l, pass);
+  const TensorId vh = tensor("attn.v.heads", kind, dtype, kv_heads_elements(), l, pass);
+  all_to_all("attn.qkv.all_to_all", Phase::forward, pass, l, {q, ks, vs}, {qh, kh, vh});
+  return {qh, kh, vh};
+}
+
+void StepBuilder::grads_to_sequence(std::int32_t l, DType dtype, std::array<TensorId, 3> heads,
+                                    std::array<TensorId, 3> sequence) {
+  TensorId dk = sequence[1], dv = sequence[2];
+  const bool replicated = m_.num_kv_heads < par_.sp;
+  if (replicated) {
+    dk = tensor("attn.dk.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, Pass::backward);
+    dv = tensor("attn.dv.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, Pass::backward);
+  }
+  all_to_all("attn.dqkv.all_to_all", Phase::backward, Pass::backward, l, {heads[0], heads[1], heads[2]},
+             {sequence[0], dk, dv});
+  if (replicated) {
+    autograd_op("attn.kv.replicate.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk, dv},
+                {sequence[1], sequence[2]});
+  }
 }
 
 void StepBuilder::end_loop() {
@@ -503,11 +572,12 @@ void StepBuilder::static_tensors() {
 }
 Program StepBuilder::build() {
   p_.batch = B_;
-  p_.seq_len = S_;
+  p_.seq_len = A_;
   p_.profile = s_.profile;
-  p_.data_parallel_ranks = par_.gpus;
+  p_.data_parallel_ranks = par_.data_parallel();
+  p_.sequence_parallel = par_.sp;
   p_.mlp_chunks = chunk_count(plan_.mlp, S_);
-  p_.lm_head_chunks = chunk_count(plan_.lm_head, S_ - 1);
+  p_.lm_head_chunks = chunk_count(plan_.lm_head, labelled_);
   p_.tensors.reserve(static_cast<std::size_t>(m_.num_layers) * 64 + 4096);
   p_.ops.reserve(static_cast<std::size_t>(m_.num_layers) * 64 + 1024);
   const auto layers = static_cast<std::size_t>(m_.num_layers);
@@ -622,6 +692,11 @@ Program build_program(const ModelSpec& model, const TrainingSetup& setup, const 
 Program build_program(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len,
                       Program&& recycled) {
   MSTPLAN_CHECK(seq_len >= 2, "a step needs at least 2 positions, got {}", seq_len);
+  const Parallelism& par = setup.parallel;
+  MSTPLAN_CHECK(par.sp >= 1 && par.gpus % par.sp == 0 && seq_len % par.sp == 0 && model.num_heads % par.sp == 0 &&
+                    (model.num_kv_heads % par.sp == 0 || par.sp % model.num_kv_heads == 0),
+                "sequence parallelism {} over {} GPUs, {} positions, {} and {} heads", par.sp, par.gpus, seq_len,
+                model.num_heads, model.num_kv_heads);
   MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
   MSTPLAN_CHECK(setup.precision != Precision::fp32 || setup.profile == Profile::native,
                 "precision fp32 is modelled for the native profile only");

@@ -14,8 +14,11 @@
 //     (builder_pytorch.cpp, what PyTorch autograd keeps).
 // A new profile adds a policy and a subclass; a new layout or adapter adds a pass to the walk or
 // a primitive here (docs/ARCHITECTURE.md, "Where the next features plug in").
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <span>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -134,12 +137,30 @@ class StepBuilder {
                  std::initializer_list<TensorId> outputs, std::int64_t rows, std::int64_t n, std::int64_t k);
   void linear_dw(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, TensorId x, std::int32_t param,
                  std::int64_t m, std::int64_t n, std::int64_t k, bool in_place = false);
-  // Flash attention forward or backward over the layer's full sequence (sizes for the cost model).
+  // Flash attention forward or backward over the layer's full sequence (sizes for the cost model):
+  // with Ulysses, all A_ positions of the rank's heads_ query heads.
   OpId attention_op(OpCode code, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
                     std::initializer_list<TensorId> outputs);
   // FlashAttention-2's backward workspaces: a dq accumulator in fp32 and a per-row statistic.
   std::pair<TensorId, TensorId> flash_backward_workspaces(std::int32_t l);
-  // An eager-attention GEMM: per (batch x head), so its flops are multiplied by batch x heads.
+  // Ulysses (Note [Ulysses step] in builder.cpp): one all-to-all among the sequence-parallel
+  // ranks, from tensors split by sequence (S_ positions of every head) to tensors split by heads
+  // (all A_ positions of the rank's heads), or back; the same elements on each side.
+  bool ulysses() const { return par_.sp > 1; }
+  void all_to_all(const char* label, Phase phase, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
+                  std::initializer_list<TensorId> outputs);
+  // Elements of a head-split k or v: T_ x head_dim x max(KV, sp) (with fewer key/value heads than
+  // ranks, each rank gets one, replicated).
+  std::int64_t kv_heads_elements() const { return T_ * m_.head_dim * std::max(m_.num_kv_heads, par_.sp); }
+  // Forward: the sequence-split q, k, v (which die) all-to-all'd into head-split copies of `kind`,
+  // returned; with fewer key/value heads than ranks, k and v are first repeated to one head per
+  // rank (DeepSpeed's kv_replication_factor: a transient copy of each).
+  std::tuple<TensorId, TensorId, TensorId> qkv_to_heads(std::int32_t l, Pass pass, TensorKind kind, DType dtype,
+                                                        TensorId q, TensorId k, TensorId v);
+  // Backward: the head-split gradients all-to-all'd into the sequence-split dq, dk, dv (the
+  // repeated heads' gradients summed).
+  void grads_to_sequence(std::int32_t l, DType dtype, std::array<TensorId, 3> heads, std::array<TensorId, 3> sequence);
+  // An eager-attention GEMM: per (batch x head), so its flops are multiplied by batch x heads_.
   OpId eager_matmul(const char* label, OpCode code, Phase phase, Pass pass, std::int32_t l,
                     std::initializer_list<TensorId> inputs, std::initializer_list<TensorId> outputs, std::int64_t m,
                     std::int64_t n, std::int64_t k);
@@ -149,11 +170,12 @@ class StepBuilder {
   // Emits `body(class_index, rows)` inside one loop per chunk class of `block` (the MLP's: the
   // sequence in the plan's MLP chunks; the LM head's: the labelled positions, S - 1, in its
   // chunks), split as the policy says; `rows` is batch x the class's positions.
+  // (With Ulysses the rank's S_ positions, all labelled: ALST shifts the labels before splitting.)
   template <class Body>
   void chunk_loops(ChunkedBlock block, Body&& body) {
     const bool mlp = block == ChunkedBlock::mlp;
     const auto classes =
-        chunk_classes(mlp ? S_ : S_ - 1, mlp ? p_.mlp_chunks : p_.lm_head_chunks, policy_.split_first_chunk);
+        chunk_classes(mlp ? S_ : labelled_, mlp ? p_.mlp_chunks : p_.lm_head_chunks, policy_.split_first_chunk);
     for (std::size_t ci = 0; ci < classes.size(); ++ci) {
       begin_loop(block, classes[ci]);
       body(ci, rows(classes[ci].positions));
@@ -223,7 +245,9 @@ class StepBuilder {
   const TrainingSetup& s_;
   const Plan& plan_;
   const StepPolicy policy_;
-  const std::int64_t B_, S_, T_, qd_, kvd_;
+  // B_ sequences of S_ positions each on this rank (T_ tokens), labelled_ of them with a label;
+  // attention spans A_ positions (S_ x sp with Ulysses) of heads_ query heads.
+  const std::int64_t B_, S_, T_, qd_, kvd_, A_, heads_, labelled_;
   const ParameterStorage storage_;
   const DType act_;  // activations of the native step: bf16, or fp32 with precision fp32
   const bool trained_;

@@ -1,4 +1,5 @@
 #include <array>
+#include <tuple>
 
 #include "planner/builder_internal.h"
 
@@ -35,6 +36,8 @@
 // Full recompute keeps only each recomputed layer's input (a checkpoint, optionally offloaded to
 // host) and reruns the layer's forward, without its output, before the layer's backward.
 // Selective recompute keeps the attention tensors and norm statistics and recomputes the norm
+// outputs in backward. With Ulysses (Note [Ulysses step]) attention keeps the head-split q, k, v,
+// output and lse, and o_proj the sequence-split output.
 
 namespace mstplan::detail {
 namespace {
@@ -48,6 +51,7 @@ class NativeStep final : public StepBuilder {
   struct LayerState {
     TensorId n1 = kNoTensor, rstd1 = kNoTensor, q = kNoTensor, k = kNoTensor, v = kNoTensor, o = kNoTensor;
     TensorId lse = kNoTensor, probs = kNoTensor;
+    TensorId o_heads = kNoTensor;  // Ulysses: attention's output split by heads (q, k, v are then too)
     TensorId a = kNoTensor, rstd_pa = kNoTensor;  // gemma2 post-attention norm input and statistic
     TensorId h_mid = kNoTensor, n2 = kNoTensor, rstd2 = kNoTensor;
     TensorId m = kNoTensor, rstd_pm = kNoTensor;  // gemma2 post-mlp norm input and statistic
@@ -102,6 +106,7 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   st.n1 = tensor("attn_norm.out", st.n1_kept ? TensorKind::saved : TensorKind::transient, act_, T_ * d, l, pass);
   st.rstd1 = tensor("attn_norm.rstd", kept, DType::fp32, T_, l, pass);
   op("attn_norm", OpCode::norm, Phase::forward, pass, l, {h, weight(lp.attn_norm)}, {st.n1, st.rstd1});
+  // With Ulysses the sequence-split q, k, v die in the all-to-all: attention saves its head-split copies.
   st.q = tensor("attn.q", kept, act_, T_ * qd_, l, pass);
   st.k = tensor("attn.k", kept, act_, T_ * kvd_, l, pass);
   st.v = tensor("attn.v", kept, act_, T_ * kvd_, l, pass);
@@ -109,20 +114,24 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   linear("attn.k", Phase::forward, pass, l, st.n1, lp.k, st.k, T_, kvd_, d, lp.kb);
   linear("attn.v", Phase::forward, pass, l, st.n1, lp.v, st.v, T_, kvd_, d, lp.vb);
   op("attn.rope", OpCode::rope, Phase::forward, pass, l, {st.q, st.k}, {st.q, st.k});
+  if (ulysses()) std::tie(st.q, st.k, st.v) = qkv_to_heads(l, pass, kept, act_, st.q, st.k, st.v);
   st.o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
+  st.o_heads = ulysses() ? tensor("attn.out.heads", kept, act_, T_ * qd_, l, pass) : st.o;
   st.lse = st.probs = kNoTensor;
   if (s_.attention != AttentionKind::eager) {
-    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
-    attention_op(OpCode::attention, pass, l, {st.q, st.k, st.v}, {st.o, st.lse});
+    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * heads_ * A_, l, pass);
+    attention_op(OpCode::attention, pass, l, {st.q, st.k, st.v}, {st.o_heads, st.lse});
   } else {
-    const std::int64_t scores_elements = B_ * m_.num_heads * S_ * S_;
+    const std::int64_t scores_elements = B_ * heads_ * A_ * A_;
     const TensorId scores = tensor("attn.scores", TensorKind::transient, DType::fp32, scores_elements, l, pass);
     st.probs = tensor("attn.probs", kept, act_, scores_elements, l, pass);
-    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {st.q, st.k}, {scores}, S_, S_,
+    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {st.q, st.k}, {scores}, A_, A_,
                  m_.head_dim);
     op("attn.softmax", OpCode::softmax, Phase::forward, pass, l, {scores}, {st.probs});
-    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {st.probs, st.v}, {st.o}, S_, m_.head_dim, S_);
+    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {st.probs, st.v}, {st.o_heads}, A_, m_.head_dim,
+                 A_);
   }
+  if (ulysses()) all_to_all("attn.out.all_to_all", Phase::forward, pass, l, {st.o_heads}, {st.o});
 
   const bool post = m_.norms_per_layer == 4;
   const TensorId a = tensor("attn.proj", post ? kept : TensorKind::transient, act_, T_ * d, l, pass);
@@ -341,22 +350,32 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   const TensorId dq = tensor("attn.dq", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
   const TensorId dk = tensor("attn.dk", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
   const TensorId dv = tensor("attn.dv", TensorKind::transient, act_, T_ * kvd_, l, Pass::backward);
+  // Ulysses: attention's backward runs split by heads, between two all-to-alls.
+  TensorId dout_a = dout, dq_a = dq, dk_a = dk, dv_a = dv;
+  if (ulysses()) {
+    dout_a = tensor("attn.dout.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+    all_to_all("attn.dout.all_to_all", Phase::backward, Pass::backward, l, {dout}, {dout_a});
+    dq_a = tensor("attn.dq.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+    dk_a = tensor("attn.dk.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
+    dv_a = tensor("attn.dv.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
+  }
   if (s_.attention != AttentionKind::eager) {
     const auto [acc, delta] = flash_backward_workspaces(l);
-    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, st.k, st.v, st.o, st.lse, dout},
-                 {dq, dk, dv, acc, delta});
+    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, st.k, st.v, st.o_heads, st.lse, dout_a},
+                 {dq_a, dk_a, dv_a, acc, delta});
   } else {
-    const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
+    const std::int64_t scores = B_ * heads_ * A_ * A_;
     const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
     const Phase ph = Phase::backward;
     const Pass bw = Pass::backward;
-    eager_matmul("attn.dprobs", OpCode::eager_dprobs, ph, bw, l, {dout, st.v}, {dprobs}, S_, S_, m_.head_dim);
-    eager_matmul("attn.dv", OpCode::eager_dv, ph, bw, l, {st.probs, dout}, {dv}, S_, m_.head_dim, S_);
+    eager_matmul("attn.dprobs", OpCode::eager_dprobs, ph, bw, l, {dout_a, st.v}, {dprobs}, A_, A_, m_.head_dim);
+    eager_matmul("attn.dv", OpCode::eager_dv, ph, bw, l, {st.probs, dout_a}, {dv_a}, A_, m_.head_dim, A_);
     const TensorId dscores = tensor("attn.dscores", TensorKind::transient, act_, scores, l, Pass::backward);
     op("attn.softmax.grad", OpCode::softmax_grad, ph, bw, l, {st.probs, dprobs}, {dscores});
-    eager_matmul("attn.dq", OpCode::eager_dq, ph, bw, l, {dscores, st.k}, {dq}, S_, m_.head_dim, S_);
-    eager_matmul("attn.dk", OpCode::eager_dk, ph, bw, l, {dscores, st.q}, {dk}, S_, m_.head_dim, S_);
+    eager_matmul("attn.dq", OpCode::eager_dq, ph, bw, l, {dscores, st.k}, {dq_a}, A_, m_.head_dim, A_);
+    eager_matmul("attn.dk", OpCode::eager_dk, ph, bw, l, {dscores, st.q}, {dk_a}, A_, m_.head_dim, A_);
   }
+  if (ulysses()) grads_to_sequence(l, act_, {dq_a, dk_a, dv_a}, {dq, dk, dv});
   op("attn.rope.grad", OpCode::rope_grad, Phase::backward, Pass::backward, l, {dq, dk}, {dq, dk});
   if (!st.n1_kept) {
     const TensorId n1 = tensor("attn_norm.out", TensorKind::saved, act_, T_ * d, l, Pass::recompute);

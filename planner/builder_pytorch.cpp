@@ -88,6 +88,8 @@
 // backward loops run in forward order here; autograd runs them last chunk first, which changes the
 // peak by less than one chunk's transients.
 
+#include <tuple>
+
 #include "planner/builder_internal.h"
 
 namespace mstplan::detail {
@@ -332,6 +334,11 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
   p_.tensors[st.q].kind = kept;
   p_.tensors[st.k].kind = kept;
   st.v = v;
+  if (ulysses()) {
+    // ALST's attention wrapper: the rotated q, k and v are all-to-all'd into head-split copies,
+    // which the attention function saves; its all-to-all Function saves nothing.
+    std::tie(st.q, st.k, st.v) = qkv_to_heads(l, pass, kept, DType::bf16, st.q, st.k, st.v);
+  }
   st.o = tensor("attn.out", kept, DType::bf16, T_ * qd_, l, pass);
   if (s_.attention != AttentionKind::eager) {
     TensorId key = st.k, value = st.v;
@@ -346,15 +353,15 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
       key = st.k_rep;
       value = st.v_rep;
     }
-    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * m_.num_heads * S_, l, pass);
+    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * heads_ * A_, l, pass);
     attention_op(OpCode::attention, pass, l, {st.q, key, value}, {st.o, st.lse});
   } else {
-    const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
+    const std::int64_t scores = B_ * heads_ * A_ * A_;
     st.k_rep = tensor("attn.k.repeated", kept, DType::bf16, T_ * qd_, l, pass);
     st.v_rep = tensor("attn.v.repeated", kept, DType::bf16, T_ * qd_, l, pass);
     autograd_op("attn.repeat_kv", OpKind::elementwise, Phase::forward, pass, l, {st.k, st.v}, {st.k_rep, st.v_rep});
     TensorId s = tensor("attn.scores", TensorKind::transient, DType::bf16, scores, l, pass);
-    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {st.q, st.k_rep}, {s}, S_, S_, m_.head_dim);
+    eager_matmul("attn.scores", OpCode::eager_scores, Phase::forward, pass, l, {st.q, st.k_rep}, {s}, A_, A_, m_.head_dim);
     if (m_.attn_logit_softcap) {
       const TensorId tanh = tensor("attn.scores.tanh", kept, DType::bf16, scores, l, pass);
       const TensorId capped = tensor("attn.scores.capped", TensorKind::transient, DType::bf16, scores, l, pass);
@@ -367,13 +374,19 @@ void PytorchStep::layer_forward(std::int32_t l, Pass pass) {
     autograd_op("attn.softmax", OpKind::softmax, Phase::forward, pass, l, {masked}, {st.probs32});
     st.probs = tensor("attn.probs", kept, DType::bf16, scores, l, pass);
     autograd_op("attn.probs.cast", OpKind::elementwise, Phase::forward, pass, l, {st.probs32}, {st.probs});
-    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {st.probs, st.v_rep}, {st.o}, S_, m_.head_dim, S_);
+    eager_matmul("attn.pv", OpCode::eager_pv, Phase::forward, pass, l, {st.probs, st.v_rep}, {st.o}, A_, m_.head_dim, A_);
   }
   if (s_.attention == AttentionKind::flash_attn) {
     st.o_contig = st.o;  // flash-attn returns (batch, seq, heads, dim): o_proj reads a view
   } else {
-    st.o_contig = tensor("attn.out.contiguous", kept, DType::bf16, T_ * qd_, l, pass);
+    // Under Ulysses the copy is made inside the wrapped attention function and only sent on.
+    st.o_contig = tensor("attn.out.contiguous", ulysses() ? TensorKind::transient : kept, DType::bf16, T_ * qd_, l, pass);
     autograd_op("attn.out.contiguous", OpKind::elementwise, Phase::forward, pass, l, {st.o}, {st.o_contig});
+  }
+  if (ulysses()) {
+    const TensorId o = tensor("attn.out.sequence", kept, DType::bf16, T_ * qd_, l, pass);
+    all_to_all("attn.out.all_to_all", Phase::forward, pass, l, {st.o_contig}, {o});
+    st.o_contig = o;  // what o_proj saves
   }
   const TensorId a = tensor("attn.proj", TensorKind::transient, DType::bf16, T_ * d, l, pass);
   linear("attn.o", Phase::forward, pass, l, st.o_contig, lp.o, a, T_, d, qd_);
@@ -627,9 +640,20 @@ void PytorchStep::layer_backward(std::int32_t l) {
   linear_dx("attn.o.dx", Phase::backward, Pass::backward, l, da, lp.o, {doc}, T_, qd_, d);
   linear_dw("attn.o.dw", Phase::backward, Pass::backward, l, da, st.o_contig, lp.o, d, qd_, T_);
   grad_done(lp.o);
-  const TensorId dq = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-  const TensorId dk = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
-  const TensorId dv = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  const TensorId dq_s = tensor("attn.dq.rope", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+  const TensorId dk_s = tensor("attn.dk.rope", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  const TensorId dv_s = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
+  // Ulysses: attention's backward runs split by heads, between two all-to-alls.
+  TensorId dq = dq_s, dk = dk_s, dv = dv_s;
+  TensorId doc_s = doc;
+  if (ulysses()) {
+    const TensorId doh = tensor("attn.dout.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+    all_to_all("attn.dout.all_to_all", Phase::backward, Pass::backward, l, {doc}, {doh});
+    doc_s = doh;
+    dq = tensor("attn.dq.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+    dk = tensor("attn.dk.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
+    dv = tensor("attn.dv.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
+  }
   if (s_.attention != AttentionKind::eager) {
     const auto [acc, delta] = flash_backward_workspaces(l);
     TensorId key = st.k, value = st.v, dkey = dk, dvalue = dv, dk_x = kNoTensor, dv_x = kNoTensor;
@@ -644,18 +668,18 @@ void PytorchStep::layer_backward(std::int32_t l) {
       dk_x = tensor("attn.dk_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
       dv_x = tensor("attn.dv_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
     }
-    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, key, value, st.o, st.lse, doc},
+    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, key, value, st.o, st.lse, doc_s},
                  {dq, dkey, dvalue, acc, delta, dk_x, dv_x});
     if (st.k_rep != kNoTensor) {
       autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dkey, dvalue},
                   {dk, dv});
     }
   } else {
-    const std::int64_t scores = B_ * m_.num_heads * S_ * S_;
+    const std::int64_t scores = B_ * heads_ * A_ * A_;
     const TensorId dv_rep = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-    eager_matmul("attn.pv.dv", OpCode::eager_dv, Phase::backward, Pass::backward, l, {st.probs, doc}, {dv_rep}, S_, m_.head_dim, S_);
+    eager_matmul("attn.pv.dv", OpCode::eager_dv, Phase::backward, Pass::backward, l, {st.probs, doc_s}, {dv_rep}, A_, m_.head_dim, A_);
     const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
-    eager_matmul("attn.pv.dprobs", OpCode::eager_dprobs, Phase::backward, Pass::backward, l, {doc, st.v_rep}, {dprobs}, S_, S_, m_.head_dim);
+    eager_matmul("attn.pv.dprobs", OpCode::eager_dprobs, Phase::backward, Pass::backward, l, {doc_s, st.v_rep}, {dprobs}, A_, A_, m_.head_dim);
     const TensorId d32 = tensor("attn.dprobs32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
     autograd_op("attn.probs.cast.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprobs}, {d32});
     const TensorId dscores32 = tensor("attn.dscores32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
@@ -668,10 +692,14 @@ void PytorchStep::layer_backward(std::int32_t l) {
       ds = dt;
     }
     const TensorId dk_rep = tensor("attn.dk.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-    eager_matmul("attn.scores.dq", OpCode::eager_dq, Phase::backward, Pass::backward, l, {ds, st.k_rep}, {dq}, S_, m_.head_dim, S_);
-    eager_matmul("attn.scores.dk", OpCode::eager_dk, Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, S_, m_.head_dim, S_);
+    eager_matmul("attn.scores.dq", OpCode::eager_dq, Phase::backward, Pass::backward, l, {ds, st.k_rep}, {dq}, A_, m_.head_dim, A_);
+    eager_matmul("attn.scores.dk", OpCode::eager_dk, Phase::backward, Pass::backward, l, {ds, st.q}, {dk_rep}, A_, m_.head_dim, A_);
     autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk_rep, dv_rep}, {dk, dv});
   }
+  if (ulysses()) grads_to_sequence(l, DType::bf16, {dq, dk, dv}, {dq_s, dk_s, dv_s});
+  dq = dq_s;
+  dk = dk_s;
+  dv = dv_s;
   const TensorId dq_in = rope_grad(kRopeQ, dq, qd_, l);
   const TensorId dk_in = rope_grad(kRopeK, dk, kvd_, l);
   const TensorId dn1 = tensor("attn_norm.dout", TensorKind::transient, DType::bf16, T_ * d, l, Pass::backward);

@@ -19,7 +19,7 @@ double op_bytes(const Program& p, const Op& op) {
   double share = 1.0;
   if (op.loop != kNone) {
     const Loop& loop = p.loops[static_cast<std::size_t>(op.loop)];
-    share = static_cast<double>(loop.rows) / static_cast<double>(std::max<std::int64_t>(p.seq_len, 1));
+    share = static_cast<double>(loop.rows) / static_cast<double>(std::max<std::int64_t>(p.local_seq_len(), 1));
   }
   double bytes = 0;
   auto count = [&](TensorId t) {
@@ -67,6 +67,7 @@ static Collective collective_of(OpCode code) {
     case OpCode::all_gather: return Collective::all_gather;
     case OpCode::reduce_scatter: return Collective::reduce_scatter;
     case OpCode::all_reduce: return Collective::all_reduce;
+    case OpCode::all_to_all: return Collective::all_to_all;
     default: break;
   }
   MSTPLAN_CHECK(false, "op code {} is not a collective", static_cast<int>(code));

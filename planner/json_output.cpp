@@ -90,7 +90,8 @@ nlohmann::json setup_json(const TrainingSetup& s) {
                       {"attention", to_string(s.attention)},
                       {"profile", to_string(s.profile)},
                       {"gpus", s.parallel.gpus},
-                      {"zero", static_cast<int>(s.parallel.zero)}};
+                      {"zero", static_cast<int>(s.parallel.zero)},
+                      {"sp", s.parallel.sp}};
   return j;
 }
 

@@ -142,12 +142,13 @@ enum class OpCode : std::uint8_t {
   sgd,               ///< {g, w, [master]} -> {w, [master]}
   offload,           ///< {x} -> {host copy}: on the copy stream
   prefetch,          ///< {host copy} -> {x}: on the copy stream
-  // Collectives among the data-parallel ranks (Note [Sharded step] in builder.cpp); Op::m is the
+  // Collectives among the ranks (Notes [Sharded step] and [Ulysses step] in builder.cpp); Op::m is the
   // group's ranks, Op::n the bytes nccl-tests would report (collectives.h). They keep their code
   // in both profiles.
   all_gather,        ///< {shards...} -> {full tensors...}, or {w} -> {w}: a full tensor refilled in place
   reduce_scatter,    ///< {full gradient} -> {its shard}: summed over the ranks (accumulated if live)
   all_reduce,        ///< {g} -> {g}: summed over the ranks, in place
+  all_to_all,        ///< {sequence-split tensors...} -> {head-split tensors...}, or back (Ulysses)
   autograd,          ///< pytorch profile: a PyTorch op, modelled for its memory and time only
 };
 
@@ -182,7 +183,8 @@ enum class OpCode : std::uint8_t {
     case OpCode::prefetch: return OpKind::copy_to_device;
     case OpCode::all_gather:
     case OpCode::reduce_scatter:
-    case OpCode::all_reduce: return OpKind::collective;
+    case OpCode::all_reduce:
+    case OpCode::all_to_all: return OpKind::collective;
     case OpCode::norm_apply:
     case OpCode::bias_grad:
     case OpCode::rope:
@@ -285,7 +287,11 @@ struct Program {
   std::int64_t mlp_chunks = 1;      ///< resolved mini-sequence counts
   std::int64_t lm_head_chunks = 1;
   Profile profile = Profile::native;
-  std::int64_t data_parallel_ranks = 1;  ///< ranks running this program, each on its own micro-batch
+  std::int64_t data_parallel_ranks = 1;  ///< rank groups running this program, each on its own micro-batch
+  /// Ranks sharing each sequence (Ulysses): the program holds seq_len / sequence_parallel
+  /// positions of it outside attention.
+  std::int64_t sequence_parallel = 1;
+  [[nodiscard]] std::int64_t local_seq_len() const { return seq_len / sequence_parallel; }
 
   // Tensors with a role in the step (kNoTensor where the program has none).
   TensorId tokens = kNoTensor;          ///< input ids

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <numeric>
 #include <thread>
 
 #include "planner/builder.h"
@@ -105,7 +106,8 @@ Plan method_plan(Method method, const ModelSpec& model) {
 }
 
 Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options)
-    : model_(model), gpu_(gpu), setup_(setup), options_(options), allocator_(AllocatorModel::for_profile(setup.profile)) {}
+    : model_(model), gpu_(gpu), setup_(setup), options_(options), allocator_(AllocatorModel::for_profile(setup.profile)),
+      granularity_(std::lcm(std::max<std::int64_t>(options.granularity, 2), setup.parallel.sp)) {}
 
 Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) { return evaluate(plan, seq_len, Pool::decide); }
 
@@ -148,7 +150,7 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
   // room is checked by simulating it, and the room grows to what that check shows until one fits.
   Evaluation at = evaluate(plan, lo->seq_len, Pool::overcommit);
   if (at.fits) return at;
-  const std::int64_t g = std::max<std::int64_t>(options_.granularity, 2);
+  const std::int64_t g = granularity_;
   // Allocated bytes per token near the limit (memory is nearly affine in the length).
   const std::int64_t half = std::max(round_down(lo->seq_len / 2, g), g);
   double per_token = 0;
@@ -189,7 +191,7 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
 }
 
 std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes) {
-  const std::int64_t g = std::max<std::int64_t>(options_.granularity, 2);
+  const std::int64_t g = granularity_;
   const std::int64_t ceiling = std::max(round_down(options_.max_seq_len, g), g);
   // How far a length is from the capacity less the headroom: bytes over it (positive: does not fit).
   auto excess = [&](const Evaluation& e) {
@@ -382,23 +384,29 @@ Expected<std::optional<FewestGpus>> fewest_gpus(
       if (!cluster) return cluster.error();
       options.cluster = std::move(*cluster);
     }
-    // auto's fastest plan at the length under each stage (no longest-length searches: only the
+    // auto's fastest plan at the length under each layout (no longest-length searches: only the
     // length asked for matters here).
+    TrainingSetup base = setup;
+    base.parallel = Parallelism{};
+    base.parallel.gpus = gpus;
     const std::vector<ZeroStage> stages = gpus == 1 ? std::vector<ZeroStage>{ZeroStage::none} : modelled_stages(setup);
     bool fits = false;
-    for (ZeroStage zero : stages) {
-      TrainingSetup s = setup;
-      s.parallel.gpus = gpus;
-      s.parallel.zero = zero;
-      if (static_memory(model, s).total_bytes() > gpu.usable_bytes()) continue;
-      Evaluator evaluator(model, gpu, s, options);
-      std::optional<Evaluation> e = fastest_fitting(evaluator, model, s, *setup.seq_len);
-      if (e && (!fits || e->time.tokens_per_s > found.plan.time.tokens_per_s)) {
-        found.gpus = gpus;
-        found.zero = zero;
-        found.cluster = options.cluster;
-        found.plan = std::move(*e);
-        fits = true;
+    for (std::int64_t sp : sequence_parallel_degrees(model, base)) {
+      for (ZeroStage zero : stages) {
+        TrainingSetup s = base;
+        s.parallel.zero = zero;
+        s.parallel.sp = sp;
+        if (static_memory(model, s).total_bytes() > gpu.usable_bytes()) continue;
+        Evaluator evaluator(model, gpu, s, options);
+        std::optional<Evaluation> e = fastest_fitting(evaluator, model, s, *setup.seq_len);
+        if (e && (!fits || e->time.tokens_per_s > found.plan.time.tokens_per_s)) {
+          found.gpus = gpus;
+          found.zero = zero;
+          found.sp = sp;
+          found.cluster = options.cluster;
+          found.plan = std::move(*e);
+          fits = true;
+        }
       }
     }
     if (fits) return std::optional<FewestGpus>(std::move(found));
@@ -411,18 +419,32 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
   std::vector<LayoutResult> out;
   if (setup.parallel.gpus == 1) return out;
   const Method automatic[] = {Method::automatic};
-  for (ZeroStage zero : modelled_stages(setup)) {
-    TrainingSetup s = setup;
-    s.parallel.zero = zero;
-    LayoutResult r;
-    r.zero = zero;
-    r.static_bytes = static_memory(model, s).total_bytes();
-    if (r.static_bytes <= gpu.usable_bytes()) {
-      SearchResult found = search(model, gpu, s, automatic, options);
-      r.longest = std::move(found.methods.front().at_max);
-      if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
+  for (std::int64_t sp : sequence_parallel_degrees(model, setup)) {
+    for (ZeroStage zero : modelled_stages(setup)) {
+      TrainingSetup s = setup;
+      s.parallel.zero = zero;
+      s.parallel.sp = sp;
+      LayoutResult r;
+      r.zero = zero;
+      r.sp = sp;
+      r.static_bytes = static_memory(model, s).total_bytes();
+      if (r.static_bytes <= gpu.usable_bytes()) {
+        SearchResult found = search(model, gpu, s, automatic, options);
+        r.longest = std::move(found.methods.front().at_max);
+        if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
+      }
+      out.push_back(std::move(r));
     }
-    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<std::int64_t> sequence_parallel_degrees(const ModelSpec& model, const TrainingSetup& setup) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t sp = 1; sp <= setup.parallel.gpus; sp *= 2) {
+    TrainingSetup s = setup;
+    s.parallel.sp = sp;
+    if (!check_sequence_parallel(s, model, "").has_value()) out.push_back(sp);
   }
   return out;
 }

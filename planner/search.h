@@ -118,6 +118,7 @@ class Evaluator {
   const TrainingSetup& setup_;
   const SearchOptions& options_;
   AllocatorModel allocator_;
+  std::int64_t granularity_;  // lengths are multiples of it: options.granularity and the ranks sharing a sequence
   std::int64_t evaluations_ = 0;
   Program scratch_;  // the last program built, whose storage the next one reuses
 };
@@ -130,26 +131,34 @@ class Evaluator {
 [[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                                   std::span<const Method> methods, const SearchOptions& options = {});
 
-/// One data-parallel layout of a multi-GPU setup: a ZeRO stage, and auto's answer under it.
+/// One layout of a multi-GPU setup: a ZeRO stage and a sequence-parallel degree, and auto's answer
+/// under them.
 struct LayoutResult {
   ZeroStage zero = ZeroStage::none;
+  std::int64_t sp = 1;                 ///< ranks sharing each sequence (Ulysses)
   std::int64_t static_bytes = 0;       ///< per rank
   std::optional<Evaluation> longest;   ///< auto's longest plan (nullopt: none fits)
   std::optional<Evaluation> at_request;  ///< auto's fastest plan at setup.seq_len, if it fits
 };
 
-/// The ZeRO stages the setup's profile models (native: 0 to 3; pytorch: 0 and 3), each searched
-/// with auto over the setup's other fields (options.cluster as for search()); for a setup of one
-/// GPU, empty. Stages whose static state does not fit are listed with no plan.
+/// The sequence-parallel degrees a layout search tries on setup.parallel.gpus ranks: 1, 2, 4, ...
+/// those check_sequence_parallel allows (they divide the GPUs, the query heads and any set length).
+[[nodiscard]] std::vector<std::int64_t> sequence_parallel_degrees(const ModelSpec& model, const TrainingSetup& setup);
+
+/// Every sequence-parallel degree (sequence_parallel_degrees) with every ZeRO stage the setup's
+/// profile models (native: 0 to 3; pytorch: 0 and 3), each searched with auto over the setup's
+/// other fields (options.cluster as for search()), by degree then stage; for a setup of one GPU,
+/// empty. Layouts whose static state does not fit are listed with no plan.
 [[nodiscard]] std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& gpu,
                                                        const TrainingSetup& setup, const SearchOptions& options);
 
-/// The fewest data-parallel GPUs on which some layout fits setup.seq_len tokens (an invariant:
-/// it is set): 1, 2, 4, ... up to `max_gpus`, each with every ZeRO stage the profile models, on
-/// `cluster_for(gpus)`'s nodes; the fastest stage at the first count that fits.
+/// The fewest GPUs on which some layout fits setup.seq_len tokens (an invariant: it is set): 1, 2,
+/// 4, ... up to `max_gpus`, each with every layout search_layouts tries, on `cluster_for(gpus)`'s
+/// nodes; the fastest layout at the first count that fits.
 struct FewestGpus {
   std::int64_t gpus = 1;
   ZeroStage zero = ZeroStage::none;
+  std::int64_t sp = 1;
   std::optional<ClusterSpec> cluster;  ///< nullopt for one GPU
   Evaluation plan;                     ///< auto's fastest plan at the length
   std::vector<std::int64_t> tried;     ///< the counts searched, in order

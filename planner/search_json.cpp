@@ -108,6 +108,7 @@ nlohmann::json layouts_json(const std::vector<LayoutResult>& layouts, const Mode
   nlohmann::json out = nlohmann::json::array();
   for (const LayoutResult& l : layouts) {
     out.push_back({{"zero", static_cast<int>(l.zero)},
+                   {"sp", l.sp},
                    {"static_bytes", l.static_bytes},
                    {"longest", l.longest ? evaluation_json(*l.longest, model) : nlohmann::json(nullptr)},
                    {"at_request", l.at_request ? evaluation_json(*l.at_request, model) : nlohmann::json(nullptr)}});

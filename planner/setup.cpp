@@ -45,6 +45,7 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.zero_grad_set_to_none = r.optional_bool("zero_grad_set_to_none").value_or(s.zero_grad_set_to_none);
   s.parallel.gpus = r.optional_int("gpus").value_or(s.parallel.gpus);
   s.parallel.zero = r.optional_enum<ZeroStage>("zero").value_or(s.parallel.zero);
+  s.parallel.sp = r.optional_int("sp").value_or(s.parallel.sp);
   read_knob_fields(r, s.knobs);
 }
 
@@ -128,6 +129,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (!s.zero_grad_set_to_none) out += "zero_grad_set_to_none: false\n";
   if (s.parallel.gpus > 1) out += fmt::format("gpus: {}\n", s.parallel.gpus);
   if (s.parallel.zero != ZeroStage::none) out += fmt::format("zero: {}\n", to_string(s.parallel.zero));
+  if (s.parallel.sp > 1) out += fmt::format("sp: {}\n", s.parallel.sp);
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -167,6 +169,7 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
                       "modelled; the pytorch profile models DDP (zero 0) and FSDP2 full shard (zero 3)",
                       origin, to_string(setup.parallel.zero));
   }
+  if (auto error = check_sequence_parallel(setup, model, origin)) return error;
   if (setup.knobs.recompute_layers) {
     for (std::int64_t layer : *setup.knobs.recompute_layers) {
       if (layer >= model.num_layers) {
@@ -174,6 +177,35 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
                           origin, layer, model.name, model.num_layers - 1);
       }
     }
+  }
+  return std::nullopt;
+}
+
+std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const ModelSpec& model,
+                                            const std::string& origin) {
+  const Parallelism& par = setup.parallel;
+  if (par.sp == 1) return std::nullopt;
+  auto refuse = [&](const std::string& why) {
+    return make_error(ErrorKind::invalid, "{}: field 'sp': {}: {}", origin, par.sp, why);
+  };
+  if (par.sp < 1) return refuse("the ranks sharing a sequence are 1 or more");
+  if (par.gpus % par.sp != 0) return refuse(fmt::format("does not divide the {} GPUs (gpus)", par.gpus));
+  if (model.num_heads % par.sp != 0) {
+    return refuse(fmt::format("Ulysses splits the attention heads; {} has {} query heads, which it does not divide",
+                              model.name, model.num_heads));
+  }
+  if (model.num_kv_heads % par.sp != 0 && par.sp % model.num_kv_heads != 0) {
+    return refuse(fmt::format("{} has {} key/value heads: sp must divide them or be a multiple of them", model.name,
+                              model.num_kv_heads));
+  }
+  if (setup.seq_len && *setup.seq_len % par.sp != 0) {
+    return refuse(fmt::format("does not divide the sequence of {} tokens (seq_len); give a multiple of {}",
+                              *setup.seq_len, par.sp));
+  }
+  if (setup.profile == Profile::pytorch && setup.framework != Framework::transformers_5) {
+    return refuse(fmt::format("ALST's Ulysses wraps transformers' attention-function registry (4.51 in its paper); "
+                              "framework {} is not modelled with it, give transformers-5",
+                              to_string(setup.framework)));
   }
   return std::nullopt;
 }
@@ -226,9 +258,14 @@ std::string describe_setup(const TrainingSetup& s) {
   }
   if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
   if (s.parallel.gpus > 1) {
-    out += fmt::format(", {} data-parallel GPUs{}", s.parallel.gpus,
-                       s.parallel.zero == ZeroStage::none ? std::string(" (DDP)")
-                                                          : fmt::format(" with ZeRO-{}", to_string(s.parallel.zero)));
+    const std::string stage = s.parallel.zero == ZeroStage::none ? std::string(" (DDP)")
+                                                                 : fmt::format(" with ZeRO-{}", to_string(s.parallel.zero));
+    if (s.parallel.sp > 1) {
+      out += fmt::format(", {} GPUs{}, Ulysses sequence parallelism over {} (each sequence split in {})", s.parallel.gpus,
+                         stage, s.parallel.sp, s.parallel.sp);
+    } else {
+      out += fmt::format(", {} data-parallel GPUs{}", s.parallel.gpus, stage);
+    }
   }
   out += fmt::format(", batch {}, {} attention, profile {}", s.batch, to_string(s.attention), to_string(s.profile));
   if (s.profile == Profile::pytorch) {

@@ -136,11 +136,16 @@ struct EnumNames<ZeroStage> {
       {{ZeroStage::none, "0"}, {ZeroStage::optimizer, "1"}, {ZeroStage::gradients, "2"}, {ZeroStage::parameters, "3"}}};
 };
 
-/// How the step is spread over GPUs: data-parallel ranks, each running the same step program on
-/// its own micro-batch, with what ZeRO shards among them.
+/// How the step is spread over GPUs: ranks running the same step program, in groups of `sp` that
+/// split one micro-batch's sequence between them (Ulysses sequence parallelism: Note [Ulysses
+/// step] in builder.cpp), gpus / sp groups each on its own micro-batch (data parallelism), with
+/// what ZeRO shards among all the ranks.
 struct Parallelism {
-  std::int64_t gpus = 1;                ///< data-parallel ranks (the world size)
+  std::int64_t gpus = 1;                ///< ranks (the world size)
   ZeroStage zero = ZeroStage::none;
+  std::int64_t sp = 1;                  ///< Ulysses sequence-parallel degree: ranks sharing one sequence
+  /// Groups running on their own micro-batches.
+  [[nodiscard]] std::int64_t data_parallel() const { return gpus / sp; }
   /// Elements of a tensor of `numel` one rank keeps when its stage shards it: ceil(numel / gpus)
   /// (FSDP2 pads each parameter's shards to equal size; DeepSpeed pads its flat buffer likewise).
   [[nodiscard]] std::int64_t shard_numel(std::int64_t numel) const { return (numel + gpus - 1) / gpus; }
@@ -240,6 +245,11 @@ struct ParameterStorage {
 /// Checks what only the model can tell (recomputed layers exist); `origin` names the source.
 [[nodiscard]] std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
                                                          const std::string& origin);
+
+/// Refuses a sequence-parallel degree (setup.parallel.sp) the GPUs, the model's heads, the length
+/// or the profile does not allow (Note [Ulysses step] in builder.cpp); part of check_setup_for_model.
+[[nodiscard]] std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const ModelSpec& model,
+                                                           const std::string& origin);
 
 /// Refuses a multi-GPU setup where `what` ("sweeps", "measurements") covers one GPU only.
 [[nodiscard]] std::optional<Error> check_one_gpu(const TrainingSetup& setup, const std::string& origin,

@@ -203,6 +203,7 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     case OpCode::all_gather:
     case OpCode::reduce_scatter:
     case OpCode::all_reduce:
+    case OpCode::all_to_all:
       break;  // a multi-rank program's; the executor refuses those (one rank only, for now)
     case OpCode::autograd:
       break;  // the pytorch profile's ops are modelled, not executed (the executor refuses its programs)

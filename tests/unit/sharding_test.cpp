@@ -197,23 +197,33 @@ TEST(Sharding, LayoutsSearchEveryStageTheProfileModels) {
   options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
   TrainingSetup s = ranks(8, ZeroStage::none);
   const std::vector<LayoutResult> native = search_layouts(m, gpu, s, options);
-  ASSERT_EQ(native.size(), 4u);
+  // Ulysses degrees 1, 2, 4, 8 (all divide the 32 query and 8 key/value heads), each with 4 stages.
+  ASSERT_EQ(native.size(), 16u);
   for (std::size_t i = 0; i < native.size(); ++i) {
-    EXPECT_EQ(native[i].zero, static_cast<ZeroStage>(i));
+    EXPECT_EQ(native[i].zero, static_cast<ZeroStage>(i % 4));
+    EXPECT_EQ(native[i].sp, std::int64_t{1} << (i / 4));
     TrainingSetup staged = s;
     staged.parallel.zero = native[i].zero;
-    EXPECT_EQ(native[i].static_bytes, static_memory(m, staged).total_bytes());
+    EXPECT_EQ(native[i].static_bytes, static_memory(m, staged).total_bytes());  // Ulysses shards no state
     ASSERT_TRUE(native[i].longest.has_value());
-    // Each stage shards more, so auto reaches at least as far (the state it frees is activations' room).
-    if (i > 0) {
+    // Each stage shards more, so auto reaches at least as far (the state it frees is activations'
+    // room); a sequence split over more ranks leaves each fewer positions.
+    if (i % 4 > 0) {
       EXPECT_GE(native[i].longest->seq_len, native[i - 1].longest->seq_len);
+    }
+    if (i >= 4) {
+      EXPECT_GT(native[i].longest->seq_len, native[i - 4].longest->seq_len);
     }
   }
   s.profile = Profile::pytorch;
   const std::vector<LayoutResult> pytorch = search_layouts(m, gpu, s, options);
-  ASSERT_EQ(pytorch.size(), 2u);
+  ASSERT_EQ(pytorch.size(), 8u);
   EXPECT_EQ(pytorch[0].zero, ZeroStage::none);
   EXPECT_EQ(pytorch[1].zero, ZeroStage::parameters);
+  EXPECT_EQ(pytorch[7].sp, 8);
+  // transformers 4.44's attention is not the registry ALST wraps: no Ulysses degrees but 1.
+  s.framework = Framework::transformers_4_44;
+  EXPECT_EQ(sequence_parallel_degrees(m, s), std::vector<std::int64_t>{1});
   EXPECT_TRUE(search_layouts(m, gpu, TrainingSetup{}, options).empty());
 }
 
@@ -256,9 +266,16 @@ TEST(ShardingCli, GpusAutoAnswersOrSaysWhyNot) {
   const auto ok = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "600K"});
   ASSERT_EQ(ok.code, 0) << ok.err;
   EXPECT_THAT(ok.out, ::testing::ContainsRegex("^fewest GPUs for 614,400 tokens: [0-9]+, ZeRO-[0-3] on DGX-H100 \\(tried 1, 2"));
-  const auto none = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "16M"});
+  // ALST's 32-GPU length needs Ulysses over all 32 ranks (llama3-8b's 32 query heads; its 8
+  // key/value heads replicated).
+  const auto ulysses = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "15M"});
+  ASSERT_EQ(ulysses.code, 0) << ulysses.err;
+  EXPECT_THAT(ulysses.out, HasSubstr("fewest GPUs for 15,728,640 tokens: 32, ZeRO-3, Ulysses over 32 on DGX-H100"));
+  // Past the heads, more GPUs only add data-parallel copies: the length that fits stops growing.
+  const auto none = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "64M"});
   EXPECT_EQ(none.code, 5);
-  EXPECT_THAT(none.err, HasSubstr("16,777,216 tokens fit no layout on up to 1024 H100-80G GPUs"));
+  EXPECT_THAT(none.err, HasSubstr("67,108,864 tokens fit no layout on up to 1024 H100-80G GPUs (ZeRO stages with "
+                                  "Ulysses sequence parallelism up to 32 ranks"));
   EXPECT_TRUE(none.out.empty());
   const auto no_seq = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto"});
   EXPECT_EQ(no_seq.code, 2);
@@ -273,8 +290,9 @@ TEST(ShardingCli, LayoutsTableNamesTheStagesThatFit) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("would fit with --zero 3"));
   EXPECT_THAT(r.out, HasSubstr("layouts on 8 GPUs"));
-  EXPECT_THAT(r.out, ::testing::ContainsRegex("  0 +394.25 +none fits .*\\(this setup\\)"));
-  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  0 +1 +394.25 +none fits .*\\(this setup\\)"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +1 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +8 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
 }
 
 TEST(ShardingCli, EightGpusAnswerPerRankWithTheCollectives) {
