@@ -418,23 +418,40 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
                                          const SearchOptions& options) {
   std::vector<LayoutResult> out;
   if (setup.parallel.gpus == 1) return out;
-  const Method automatic[] = {Method::automatic};
   for (std::int64_t sp : sequence_parallel_degrees(model, setup)) {
     for (ZeroStage zero : modelled_stages(setup)) {
-      TrainingSetup s = setup;
-      s.parallel.zero = zero;
-      s.parallel.sp = sp;
       LayoutResult r;
       r.zero = zero;
       r.sp = sp;
-      r.static_bytes = static_memory(model, s).total_bytes();
-      if (r.static_bytes <= gpu.usable_bytes()) {
-        SearchResult found = search(model, gpu, s, automatic, options);
-        r.longest = std::move(found.methods.front().at_max);
-        if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
-      }
       out.push_back(std::move(r));
     }
+  }
+  // Layouts are searched side by side, each on one thread (whose buffers the next layout it takes
+  // reuses), rather than each layout's plans on fresh threads.
+  SearchOptions one_thread = options;
+  one_thread.threads = 1;
+  std::atomic<std::size_t> next{0};
+  auto work = [&]() {
+    const Method automatic[] = {Method::automatic};
+    for (std::size_t i = next++; i < out.size(); i = next++) {
+      LayoutResult& r = out[i];
+      TrainingSetup s = setup;
+      s.parallel.zero = r.zero;
+      s.parallel.sp = r.sp;
+      r.static_bytes = static_memory(model, s).total_bytes();
+      if (r.static_bytes > gpu.usable_bytes()) continue;
+      SearchResult found = search(model, gpu, s, automatic, one_thread);
+      r.longest = std::move(found.methods.front().at_max);
+      if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
+    }
+  };
+  const std::size_t threads =
+      std::min<std::size_t>(out.size(), options.threads > 0 ? static_cast<std::size_t>(options.threads)
+                                                            : std::max(1U, std::thread::hardware_concurrency()));
+  {
+    std::vector<std::jthread> pool;
+    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
   }
   return out;
 }
