@@ -128,6 +128,12 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   option(f.sp, "--sp", "N",
          "With --gpus: Ulysses sequence parallelism, N ranks sharing each sequence (all-to-alls around attention; N "
          "divides --gpus and the query heads); default 1, and the layouts table compares the others; e.g. --sp 8");
+  bool offload_optimizer = false;
+  f.offload_optimizer.option = app.add_flag(
+      "--offload-optimizer", offload_optimizer,
+      "ZeRO-Offload: fp32 master weights, AdamW state and the gradient shards in host memory, DeepSpeed's CPU Adam "
+      "stepping them after backward (implies --no-optimizer-in-backward); one GPU, or --zero 2 or 3; "
+      "e.g. --offload-optimizer");
   option(f.cluster, "--cluster", "NAME|PATH",
          "With --gpus: the nodes and links (mst-plan clusters; default: the catalog node of the GPU); "
          "e.g. --cluster DGX-H100");

@@ -68,6 +68,10 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.gpus.given() && f.gpus.value != "auto") run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
   if (f.zero.given()) run(parse_choice("--zero", f.zero.value, s.parallel.zero));
   if (f.sp.given()) run(parse_positive("--sp", f.sp.value, s.parallel.sp));
+  if (f.offload_optimizer.given()) {
+    s.offload_optimizer = true;
+    if (!f.in_backward.given()) s.optimizer_in_backward = false;  // the host steps it after backward
+  }
   if (f.expandable_segments.given()) s.expandable_segments = true;
   return failure;
 }

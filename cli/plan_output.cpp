@@ -61,7 +61,12 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
       (storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights))) +
           sharded(par.shards_weights()) +
           (par.shards_weights() ? "; each layer's are all-gathered before use" : ""));
-  if (storage.master) {
+  if (storage.host_optimizer) {
+    row("host (offloaded)", m.host_bytes,
+        fmt::format("fp32 master weights, AdamW m and v in fp32 and a {} copy of the gradients{}, in host memory "
+                    "(DeepSpeed's CPU Adam; not in the device total)",
+                    to_string(*storage.gradients), sharded(par.shards_optimizer())));
+  } else if (storage.master) {
     row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)) + sharded(par.shards_optimizer()));
   }
   std::string state_note;
@@ -74,7 +79,7 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   if (setup.optimizer == OptimizerKind::adamw || setup.optimizer == OptimizerKind::adamw_8bit) {
     state_note += sharded(par.shards_optimizer());
   }
-  row("optimizer state", m.optimizer_state_bytes, state_note);
+  if (!storage.host_optimizer) row("optimizer state", m.optimizer_state_bytes, state_note);
   if (setup.optimizer == OptimizerKind::none) {
     row("gradients", 0, "none: weights are frozen");
   } else if (m.persistent_gradients) {
@@ -83,6 +88,8 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
                     setup.grad_accum > 1 ? fmt::format("across {} micro-batches", setup.grad_accum)
                                          : std::string("until the optimizer step"),
                     sharded(par.shards_gradients())));
+  } else if (storage.host_optimizer) {
+    row("gradients", 0, "none kept on the device: each is copied to the host once reduced");
   } else if (!setup.optimizer_in_backward) {
     row("gradients", 0,
         fmt::format("none kept across steps: each allocated by backward, freed after the optimizer step "
@@ -206,7 +213,10 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
                                      : std::string());
   }
   if (c.analysis.host_peak_bytes > 0) {
-    fmt::print(out, "  host memory: {} GiB of offloaded checkpoints at most\n", gib(c.analysis.host_peak_bytes));
+    const bool several = setup.parallel.gpus > 1;
+    fmt::print(out, "  host memory: {} GiB at most{} (offloaded checkpoints{}){}\n", gib(c.analysis.host_peak_bytes),
+               several ? " per rank" : "", parameter_storage(setup).host_optimizer ? " and optimizer" : "",
+               several ? fmt::format(", {} GiB for the ranks of a node", gib(c.host_node_bytes)) : std::string());
   }
   const double mfu = c.time.step_seconds > 0 ? c.time.model_flops / c.time.step_seconds / (gpu.bf16_tflops * 1e12) : 0.0;
   const std::string step = c.time.step_seconds >= 100 ? format_thousands(static_cast<std::int64_t>(c.time.step_seconds + 0.5))

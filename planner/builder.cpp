@@ -63,6 +63,23 @@
 // counts gpus / P sequences per step. The loss's all-reduce over the group (a scalar) is not
 // modelled. The all-to-alls sit on the critical path: compute waits for each (the cost model's
 // rule that a compute op reading a collective's output waits for it).
+//
+// Note [Offloaded optimizer]
+// --------------------------
+// setup.offload_optimizer is DeepSpeed's ZeRO-Offload ("offload_optimizer": {"device": "cpu"},
+// DeepSpeedCPUAdam; arXiv 2101.06840), on one GPU or with ZeRO-2/3 (each rank its partition):
+//   - host memory, static: the fp32 master weights, AdamW's m and v in fp32 (whatever the
+//     device's precision), and a copy of the rank's gradient shard in the gradients' dtype; the
+//     device keeps only the weights (bf16; with ZeRO-3 their shards);
+//   - backward: each gradient, once reduced (reduce-scatter into the rank's shard; on one GPU
+//     the gradient itself), is copied to its host buffer on the copy stream, and the device copy
+//     dies (no device gradients persist: persistent_gradients() is false);
+//   - after backward, per parameter: CPU Adam updates the host state (OpKind::optimizer on host
+//     tensors, timed at the host's Adam rate, CostOptions::host_adam_params_per_s, with the GPU
+//     waiting: DeepSpeed's step is synchronous) and writes the new weights in the device dtype to
+//     a host staging buffer, copied to the rank's weight shard (ZeRO-2: then all-gathered).
+// Not modelled: DeepSpeed's pinned bounce buffers and the fp32 upcast of the gradient on the host
+// (the host copy keeps the gradients' dtype), and overlapping CPU Adam with the next step.
 
 namespace mstplan::detail {
 
@@ -347,6 +364,10 @@ TensorId StepBuilder::grad(std::int32_t param, std::int32_t layer) {
 }
 
 void StepBuilder::optimizer_op(std::int32_t param, Phase phase) {
+  if (storage_.host_optimizer) {
+    host_optimizer_op(param);
+    return;
+  }
   const auto i = static_cast<std::size_t>(param);
   const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
   const bool sgd = s_.optimizer == OptimizerKind::sgd;
@@ -369,6 +390,44 @@ void StepBuilder::optimizer_op(std::int32_t param, Phase phase) {
     push_operands(id, {}, std::array{temp});
   }
   gather_updated(param, phase);
+}
+
+void StepBuilder::offload_grad(std::int32_t param, TensorId reduced) {
+  const auto i = static_cast<std::size_t>(param);
+  const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
+  MSTPLAN_CHECK(p_.tensors[reduced].bytes == p_.tensors[host_grads_[i]].bytes, "gradient {} offloaded into {} bytes",
+                p_.params[i].name, p_.tensors[host_grads_[i]].bytes);
+  const OpId id = op("grad.offload", OpCode::offload, Phase::backward, Pass::backward, layer, {reduced}, {host_grads_[i]});
+  p_.ops[id].param = param;
+}
+
+void StepBuilder::host_optimizer_op(std::int32_t param) {
+  const auto i = static_cast<std::size_t>(param);
+  const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
+  const TensorId mv = states_[2 * i], master = states_[2 * i + 1];
+  const std::int64_t updated = par_.shards_optimizer() ? par_.shard_numel(p_.params[i].numel()) : p_.params[i].numel();
+  // CPU Adam writes the new weights in the device's dtype too, staged in host memory, then copied.
+  const TensorId staged = tensor("weight.host", TensorKind::transient, storage_.weights, updated, layer, Pass::optimizer,
+                                 false, Device::host);
+  const OpId id = op("adamw.host", OpCode::adamw, Phase::optimizer, Pass::optimizer, layer, {host_grads_[i], master, mv},
+                     {master, mv, staged});
+  p_.ops[id].param = param;
+  p_.ops[id].m = updated;
+  // The rank's shard of the weights (ZeRO-3, one GPU: the whole device weight) comes back; with
+  // ZeRO-1/2 its full weight is then all-gathered (gather_updated).
+  TensorId target = weights_[i];
+  if (p_.tensors[target].elements != updated) {
+    target = tensor("weight.shard", TensorKind::transient, storage_.weights, updated, layer, Pass::optimizer);
+  }
+  const OpId up = op("weight.upload", OpCode::prefetch, Phase::optimizer, Pass::optimizer, layer, {staged}, {target});
+  p_.ops[up].param = param;
+  if (target != weights_[i]) {
+    const OpId g = op("weight.all_gather", OpCode::all_gather, Phase::optimizer, Pass::optimizer, layer, {target},
+                      {weights_[i]});
+    p_.ops[g].param = param;
+    p_.ops[g].m = par_.gpus;
+    p_.ops[g].n = p_.tensors[weights_[i]].bytes;
+  }
 }
 
 void StepBuilder::gather_updated(std::int32_t param, Phase phase) {
@@ -416,6 +475,7 @@ void StepBuilder::run_updates(std::vector<std::int32_t>& params) {
 void StepBuilder::grad_done(std::int32_t param) {
   if (!trained_) return;
   if (par_.gpus == 1) {
+    if (storage_.host_optimizer) offload_grad(param, grads_[static_cast<std::size_t>(param)]);
     if (s_.optimizer_in_backward) optimizer_op(param, Phase::backward);
     return;
   }
@@ -439,6 +499,7 @@ void StepBuilder::grad_done(std::int32_t param) {
   p_.ops[id].param = param;
   p_.ops[id].m = par_.gpus;
   p_.ops[id].n = p_.tensors[g].bytes;
+  if (storage_.host_optimizer) offload_grad(param, grad_shards_[i]);
   if (s_.optimizer_in_backward) queued_updates_.push_back(param);
 }
 
@@ -461,12 +522,14 @@ void StepBuilder::static_tensors() {
   grads_.assign(n, kNoTensor);
   grad_created_.assign(n, false);
   grad_shards_.assign(n, kNoTensor);
+  host_grads_.assign(n, kNoTensor);
   gathered_.assign(n, kNoTensor);
   queued_updates_.clear();
   // What one rank keeps of a parameter's weight, and of its optimizer state and master copy.
   auto kept = [&](std::int64_t numel, bool sharded) { return sharded ? par_.shard_numel(numel) : numel; };
   const bool adam = storage_.adam_state.has_value();
   if (adam || storage_.master) states_.assign(2 * n, kNoTensor);
+  const Device state_device = storage_.host_optimizer ? Device::host : Device::device;
   std::vector<TensorId> outs;
   for (std::size_t i = 0; i < n; ++i) {
     const ParamTensor& pt = p_.params[i];
@@ -479,7 +542,7 @@ void StepBuilder::static_tensors() {
     if (adam) {
       // m and v, each adam_moment_bytes() (Note [Static bytes per parameter]).
       TensorId mv = tensor(storage_.master ? "adam_mv" : "adam_m", TensorKind::optimizer_state, DType::fp32, 0, layer,
-                           Pass::forward);
+                           Pass::forward, false, state_device);
       TensorId second = kNoTensor;
       const std::int64_t numel = kept(pt.numel(), par_.shards_optimizer());
       const std::int64_t state_bytes = adam_moment_bytes(numel, *storage_.adam_state);
@@ -487,7 +550,8 @@ void StepBuilder::static_tensors() {
       p_.tensors[mv].elements = numel;
       if (storage_.master) {
         p_.tensors[mv].bytes = 2 * state_bytes;
-        second = tensor("master", TensorKind::master_weight, DType::fp32, numel, layer, Pass::forward);
+        second = tensor("master", TensorKind::master_weight, DType::fp32, numel, layer, Pass::forward, false,
+                        state_device);
       } else {
         p_.tensors[mv].bytes = state_bytes;
         second = tensor("adam_v", TensorKind::optimizer_state, *storage_.adam_state, numel, layer, Pass::forward);
@@ -505,6 +569,13 @@ void StepBuilder::static_tensors() {
       p_.tensors[master].param = param;
       states_[2 * i + 1] = master;
       outs.push_back(master);
+    }
+    if (storage_.host_optimizer) {
+      // The host's copy of the rank's gradient shard, in the gradients' dtype (CPU Adam reads it).
+      host_grads_[i] = tensor("grad.host", TensorKind::gradient, *storage_.gradients,
+                              kept(pt.numel(), par_.shards_gradients()), layer, Pass::forward, false, Device::host);
+      p_.tensors[host_grads_[i]].param = param;
+      outs.push_back(host_grads_[i]);
     }
     if (persistent_grads_ && par_.shards_gradients()) {
       grad_shards_[i] = tensor("grad.shard", TensorKind::gradient, *storage_.gradients, par_.shard_numel(pt.numel()),
@@ -653,7 +724,7 @@ void StepBuilder::prefetch(std::int32_t l) {
 }
 
 void StepBuilder::optimizer_end() {
-  if (!policy_.foreach_adamw || s_.optimizer != OptimizerKind::adamw) {
+  if (!policy_.foreach_adamw || s_.optimizer != OptimizerKind::adamw || storage_.host_optimizer) {
     for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
     return;
   }
@@ -697,6 +768,8 @@ Program build_program(const ModelSpec& model, const TrainingSetup& setup, const 
                     (model.num_kv_heads % par.sp == 0 || par.sp % model.num_kv_heads == 0),
                 "sequence parallelism {} over {} GPUs, {} positions, {} and {} heads", par.sp, par.gpus, seq_len,
                 model.num_heads, model.num_kv_heads);
+  MSTPLAN_CHECK(!check_offload_optimizer(setup, "").has_value(), "optimizer offload with {} GPUs, ZeRO-{}", par.gpus,
+                to_string(par.zero));
   MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
   MSTPLAN_CHECK(setup.precision != Precision::fp32 || setup.profile == Profile::native,
                 "precision fp32 is modelled for the native profile only");

@@ -271,6 +271,10 @@ class StepBuilder {
   void optimizer_end();
   // After an update of a shard of full weights (ZeRO-1/2): the weight all-gathered in place.
   void gather_updated(std::int32_t param, Phase phase);
+  // offload_optimizer: the reduced gradient (shard) copied to its host buffer, and CPU Adam's
+  // update of the host state with the new weights copied back (Note [Offloaded optimizer]).
+  void offload_grad(std::int32_t param, TensorId reduced);
+  void host_optimizer_op(std::int32_t param);
   // Updates queued by grad_done() while their gradients' reduction is in flight (several ranks):
   // run after the next layer's backward, so compute does not wait for the collective.
   void run_updates(std::vector<std::int32_t>& params);
@@ -281,6 +285,7 @@ class StepBuilder {
   std::vector<TensorId> states_;  // per parameter [2i, 2i+1]: (m, v), (m+v, master) or (none, master)
   std::vector<bool> grad_created_;
   std::vector<TensorId> grad_shards_;  // ZeRO-2/3: per parameter, its reduced gradient shard
+  std::vector<TensorId> host_grads_;   // offload_optimizer: per parameter, the host copy of its gradient (shard)
   std::vector<TensorId> gathered_;     // ZeRO-3: per parameter, its gathered copy while in use
   std::vector<std::vector<std::int32_t>> layer_param_lists_;
   std::vector<std::int32_t> head_params_, embed_params_;

@@ -81,6 +81,12 @@ double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptio
     MSTPLAN_CHECK(cluster != nullptr, "collective {} timed without a cluster", op_name(p, id));
     return collective_time(collective_of(op.code), op.n, op.m, *cluster, o.collectives).seconds + o.launch_seconds;
   }
+  if (op.kind == OpKind::optimizer && op.inputs > 0 && p.tensors[p.inputs(op)[0]].device == Device::host) {
+    // CPU Adam (Note [Offloaded optimizer]): the node's rate, shared by the ranks on it.
+    const std::int64_t ranks = p.data_parallel_ranks * p.sequence_parallel;
+    const std::int64_t on_node = cluster != nullptr ? std::min(ranks, cluster->gpus_per_node) : 1;
+    return static_cast<double>(op.m) * static_cast<double>(on_node) / o.host_adam_params_per_s + o.launch_seconds;
+  }
   const double bandwidth = gpu.memory_bandwidth_gb_per_s * 1e9 * o.memory_efficiency;
   const double bytes = op_bytes(p, op);
   if (op.kind == OpKind::copy_to_host || op.kind == OpKind::copy_to_device) {

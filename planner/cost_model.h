@@ -43,6 +43,10 @@ struct CostOptions {
   double host_link_efficiency = 0.80;
   /// Fixed cost of one kernel launch, in seconds. 5 us: an assumption.
   double launch_seconds = 5e-6;
+  /// Parameters DeepSpeed's CPU Adam updates per second on one node's CPUs, shared by the node's
+  /// ranks (offload_optimizer). 1.41e9: an 11.6B-parameter GPT-2's optimizer step took 8.2 s
+  /// (deepspeedai/DeepSpeed pull request 735, by a ZeRO-Offload author; the CPU is not named).
+  double host_adam_params_per_s = 1.41e9;
   /// The collectives' link efficiency (Note [Collective time] in collectives.h).
   CollectiveOptions collectives;
 };

@@ -91,7 +91,8 @@ nlohmann::json setup_json(const TrainingSetup& s) {
                       {"profile", to_string(s.profile)},
                       {"gpus", s.parallel.gpus},
                       {"zero", static_cast<int>(s.parallel.zero)},
-                      {"sp", s.parallel.sp}};
+                      {"sp", s.parallel.sp},
+                      {"offload_optimizer", s.offload_optimizer}};
   return j;
 }
 

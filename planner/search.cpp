@@ -107,7 +107,12 @@ Plan method_plan(Method method, const ModelSpec& model) {
 
 Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options)
     : model_(model), gpu_(gpu), setup_(setup), options_(options), allocator_(AllocatorModel::for_profile(setup.profile)),
-      granularity_(std::lcm(std::max<std::int64_t>(options.granularity, 2), setup.parallel.sp)) {}
+      granularity_(std::lcm(std::max<std::int64_t>(options.granularity, 2), setup.parallel.sp)) {
+  if (options.cluster) {
+    ranks_on_node_ = std::min(setup.parallel.gpus, options.cluster->gpus_per_node);
+    host_capacity_bytes_ = options.cluster->host_memory_bytes;
+  }
+}
 
 Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) { return evaluate(plan, seq_len, Pool::decide); }
 
@@ -126,7 +131,8 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode
     e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost, options_.cluster ? &*options_.cluster : nullptr);
   }
   e.required_bytes = e.analysis.peak.allocated_bytes + gpu_.reserve_bytes;
-  e.fits = e.required_bytes <= gpu_.capacity_bytes;
+  e.host_node_bytes = e.analysis.host_peak_bytes * ranks_on_node_;
+  e.fits = e.required_bytes <= gpu_.capacity_bytes && host_fits(e);
   if (e.fits && setup_.profile == Profile::pytorch && mode != Pool::skip) {
     CachingAllocatorOptions pool;
     pool.capacity_bytes = gpu_.usable_bytes();
@@ -194,10 +200,17 @@ std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::in
   const std::int64_t g = granularity_;
   const std::int64_t ceiling = std::max(round_down(options_.max_seq_len, g), g);
   // How far a length is from the capacity less the headroom: bytes over it (positive: does not fit).
+  // The host's limit counts in the device's bytes: its excess scaled by the ratio of the capacities.
   auto excess = [&](const Evaluation& e) {
-    return static_cast<double>(e.required_bytes + headroom_bytes - gpu_.capacity_bytes);
+    const double device = static_cast<double>(e.required_bytes + headroom_bytes - gpu_.capacity_bytes);
+    if (host_capacity_bytes_ == 0) return device;
+    const double host = static_cast<double>(e.host_node_bytes - host_capacity_bytes_) *
+                        static_cast<double>(gpu_.capacity_bytes) / static_cast<double>(host_capacity_bytes_);
+    return std::max(device, host);
   };
-  auto fits = [&](const Evaluation& e) { return e.required_bytes + headroom_bytes <= gpu_.capacity_bytes; };
+  auto fits = [&](const Evaluation& e) {
+    return e.required_bytes + headroom_bytes <= gpu_.capacity_bytes && host_fits(e);
+  };
   Evaluation lo = evaluate(plan, g, Pool::skip);
   if (!fits(lo)) return std::nullopt;
 
@@ -363,10 +376,18 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
 
 namespace {
 
-// The ZeRO stages the profile models (native: 0 to 3; pytorch: DDP and FSDP2 full shard).
+// The ZeRO stages the profile models (native: 0 to 3; pytorch: DDP and FSDP2 full shard) with the
+// rest of the setup (an offloaded optimizer needs ZeRO-2 or 3).
 std::vector<ZeroStage> modelled_stages(const TrainingSetup& setup) {
-  if (setup.profile == Profile::pytorch) return {ZeroStage::none, ZeroStage::parameters};
-  return {ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters};
+  std::vector<ZeroStage> all = {ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters};
+  if (setup.profile == Profile::pytorch) all = {ZeroStage::none, ZeroStage::parameters};
+  std::vector<ZeroStage> out;
+  for (ZeroStage zero : all) {
+    TrainingSetup s = setup;
+    s.parallel.zero = zero;
+    if (!check_offload_optimizer(s, "").has_value()) out.push_back(zero);
+  }
+  return out;
 }
 
 }  // namespace
@@ -389,7 +410,7 @@ Expected<std::optional<FewestGpus>> fewest_gpus(
     TrainingSetup base = setup;
     base.parallel = Parallelism{};
     base.parallel.gpus = gpus;
-    const std::vector<ZeroStage> stages = gpus == 1 ? std::vector<ZeroStage>{ZeroStage::none} : modelled_stages(setup);
+    const std::vector<ZeroStage> stages = gpus == 1 ? std::vector<ZeroStage>{ZeroStage::none} : modelled_stages(base);
     bool fits = false;
     for (std::int64_t sp : sequence_parallel_degrees(model, base)) {
       for (ZeroStage zero : stages) {

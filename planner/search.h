@@ -49,7 +49,7 @@ struct EnumNames<Method> {
 
 struct SearchOptions {
   std::int64_t granularity = 64;           ///< maximum lengths are multiples of this many tokens
-  std::int64_t max_seq_len = 1 << 24;      ///< the search stops at 16M tokens
+  std::int64_t max_seq_len = 1 << 27;      ///< the search stops at 128M tokens (Ulysses over many GPUs passes 16M)
   /// Threads the longest lengths of the plans are searched on (0: one per hardware thread); the
   /// answer does not depend on it.
   std::int32_t threads = 0;
@@ -68,6 +68,10 @@ struct Evaluation {
   Analysis analysis;
   StepTime time;
   std::int64_t required_bytes = 0;   ///< allocated peak + the GPU's reserve
+  /// Host memory the ranks of one node hold at most (offloaded checkpoints and optimizer): the
+  /// rank's host peak times the ranks on a node; a plan fits only within the cluster's
+  /// host_memory_bytes (one GPU: no cluster, no host limit).
+  std::int64_t host_node_bytes = 0;
   /// pytorch profile: the caching allocator simulated with the GPU's usable bytes (Note [Caching
   /// allocator]). Run when the allocated peak fits; the plan then fits when no request fails.
   std::optional<CachingAllocatorResult> pool;
@@ -119,6 +123,9 @@ class Evaluator {
   const SearchOptions& options_;
   AllocatorModel allocator_;
   std::int64_t granularity_;  // lengths are multiples of it: options.granularity and the ranks sharing a sequence
+  std::int64_t ranks_on_node_ = 1;
+  std::int64_t host_capacity_bytes_ = 0;  // 0: no host limit
+  bool host_fits(const Evaluation& e) const { return host_capacity_bytes_ == 0 || e.host_node_bytes <= host_capacity_bytes_; }
   std::int64_t evaluations_ = 0;
   Program scratch_;  // the last program built, whose storage the next one reuses
 };

@@ -44,6 +44,7 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
           {"peak_live_bytes", e.analysis.peak_live_bytes},
           {"required_bytes", e.required_bytes},
           {"host_peak_bytes", e.analysis.host_peak_bytes},
+          {"host_node_bytes", e.host_node_bytes},
           {"peak_at", e.peak_at},
           {"peak_phase", to_string(e.peak_phase)},
           {"peak_breakdown_bytes", by_kind},

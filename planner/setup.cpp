@@ -35,7 +35,7 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.seq_len = r.optional_int("seq_len", IntRange::tokens(), "search");
   s.precision = r.optional_enum<Precision>("precision").value_or(s.precision);
   s.optimizer = r.optional_enum<OptimizerKind>("optimizer").value_or(s.optimizer);
-  s.optimizer_in_backward = r.optional_bool("optimizer_in_backward").value_or(s.optimizer_in_backward);
+  const std::optional<bool> in_backward = r.optional_bool("optimizer_in_backward");
   s.grad_accum = r.optional_int("grad_accum").value_or(s.grad_accum);
   s.attention = r.optional_enum<AttentionKind>("attention").value_or(s.attention);
   s.profile = r.optional_enum<Profile>("profile").value_or(s.profile);
@@ -46,6 +46,9 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.parallel.gpus = r.optional_int("gpus").value_or(s.parallel.gpus);
   s.parallel.zero = r.optional_enum<ZeroStage>("zero").value_or(s.parallel.zero);
   s.parallel.sp = r.optional_int("sp").value_or(s.parallel.sp);
+  s.offload_optimizer = r.optional_bool("offload_optimizer").value_or(s.offload_optimizer);
+  // The offloaded optimizer steps after backward unless the file says otherwise (then refused).
+  s.optimizer_in_backward = in_backward.value_or(s.offload_optimizer ? false : s.optimizer_in_backward);
   read_knob_fields(r, s.knobs);
 }
 
@@ -130,6 +133,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.parallel.gpus > 1) out += fmt::format("gpus: {}\n", s.parallel.gpus);
   if (s.parallel.zero != ZeroStage::none) out += fmt::format("zero: {}\n", to_string(s.parallel.zero));
   if (s.parallel.sp > 1) out += fmt::format("sp: {}\n", s.parallel.sp);
+  if (s.offload_optimizer) out += "offload_optimizer: true\n";
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -170,6 +174,7 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
                       origin, to_string(setup.parallel.zero));
   }
   if (auto error = check_sequence_parallel(setup, model, origin)) return error;
+  if (auto error = check_offload_optimizer(setup, origin)) return error;
   if (setup.knobs.recompute_layers) {
     for (std::int64_t layer : *setup.knobs.recompute_layers) {
       if (layer >= model.num_layers) {
@@ -210,6 +215,31 @@ std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const M
   return std::nullopt;
 }
 
+std::optional<Error> check_offload_optimizer(const TrainingSetup& setup, const std::string& origin) {
+  if (!setup.offload_optimizer) return std::nullopt;
+  auto refuse = [&](const std::string& why) {
+    return make_error(ErrorKind::invalid, "{}: field 'offload_optimizer': {}", origin, why);
+  };
+  if (setup.optimizer != OptimizerKind::adamw) {
+    return refuse(fmt::format("DeepSpeed's CPU Adam steps AdamW; the optimizer is {}", to_string(setup.optimizer)));
+  }
+  if (setup.optimizer_in_backward) {
+    return refuse("the host steps the optimizer after backward; set optimizer_in_backward: false "
+                  "(--no-optimizer-in-backward)");
+  }
+  if (setup.precision == Precision::fp32) return refuse("precision fp32 is the runtime's exact-arithmetic setup; give bf16");
+  if (setup.precision == Precision::mixed && setup.profile == Profile::pytorch) {
+    return refuse("DeepSpeed's bf16 mode keeps bf16 weights on the device with the fp32 master on the host, not "
+                  "torch.autocast's fp32 parameters; give precision bf16");
+  }
+  if (setup.parallel.gpus > 1 && !setup.parallel.shards_gradients()) {
+    return refuse(fmt::format("ZeRO-Offload copies each rank's reduced gradient shard to the host (ZeRO-2 and 3); "
+                              "zero is {}, give 2 or 3",
+                              to_string(setup.parallel.zero)));
+  }
+  return std::nullopt;
+}
+
 std::optional<Error> check_one_gpu(const TrainingSetup& setup, const std::string& origin, std::string_view what) {
   if (setup.parallel.gpus == 1) return std::nullopt;
   return make_error(ErrorKind::invalid,
@@ -220,6 +250,7 @@ std::optional<Error> check_one_gpu(const TrainingSetup& setup, const std::string
 
 bool persistent_gradients(const TrainingSetup& s) {
   if (s.optimizer == OptimizerKind::none) return false;
+  if (s.offload_optimizer) return false;  // the host copy persists; each device gradient dies once copied
   if (s.grad_accum > 1) return true;
   if (s.optimizer_in_backward) return false;
   return !(s.profile == Profile::pytorch && s.zero_grad_set_to_none);
@@ -236,6 +267,12 @@ ParameterStorage parameter_storage(const TrainingSetup& s) {
   if (trained) p.gradients = mixed || fp32 ? DType::fp32 : DType::bf16;
   if (s.optimizer == OptimizerKind::adamw) p.adam_state = mixed || fp32 ? DType::fp32 : DType::bf16;
   if (s.optimizer == OptimizerKind::adamw_8bit) p.adam_state = DType::int8;
+  if (s.offload_optimizer && trained) {
+    // DeepSpeed's CPU Adam keeps fp32 master weights and fp32 m and v, whatever the device holds.
+    p.host_optimizer = true;
+    p.master = DType::fp32;
+    if (s.optimizer == OptimizerKind::adamw) p.adam_state = DType::fp32;
+  }
   return p;
 }
 
@@ -256,6 +293,7 @@ std::string describe_setup(const TrainingSetup& s) {
   if (s.optimizer != OptimizerKind::none) {
     out += s.optimizer_in_backward ? ", optimizer in backward" : ", optimizer after backward";
   }
+  if (s.offload_optimizer) out += ", optimizer offloaded to the host (fp32 master, m, v; CPU Adam)";
   if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
   if (s.parallel.gpus > 1) {
     const std::string stage = s.parallel.zero == ZeroStage::none ? std::string(" (DDP)")

@@ -197,6 +197,11 @@ struct TrainingSetup {
   /// Trainer's: the gradients are freed after each step and every one is allocated again when
   /// backward first writes it. false: they are zeroed in place and live through the training.
   bool zero_grad_set_to_none = true;
+  /// ZeRO-Offload (DeepSpeed's offload_optimizer to the CPU): the fp32 master weights, AdamW's m
+  /// and v and an fp32 copy of the rank's gradient shard live in host memory, and DeepSpeed's CPU
+  /// Adam steps them there after backward; the device keeps the weights (Note [Offloaded
+  /// optimizer] in builder.cpp).
+  bool offload_optimizer = false;
   Parallelism parallel;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
@@ -222,6 +227,9 @@ struct ParameterStorage {
   std::optional<DType> gradients;    ///< nullopt: frozen weights
   std::optional<DType> adam_state;   ///< m and v of AdamW (bf16 or fp32); int8 for adamw-8bit
   bool autocast = false;             ///< fp32 parameters cast to bf16 per op (pytorch profile, mixed)
+  /// offload_optimizer: the master weights (fp32), the AdamW state (fp32) and an fp32 gradient
+  /// copy are host memory.
+  bool host_optimizer = false;
 };
 [[nodiscard]] ParameterStorage parameter_storage(const TrainingSetup& setup);
 
@@ -250,6 +258,10 @@ struct ParameterStorage {
 /// or the profile does not allow (Note [Ulysses step] in builder.cpp); part of check_setup_for_model.
 [[nodiscard]] std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const ModelSpec& model,
                                                            const std::string& origin);
+
+/// Refuses an optimizer offload the setup cannot run (DeepSpeed's CPU Adam: AdamW after backward,
+/// bf16 weights on the device, a ZeRO stage to partition by); part of check_setup_for_model.
+[[nodiscard]] std::optional<Error> check_offload_optimizer(const TrainingSetup& setup, const std::string& origin);
 
 /// Refuses a multi-GPU setup where `what` ("sweeps", "measurements") covers one GPU only.
 [[nodiscard]] std::optional<Error> check_one_gpu(const TrainingSetup& setup, const std::string& origin,

@@ -28,7 +28,17 @@ StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
     const std::int64_t n = p.numel();
     const std::int64_t shard = par.shard_numel(n);
     m.weights_bytes += (par.shards_weights() ? shard : n) * dtype_bytes(storage.weights);
-    if (storage.master) m.master_weights_bytes += (par.shards_optimizer() ? shard : n) * dtype_bytes(*storage.master);
+    const std::int64_t kept = par.shards_optimizer() ? shard : n;  // of the optimizer's state
+    if (storage.host_optimizer) {
+      m.host_bytes += kept * (dtype_bytes(*storage.master) + dtype_bytes(*storage.gradients)) +
+                      2 * adam_moment_bytes(kept, *storage.adam_state);
+      if (n * dtype_bytes(*storage.gradients) > m.largest_gradient_bytes) {
+        m.largest_gradient_bytes = n * dtype_bytes(*storage.gradients);
+        m.largest_gradient_name = p.name;
+      }
+      continue;
+    }
+    if (storage.master) m.master_weights_bytes += kept * dtype_bytes(*storage.master);
     if (!storage.gradients) continue;
     const std::int64_t grad_bytes = n * dtype_bytes(*storage.gradients);
     if (m.persistent_gradients) m.gradient_bytes += (par.shards_gradients() ? shard : n) * dtype_bytes(*storage.gradients);
