@@ -29,6 +29,11 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                       "processes on the CPU backend, NCCL on CUDA) is not built yet",
                       setup.parallel.gpus);
   }
+  if (setup.offload_optimizer) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'offload_optimizer': the runtime steps the optimizer on the device; the host's CPU Adam "
+                      "is planned, not executed");
+  }
   if (setup.optimizer == OptimizerKind::adamw_8bit) {
     return make_error(ErrorKind::unsupported,
                       "field 'optimizer': the runtime has no 8-bit AdamW (the planner models its bytes); use adamw or sgd");

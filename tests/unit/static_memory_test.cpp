@@ -167,11 +167,27 @@ RC_GTEST_PROP(StaticMemoryProperty, FormulaEqualsTheProgramsStaticTensors, ()) {
                           ? *rc::gen::element(ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters)
                           : *rc::gen::element(ZeroStage::none, ZeroStage::parameters);
   }
-  const Program p = build_program(m, s, Plan::vanilla(), *rc::gen::inRange<std::int64_t>(2, 200));
+  // ZeRO-Offload where DeepSpeed runs it (AdamW after backward, bf16 weights, one GPU or ZeRO-2/3).
+  TrainingSetup offloaded = s;
+  offloaded.offload_optimizer = true;
+  offloaded.optimizer_in_backward = false;
+  if (!check_offload_optimizer(offloaded, "").has_value() && *rc::gen::arbitrary<bool>()) s = offloaded;
+  // Ulysses over the ranks, where the tiny models' heads allow it (sequence rounded to a multiple).
+  std::int64_t seq = *rc::gen::inRange<std::int64_t>(2, 200);
+  TrainingSetup split = s;
+  split.parallel.sp = *rc::gen::element<std::int64_t>(1, 2);
+  seq = std::max<std::int64_t>(seq / split.parallel.sp * split.parallel.sp, 2 * split.parallel.sp);
+  split.seq_len = seq;
+  if (!check_sequence_parallel(split, m, "").has_value()) s.parallel.sp = split.parallel.sp;
+  const Program p = build_program(m, s, Plan::vanilla(), seq);
   RC_ASSERT(!check_schedule(p).has_value());
-  std::int64_t weights = 0, master = 0, gradients = 0, state = 0, buckets = 0;
+  std::int64_t weights = 0, master = 0, gradients = 0, state = 0, buckets = 0, host = 0;
   for (TensorId t : p.outputs(p.ops.front())) {
     const Tensor& x = p.tensors[t];
+    if (x.device == Device::host) {
+      host += x.bytes;
+      continue;
+    }
     if (x.kind == TensorKind::weight) weights += x.bytes;
     if (x.kind == TensorKind::master_weight) master += x.bytes;
     if (x.kind == TensorKind::gradient) gradients += x.bytes;
@@ -184,10 +200,14 @@ RC_GTEST_PROP(StaticMemoryProperty, FormulaEqualsTheProgramsStaticTensors, ()) {
   RC_ASSERT(gradients == f.gradient_bytes);
   RC_ASSERT(state == f.optimizer_state_bytes);
   RC_ASSERT(buckets == f.communication_bytes);
+  RC_ASSERT(host == f.host_bytes);
   // Gradients that are not static are allocated by backward: each one exactly once when trained.
   std::int64_t all_gradients = 0;
   for (const Tensor& x : p.tensors) {
-    if (x.kind == TensorKind::gradient && std::string_view(x.label) != "grad.shard") all_gradients += x.bytes;
+    if (x.kind == TensorKind::gradient && std::string_view(x.label) != "grad.shard" &&
+        std::string_view(x.label) != "grad.host") {
+      all_gradients += x.bytes;
+    }
   }
   const ParameterStorage storage = parameter_storage(s);
   RC_ASSERT(all_gradients == (storage.gradients ? count_parameters(m).total * dtype_bytes(*storage.gradients) : 0));

@@ -1,0 +1,151 @@
+// The offloaded optimizer (Note [Offloaded optimizer] in builder.cpp): what stays on the device,
+// what lives in host memory, the copies and CPU Adam's ops, their time, and the host as a limit.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string_view>
+
+#include "planner/builder.h"
+#include "planner/catalog.h"
+#include "planner/cost_model.h"
+#include "planner/schedule_check.h"
+#include "planner/search.h"
+#include "planner/static_memory.h"
+#include "test_util.h"
+
+namespace mstplan {
+namespace {
+
+using ::testing::HasSubstr;
+
+TrainingSetup offloaded(std::int64_t gpus, ZeroStage zero) {
+  TrainingSetup s;
+  s.offload_optimizer = true;
+  s.optimizer_in_backward = false;
+  s.parallel.gpus = gpus;
+  s.parallel.zero = zero;
+  return s;
+}
+
+std::int64_t count_labelled(const Program& p, std::string_view label) {
+  std::int64_t n = 0;
+  for (const Op& op : p.ops) n += op.label == label ? 1 : 0;
+  return n;
+}
+
+TEST(OffloadOptimizer, TheDeviceKeepsTheWeightsAndTheHostTheRest) {
+  // llama3-8b (n = 8,030,261,248, every parameter a multiple of 8 elements) on 8 ranks with ZeRO-3:
+  // the device keeps bf16 weight shards, 2 n / 8 = 2,007,565,312 bytes; the host the fp32 master
+  // (4), m and v (4 + 4) and a bf16 gradient copy (2) of the shard: 14 n / 8 = 14,052,957,184.
+  const ModelSpec m = *resolve_model("llama3-8b");
+  const std::int64_t n = 8'030'261'248;
+  const StaticMemory s = static_memory(m, offloaded(8, ZeroStage::parameters));
+  EXPECT_EQ(s.weights_bytes, 2 * n / 8);
+  EXPECT_EQ(s.master_weights_bytes, 0);
+  EXPECT_EQ(s.optimizer_state_bytes, 0);
+  EXPECT_EQ(s.gradient_bytes, 0);
+  EXPECT_EQ(s.host_bytes, 14 * n / 8);
+  EXPECT_EQ(s.total_bytes(), 2 * n / 8);
+  // One GPU: the whole of each, 2 n on the device and 14 n on the host.
+  const StaticMemory one = static_memory(m, offloaded(1, ZeroStage::none));
+  EXPECT_EQ(one.total_bytes(), 2 * n);
+  EXPECT_EQ(one.host_bytes, 14 * n);
+}
+
+TEST(OffloadOptimizer, GradientsGoToTheHostAndCpuAdamSendsTheWeightsBack) {
+  const ModelSpec m = *resolve_model("tiny-llama");
+  const auto params = static_cast<std::int64_t>(parameters(m).size());
+  for (const TrainingSetup& s : {offloaded(1, ZeroStage::none), offloaded(2, ZeroStage::gradients),
+                                 offloaded(4, ZeroStage::parameters)}) {
+    const Program p = build_program(m, s, Plan::vanilla(), 24);
+    ASSERT_EQ(check_schedule(p), std::nullopt);
+    // One copy to the host, one CPU Adam step and one upload per parameter.
+    EXPECT_EQ(count_labelled(p, "grad.offload"), params);
+    EXPECT_EQ(count_labelled(p, "adamw.host"), params);
+    EXPECT_EQ(count_labelled(p, "weight.upload"), params);
+    // ZeRO-2's full weights are all-gathered from the uploaded shards; the others upload their own.
+    EXPECT_EQ(count_labelled(p, "weight.all_gather"), s.parallel.zero == ZeroStage::gradients ? params : 0);
+    for (TensorId t : p.outputs(p.ops.front())) {
+      const Tensor& x = p.tensors[t];
+      const bool host_kind = x.kind == TensorKind::master_weight || x.kind == TensorKind::optimizer_state ||
+                             x.kind == TensorKind::gradient;
+      EXPECT_EQ(x.device == Device::host, host_kind) << x.label;
+    }
+  }
+}
+
+TEST(OffloadOptimizer, CpuAdamRunsAtTheNodesRateSharedByItsRanks) {
+  // llama3-8b's embedding (525,336,576 parameters) on 8 ranks of one DGX-H100 with ZeRO-3: each
+  // rank steps 65,667,072 of them while the 8 share the node's 1.41e9 parameters/s.
+  const ModelSpec m = *resolve_model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  const ClusterSpec cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  const Program p = build_program(m, offloaded(8, ZeroStage::parameters), Plan::vanilla(), 512);
+  OpId adam = 0;
+  while (p.ops[adam].label != std::string_view("adamw.host") || p.ops[adam].param != 0) ++adam;
+  EXPECT_EQ(p.ops[adam].m, 65'667'072);
+  EXPECT_NEAR(op_seconds(p, adam, gpu, CostOptions{}, &cluster), 65'667'072.0 * 8 / 1.41e9 + 5e-6, 1e-12);
+}
+
+TEST(OffloadOptimizer, HostMemoryPerNodeLimitsWhatFits) {
+  // 8 ranks each hold 14 n / 8 bytes of host state (13.09 GiB; the Note's figure): 104.7 GiB for
+  // the node. A node with 64 GiB of host memory fits no plan; DGX-H100's 2 TiB does.
+  const ModelSpec m = *resolve_model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  const TrainingSetup s = offloaded(8, ZeroStage::parameters);
+  Evaluator roomy(m, gpu, s, options);
+  const Evaluation fits = roomy.evaluate(Plan::mst_reference(m), 8192);
+  EXPECT_TRUE(fits.fits);
+  EXPECT_EQ(fits.host_node_bytes, fits.analysis.host_peak_bytes * 8);
+  EXPECT_GE(fits.analysis.host_peak_bytes, 14 * 8'030'261'248 / 8);
+  options.cluster->host_memory_bytes = std::int64_t{64} << 30;
+  Evaluator tight(m, gpu, s, options);
+  EXPECT_FALSE(tight.evaluate(Plan::mst_reference(m), 8192).fits);
+  EXPECT_FALSE(tight.longest(Plan::mst_reference(m)).has_value());
+}
+
+TEST(OffloadOptimizerCli, PrintsTheHostRowAndRefusesWhatDeepSpeedCannotRun) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "8", "--zero", "3",
+                            "--offload-optimizer", "--method", "mst", "--seq", "64K"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("optimizer after backward, optimizer offloaded to the host"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("host \\(offloaded\\) +13.09 GiB"));
+  EXPECT_THAT(r.out, HasSubstr("host memory: "));
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{"--optimizer", "sgd"}, "field 'offload_optimizer': DeepSpeed's CPU Adam steps AdamW; the optimizer is sgd"},
+      {{"--optimizer-in-backward"}, "field 'offload_optimizer': the host steps the optimizer after backward"},
+      {{"--gpus", "8", "--zero", "1"}, "field 'offload_optimizer': ZeRO-Offload copies each rank's reduced gradient "
+                                       "shard to the host (ZeRO-2 and 3); zero is 1, give 2 or 3"},
+      {{"--precision", "fp32"}, "field 'offload_optimizer': precision fp32"},
+      {{"--profile", "pytorch", "--precision", "mixed"}, "not torch.autocast's fp32 parameters; give precision bf16"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"--model", "llama3-8b", "--gpu", "H100-80G", "--offload-optimizer"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    const auto bad = test::run(args);
+    EXPECT_EQ(bad.code, 3) << c.message;
+    EXPECT_THAT(bad.err, HasSubstr(c.message));
+    EXPECT_TRUE(bad.out.empty());
+  }
+}
+
+TEST(OffloadOptimizerCli, PlanFilesCarryItAndTheRuntimeRefusesThem) {
+  test::ScratchDir dir;
+  const std::string plan = (dir.path() / "p.yaml").string();
+  const auto w = test::run({"--model", "tiny-llama", "--gpu", "A100-80G", "--offload-optimizer", "--seq", "128", "--out",
+                            plan});
+  ASSERT_EQ(w.code, 0) << w.err;
+  EXPECT_THAT(test::source_file_at(plan), HasSubstr("offload_optimizer: true\n"));
+  const auto verify = test::run({"verify", plan});
+  EXPECT_EQ(verify.code, 4);
+  EXPECT_THAT(verify.err, HasSubstr("field 'offload_optimizer': the runtime steps the optimizer on the device"));
+}
+
+}  // namespace
+}  // namespace mstplan
