@@ -102,7 +102,8 @@ double op_seconds(const Program& p, OpId id, const GpuSpec& gpu, const CostOptio
     const double efficiency = o.gemm_efficiency * smallest / (smallest + o.gemm_half_dim);
     compute = op_flops(p, id) / (peak * efficiency);
   } else if (op.kind == OpKind::attention || op.kind == OpKind::attention_grad) {
-    compute = op_flops(p, id) / (peak * o.attention_efficiency);
+    const double efficiency = gpu.attention_efficiency > 0 ? gpu.attention_efficiency : o.attention_efficiency;
+    compute = op_flops(p, id) / (peak * efficiency);
   }
   return std::max(compute, bytes / bandwidth) + o.launch_seconds;
 }

@@ -34,8 +34,8 @@ struct CostOptions {
   /// Fraction of the dense bf16 peak the flash-attention kernels reach, forward and backward. 0.50,
   /// an assumption between published figures: FlashAttention-2 trains GPT models at up to 72% of the
   /// A100's peak end to end (Dao 2023, arXiv 2307.08691, Table 1, 225 TFLOP/s), and reaches only 35%
-  /// of an H100's (Shah et al. 2024, FlashAttention-3, arXiv 2407.08608, abstract), so attention-bound
-  /// steps on Hopper are estimated up to 1.4x too fast.
+  /// of an H100's (Shah et al. 2024, FlashAttention-3, arXiv 2407.08608, abstract). Hopper GPU specs
+  /// carry that 0.35 (GpuSpec::attention_efficiency), which replaces this default for them.
   double attention_efficiency = 0.50;
   /// Fraction of the memory bandwidth that memory-bound kernels reach. 0.80: an assumption.
   double memory_efficiency = 0.80;

@@ -17,6 +17,10 @@ void read_gpu_fields(FieldReader& r, GpuSpec& g) {
   g.fp32_tflops = r.required_number("fp32_tflops");
   g.memory_bandwidth_gb_per_s = r.required_number("memory_bandwidth_gb_per_s");
   g.host_link_gb_per_s = r.required_number("host_link_gb_per_s");
+  g.attention_efficiency = r.optional_number("attention_efficiency").value_or(0.0);
+  if (r.ok() && (g.attention_efficiency < 0 || g.attention_efficiency > 1)) {
+    r.fail("attention_efficiency", fmt::format("a fraction of the bf16 peak in (0, 1], got {}", g.attention_efficiency));
+  }
   if (r.ok() && g.reserve_bytes >= g.capacity_bytes) {
     r.fail("reserve_bytes", fmt::format("reserve {} ({}) leaves nothing of capacity_bytes {} ({})", g.reserve_bytes,
                                         format_bytes(g.reserve_bytes), g.capacity_bytes, format_bytes(g.capacity_bytes)));
@@ -56,6 +60,7 @@ std::string gpu_to_yaml(const GpuSpec& g) {
   out += fmt::format("fp32_tflops: {}\n", g.fp32_tflops);
   out += fmt::format("memory_bandwidth_gb_per_s: {}\n", g.memory_bandwidth_gb_per_s);
   out += fmt::format("host_link_gb_per_s: {}\n", g.host_link_gb_per_s);
+  if (g.attention_efficiency > 0) out += fmt::format("attention_efficiency: {}\n", g.attention_efficiency);
   return out;
 }
 

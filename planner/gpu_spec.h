@@ -25,6 +25,9 @@ struct GpuSpec {
   double fp32_tflops = 0;                 ///< dense fp32 without tensor cores, 1e12 FLOP/s
   double memory_bandwidth_gb_per_s = 0;   ///< device memory, 1e9 bytes/s
   double host_link_gb_per_s = 0;          ///< one direction (device to host), for offload, 1e9 bytes/s
+  /// Fraction of the bf16 peak FlashAttention-2-style kernels reach on this GPU, where it differs
+  /// from the cost model's default (CostOptions::attention_efficiency); 0: the default.
+  double attention_efficiency = 0;
 
   std::string source;  ///< where it was read from, for messages; not part of the GPU
 
