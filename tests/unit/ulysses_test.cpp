@@ -9,6 +9,7 @@
 #include "planner/catalog.h"
 #include "planner/collectives.h"
 #include "planner/cost_model.h"
+#include "planner/gpu_spec.h"
 #include "planner/schedule_check.h"
 #include "planner/search.h"
 #include "test_util.h"
@@ -149,6 +150,29 @@ TEST(Ulysses, SplittingTheSequenceReachesFurtherThanDataParallelism) {
   const std::int64_t longest = sp.methods.front().at_max->seq_len;
   EXPECT_EQ(longest % 8, 0);
   EXPECT_GT(longest, 7 * dp.methods.front().at_max->seq_len);
+}
+
+TEST(Ulysses, HopperAttentionRunsAtItsOwnEfficiency) {
+  // The H100 spec says FlashAttention-2 reaches 35% of its bf16 peak; an A100's attention uses the
+  // cost model's 50%. The same attention op costs 0.50 / 0.35 times the time at the H100's rate.
+  const GpuSpec h100 = *resolve_gpu("H100-80G");
+  EXPECT_DOUBLE_EQ(h100.attention_efficiency, 0.35);
+  EXPECT_DOUBLE_EQ(resolve_gpu("A100-80G")->attention_efficiency, 0.0);
+  const Program p = build_program(*resolve_model("llama3-8b"), TrainingSetup{}, Plan::vanilla(), 65536);
+  OpId attention = 0;
+  while (p.ops[attention].code != OpCode::attention) ++attention;
+  GpuSpec default_rate = h100;
+  default_rate.attention_efficiency = 0;
+  const double at_default = op_seconds(p, attention, default_rate) - 5e-6;
+  EXPECT_NEAR(op_seconds(p, attention, h100) - 5e-6, at_default * 0.50 / 0.35, 1e-9 * at_default);
+  // A spec's value is a fraction of the peak.
+  std::string text = gpu_to_yaml(h100);
+  EXPECT_THAT(text, HasSubstr("attention_efficiency: 0.35\n"));
+  text.replace(text.find("attention_efficiency: 0.35"), 26, "attention_efficiency: 1.5");
+  const auto bad = parse_gpu_yaml(text, "g.yaml");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_THAT(bad.error().message, HasSubstr("g.yaml"));
+  EXPECT_THAT(bad.error().message, HasSubstr("attention_efficiency"));
 }
 
 TEST(UlyssesCli, PlansAndRefusesWithTheFieldAndValue) {
