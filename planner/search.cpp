@@ -198,7 +198,7 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
 
 std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes) {
   const std::int64_t g = granularity_;
-  const std::int64_t ceiling = std::max(round_down(options_.max_seq_len, g), g);
+  const std::int64_t ceiling = std::max(round_down(options_.max_seq_len * setup_.parallel.sp, g), g);
   // How far a length is from the capacity less the headroom: bytes over it (positive: does not fit).
   // The host's limit counts in the device's bytes: its excess scaled by the ratio of the capacities.
   auto excess = [&](const Evaluation& e) {

@@ -49,7 +49,8 @@ struct EnumNames<Method> {
 
 struct SearchOptions {
   std::int64_t granularity = 64;           ///< maximum lengths are multiples of this many tokens
-  std::int64_t max_seq_len = 1 << 27;      ///< the search stops at 128M tokens (Ulysses over many GPUs passes 16M)
+  /// The search stops at 16M tokens per rank-share of a sequence: this times the Ulysses degree.
+  std::int64_t max_seq_len = 1 << 24;
   /// Threads the longest lengths of the plans are searched on (0: one per hardware thread); the
   /// answer does not depend on it.
   std::int32_t threads = 0;
