@@ -50,7 +50,7 @@
 // projections, the MLP (and its mini-sequences), the LM head and the loss run on T_ = B x S / P
 // tokens. Attention needs every position: around it, one all-to-all turns q, k and v (after
 // RoPE, which each rank applies at its own positions) from S / P positions of every head into
-// all S positions of H / P query heads and KV / P key/value heads (heads_), and one turns the
+// all S positions of H / P query heads (heads_) and KV / P key/value heads, and one turns the
 // output back; backward mirrors them (the output's gradient in, dq, dk, dv out). Each side has
 // the same elements, B x S x heads x head_dim / P. What attention saves is the head-split copy
 // (the sequence-split q, k, v die after the all-to-all; the all-to-all's autograd Function saves
@@ -58,9 +58,10 @@
 // costs B x H / P heads over S queries and keys. The labels are shifted before the sequence is
 // split, so each rank's S / P positions all have one. P must divide the query heads; with fewer
 // key/value heads than P (P a multiple of them), each rank gets one, k and v repeated to P heads
-// before the all-to-all (a transient copy each; ALST section 3.2.1), their gradients summed after. ZeRO shards over all the ranks (DeepSpeed's data-parallel group for
-// ZeRO spans the sequence-parallel ranks), and gradients are reduced over all of them; tokens/s
-// counts gpus / P sequences per step. The loss's all-reduce over the group (a scalar) is not
+// before the all-to-all (a transient copy each; ALST section 3.2.1), their gradients summed
+// after. ZeRO shards over all the ranks (DeepSpeed's data-parallel group for ZeRO spans the
+// sequence-parallel ranks), and gradients are reduced over all of them; tokens/s counts gpus / P
+// sequences per step. The loss's all-reduce over the group (a scalar) is not
 // modelled. The all-to-alls sit on the critical path: compute waits for each (the cost model's
 // rule that a compute op reading a collective's output waits for it).
 //

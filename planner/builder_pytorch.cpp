@@ -645,11 +645,11 @@ void PytorchStep::layer_backward(std::int32_t l) {
   const TensorId dv_s = tensor("attn.dv", TensorKind::transient, DType::bf16, T_ * kvd_, l, Pass::backward);
   // Ulysses: attention's backward runs split by heads, between two all-to-alls.
   TensorId dq = dq_s, dk = dk_s, dv = dv_s;
-  TensorId doc_s = doc;
+  TensorId doc_a = doc;
   if (ulysses()) {
     const TensorId doh = tensor("attn.dout.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
     all_to_all("attn.dout.all_to_all", Phase::backward, Pass::backward, l, {doc}, {doh});
-    doc_s = doh;
+    doc_a = doh;
     dq = tensor("attn.dq.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
     dk = tensor("attn.dk.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
     dv = tensor("attn.dv.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
@@ -668,7 +668,7 @@ void PytorchStep::layer_backward(std::int32_t l) {
       dk_x = tensor("attn.dk_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
       dv_x = tensor("attn.dv_expanded", TensorKind::workspace, DType::bf16, T_ * qd_, l, Pass::backward);
     }
-    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, key, value, st.o, st.lse, doc_s},
+    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, key, value, st.o, st.lse, doc_a},
                  {dq, dkey, dvalue, acc, delta, dk_x, dv_x});
     if (st.k_rep != kNoTensor) {
       autograd_op("attn.repeat_kv.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dkey, dvalue},
@@ -677,9 +677,9 @@ void PytorchStep::layer_backward(std::int32_t l) {
   } else {
     const std::int64_t scores = B_ * heads_ * A_ * A_;
     const TensorId dv_rep = tensor("attn.dv.repeated", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-    eager_matmul("attn.pv.dv", OpCode::eager_dv, Phase::backward, Pass::backward, l, {st.probs, doc_s}, {dv_rep}, A_, m_.head_dim, A_);
+    eager_matmul("attn.pv.dv", OpCode::eager_dv, Phase::backward, Pass::backward, l, {st.probs, doc_a}, {dv_rep}, A_, m_.head_dim, A_);
     const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::bf16, scores, l, Pass::backward);
-    eager_matmul("attn.pv.dprobs", OpCode::eager_dprobs, Phase::backward, Pass::backward, l, {doc_s, st.v_rep}, {dprobs}, A_, A_, m_.head_dim);
+    eager_matmul("attn.pv.dprobs", OpCode::eager_dprobs, Phase::backward, Pass::backward, l, {doc_a, st.v_rep}, {dprobs}, A_, A_, m_.head_dim);
     const TensorId d32 = tensor("attn.dprobs32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
     autograd_op("attn.probs.cast.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dprobs}, {d32});
     const TensorId dscores32 = tensor("attn.dscores32", TensorKind::transient, DType::fp32, scores, l, Pass::backward);
