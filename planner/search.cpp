@@ -65,6 +65,17 @@ std::vector<Plan> auto_candidates(const ModelSpec& m, const PlanKnobs& knobs) {
   return unique;
 }
 
+// Runs `work` (which takes its tasks from a shared counter until none are left) on this thread and
+// up to `threads` - 1 more (0: every hardware thread), never more than `tasks` in all.
+template <class Work>
+void run_on_threads(std::size_t tasks, int threads, Work& work) {
+  const std::size_t n = std::min<std::size_t>(
+      tasks, threads > 0 ? static_cast<std::size_t>(threads) : std::max(1U, std::thread::hardware_concurrency()));
+  std::vector<std::jthread> pool;
+  for (std::size_t t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
+}
+
 // Keeps the points no other point beats on both length and speed; longest first.
 std::vector<Evaluation> pareto_front(std::vector<Evaluation> points) {
   std::sort(points.begin(), points.end(), [](const Evaluation& a, const Evaluation& b) {
@@ -330,14 +341,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
     }
     evaluations += own.evaluations();
   };
-  const std::size_t threads =
-      std::min<std::size_t>(plans.size(), options.threads > 0 ? static_cast<std::size_t>(options.threads)
-                                                              : std::max(1U, std::thread::hardware_concurrency()));
-  {
-    std::vector<std::jthread> pool;
-    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-  }
+  run_on_threads(plans.size(), options.threads, work);
   auto longest = [&](const Plan& plan) -> const std::optional<Evaluation>& {
     return longest_of[static_cast<std::size_t>(std::find(plans.begin(), plans.end(), plan) - plans.begin())];
   };
@@ -466,14 +470,7 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
       if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
     }
   };
-  const std::size_t threads =
-      std::min<std::size_t>(out.size(), options.threads > 0 ? static_cast<std::size_t>(options.threads)
-                                                            : std::max(1U, std::thread::hardware_concurrency()));
-  {
-    std::vector<std::jthread> pool;
-    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-  }
+  run_on_threads(out.size(), options.threads, work);
   return out;
 }
 
