@@ -144,6 +144,11 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
          "Only this method: vanilla, recompute, mst, mst-offload or auto (default: all, choosing auto's plan), or "
          "mst-reference (pytorch profile: the MST authors' code); e.g. --method mst");
   option(f.out, "--out,-o", "FILE", "Write the chosen plan as a plan file (read by `mst-plan show`); e.g. --out plan.yaml");
+  option(f.export_engine, "--export", "ENGINE",
+         "With --out: also write the plan as the config of a training engine, beside the plan file: deepspeed (an "
+         "ArcticTraining recipe: ZeRO-3, Ulysses, TiledMLP, Liger), accelerate (FSDP2 or DDP, with the Trainer's "
+         "arguments); needs --profile pytorch, implies --no-optimizer-in-backward, and keeps auto to plans the engine "
+         "can run; e.g. --export deepspeed");
   app.add_flag("--json", f.json, "Print JSON instead of tables (also for the subcommands); e.g. --json | jq .model.parameters");
 
   std::string models_which;

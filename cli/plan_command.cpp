@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 #include "cli/plan_output.h"
 #include "planner/catalog.h"
+#include "planner/engine_export.h"
 #include "planner/json_output.h"
 #include "planner/plan_io.h"
 #include "planner/search.h"
@@ -73,6 +74,8 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
     if (!f.in_backward.given()) s.optimizer_in_backward = false;  // the host steps it after backward
   }
   if (f.expandable_segments.given()) s.expandable_segments = true;
+  // The engines step the optimizer after backward.
+  if (f.export_engine.given() && !f.in_backward.given()) s.optimizer_in_backward = false;
   return failure;
 }
 
@@ -161,11 +164,33 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     methods = {chosen_method};
   }
   if (f.out.given() && f.out.value.empty()) return usage("--out: expected a file name, got ''");
+  std::optional<Engine> engine;
+  if (f.export_engine.given()) {
+    Engine e{};
+    if (auto failure = parse_choice("--export", f.export_engine.value, e)) return failure;
+    if (auto why = export_setup_problem(e, *model, setup)) return usage(fmt::format("--export {}: {}", f.export_engine.value, *why));
+    if (inputs.fewest_gpus) {
+      return usage(fmt::format("--export {}: give --gpus N (the layouts table of each count shows what fits); "
+                               "--gpus auto compares layouts the engine may not run", f.export_engine.value));
+    }
+    if (!f.out.given()) return usage(fmt::format("--export {}: writes beside the plan file; give --out plan.yaml", f.export_engine.value));
+    if (chosen_method != Method::automatic) {
+      if (auto why = export_plan_problem(e, *model, setup, method_plan(chosen_method, *model))) {
+        return usage(fmt::format("--export {}: method {}: {}; leave --method out and auto keeps to the plans it can run",
+                                 f.export_engine.value, to_string(chosen_method), *why));
+      }
+    }
+    engine = e;
+  }
+  std::function<std::optional<Plan>(const Plan&)> express;
+  if (engine) {
+    express = [engine, model, setup](const Plan& p) { return express_plan(*engine, *model, setup, p); };
+  }
 
   if (inputs.fewest_gpus) {
     auto found = fewest_gpus(*model, *gpu, setup, kMaxGpus, [&](std::int64_t gpus) {
       return cluster_for_ranks(inputs.cluster_argument, *gpu, gpus);
-    });
+    }, express);
     if (!found) return Failure{exit_code_of(found.error()), found.error().message};
     if (!*found) {
       return Failure{ExitCode::no_fit,
@@ -193,6 +218,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
   SearchResult result;
   SearchOptions options;
   options.cluster = inputs.cluster;
+  options.express = express;
   if (static_fits) result = search(*model, *gpu, setup, methods, options);
   const std::vector<LayoutResult> layouts = search_layouts(*model, *gpu, setup, options);
   const Evaluation* chosen = nullptr;
@@ -203,6 +229,17 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     } else if (m.at_max) {
       chosen = &*m.at_max;
     }
+  }
+
+  std::optional<PlanFile> file;
+  std::vector<ExportFile> exports;
+  if (f.out.given() && chosen) {
+    file = PlanFile{*model, *gpu, setup, chosen->plan, chosen->seq_len,
+                    Prediction{std::string(to_string(chosen_method)), chosen->analysis.peak.allocated_bytes,
+                               chosen->analysis.peak_live_bytes, chosen->required_bytes, chosen->peak_at,
+                               chosen->time.tokens_per_s},
+                    inputs.cluster};
+    if (engine) exports = export_files(*engine, *file, f.out.value, version_string());
   }
 
   if (f.json) {
@@ -220,6 +257,10 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     j["static"] = static_memory_json(*model, *gpu, setup);
     add_search_json(j, *model, setup, result, chosen_method, chosen);
     if (!layouts.empty()) j["layouts"] = layouts_json(layouts, *model);
+    if (!exports.empty()) {
+      j["export"]["engine"] = to_string(*engine);
+      for (const ExportFile& e : exports) j["export"]["files"].push_back(e.path);
+    }
     out << json_text(j) << '\n';
   } else {
     if (print_static(out, *model, *gpu, setup)) {
@@ -233,12 +274,15 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
                                                    to_string(chosen_method),
                                                    setup.seq_len ? fmt::format(" {} tokens", *setup.seq_len) : "")};
     }
-    PlanFile file{*model, *gpu, setup, chosen->plan, chosen->seq_len,
-                  Prediction{std::string(to_string(chosen_method)), chosen->analysis.peak.allocated_bytes,
-                             chosen->analysis.peak_live_bytes, chosen->required_bytes, chosen->peak_at,
-                             chosen->time.tokens_per_s},
-                  inputs.cluster};
-    if (auto error = write_text_file(f.out.value, plan_to_yaml(file))) return Failure{ExitCode::internal, error->message};
+    if (auto error = write_text_file(f.out.value, plan_to_yaml(*file))) return Failure{ExitCode::internal, error->message};
+    for (const ExportFile& e : exports) {
+      if (auto error = write_text_file(e.path, e.text)) return Failure{ExitCode::internal, error->message};
+    }
+    if (!f.json && !exports.empty()) {
+      std::vector<std::string> paths;
+      for (const ExportFile& e : exports) paths.push_back(e.path);
+      fmt::print(out, "\n{} export: {} (how to run it: the comments at its top)\n", to_string(*engine), fmt::join(paths, ", "));
+    }
   }
   return std::nullopt;
 }

@@ -330,7 +330,10 @@ Expected<ModelSpec> load_hf_config(const std::string& path) {
   std::string name = file.stem().string();
   const auto folder = std::filesystem::absolute(file, ec).parent_path().filename().string();
   if (file.filename() == "config.json" && !folder.empty()) name = folder;
-  return parse_hf_config(*text, file.string(), name);
+  auto spec = parse_hf_config(*text, file.string(), name);
+  // A folder holding config.json is what from_pretrained loads (a snapshot with its weights).
+  if (spec && file.filename() == "config.json") spec->name_or_path = std::filesystem::absolute(file, ec).parent_path().string();
+  return spec;
 }
 
 }  // namespace mstplan

@@ -35,6 +35,7 @@ nlohmann::json model_json(const ModelSpec& m) {
       {"mlp_activation", to_string(m.mlp_activation)},
       {"dtype", to_string(m.dtype)},
   };
+  if (!m.name_or_path.empty()) j["name_or_path"] = m.name_or_path;
   j["sliding_window"] = m.sliding_window ? nlohmann::json{{"size", m.sliding_window->size},
                                                           {"layers", to_string(m.sliding_window->layers)}}
                                          : nlohmann::json(nullptr);

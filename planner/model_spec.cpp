@@ -199,6 +199,7 @@ void read_model_fields(FieldReader& r, ModelSpec& s) {
     (void)scaling->finish();
   }
   s.dtype = r.required_enum<DType>("dtype");
+  s.name_or_path = r.optional_string("name_or_path").value_or("");
   if (r.ok() && !head_dim && s.hidden_size % s.num_heads != 0) {
     r.fail("num_attention_heads", fmt::format("{} heads do not divide hidden_size {} (give head_dim explicitly "
                                               "when the head width is not hidden_size / heads)",
@@ -265,6 +266,7 @@ std::string model_to_yaml(const ModelSpec& s) {
       break;
   }
   line("dtype", std::string(to_string(s.dtype)));
+  if (!s.name_or_path.empty()) line("name_or_path", yaml_scalar(s.name_or_path));
   return out;
 }
 

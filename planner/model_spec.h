@@ -104,6 +104,9 @@ struct ModelSpec {
   std::optional<double> query_pre_attn_scalar;  ///< scores scaled by 1/sqrt(this) instead of 1/sqrt(head_dim)
   RopeSpec rope;
   DType dtype = DType::bf16;           ///< the checkpoint's dtype
+  /// What transformers' from_pretrained takes for this model, a Hub id ("meta-llama/Llama-3.1-8B")
+  /// or a local folder: engine exports (--export) name it; empty when unknown.
+  std::string name_or_path;
 
   std::string source;  ///< where it was read from, for messages; not part of the model
 

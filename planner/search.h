@@ -58,6 +58,10 @@ struct SearchOptions {
   /// The cluster the ranks' collectives run on: required when setup.parallel.gpus > 1 (an
   /// invariant), at least that many GPUs.
   std::optional<ClusterSpec> cluster;
+  /// When set, auto's candidates (and its partial recompute) are mapped through this, and those
+  /// it maps to nullopt dropped: an engine export (--export) keeps auto to the plans the engine
+  /// runs (express_plan). The fixed methods' plans are searched regardless.
+  std::function<std::optional<Plan>(const Plan&)> express;
 };
 
 /// One plan at one length: memory, time, whether it fits.
@@ -112,6 +116,7 @@ class Evaluator {
   /// the length, such as the optimizer step's), a bisection on the simulation, to 1/128 of the length.
   [[nodiscard]] std::optional<Evaluation> longest(const Plan& plan);
   [[nodiscard]] std::int64_t evaluations() const { return evaluations_; }
+  [[nodiscard]] const SearchOptions& options() const { return options_; }
 
  private:
   enum class Pool { skip, decide, overcommit };  // whether and how the caching allocator is simulated
@@ -172,8 +177,10 @@ struct FewestGpus {
   std::vector<std::int64_t> tried;     ///< the counts searched, in order
 };
 /// Nullopt when no count up to `max_gpus` fits; an error when `cluster_for` refuses a count.
+/// `express` as SearchOptions::express.
 [[nodiscard]] Expected<std::optional<FewestGpus>> fewest_gpus(
     const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, std::int64_t max_gpus,
-    const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for);
+    const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for,
+    const std::function<std::optional<Plan>(const Plan&)>& express = {});
 
 }  // namespace mstplan
