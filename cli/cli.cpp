@@ -134,6 +134,11 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       "ZeRO-Offload: fp32 master weights, AdamW state and the gradient shards in host memory, DeepSpeed's CPU Adam "
       "stepping them after backward (implies --no-optimizer-in-backward); one GPU, or --zero 2 or 3; "
       "e.g. --offload-optimizer");
+  bool offload_param = false;
+  f.offload_param.option = app.add_flag(
+      "--offload-param", offload_param,
+      "ZeRO-Infinity's parameter offload: the weights (the rank's shard) in host memory too, each layer's uploaded "
+      "before use (implies --offload-optimizer); one GPU, or --zero 3; e.g. --offload-param");
   option(f.cluster, "--cluster", "NAME|PATH",
          "With --gpus: the nodes and links (mst-plan clusters; default: the catalog node of the GPU); "
          "e.g. --cluster DGX-H100");

@@ -75,6 +75,7 @@ std::optional<Failure> run_published(const FidelityFlags& f, std::ostream& out) 
                       {"worst_abs_longest_error", summary.worst_abs_longest_error},
                       {"worst_abs_multi_gpu_longest_error", summary.worst_abs_multi_gpu_longest_error},
                       {"median_abs_tokens_per_s_error", summary.median_abs_tokens_per_s_error},
+                      {"known_gaps", summary.known_gaps},
                       {"violations", problems}})
         << '\n';
   } else {
@@ -83,6 +84,13 @@ std::optional<Failure> run_published(const FidelityFlags& f, std::ostream& out) 
     for (const report::PublishedRow& r : rows) {
       fmt::print(out, "| {} | {} | {} | {} | {:+.2f}% | {} |\n", r.c.id, report::describe_measurement(*r.c.setup),
                  printed(r.c), figure(r.c.quantity, r.predicted), 100 * r.error, r.c.note);
+    }
+    bool gaps = false;
+    for (const report::PublishedRow& r : rows) {
+      if (r.c.known_gap.empty()) continue;
+      if (!gaps) fmt::print(out, "\nknown gaps (held out of the bounds until closed):\n");
+      gaps = true;
+      fmt::print(out, "  {}: {:+.2f}%: {}\n", r.c.id, 100 * r.error, r.c.known_gap);
     }
     if (!missing.empty()) {
       fmt::print(out, "\nnot expressible yet:\n");
@@ -93,12 +101,13 @@ std::optional<Failure> run_published(const FidelityFlags& f, std::ostream& out) 
     fmt::print(out,
                "\n{} peak-memory cases: median |error| {:.1f}% (bound {:.0f}%), worst {:.1f}% (bound {:.0f}%); {} longest "
                "lengths on one GPU: worst {:.1f}% (bound {:.0f}%); {} on several: worst {:.1f}% (bound {:.0f}%); {} "
-               "throughput cases: median |error| {:.1f}% (bound {:.0f}%); {} not expressible yet\n",
+               "throughput cases: median |error| {:.1f}% (bound {:.0f}%); {} known gaps; {} not expressible yet\n",
                summary.peaks, 100 * summary.median_abs_peak_error, 100 * bounds.median_peak_error,
                100 * summary.worst_abs_peak_error, 100 * bounds.worst_peak_error, summary.longest,
                100 * summary.worst_abs_longest_error, 100 * bounds.longest_error, summary.multi_gpu_longest,
                100 * summary.worst_abs_multi_gpu_longest_error, 100 * bounds.multi_gpu_longest_error, summary.throughput,
-               100 * summary.median_abs_tokens_per_s_error, 100 * bounds.median_tokens_per_s_error, summary.missing);
+               100 * summary.median_abs_tokens_per_s_error, 100 * bounds.median_tokens_per_s_error, summary.known_gaps,
+               summary.missing);
   }
   if (!problems.empty()) return Failure{ExitCode::mismatch, fmt::format("{}", fmt::join(problems, "; "))};
   return std::nullopt;

@@ -69,7 +69,8 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.gpus.given() && f.gpus.value != "auto") run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
   if (f.zero.given()) run(parse_choice("--zero", f.zero.value, s.parallel.zero));
   if (f.sp.given()) run(parse_positive("--sp", f.sp.value, s.parallel.sp));
-  if (f.offload_optimizer.given()) {
+  if (f.offload_param.given()) s.offload_param = true;
+  if (f.offload_optimizer.given() || f.offload_param.given()) {
     s.offload_optimizer = true;
     if (!f.in_backward.given()) s.optimizer_in_backward = false;  // the host steps it after backward
   }

@@ -60,11 +60,14 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   row("weights", m.weights_bytes,
       (storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights))) +
           sharded(par.shards_weights()) +
-          (par.shards_weights() ? "; each layer's are all-gathered before use" : ""));
+          (storage.host_weights ? "; in host memory, each layer's uploaded before use"
+           : par.shards_weights() ? "; each layer's are all-gathered before use"
+                                  : ""));
   if (storage.host_optimizer) {
     row("host (offloaded)", m.host_bytes,
-        fmt::format("fp32 master weights, AdamW m and v in fp32 and a {} copy of the gradients{}, in host memory "
+        fmt::format("fp32 master weights, AdamW m and v in fp32{} and a {} copy of the gradients{}, in host memory "
                     "(DeepSpeed's CPU Adam; not in the device total)",
+                    storage.host_weights ? fmt::format(", the {} weights", to_string(storage.weights)) : std::string(),
                     to_string(*storage.gradients), sharded(par.shards_optimizer())));
   } else if (storage.master) {
     row("master weights", m.master_weights_bytes, std::string(to_string(*storage.master)) + sharded(par.shards_optimizer()));

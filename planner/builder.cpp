@@ -81,6 +81,14 @@
 //     a host staging buffer, copied to the rank's weight shard (ZeRO-2: then all-gathered).
 // Not modelled: DeepSpeed's pinned bounce buffers and the fp32 upcast of the gradient on the host
 // (the host copy keeps the gradients' dtype), and overlapping CPU Adam with the next step.
+// setup.offload_param adds ZeRO-Infinity's parameter offload ("offload_param": {"device": "cpu"},
+// stage 3; arXiv 2104.07857): the rank's bf16 weight shard is static host memory too, and where
+// ZeRO-3 gathers a block's weights (one block ahead, gather()), its host shards are first copied
+// to the device (OpKind::copy_to_device on the copy stream, at the host link's rate): on one GPU
+// straight into the weights the kernels read, with several ranks into device shards that the
+// all-gather reads and that die with it. CPU Adam then writes the host weights in place (no
+// upload after the step). DeepSpeed's parameter persistence threshold (small parameters kept on
+// the device) and its prefetch bucket are not modelled.
 
 namespace mstplan::detail {
 
@@ -407,6 +415,14 @@ void StepBuilder::host_optimizer_op(std::int32_t param) {
   const std::int32_t layer = p_.params[i].layer >= 0 ? static_cast<std::int32_t>(p_.params[i].layer) : kNone;
   const TensorId mv = states_[2 * i], master = states_[2 * i + 1];
   const std::int64_t updated = par_.shards_optimizer() ? par_.shard_numel(p_.params[i].numel()) : p_.params[i].numel();
+  if (storage_.host_weights) {
+    // offload_param: the weights are host memory, and CPU Adam writes them in place.
+    const OpId id = op("adamw.host", OpCode::adamw, Phase::optimizer, Pass::optimizer, layer,
+                       {host_grads_[i], master, mv}, {master, mv, weights_[i]});
+    p_.ops[id].param = param;
+    p_.ops[id].m = updated;
+    return;
+  }
   // CPU Adam writes the new weights in the device's dtype too, staged in host memory, then copied.
   const TensorId staged = tensor("weight.host", TensorKind::transient, storage_.weights, updated, layer, Pass::optimizer,
                                  false, Device::host);
@@ -443,7 +459,8 @@ void StepBuilder::gather_updated(std::int32_t param, Phase phase) {
 }
 
 void StepBuilder::gather(const std::vector<std::int32_t>& params, Pass pass, std::int32_t layer) {
-  if (!par_.shards_weights() || params.empty()) return;
+  if (!gathers_weights() || params.empty()) return;
+  const Phase phase = pass == Pass::forward ? Phase::forward : Phase::backward;
   std::vector<TensorId> shards, full;
   std::int64_t bytes = 0;
   for (std::int32_t param : params) {
@@ -456,15 +473,32 @@ void StepBuilder::gather(const std::vector<std::int32_t>& params, Pass pass, std
     bytes += p_.tensors[gathered_[i]].bytes;
   }
   if (full.empty()) return;
-  const OpId id = open_op("weights.all_gather", OpCode::all_gather, OpKind::collective,
-                          pass == Pass::forward ? Phase::forward : Phase::backward, pass, layer);
+  if (storage_.host_weights) {
+    // offload_param: the host shards are copied to the device first (on one GPU straight into
+    // the weights the kernels read; with ZeRO-3 into device shards the all-gather then reads).
+    std::vector<TensorId> device_shards = full;
+    if (par_.shards_weights()) {
+      for (std::size_t k = 0; k < shards.size(); ++k) {
+        device_shards[k] = tensor("shard.device", TensorKind::transient, storage_.weights,
+                                  p_.tensors[shards[k]].elements, layer, pass);
+      }
+    }
+    for (std::size_t k = 0; k < shards.size(); ++k) {  // one copy per parameter
+      const OpId up = open_op("weights.upload", OpCode::prefetch, OpKind::copy_to_device, phase, pass, layer);
+      push_operands(up, std::span(&shards[k], 1), std::span(&device_shards[k], 1));
+      p_.ops[up].param = p_.tensors[full[k]].param;
+    }
+    if (!par_.shards_weights()) return;
+    shards = std::move(device_shards);
+  }
+  const OpId id = open_op("weights.all_gather", OpCode::all_gather, OpKind::collective, phase, pass, layer);
   push_operands(id, shards, full);
   p_.ops[id].m = par_.gpus;
   p_.ops[id].n = bytes;
 }
 
 void StepBuilder::release(const std::vector<std::int32_t>& params) {
-  if (!par_.shards_weights()) return;
+  if (!gathers_weights()) return;
   for (std::int32_t param : params) gathered_[static_cast<std::size_t>(param)] = kNoTensor;
 }
 
@@ -537,7 +571,8 @@ void StepBuilder::static_tensors() {
     const auto layer = static_cast<std::int32_t>(pt.layer);
     const auto param = static_cast<std::int32_t>(i);
     weights_[i] = tensor(par_.shards_weights() ? "shard" : "", TensorKind::weight, storage_.weights,
-                         kept(pt.numel(), par_.shards_weights()), layer, Pass::forward);
+                         kept(pt.numel(), par_.shards_weights()), layer, Pass::forward, false,
+                         storage_.host_weights ? Device::host : Device::device);
     p_.tensors[weights_[i]].param = param;
     outs.push_back(weights_[i]);
     if (adam) {

@@ -194,10 +194,12 @@ class StepBuilder {
   // (gather(); an invariant: a sharded weight is read only while gathered).
   TensorId weight(std::int32_t param) const {
     const auto i = static_cast<std::size_t>(param);
-    if (!par_.shards_weights()) return weights_[i];
+    if (!gathers_weights()) return weights_[i];
     MSTPLAN_CHECK(gathered_[i] != kNoTensor, "sharded weight {} read while not gathered", p_.params[i].name);
     return gathered_[i];
   }
+  // Whether weights are read from gathered copies: ZeRO-3's all-gather, or offload_param's upload.
+  bool gathers_weights() const { return par_.shards_weights() || storage_.host_weights; }
   TensorId weight_or_none(std::int32_t param) const { return param == kNone ? kNoTensor : weight(param); }
   TensorId grad(std::int32_t param, std::int32_t layer);  // for accumulation ops: creates on first use
   bool has_grad(std::int32_t param) const { return grad_created_[static_cast<std::size_t>(param)]; }

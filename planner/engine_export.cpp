@@ -45,7 +45,7 @@ namespace mstplan {
 //     keep bucket buffers it does not model, and stage 0 (DDP) is the accelerate export's.
 //   - offload_optimizer {device: cpu, pin_memory: true} with optimizer.type cpu_adam (DeepSpeed builds
 //     DeepSpeedCPUAdam for it, runtime/engine.py) is ZeRO-Offload; bfloat16 {enabled} keeps the fp32
-//     master and moments there. Without offload, the planner's bf16 precision (bf16 master weights,
+//     master and moments there; offload_param {device: cpu} (stage 3) is the parameter offload. Without offload, the planner's bf16 precision (bf16 master weights,
 //     gradients and AdamW state) is bfloat16 {bf16_master_weights_and_grads, bf16_optimizer_states}
 //     (DeepSpeed >= 0.18.3, PR #7700, docs/_pages/config-json.md) with optimizer.type fused_adam.
 //     ArcticTraining writes bfloat16 {enabled: true} itself unless the block is given
@@ -159,8 +159,10 @@ std::string arctic_recipe(const PlanFile& f, const std::string& plan_path, const
                         : std::string("one rank per sequence      -> sequence_parallel_size: 1"),
       s.parallel.gpus > 1 ? std::string("ZeRO-3                     -> deepspeed.zero_optimization.stage: 3")
                           : std::string("one GPU                    -> stage 3 over one rank, as ALST's one-GPU recipe"),
-      s.offload_optimizer ? "optimizer offload          -> offload_optimizer {device: cpu}, optimizer.type cpu_adam"
-                          : "bf16 weights and AdamW     -> bfloat16 {bf16_master_weights_and_grads, bf16_optimizer_states}",
+      s.offload_param       ? std::string("optimizer, weights offload -> offload_optimizer, offload_param {device: cpu}; "
+                                          "optimizer.type cpu_adam")
+      : s.offload_optimizer ? std::string("optimizer offload          -> offload_optimizer {device: cpu}, optimizer.type cpu_adam")
+                          : std::string("bf16 weights and AdamW     -> bfloat16 {bf16_master_weights_and_grads, bf16_optimizer_states}"),
       p.recompute == RecomputeKind::none ? "no recompute               -> model.disable_activation_checkpoint: true"
                                          : "recompute every layer      -> activation checkpointing (on by default)",
       p.offload_checkpoints ? "checkpoints on the host    -> activation_checkpoint_cpu_offload: true"
@@ -184,6 +186,7 @@ std::string arctic_recipe(const PlanFile& f, const std::string& plan_path, const
   out += "deepspeed:\n  zero_optimization:\n    stage: 3\n";
   if (s.offload_optimizer) {
     out += "    offload_optimizer:\n      device: cpu\n      pin_memory: true\n";
+    if (s.offload_param) out += "    offload_param:\n      device: cpu\n      pin_memory: true\n";
     out += "  bfloat16:\n    enabled: true\n";
   } else {
     out += "  bfloat16:\n    enabled: true\n    bf16_master_weights_and_grads: true\n    bf16_optimizer_states: true\n";

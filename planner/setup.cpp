@@ -47,6 +47,7 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.parallel.zero = r.optional_enum<ZeroStage>("zero").value_or(s.parallel.zero);
   s.parallel.sp = r.optional_int("sp").value_or(s.parallel.sp);
   s.offload_optimizer = r.optional_bool("offload_optimizer").value_or(s.offload_optimizer);
+  s.offload_param = r.optional_bool("offload_param").value_or(s.offload_param);
   // The offloaded optimizer steps after backward unless the file says otherwise (then refused).
   s.optimizer_in_backward = in_backward.value_or(s.offload_optimizer ? false : s.optimizer_in_backward);
   read_knob_fields(r, s.knobs);
@@ -134,6 +135,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.parallel.zero != ZeroStage::none) out += fmt::format("zero: {}\n", to_string(s.parallel.zero));
   if (s.parallel.sp > 1) out += fmt::format("sp: {}\n", s.parallel.sp);
   if (s.offload_optimizer) out += "offload_optimizer: true\n";
+  if (s.offload_param) out += "offload_param: true\n";
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -216,6 +218,19 @@ std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const M
 }
 
 std::optional<Error> check_offload_optimizer(const TrainingSetup& setup, const std::string& origin) {
+  if (setup.offload_param) {
+    auto refuse = [&](const std::string& why) {
+      return make_error(ErrorKind::invalid, "{}: field 'offload_param': {}", origin, why);
+    };
+    if (!setup.offload_optimizer) {
+      return refuse("DeepSpeed's parameter offload is modelled with the optimizer offloaded too; give "
+                    "offload_optimizer: true (--offload-optimizer)");
+    }
+    if (setup.parallel.gpus > 1 && !setup.parallel.shards_weights()) {
+      return refuse(fmt::format("parameter offload is ZeRO-3's (offload_param); zero is {}, give 3",
+                                to_string(setup.parallel.zero)));
+    }
+  }
   if (!setup.offload_optimizer) return std::nullopt;
   auto refuse = [&](const std::string& why) {
     return make_error(ErrorKind::invalid, "{}: field 'offload_optimizer': {}", origin, why);
@@ -272,6 +287,7 @@ ParameterStorage parameter_storage(const TrainingSetup& s) {
     p.host_optimizer = true;
     p.master = DType::fp32;
     if (s.optimizer == OptimizerKind::adamw) p.adam_state = DType::fp32;
+    p.host_weights = s.offload_param;
   }
   return p;
 }
@@ -294,6 +310,7 @@ std::string describe_setup(const TrainingSetup& s) {
     out += s.optimizer_in_backward ? ", optimizer in backward" : ", optimizer after backward";
   }
   if (s.offload_optimizer) out += ", optimizer offloaded to the host (fp32 master, m, v; CPU Adam)";
+  if (s.offload_param) out += ", weights offloaded to the host (uploaded block by block)";
   if (s.grad_accum > 1) out += fmt::format(", {} micro-batches accumulated", s.grad_accum);
   if (s.parallel.gpus > 1) {
     const std::string stage = s.parallel.zero == ZeroStage::none ? std::string(" (DDP)")

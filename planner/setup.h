@@ -202,6 +202,11 @@ struct TrainingSetup {
   /// Adam steps them there after backward; the device keeps the weights (Note [Offloaded
   /// optimizer] in builder.cpp).
   bool offload_optimizer = false;
+  /// ZeRO-Infinity's parameter offload (DeepSpeed's offload_param to the CPU, with the optimizer
+  /// offloaded): the rank's bf16 weight shard lives in host memory too, and each block's weights
+  /// are uploaded (and with several ranks all-gathered) before use, as ZeRO-3 gathers them (Note
+  /// [Offloaded optimizer] in builder.cpp). One GPU, or ZeRO-3.
+  bool offload_param = false;
   Parallelism parallel;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
@@ -230,6 +235,8 @@ struct ParameterStorage {
   /// offload_optimizer: the master weights (fp32), the AdamW state (fp32) and an fp32 gradient
   /// copy are host memory.
   bool host_optimizer = false;
+  /// offload_param: the weights (the rank's shard) are host memory, uploaded block by block.
+  bool host_weights = false;
 };
 [[nodiscard]] ParameterStorage parameter_storage(const TrainingSetup& setup);
 

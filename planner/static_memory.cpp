@@ -27,7 +27,8 @@ StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
   for (const ParamTensor& p : parameters(model)) {
     const std::int64_t n = p.numel();
     const std::int64_t shard = par.shard_numel(n);
-    m.weights_bytes += (par.shards_weights() ? shard : n) * dtype_bytes(storage.weights);
+    const std::int64_t weight_bytes = (par.shards_weights() ? shard : n) * dtype_bytes(storage.weights);
+    (storage.host_weights ? m.host_bytes : m.weights_bytes) += weight_bytes;
     const std::int64_t kept = par.shards_optimizer() ? shard : n;  // of the optimizer's state
     if (storage.host_optimizer) {
       m.host_bytes += kept * (dtype_bytes(*storage.master) + dtype_bytes(*storage.gradients)) +

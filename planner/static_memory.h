@@ -38,7 +38,8 @@
 // With offload_optimizer the master weights (fp32), m and v (fp32) and a copy of the rank's
 // gradient shard are host memory (host_bytes): the device keeps the weights alone, 2 bytes per
 // parameter (with ZeRO-3, 2 / gpus), and the host 4 + 4 + 4 + 2 (bf16 gradients) per parameter
-// of the rank's shard (Note [Offloaded optimizer] in builder.cpp).
+// of the rank's shard (Note [Offloaded optimizer] in builder.cpp). With offload_param the weights
+// (2 per parameter of the rank's shard) are host memory too, and the device keeps none.
 //
 //   StaticMemory m = static_memory(llama3_8b, TrainingSetup{});
 //   m.weights_bytes == 16'060'522'496;  m.optimizer_state_bytes == 32'121'044'992;
@@ -58,8 +59,8 @@ struct StaticMemory {
   std::int64_t gradient_bytes = 0;         ///< persistent gradient buffers (0 when not persistent)
   std::int64_t optimizer_state_bytes = 0;  ///< moments and quantisation scales
   std::int64_t communication_bytes = 0;    ///< persistent collective buffers (DDP's gradient buckets)
-  /// offload_optimizer: host memory of the master weights, AdamW state and gradient copies (not
-  /// device memory: not in total_bytes())
+  /// offload_optimizer: host memory of the master weights, AdamW state and gradient copies, and
+  /// with offload_param the weights (not device memory: not in total_bytes())
   std::int64_t host_bytes = 0;
   bool persistent_gradients = false;
   std::int64_t largest_gradient_bytes = 0;  ///< one parameter's gradient (0 with frozen weights)

@@ -66,6 +66,10 @@ struct PublishedCase {
   std::string hardware;
   std::string note;
   std::string missing;   ///< non-empty: not expressible yet, and why
+  /// Non-empty: a known gap beyond the bounds and what is known of its cause. The case is printed
+  /// with its error but held out of the bound it breaks, and it is a violation once back inside
+  /// that bound (the gap closed: remove the field).
+  std::string known_gap;
   PublishedQuantity quantity = PublishedQuantity::peak_memory;
   double value = 0;      ///< in the unit as printed
   std::string unit;
@@ -115,6 +119,7 @@ struct PublishedSummary {
   double worst_abs_longest_error = 0;  ///< of one-GPU cases
   std::size_t multi_gpu_longest = 0;
   double worst_abs_multi_gpu_longest_error = 0;
+  std::size_t known_gaps = 0;  ///< cases held out of their bound (PublishedCase::known_gap)
   double median_abs_tokens_per_s_error = 0;
 };
 /// Whether the case ran on several GPUs (held to its own longest-length bound).

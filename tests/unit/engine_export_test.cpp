@@ -43,7 +43,9 @@ TrainingSetup fsdp() {
 PlanFile plan_file(const ModelSpec& m, const TrainingSetup& s, const Plan& p, std::int64_t seq_len) {
   return PlanFile{m, *resolve_gpu("H100-80G"), s, p, seq_len, Prediction{"auto", 70LL << 30, 69LL << 30, 71LL << 30,
                                                                            "layer.31.bwd.attention.grad", 512.0},
-                  *cluster_for_ranks(std::nullopt, *resolve_gpu("H100-80G"), s.parallel.gpus)};
+                  s.parallel.gpus > 1
+                      ? std::optional(*cluster_for_ranks(std::nullopt, *resolve_gpu("H100-80G"), s.parallel.gpus))
+                      : std::nullopt};
 }
 
 Plan liger_tiled(const ModelSpec& m) {
@@ -213,6 +215,16 @@ TEST(EngineExport, TheArcticRecipeStatesThePlan) {
   EXPECT_TRUE(v["model"]["disable_activation_checkpoint"].as<bool>());
   EXPECT_FALSE(v["tiled_mlp_compute"].as<bool>());
   EXPECT_FALSE(v["deepspeed"]["seq_parallel_communication_data_type"]);
+
+  // ALST's one-GPU recipe: the parameters offloaded too.
+  TrainingSetup one = alst(500'000);
+  one.parallel = Parallelism{};
+  one.offload_param = true;
+  const YAML::Node o =
+      YAML::Load(export_files(Engine::deepspeed, plan_file(m, one, liger_tiled(m), 500'000), "o.yaml", "t")[0].text);
+  EXPECT_EQ(o["deepspeed"]["zero_optimization"]["stage"].as<int>(), 3);
+  EXPECT_EQ(o["deepspeed"]["zero_optimization"]["offload_param"]["device"].as<std::string>(), "cpu");
+  EXPECT_EQ(o["sequence_parallel_size"].as<int>(), 1);
 }
 
 TEST(EngineExport, TheAccelerateConfigAndTrainerArguments) {

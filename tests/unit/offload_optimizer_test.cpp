@@ -147,5 +147,96 @@ TEST(OffloadOptimizerCli, PlanFilesCarryItAndTheRuntimeRefusesThem) {
   EXPECT_THAT(verify.err, HasSubstr("field 'offload_optimizer': the runtime steps the optimizer on the device"));
 }
 
+TrainingSetup params_offloaded(std::int64_t gpus, ZeroStage zero) {
+  TrainingSetup s = offloaded(gpus, zero);
+  s.offload_param = true;
+  return s;
+}
+
+TEST(OffloadParam, TheWeightsMoveToTheHostToo) {
+  // llama3-8b on 8 ranks with ZeRO-3: the host holds the bf16 weight shard (2 n / 8) beside the
+  // master, m, v and gradient copy (14 n / 8): 16 n / 8 = 16,060,522,496 bytes; the device none.
+  const ModelSpec m = *resolve_model("llama3-8b");
+  const std::int64_t n = 8'030'261'248;
+  const StaticMemory s = static_memory(m, params_offloaded(8, ZeroStage::parameters));
+  EXPECT_EQ(s.weights_bytes, 0);
+  EXPECT_EQ(s.total_bytes(), 0);
+  EXPECT_EQ(s.host_bytes, 16 * n / 8);
+  const StaticMemory one = static_memory(m, params_offloaded(1, ZeroStage::none));
+  EXPECT_EQ(one.total_bytes(), 0);
+  EXPECT_EQ(one.host_bytes, 16 * n);
+}
+
+TEST(OffloadParam, EachBlockIsUploadedBeforeUseAndCpuAdamWritesTheHostWeights) {
+  const ModelSpec m = *resolve_model("tiny-llama");
+  const auto params = static_cast<std::int64_t>(parameters(m).size());
+  for (const TrainingSetup& s : {params_offloaded(1, ZeroStage::none), params_offloaded(4, ZeroStage::parameters)}) {
+    const Program p = build_program(m, s, Plan::mst_reference(m), 24);
+    ASSERT_EQ(check_schedule(p), std::nullopt);
+    EXPECT_EQ(count_labelled(p, "adamw.host"), params);
+    EXPECT_EQ(count_labelled(p, "weight.upload"), 0);  // CPU Adam wrote the host weights in place
+    // Forward gathers every parameter once (21: the embedding, 2 layers of 9, the final norm and
+    // the LM head), backward every layer's again (18; its recompute reads those): one upload per
+    // parameter each time, and with ZeRO-3 one all-gather per block of what was uploaded.
+    std::int64_t layer_params = 0;
+    for (const ParamTensor& t : parameters(m)) layer_params += t.layer >= 0 ? 1 : 0;
+    const std::int64_t uploads = count_labelled(p, "weights.upload");
+    EXPECT_EQ(params, 21);
+    EXPECT_EQ(uploads, params + layer_params);
+    EXPECT_EQ(count_labelled(p, "weights.all_gather") > 0, s.parallel.gpus > 1);
+    for (const Op& op : p.ops) {
+      if (op.label != std::string_view("weights.upload")) continue;
+      EXPECT_EQ(op.kind, OpKind::copy_to_device);
+      for (TensorId t : p.inputs(op)) EXPECT_EQ(p.tensors[t].device, Device::host);
+      for (TensorId t : p.outputs(op)) EXPECT_EQ(p.tensors[t].device, Device::device);
+    }
+    for (const Tensor& t : p.tensors) {
+      if (t.kind == TensorKind::weight) {
+        EXPECT_EQ(t.device, Device::host) << t.label;
+      }
+    }
+  }
+}
+
+TEST(OffloadParam, OneH100FitsLongerThanWithTheWeightsOnIt) {
+  // ALST's one-GPU run (Llama 3.1 8B, its Table 1 row with everything offloaded): the 2 n = 14.96
+  // GiB of weights leave the device, so the same plan reaches further.
+  const ModelSpec m = *resolve_model("llama3.1-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  TrainingSetup s = offloaded(1, ZeroStage::none);
+  s.profile = Profile::pytorch;
+  s.attention = AttentionKind::flash_attn;
+  Plan plan = Plan::mst_reference(m);
+  plan.lm_head_mode = LmHeadMode::forward_grad;
+  plan.offload_checkpoints = true;
+  TrainingSetup params = s;
+  params.offload_param = true;
+  const SearchOptions options;
+  Evaluator with_weights(m, gpu, s, options);
+  Evaluator without(m, gpu, params, options);
+  const auto a = with_weights.longest(plan), b = without.longest(plan);
+  ASSERT_TRUE(a && b);
+  EXPECT_GT(b->seq_len, a->seq_len);
+  EXPECT_GE(b->analysis.host_peak_bytes, 16 * 8'030'261'248);
+}
+
+TEST(OffloadParamCli, ItImpliesTheOptimizerOffloadAndNeedsZero3) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--offload-param", "--method", "mst",
+                            "--seq", "64K"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("optimizer offloaded to the host (fp32 master, m, v; CPU Adam), weights offloaded"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("host \\(offloaded\\) +119.66 GiB"));  // 16 n
+  const auto zero1 = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--offload-param", "--gpus", "8",
+                                "--zero", "2"});
+  EXPECT_EQ(zero1.code, 3);
+  EXPECT_THAT(zero1.err, HasSubstr("field 'offload_param': parameter offload is ZeRO-3's (offload_param); zero is 2"));
+  test::ScratchDir dir;
+  const std::string scenario = dir.write("s.yaml", "model: llama3-8b\ngpu: H100-80G\noffload_param: true\n");
+  const auto alone = test::run({"--scenario", scenario});
+  EXPECT_EQ(alone.code, 3);
+  EXPECT_THAT(alone.err, HasSubstr("field 'offload_param': DeepSpeed's parameter offload is modelled with the "
+                                   "optimizer offloaded too"));
+}
+
 }  // namespace
 }  // namespace mstplan

@@ -110,6 +110,21 @@ TEST(Published, CommandLineTableAndExitCode) {
   r = test::run({"fidelity", "--published", "--json"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("\"not_expressible\""), std::string::npos);
+  // A known gap: printed with its error and held out of the bound, until it closes.
+  const std::string gap = dir.write(
+      "gap.yaml", case_text("quantity: peak_memory\npublished: {value: 1, unit: GiB}\n", setup, "known_gap: a test gap\n"));
+  r = test::run({"fidelity", "--published", "--no-builtin", "--case", gap});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("known gaps (held out of the bounds until closed):\n  gap: +"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 known gaps"), std::string::npos) << r.out;
+  const std::string closed = dir.write(
+      "closed.yaml", case_text("quantity: longest_seq_len\npublished: {value: 64, unit: Ki tokens, failed: 4096}\n",
+                               "setup: {model: llama3-8b, layers: 2, gpu: A100-80G, method: mst, profile: pytorch}\n",
+                               "known_gap: closed since\n"));
+  r = test::run({"fidelity", "--published", "--no-builtin", "--case", closed});
+  EXPECT_EQ(r.code, 6);
+  EXPECT_NE(r.err.find("is marked known_gap but its error +0.00% is within 20.0%: remove the field"), std::string::npos)
+      << r.err;
   // --case belongs to --published; a missing file is bad input.
   EXPECT_EQ(test::run({"fidelity", "--case", off}).code, 2);
   EXPECT_EQ(test::run({"fidelity", "--published", "--case", dir.path().string() + "/none.yaml"}).code, 3);

@@ -172,6 +172,12 @@ RC_GTEST_PROP(StaticMemoryProperty, FormulaEqualsTheProgramsStaticTensors, ()) {
   offloaded.offload_optimizer = true;
   offloaded.optimizer_in_backward = false;
   if (!check_offload_optimizer(offloaded, "").has_value() && *rc::gen::arbitrary<bool>()) s = offloaded;
+  // And the parameters with it, where ZeRO-3 (or one GPU) allows.
+  TrainingSetup params_too = s;
+  params_too.offload_param = true;
+  if (s.offload_optimizer && !check_offload_optimizer(params_too, "").has_value() && *rc::gen::arbitrary<bool>()) {
+    s = params_too;
+  }
   // Ulysses over the ranks, where the tiny models' heads allow it (sequence rounded to a multiple).
   std::int64_t seq = *rc::gen::inRange<std::int64_t>(2, 200);
   TrainingSetup split = s;
