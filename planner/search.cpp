@@ -169,11 +169,13 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
   std::optional<Evaluation> lo = longest_allocated(plan, 0);
   if (!lo || setup_.profile != Profile::pytorch) return lo;
   // The caching allocator reserves more than is allocated, by a fragmentation that jumps with the
-  // length. At the longest length on allocated bytes, the simulation (serving past the capacity)
-  // says how much room the fragmentation took; the longest length whose allocated peak leaves that
-  // room is checked by simulating it, and the room grows to what that check shows until one fits.
-  Evaluation at = evaluate(plan, lo->seq_len, Pool::overcommit);
-  if (at.fits) return at;
+  // length, and on running out it empties its cache and retries (Pool::decide, what fits means).
+  // Beyond the longest length on allocated bytes nothing fits. Below it: a length that fits is
+  // found on the line through the limit, leaving the room the fragmentation took there (the
+  // simulation serving past the capacity says how much), then the longest between it and the
+  // limit by bisection, each point decided by the simulation.
+  Evaluation top = evaluate(plan, lo->seq_len, Pool::decide);
+  if (top.fits) return top;
   const std::int64_t g = granularity_;
   // Allocated bytes per token near the limit (memory is nearly affine in the length).
   const std::int64_t half = std::max(round_down(lo->seq_len / 2, g), g);
@@ -182,6 +184,9 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
     per_token = static_cast<double>(lo->analysis.peak.allocated_bytes - evaluate(plan, half, Pool::skip).analysis.peak.allocated_bytes) /
                 static_cast<double>(lo->seq_len - half);
   }
+  std::optional<Evaluation> fit;
+  std::int64_t hi = lo->seq_len;  // the shortest length known not to fit
+  Evaluation at = evaluate(plan, lo->seq_len, Pool::overcommit);
   std::int64_t headroom = 0;
   for (int attempt = 0; attempt < 4 && per_token > 0; ++attempt) {
     // The bytes over the allocated peak the allocator needed: over the capacity by the overshoot.
@@ -194,16 +199,22 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
                                 g);
     s = std::min(s, at.seq_len - g);
     if (s < g) break;  // shortening cannot make room (the peak does not grow with the length)
+    Evaluation e = evaluate(plan, s, Pool::decide);
+    if (e.fits) {
+      fit = std::move(e);
+      break;
+    }
+    hi = s;
     at = evaluate(plan, s, Pool::overcommit);
-    if (at.fits) return at;
   }
-  // The line did not find room: bisect between the granularity and the shortest length known
-  // not to fit, to 1/128 of the length.
-  Evaluation fit = evaluate(plan, g, Pool::decide);
-  if (!fit.fits) return std::nullopt;
-  std::int64_t hi = at.seq_len;
-  while (hi - fit.seq_len > std::max(g, round_down(fit.seq_len / 128, g))) {
-    const std::int64_t mid = std::max(round_down(fit.seq_len + (hi - fit.seq_len) / 2, g), fit.seq_len + g);
+  if (!fit) {
+    fit = evaluate(plan, g, Pool::decide);
+    if (!fit->fits) return std::nullopt;
+  }
+  // Bisect between the longest length known to fit and the shortest known not to, to 1/128 of
+  // the length.
+  while (hi - fit->seq_len > std::max(g, round_down(fit->seq_len / 128, g))) {
+    const std::int64_t mid = std::max(round_down(fit->seq_len + (hi - fit->seq_len) / 2, g), fit->seq_len + g);
     Evaluation e = evaluate(plan, mid, Pool::decide);
     if (e.fits) {
       fit = std::move(e);
