@@ -183,9 +183,9 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     }
     engine = e;
   }
-  std::function<std::optional<Plan>(const Plan&)> express;
+  std::function<std::optional<Plan>(const TrainingSetup&, const Plan&)> express;
   if (engine) {
-    express = [engine, model, setup](const Plan& p) { return express_plan(*engine, *model, setup, p); };
+    express = [engine, model](const TrainingSetup& s, const Plan& p) { return express_plan(*engine, *model, s, p); };
   }
 
   if (inputs.fewest_gpus) {

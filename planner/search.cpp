@@ -17,8 +17,8 @@ std::int64_t round_down(std::int64_t value, std::int64_t granularity) { return v
 // Plans auto compares: from plain autograd to the most memory-frugal, each with the MST chunk
 // sizes that keep GEMMs efficient (MLP chunks of d tokens, LM head in ceil(V / d) chunks), plus
 // one with finer chunks for the very longest sequences.
-std::vector<Plan> auto_candidates(const ModelSpec& m, const PlanKnobs& knobs,
-                                  const std::function<std::optional<Plan>(const Plan&)>& express) {
+std::vector<Plan> auto_candidates(const ModelSpec& m, const TrainingSetup& setup,
+                                  const std::function<std::optional<Plan>(const TrainingSetup&, const Plan&)>& express) {
   const Plan mst = Plan::mst_reference(m);
   std::vector<Plan> out;
   out.push_back(Plan::vanilla());
@@ -58,12 +58,13 @@ std::vector<Plan> auto_candidates(const ModelSpec& m, const PlanKnobs& knobs,
     p.lm_head = ChunkSetting{{}, 512};
     out.push_back(p);
   }
+  const PlanKnobs& knobs = setup.knobs;
   for (Plan& p : out) p = apply_knobs(p, knobs);
   std::vector<Plan> unique;
   for (Plan p : out) {
     if (express) {
       // The engine's nearest plan, unless it overrides a knob the setup fixed.
-      std::optional<Plan> q = express(p);
+      std::optional<Plan> q = express(setup, p);
       if (!q || apply_knobs(*q, knobs) != *q) continue;
       p = std::move(*q);
     }
@@ -300,14 +301,14 @@ std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::in
 std::optional<Evaluation> fastest_fitting(Evaluator& evaluator, const ModelSpec& model, const TrainingSetup& setup,
                                           std::int64_t seq_len) {
   const auto& express = evaluator.options().express;
-  std::vector<Plan> plans = auto_candidates(model, setup.knobs, express);
+  std::vector<Plan> plans = auto_candidates(model, setup, express);
   // Partial recompute: the fewest recomputed layers that fit, when all of them do (and the
   // scenario did not fix the layers, `layers: all` included, nor an export rule them out).
   Plan partial = apply_knobs(Plan::mst_reference(model), setup.knobs);
   Plan one_layer = partial;
   one_layer.recompute_layers = {0};
   if (partial.recompute == RecomputeKind::full && !setup.knobs.recompute_layers &&
-      (!express || express(one_layer) == one_layer) &&
+      (!express || express(setup, one_layer) == one_layer) &&
       evaluator.evaluate(partial, seq_len).fits) {
     std::int64_t lo = 0, hi = model.num_layers;  // hi layers fit; lo do not (checked lazily)
     while (hi - lo > 1) {
@@ -348,7 +349,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
     if (method != Method::automatic) {
       want(method_plan(method, model));
     } else {
-      for (const Plan& plan : auto_candidates(model, setup.knobs, options.express)) want(plan);
+      for (const Plan& plan : auto_candidates(model, setup, options.express)) want(plan);
     }
   }
   std::vector<std::optional<Evaluation>> longest_of(plans.size());
@@ -378,7 +379,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
       if (request) r.at_request = evaluator.evaluate(plan, *request);
     } else {
       std::vector<Evaluation> points;
-      for (const Plan& plan : auto_candidates(model, setup.knobs, options.express)) {
+      for (const Plan& plan : auto_candidates(model, setup, options.express)) {
         if (const auto& e = longest(plan)) points.push_back(*e);
       }
       // auto's answer: the longest; among equals, the fastest.
@@ -421,7 +422,7 @@ std::vector<ZeroStage> modelled_stages(const TrainingSetup& setup) {
 Expected<std::optional<FewestGpus>> fewest_gpus(
     const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, std::int64_t max_gpus,
     const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for,
-    const std::function<std::optional<Plan>(const Plan&)>& express) {
+    const std::function<std::optional<Plan>(const TrainingSetup&, const Plan&)>& express) {
   MSTPLAN_CHECK(setup.seq_len.has_value(), "fewest_gpus without a length");
   FewestGpus found;
   for (std::int64_t gpus = 1; gpus <= max_gpus; gpus *= 2) {

@@ -58,10 +58,10 @@ struct SearchOptions {
   /// The cluster the ranks' collectives run on: required when setup.parallel.gpus > 1 (an
   /// invariant), at least that many GPUs.
   std::optional<ClusterSpec> cluster;
-  /// When set, auto's candidates (and its partial recompute) are mapped through this, and those
-  /// it maps to nullopt dropped: an engine export (--export) keeps auto to the plans the engine
+  /// When set, auto's candidates (and its partial recompute) are mapped through this, with the
+  /// setup of the layout searched, and those it maps to nullopt dropped: an engine export (--export) keeps auto to the plans the engine
   /// runs (express_plan). The fixed methods' plans are searched regardless.
-  std::function<std::optional<Plan>(const Plan&)> express;
+  std::function<std::optional<Plan>(const TrainingSetup&, const Plan&)> express;
 };
 
 /// One plan at one length: memory, time, whether it fits.
@@ -181,6 +181,6 @@ struct FewestGpus {
 [[nodiscard]] Expected<std::optional<FewestGpus>> fewest_gpus(
     const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, std::int64_t max_gpus,
     const std::function<Expected<ClusterSpec>(std::int64_t gpus)>& cluster_for,
-    const std::function<std::optional<Plan>(const Plan&)>& express = {});
+    const std::function<std::optional<Plan>(const TrainingSetup&, const Plan&)>& express = {});
 
 }  // namespace mstplan

@@ -166,13 +166,38 @@ TEST(EngineExport, AutoKeepsToPlansTheEngineRuns) {
   const SearchResult free = search(m, gpu, s, automatic, SearchOptions{});
   for (Engine e : {Engine::deepspeed, Engine::accelerate}) {
     SearchOptions options;
-    options.express = [&](const Plan& p) { return express_plan(e, m, s, p); };
+    options.express = [&](const TrainingSetup& at, const Plan& p) { return express_plan(e, m, at, p); };
     const SearchResult kept = search(m, gpu, s, automatic, options);
     ASSERT_TRUE(kept.methods[0].at_max.has_value());
     EXPECT_FALSE(export_plan_problem(e, m, s, kept.methods[0].at_max->plan)) << to_string(e);
     EXPECT_LE(kept.methods[0].at_max->seq_len, free.methods[0].at_max->seq_len);
     for (const Evaluation& point : kept.pareto) EXPECT_FALSE(export_plan_problem(e, m, s, point.plan));
   }
+}
+
+TEST(EngineExport, EveryLayoutIsKeptToWhatTheEngineRunsThere) {
+  // One rank per sequence may keep transformers' unchunked loss; with Ulysses ArcticTraining's loss
+  // is Liger's or a 1 GiB tiling no plan states: each layout's plan is expressed for its own degree.
+  const ModelSpec m = *resolve_model("llama3.2-1b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  TrainingSetup s = alst(0);
+  s.seq_len.reset();
+  s.parallel.sp = 1;
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  options.express = [&](const TrainingSetup& at, const Plan& p) { return express_plan(Engine::deepspeed, m, at, p); };
+  const std::vector<LayoutResult> layouts = search_layouts(m, gpu, s, options);
+  ASSERT_FALSE(layouts.empty());
+  bool ulysses = false;
+  for (const LayoutResult& l : layouts) {
+    if (!l.longest) continue;
+    TrainingSetup at = s;
+    at.parallel.zero = l.zero;
+    at.parallel.sp = l.sp;
+    ulysses = ulysses || l.sp > 1;
+    EXPECT_FALSE(export_plan_problem(Engine::deepspeed, m, at, l.longest->plan)) << "sp " << l.sp;
+  }
+  EXPECT_TRUE(ulysses);
 }
 
 TEST(EngineExport, TheArcticRecipeStatesThePlan) {
