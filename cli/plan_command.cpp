@@ -257,7 +257,10 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     j["setup"] = setup_json(setup);
     j["static"] = static_memory_json(*model, *gpu, setup);
     add_search_json(j, *model, setup, result, chosen_method, chosen);
-    if (!layouts.empty()) j["layouts"] = layouts_json(layouts, *model);
+    if (!layouts.empty()) {
+      j["layouts"] = layouts_json(layouts, *model);
+      j["layouts_pareto"] = layouts_pareto_json(layouts, *model);
+    }
     if (!exports.empty()) {
       j["export"]["engine"] = to_string(*engine);
       for (const ExportFile& e : exports) j["export"]["files"].push_back(e.path);
@@ -267,7 +270,7 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     if (print_static(out, *model, *gpu, setup)) {
       print_search(out, *model, *gpu, setup, result, chosen_method, chosen, f.out.given() && chosen ? f.out.value : std::string());
     }
-    print_layouts(out, setup, layouts);
+    print_layouts(out, *model, setup, layouts);
   }
   if (f.out.given()) {
     if (!chosen) {

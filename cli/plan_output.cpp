@@ -196,7 +196,7 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   }
   const Evaluation& c = *chosen;
   fmt::print(out, "\n{} plan at {} tokens: {}\n", to_string(chosen_method), format_thousands(c.seq_len),
-             describe_plan(c.plan, model, c.seq_len));
+             describe_plan(c.plan, model, c.positions));
   fmt::print(out, "  peak {} GiB (+ {} GiB reserve = {} GiB of {} GiB) during {} ({})\n",
              gib(c.analysis.peak.allocated_bytes), gib(gpu.reserve_bytes), gib(c.required_bytes),
              gib(gpu.capacity_bytes), c.peak_at, to_string(c.peak_phase));
@@ -237,7 +237,7 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
     fmt::print(out, "\nauto's trade-offs (longest sequence against speed, none better on both):\n");
     for (const Evaluation& e : result.pareto) {
       fmt::print(out, "  {:>11} tokens {:>9} tokens/s  {}\n", format_thousands(e.seq_len), tokens_per_s(e.time.tokens_per_s),
-                 describe_plan(e.plan, model, e.seq_len));
+                 describe_plan(e.plan, model, e.positions));
     }
   }
   if (plan_path.empty()) {
@@ -248,7 +248,8 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   }
 }
 
-void print_layouts(std::ostream& out, const TrainingSetup& setup, const std::vector<LayoutResult>& layouts) {
+void print_layouts(std::ostream& out, const ModelSpec& model, const TrainingSetup& setup,
+                   const std::vector<LayoutResult>& layouts) {
   if (layouts.empty()) return;
   const std::optional<std::int64_t> request = setup.seq_len;
   fmt::print(out,
@@ -275,6 +276,15 @@ void print_layouts(std::ostream& out, const TrainingSetup& setup, const std::vec
                           : fmt::format("   {:>9} {:>9}", "no", "-");
     }
     fmt::print(out, "{}{}\n", row, mark);
+  }
+  const std::vector<LayoutPoint> front = layouts_pareto(layouts);
+  if (front.size() < 2) return;
+  fmt::print(out, "\ntrade-offs over the layouts (longest sequence against speed, none better on both):\n");
+  for (const LayoutPoint& p : front) {
+    fmt::print(out, "  {:>13} tokens {:>12} tokens/s  ZeRO-{}{}: {}\n", format_thousands(p.plan.seq_len),
+               tokens_per_s(p.plan.time.tokens_per_s), to_string(p.zero),
+               p.sp > 1 ? fmt::format(", Ulysses over {}", p.sp) : std::string(),
+               describe_plan(p.plan.plan, model, p.plan.positions));
   }
 }
 

@@ -22,6 +22,7 @@ void print_search(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
 
 /// A multi-GPU setup's layouts: each ZeRO stage's static bytes per rank and auto's longest
 /// sequence (and, with a requested length, whether it fits there), the setup's own stage marked.
-void print_layouts(std::ostream& out, const TrainingSetup& setup, const std::vector<LayoutResult>& layouts);
+void print_layouts(std::ostream& out, const ModelSpec& model, const TrainingSetup& setup,
+                   const std::vector<LayoutResult>& layouts);
 
 }  // namespace mstplan::cli

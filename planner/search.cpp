@@ -143,6 +143,7 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode
   e.plan = plan;
   e.seq_len = seq_len;
   e.mlp_chunks = p.mlp_chunks;
+  e.positions = seq_len / setup_.parallel.sp;
   e.lm_head_chunks = p.lm_head_chunks;
   e.analysis = analyze(p, allocator_);
   // Lengths the pytorch profile only probes on allocated bytes are never an answer: no time.
@@ -492,11 +493,33 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
       if (r.static_bytes > gpu.usable_bytes()) continue;
       SearchResult found = search(model, gpu, s, automatic, one_thread);
       r.longest = std::move(found.methods.front().at_max);
+      r.pareto = std::move(found.pareto);
       if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
     }
   };
   run_on_threads(out.size(), options.threads, work);
   return out;
+}
+
+std::vector<LayoutPoint> layouts_pareto(const std::vector<LayoutResult>& layouts) {
+  std::vector<LayoutPoint> points;
+  for (const LayoutResult& l : layouts) {
+    for (const Evaluation& e : l.pareto) points.push_back({l.zero, l.sp, e});
+  }
+  // Longest first; among equal lengths the fastest, then the earlier layout (a stable sort).
+  std::stable_sort(points.begin(), points.end(), [](const LayoutPoint& a, const LayoutPoint& b) {
+    return a.plan.seq_len != b.plan.seq_len ? a.plan.seq_len > b.plan.seq_len
+                                            : a.plan.time.tokens_per_s > b.plan.time.tokens_per_s;
+  });
+  std::vector<LayoutPoint> front;
+  double best_speed = -1.0;
+  for (LayoutPoint& p : points) {
+    if (p.plan.time.tokens_per_s > best_speed) {
+      best_speed = p.plan.time.tokens_per_s;
+      front.push_back(std::move(p));
+    }
+  }
+  return front;
 }
 
 std::vector<std::int64_t> sequence_parallel_degrees(const ModelSpec& model, const TrainingSetup& setup) {

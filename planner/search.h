@@ -70,6 +70,9 @@ struct Evaluation {
   std::int64_t seq_len = 0;
   std::int64_t mlp_chunks = 1;       ///< resolved at this length
   std::int64_t lm_head_chunks = 1;
+  /// Positions of each sequence one rank holds: seq_len, or seq_len / sp with Ulysses (what the
+  /// chunk counts divide; describe_plan's and plan_json's length).
+  std::int64_t positions = 0;
   Analysis analysis;
   StepTime time;
   std::int64_t required_bytes = 0;   ///< allocated peak + the GPU's reserve
@@ -152,7 +155,19 @@ struct LayoutResult {
   std::int64_t static_bytes = 0;       ///< per rank
   std::optional<Evaluation> longest;   ///< auto's longest plan (nullopt: none fits)
   std::optional<Evaluation> at_request;  ///< auto's fastest plan at setup.seq_len, if it fits
+  std::vector<Evaluation> pareto;      ///< auto's trade-offs under this layout (SearchResult::pareto)
 };
+
+/// One point of the trade-offs over layouts: a layout and one of its plans.
+struct LayoutPoint {
+  ZeroStage zero = ZeroStage::none;
+  std::int64_t sp = 1;
+  Evaluation plan;
+};
+/// The points of every layout's trade-offs that no other layout's point beats on both longest
+/// length and tokens/s (ties: the first layout); longest first. Where it takes several GPUs'
+/// memory to reach a length, this says what each extra length costs in speed, and with which layout.
+[[nodiscard]] std::vector<LayoutPoint> layouts_pareto(const std::vector<LayoutResult>& layouts);
 
 /// The sequence-parallel degrees a layout search tries on setup.parallel.gpus ranks: 1, 2, 4, ...
 /// those check_sequence_parallel allows (they divide the GPUs, the query heads and any set length).

@@ -53,7 +53,7 @@ nlohmann::json evaluation_json(const Evaluation& e, const ModelSpec& model) {
           {"step_seconds", e.time.step_seconds},
           {"comm_seconds", e.time.comm_seconds},
           {"exposed_comm_seconds", e.time.exposed_comm_seconds},
-          {"plan", plan_json(e.plan, model, e.seq_len)}};
+          {"plan", plan_json(e.plan, model, e.positions)}};
   if (e.pool) {
     // pytorch profile: the caching allocator simulated with the GPU's usable bytes.
     j["caching_allocator"] = {{"peak_allocated_bytes", e.pool->peak_allocated_bytes},
@@ -76,7 +76,7 @@ void add_search_json(nlohmann::json& out, const ModelSpec& model, const Training
       j["peak_bytes"] = m.at_max->analysis.peak.allocated_bytes;
       j["peak_at"] = m.at_max->peak_at;
       j["tokens_per_s"] = m.at_max->time.tokens_per_s;
-      j["plan"] = plan_json(m.at_max->plan, model, m.at_max->seq_len);
+      j["plan"] = plan_json(m.at_max->plan, model, m.at_max->positions);
       j["at_max"] = evaluation_json(*m.at_max, model);
     } else {
       j["max_seq_len"] = 0;
@@ -103,6 +103,14 @@ void add_search_json(nlohmann::json& out, const ModelSpec& model, const Training
   out["chosen"] = chosen ? nlohmann::json{{"method", to_string(chosen_method)}, {"evaluation", evaluation_json(*chosen, model)}}
                          : nlohmann::json(nullptr);
   out["evaluations"] = result.evaluations;
+}
+
+nlohmann::json layouts_pareto_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const LayoutPoint& p : layouts_pareto(layouts)) {
+    out.push_back({{"zero", static_cast<int>(p.zero)}, {"sp", p.sp}, {"plan", evaluation_json(p.plan, model)}});
+  }
+  return out;
 }
 
 nlohmann::json layouts_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model) {

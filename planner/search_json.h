@@ -18,6 +18,8 @@ namespace mstplan {
 /// The `methods` array (and `pareto`, `fastest_at_seq`, `chosen`) of the --json contract.
 /// Each layout: {"zero", "static_bytes", "longest": evaluation or null, "at_request": evaluation or null}.
 [[nodiscard]] nlohmann::json layouts_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model);
+/// layouts_pareto(): [{zero, sp, plan}], longest first.
+[[nodiscard]] nlohmann::json layouts_pareto_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model);
 
 void add_search_json(nlohmann::json& out, const ModelSpec& model, const TrainingSetup& setup, const SearchResult& result,
                      Method chosen_method, const Evaluation* chosen);

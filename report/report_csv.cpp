@@ -31,7 +31,7 @@ std::string methods_csv(const Report& r) {
     };
     out += fmt::format("{},{},{},{},{},{:.1f},{},{}\n", to_string(m.method), m.at_max->seq_len, x(vanilla), x(recompute),
                        m.at_max->analysis.peak.allocated_bytes, m.at_max->time.tokens_per_s, csv_text(m.at_max->peak_at),
-                       csv_text(describe_plan(m.at_max->plan, r.model, m.at_max->seq_len)));
+                       csv_text(describe_plan(m.at_max->plan, r.model, m.at_max->positions)));
   }
   return out;
 }
@@ -85,7 +85,7 @@ std::string throughput_csv(const Report& r) {
   for (const ThroughputPoint& p : r.throughput) {
     out += fmt::format("{},{},{:.1f},{},{}\n", to_string(p.method), p.evaluation.seq_len, p.evaluation.time.tokens_per_s,
                        p.evaluation.analysis.peak.allocated_bytes,
-                       csv_text(describe_plan(p.evaluation.plan, r.model, p.evaluation.seq_len)));
+                       csv_text(describe_plan(p.evaluation.plan, r.model, p.evaluation.positions)));
   }
   return out;
 }
@@ -93,7 +93,7 @@ std::string throughput_csv(const Report& r) {
 std::string pareto_csv(const Report& r) {
   std::string out = "max_seq_len,tokens_per_s,plan\n";
   for (const Evaluation& e : r.search.pareto) {
-    out += fmt::format("{},{:.1f},{}\n", e.seq_len, e.time.tokens_per_s, csv_text(describe_plan(e.plan, r.model, e.seq_len)));
+    out += fmt::format("{},{:.1f},{}\n", e.seq_len, e.time.tokens_per_s, csv_text(describe_plan(e.plan, r.model, e.positions)));
   }
   return out;
 }

@@ -136,7 +136,7 @@ std::string timeline_gp(const Report& r) {
     MSTPLAN_CHECK(found, "the timeline's samples lost the peak");
     const double peak_gib = static_cast<double>(t.evaluation.analysis.peak.allocated_bytes) / static_cast<double>(kGiB);
     const std::string plan = t.label == "vanilla" ? std::string("plain autograd")
-                                                  : describe_plan(t.evaluation.plan, r.model, t.evaluation.seq_len);
+                                                  : describe_plan(t.evaluation.plan, r.model, t.evaluation.positions);
     gp += fmt::format("set title {} noenhanced\n",
                       gp_text(fmt::format("{}\npeak {} GiB ({}) during {}",
                                           wrap(fmt::format("{}: {}", t.label, plan), 72),

@@ -41,7 +41,7 @@ nlohmann::json report_json(const Report& r, const std::string& command) {
                   {"seq_len", p.evaluation.seq_len},
                   {"tokens_per_s", p.evaluation.time.tokens_per_s},
                   {"peak_bytes", p.evaluation.analysis.peak.allocated_bytes},
-                  {"plan", plan_json(p.evaluation.plan, r.model, p.evaluation.seq_len)}});
+                  {"plan", plan_json(p.evaluation.plan, r.model, p.evaluation.positions)}});
   }
   j["throughput"] = tp;
   nlohmann::json measured = nlohmann::json::array();

@@ -70,7 +70,7 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
     const Evaluation& e = *m.at_max;
     line(fmt::format("| {} | {} | {} | {} | {} | `{}` | {} | {} |", to_string(m.method), format_thousands(e.seq_len),
                      ratio(e.seq_len, vanilla->at_max), ratio(e.seq_len, recompute->at_max), format_gib(e.analysis.peak.allocated_bytes),
-                     e.peak_at, tokens_per_s(e.time.tokens_per_s), describe_plan(e.plan, r.model, e.seq_len)));
+                     e.peak_at, tokens_per_s(e.time.tokens_per_s), describe_plan(e.plan, r.model, e.positions)));
   }
   line("");
   line("vanilla: plain autograd; recompute: every layer recomputed in backward; mst: Mini-Sequence Transformer (MLP "
@@ -122,7 +122,7 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
     line("| --- | ---: | ---: | --- | --- | --- |");
     for (const TimelineSeries& t : r.timelines) {
       line(fmt::format("| {}: {} | {} | {} | {} | `{}` | {} |", t.label,
-                       describe_plan(t.evaluation.plan, r.model, t.evaluation.seq_len), format_thousands(t.ops),
+                       describe_plan(t.evaluation.plan, r.model, t.evaluation.positions), format_thousands(t.ops),
                        format_gib(t.evaluation.analysis.peak.allocated_bytes), t.evaluation.fits ? "yes" : "no",
                        t.evaluation.peak_at, to_string(t.evaluation.peak_phase)));
     }
@@ -181,7 +181,7 @@ std::string markdown(const Report& r, const std::string& command, const std::vec
   line("| ---: | ---: | --- |");
   for (const Evaluation& e : r.search.pareto) {
     line(fmt::format("| {} | {} | {} |", format_thousands(e.seq_len), tokens_per_s(e.time.tokens_per_s),
-                     describe_plan(e.plan, r.model, e.seq_len)));
+                     describe_plan(e.plan, r.model, e.positions)));
   }
   line("");
   figure("throughput", "tokens/s against sequence length");

@@ -243,7 +243,7 @@ Expected<SweepResult> run_sweep(const SweepInputs& inputs, const fs::path& out, 
       }
       if (const MethodResult* best = report.method(Method::automatic); best && best->at_max) {
         row.auto_tokens_per_s = best->at_max->time.tokens_per_s;
-        row.auto_plan = describe_plan(best->at_max->plan, item.model, best->at_max->seq_len);
+        row.auto_plan = describe_plan(best->at_max->plan, item.model, best->at_max->positions);
       }
       auto written = write_report(out / item.name, report_files(report, options.command), options.gnuplot);
       if (!written) row.error = written.error();

@@ -152,6 +152,55 @@ TEST(Ulysses, SplittingTheSequenceReachesFurtherThanDataParallelism) {
   EXPECT_GT(longest, 7 * dp.methods.front().at_max->seq_len);
 }
 
+TEST(Ulysses, ChunkCountsAreTheRanksPositions) {
+  // 65,536 tokens split over 8 ranks: each holds 8,192 positions, so MLP chunks of 4,096 tokens are
+  // 2 per rank (not 16), as the builder runs them.
+  const ModelSpec m = *resolve_model("llama3-8b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  const TrainingSetup s = ulysses(8, 8, ZeroStage::parameters);
+  Evaluator evaluator(m, gpu, s, options);
+  const Evaluation e = evaluator.evaluate(Plan::mst_reference(m), 65'536);
+  EXPECT_EQ(e.positions, 8'192);
+  EXPECT_EQ(e.mlp_chunks, 2);
+  EXPECT_THAT(describe_plan(e.plan, m, e.positions), ::testing::StartsWith("MLP 2 chunks of 4096 tokens"));
+}
+
+TEST(Ulysses, TradeOffsOverLayoutsAreNotDominated) {
+  const ModelSpec m = *resolve_model("llama3.2-1b");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  TrainingSetup s = ulysses(8, 1, ZeroStage::parameters);
+  s.seq_len.reset();
+  const std::vector<LayoutResult> layouts = search_layouts(m, gpu, s, options);
+  const std::vector<LayoutPoint> front = layouts_pareto(layouts);
+  ASSERT_GE(front.size(), 2U);
+  // Longest first, each faster than the one before; the first is the longest of any layout.
+  std::int64_t longest = 0;
+  for (const LayoutResult& l : layouts) {
+    if (l.longest) longest = std::max(longest, l.longest->seq_len);
+  }
+  EXPECT_EQ(front.front().plan.seq_len, longest);
+  for (std::size_t i = 1; i < front.size(); ++i) {
+    EXPECT_LT(front[i].plan.seq_len, front[i - 1].plan.seq_len);
+    EXPECT_GT(front[i].plan.time.tokens_per_s, front[i - 1].plan.time.tokens_per_s);
+  }
+  // No layout's point beats a point of the front on both.
+  for (const LayoutResult& l : layouts) {
+    for (const Evaluation& e : l.pareto) {
+      for (const LayoutPoint& p : front) {
+        EXPECT_FALSE(e.seq_len > p.plan.seq_len && e.time.tokens_per_s > p.plan.time.tokens_per_s);
+      }
+    }
+  }
+  const auto r = test::run({"--model", "llama3.2-1b", "--gpu", "H100-80G", "--gpus", "8", "--zero", "3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::HasSubstr("trade-offs over the layouts (longest sequence against speed, none better on both):"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("tokens/s  ZeRO-3, Ulysses over [248]: MLP"));
+}
+
 TEST(Ulysses, HopperAttentionRunsAtItsOwnEfficiency) {
   // The H100 spec says FlashAttention-2 reaches 35% of its bf16 peak; an A100's attention uses the
   // cost model's 50%. The same attention op costs 0.50 / 0.35 times the time at the H100's rate.
