@@ -84,17 +84,20 @@ void run_on_threads(std::size_t tasks, int threads, Work& work) {
   work();
 }
 
-// Keeps the points no other point beats on both length and speed; longest first.
-std::vector<Evaluation> pareto_front(std::vector<Evaluation> points) {
-  std::sort(points.begin(), points.end(), [](const Evaluation& a, const Evaluation& b) {
-    return a.seq_len != b.seq_len ? a.seq_len > b.seq_len : a.time.tokens_per_s > b.time.tokens_per_s;
+// Keeps the points no other point beats on both length and speed (`of` gives a point's
+// Evaluation); longest first, among equals the fastest, then the earlier point.
+template <class Point, class Of>
+std::vector<Point> pareto_front(std::vector<Point> points, Of of) {
+  std::stable_sort(points.begin(), points.end(), [&](const Point& a, const Point& b) {
+    const Evaluation &x = of(a), &y = of(b);
+    return x.seq_len != y.seq_len ? x.seq_len > y.seq_len : x.time.tokens_per_s > y.time.tokens_per_s;
   });
-  std::vector<Evaluation> front;
+  std::vector<Point> front;
   double best_speed = -1.0;
-  for (Evaluation& e : points) {
-    if (e.time.tokens_per_s > best_speed) {
-      best_speed = e.time.tokens_per_s;
-      front.push_back(std::move(e));
+  for (Point& p : points) {
+    if (of(p).time.tokens_per_s > best_speed) {
+      best_speed = of(p).time.tokens_per_s;
+      front.push_back(std::move(p));
     }
   }
   return front;
@@ -390,7 +393,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
           r.at_max = e;
         }
       }
-      result.pareto = pareto_front(points);
+      result.pareto = pareto_front(std::move(points), [](const Evaluation& e) -> const Evaluation& { return e; });
       if (request) {
         result.fastest_at_request = fastest_fitting(evaluator, model, setup, *request);
         r.at_request = result.fastest_at_request;
@@ -506,20 +509,7 @@ std::vector<LayoutPoint> layouts_pareto(const std::vector<LayoutResult>& layouts
   for (const LayoutResult& l : layouts) {
     for (const Evaluation& e : l.pareto) points.push_back({l.zero, l.sp, e});
   }
-  // Longest first; among equal lengths the fastest, then the earlier layout (a stable sort).
-  std::stable_sort(points.begin(), points.end(), [](const LayoutPoint& a, const LayoutPoint& b) {
-    return a.plan.seq_len != b.plan.seq_len ? a.plan.seq_len > b.plan.seq_len
-                                            : a.plan.time.tokens_per_s > b.plan.time.tokens_per_s;
-  });
-  std::vector<LayoutPoint> front;
-  double best_speed = -1.0;
-  for (LayoutPoint& p : points) {
-    if (p.plan.time.tokens_per_s > best_speed) {
-      best_speed = p.plan.time.tokens_per_s;
-      front.push_back(std::move(p));
-    }
-  }
-  return front;
+  return pareto_front(std::move(points), [](const LayoutPoint& p) -> const Evaluation& { return p.plan; });
 }
 
 std::vector<std::int64_t> sequence_parallel_degrees(const ModelSpec& model, const TrainingSetup& setup) {
