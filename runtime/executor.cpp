@@ -1,5 +1,6 @@
 #include "runtime/executor.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "planner/analysis.h"
@@ -24,10 +25,28 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                       "keeps and is checked against PyTorch itself");
   }
   if (setup.parallel.gpus > 1) {
-    return make_error(ErrorKind::unsupported,
-                      "field 'gpus': {}: the runtime executes one rank; running each rank of a multi-GPU plan (MPI "
-                      "processes on the CPU backend, NCCL on CUDA) is not built yet",
-                      setup.parallel.gpus);
+    const int gpus = static_cast<int>(setup.parallel.gpus);
+    if (options.communicator == nullptr || options.communicator->size() != gpus) {
+      return make_error(ErrorKind::unsupported,
+                        "field 'gpus': {}: a multi-GPU plan runs one rank per process, here {}; start {} ranks "
+                        "(mpirun -np {} ...)",
+                        gpus, options.communicator ? fmt::format("{} rank{}", options.communicator->size(),
+                                                             options.communicator->size() == 1 ? "" : "s")
+                                           : "one process",
+                        gpus, gpus);
+    }
+    if (backend.name() != "cpu") {
+      return make_error(ErrorKind::unsupported,
+                        "field 'gpus': {}: the {} backend runs one rank; its collectives would be NCCL's (not built "
+                        "yet): run the ranks on the CPU backend",
+                        gpus, backend.name());
+    }
+    if (setup.parallel.sp > 1) {
+      return make_error(ErrorKind::unsupported,
+                        "field 'sp': {}: the runtime runs data-parallel ranks (ZeRO 0-3); Ulysses' all-to-alls are "
+                        "planned, not executed yet",
+                        setup.parallel.sp);
+    }
   }
   if (setup.offload_optimizer) {
     return make_error(ErrorKind::unsupported,
@@ -56,6 +75,11 @@ Executor::Executor(const ModelSpec& model, const TrainingSetup& setup, std::int6
                    const RunOptions& options, Program program)
     : model_(model), setup_(setup), seq_len_(seq_len), backend_(backend), options_(options),
       program_(std::move(program)) {
+  if (setup_.parallel.gpus > 1) {
+    comm_ = options_.communicator;
+    rank_ = comm_->rank();
+    ranks_ = comm_->size();
+  }
   flat_ = expand(program_);
   first_instance_.resize(program_.tensors.size());
   for (std::uint32_t i = static_cast<std::uint32_t>(flat_.instances.size()); i-- > 0;) {
@@ -103,6 +127,7 @@ View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
   const std::int64_t B = program_.batch, S = program_.seq_len, T = B * S;
   if (tensor.param >= 0) {
     const ParamTensor& p = program_.params[static_cast<std::size_t>(tensor.param)];
+    if (tensor.elements != p.numel()) return ref::contiguous(v.data, v.dtype, tensor.elements, 1);  // a shard
     // Vectors (norm weights, biases) are one row, as the kernels take them.
     return p.cols == 1 ? ref::contiguous(v.data, v.dtype, 1, p.rows) : ref::contiguous(v.data, v.dtype, p.rows, p.cols);
   }
@@ -147,7 +172,10 @@ std::vector<float> Executor::read_instance(std::uint32_t id) const {
   return out;
 }
 
-void Executor::write(TensorId t, std::span<const float> values) {
+void Executor::write(TensorId t, std::span<const float> values) { write_instance(instance(t, 0), values); }
+
+void Executor::write_instance(std::uint32_t id, std::span<const float> values) {
+  const TensorId t = flat_.instances[id].tensor;
   const Tensor& tensor = program_.tensors[t];
   MSTPLAN_CHECK(static_cast<std::int64_t>(values.size()) == tensor.elements, "wrong element count for {}",
                 tensor_name(program_, t));
@@ -164,7 +192,14 @@ void Executor::write(TensorId t, std::span<const float> values) {
       ref::store(v, e, 0, x);
     }
   }
-  backend_.copy_bytes(instances_[instance(t, 0)].block.data, bytes.data(), bytes.size());
+  backend_.copy_bytes(instances_[id].block.data, bytes.data(), bytes.size());
+}
+
+Executor::Range Executor::update_range(std::int32_t param) const {
+  const std::int64_t numel = program_.params[static_cast<std::size_t>(param)].numel();
+  if (!setup_.parallel.shards_optimizer()) return {0, numel};
+  const std::int64_t shard = setup_.parallel.shard_numel(numel), first = rank_ * shard;
+  return {std::min(first, numel), std::clamp<std::int64_t>(numel - first, 0, shard)};
 }
 
 std::vector<float> Executor::parameter(std::int32_t param) const {
@@ -176,11 +211,17 @@ std::vector<float> Executor::parameter(std::int32_t param) const {
     if (tensor.kind == TensorKind::master_weight) master = t;
   }
   MSTPLAN_CHECK(weight != kNoTensor, "no parameter {}", param);
-  return read(master != kNoTensor ? master : weight);
+  const TensorId t = master != kNoTensor ? master : weight;
+  std::vector<float> values = read(t);
+  const Range r = update_range(param);
+  // A full tensor (ZeRO-1/2's weights) holds the rank's part at its offset, a shard at 0.
+  const std::int64_t at = program_.tensors[t].elements == program_.params[static_cast<std::size_t>(param)].numel() ? r.first : 0;
+  return {values.begin() + at, values.begin() + at + r.count};
 }
 
 void Executor::set_parameter(std::int32_t param, std::span<const float> values) {
   MSTPLAN_CHECK(statics_ready_, "set_parameter before the first step allocated the parameters");
+  MSTPLAN_CHECK(ranks_ == 1, "set_parameter on a rank of {} (one rank only)", ranks_);
   bool found = false;
   for (TensorId t : program_.outputs(program_.ops.front())) {
     const Tensor& tensor = program_.tensors[t];
@@ -207,8 +248,21 @@ std::optional<Error> Executor::initialise_statics() {
       const ParamTensor& p = program_.params[static_cast<std::size_t>(tensor.param)];
       const std::uint64_t state = options_.seed * 0x100000001B3ull + static_cast<std::uint64_t>(tensor.param) * 7919u + 1;
       const bool norm = p.name.find("norm") != std::string::npos;
-      backend_.fill_normal(ref::contiguous(data, tensor.dtype, tensor.elements, 1), state,
-                           norm ? (offset_norms ? 0.0 : 1.0) : 0.0, norm ? 0.1 : 0.02);
+      const double mean = norm ? (offset_norms ? 0.0 : 1.0) : 0.0, std = norm ? 0.1 : 0.02;
+      if (tensor.elements == p.numel()) {
+        backend_.fill_normal(ref::contiguous(data, tensor.dtype, tensor.elements, 1), state, mean, std);
+        continue;
+      }
+      // A shard: the one-device values' elements of this rank (Note [Ranks]), then zeros.
+      const std::int64_t shard = setup_.parallel.shard_numel(p.numel());
+      const std::int64_t first = rank_ * shard, count = std::clamp<std::int64_t>(p.numel() - first, 0, shard);
+      MSTPLAN_CHECK(tensor.elements == shard, "{} has {} elements, a shard of {} has {}", tensor_name(program_, t),
+                    tensor.elements, p.numel(), shard);
+      std::vector<float> full(static_cast<std::size_t>(p.numel()));
+      ref::fill_normal(ref::contiguous(full.data(), DType::fp32, p.numel(), 1), state, mean, std);
+      std::vector<float> mine(static_cast<std::size_t>(shard), 0.0f);
+      std::copy_n(full.begin() + first, count, mine.begin());
+      write(t, mine);  // rounded to the tensor's dtype, as fill_normal rounds
       continue;
     }
     // Optimizer state (adam_mv holds m then v: elements count one, bytes both), persistent
@@ -225,7 +279,7 @@ void Executor::write_data(std::int64_t micro_batch) {
   for (std::int64_t b = 0; b < B; ++b) {
     // Each sequence from its own stream, numbered across micro-batches: batch 2 in one
     // micro-batch and batch 1 in two see the same sequences.
-    const auto sequence = static_cast<std::uint64_t>(micro_batch * B + b);
+    const auto sequence = static_cast<std::uint64_t>((micro_batch * ranks_ + rank_) * B + b);  // Note [Ranks]
     std::uint64_t state = options_.seed * 0x2545F4914F6CDD1Dull + sequence * 0x9E3779B97F4A7C15ull + 17;
     for (std::int64_t s = 0; s < S; ++s) {
       const auto i = static_cast<std::size_t>(b * S + s);
@@ -298,6 +352,11 @@ Expected<StepReport> Executor::step() {
   }
   if (setup_.optimizer != OptimizerKind::none) ++optimizer_steps_;
   report.loss = loss_sum_;
+  if (ranks_ > 1 && !options_.memory_only) {  // the ranks' mean (Note [Ranks])
+    float loss = static_cast<float>(loss_sum_);
+    comm_->all_reduce_sum(std::span(&loss, 1));
+    report.loss = static_cast<double>(loss) / ranks_;
+  }
   const PoolStats& d = allocator_->device();
   report.memory.peak_allocated_bytes = d.peak_allocated_bytes;
   report.memory.peak_live_bytes = d.peak_live_bytes;

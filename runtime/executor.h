@@ -16,6 +16,21 @@
 // The loss of a micro-batch is the mean cross-entropy over its non-ignored labels, divided by the
 // number of micro-batches, so the gradients of a step are those of the mean over the step.
 //
+// Note [Ranks]
+// ------------
+// A multi-GPU plan (gpus = N > 1, data parallel with ZeRO stage 0-3) runs as N executors, one
+// per rank, each with its Communicator (communicator.h; MPI processes on the CPU backend). Rank r
+// of a step's micro-batch m reads the sequences of micro-batch m x N + r, so the N ranks of a
+// step with G micro-batches see exactly the sequences of one device's step with N x G
+// micro-batches, and its gradients and loss are theirs: each collective reduces by the mean over
+// the ranks (DDP's and FSDP's average, ZeRO's), the reported loss is the ranks' mean. A sharded
+// parameter's elements [r x ceil(numel / N), ...) are rank r's (Parallelism::shard_numel): its
+// shards are initialised with exactly those elements of the one-device values, padded with 0.
+// Each op's collective moves the program's tensors (all-gather of weight shards, reduce-scatter
+// and all-reduce of gradients), so every rank's allocator sees the lifetimes its prediction
+// assumes; the collectives' own staging (fp32 copies on the host) is outside the pools, as
+// NCCL's buffers are outside the plan (Note [Sharded step]).
+//
 //   std::unique_ptr<Backend> cpu = make_cpu_backend();
 //   Expected<std::unique_ptr<Executor>> ex = Executor::create(model, setup, plan, 256, *cpu, {});
 //   Expected<StepReport> r = (*ex)->step();      // r->loss, r->memory
@@ -36,6 +51,7 @@
 #include "planner/setup.h"
 #include "runtime/allocator.h"
 #include "runtime/backend.h"
+#include "runtime/communicator.h"
 
 namespace mstplan {
 
@@ -50,6 +66,9 @@ struct RunOptions {
   /// Allocate, initialise and free exactly as the step does, but dispatch no op: measures memory
   /// (and whether a plan fits a device) without the arithmetic; the loss is then 0.
   bool memory_only = false;
+  /// The ranks of a multi-GPU plan (setup.parallel.gpus > 1), of that size: this process runs
+  /// rank communicator->rank(). Not owned; unused (may be null) for one GPU.
+  Communicator* communicator = nullptr;
 };
 
 /// What one step allocated: device and host pools, per phase and per layer (index layer + 1).
@@ -83,7 +102,7 @@ class Executor {
   [[nodiscard]] Expected<StepReport> step();
 
   /// Called with each parameter's complete gradient (fp32 values) just before the optimizer
-  /// consumes it.
+  /// consumes it: with a sharded optimizer, the rank's part of it (update_range()).
   using GradientHook = std::function<void(std::int32_t param, std::span<const float> gradient)>;
   void on_gradient(GradientHook hook) { gradient_hook_ = std::move(hook); }
 
@@ -93,8 +112,16 @@ class Executor {
                                     const std::vector<std::vector<float>>& outputs)>;
   void on_op(OpHook hook) { op_hook_ = std::move(hook); }
 
-  /// A parameter's current values (the master copy when there is one).
+  /// A parameter's current values (the master copy when there is one): with a sharded optimizer,
+  /// the rank's part of them (update_range()).
   [[nodiscard]] std::vector<float> parameter(std::int32_t param) const;
+  /// The elements of a parameter this rank updates: [first, first + count); all of them on one
+  /// rank or without a sharded optimizer (count may be 0 on the last ranks of a tiny parameter).
+  struct Range {
+    std::int64_t first = 0, count = 0;
+  };
+  [[nodiscard]] Range update_range(std::int32_t param) const;
+  [[nodiscard]] int rank() const { return rank_; }
   /// Overwrites a parameter (its master copy too, when there is one), rounding to its dtype. The
   /// parameters exist from the first step on: calling this before it is an invariant violation.
   void set_parameter(std::int32_t param, std::span<const float> values);
@@ -117,6 +144,8 @@ class Executor {
   [[nodiscard]] std::vector<float> read(TensorId t) const;
   [[nodiscard]] std::vector<float> read_instance(std::uint32_t instance) const;
   void write(TensorId t, std::span<const float> values);
+  void write_instance(std::uint32_t instance, std::span<const float> values);
+  void collective(const Op& op, std::int64_t iteration);
 
   ModelSpec model_;
   TrainingSetup setup_;
@@ -138,6 +167,8 @@ class Executor {
   std::int64_t targets_ = 0;  // non-ignored labels of the current micro-batch
   double loss_sum_ = 0;
   bool statics_ready_ = false;
+  Communicator* comm_ = nullptr;
+  int rank_ = 0, ranks_ = 1;
 };
 
 }  // namespace mstplan

@@ -166,15 +166,37 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     case OpCode::sgd: {  // {g, w, [states]} -> {w, [states]}
       const TensorId g = ins[0];
       if (!last_micro_batch) return;  // gradients keep accumulating
-      if (gradient_hook_) gradient_hook_(op.param, read(g));
+      // With a sharded optimizer the rank updates its range of the parameter: full tensors
+      // (ZeRO-1's gradient, ZeRO-1/2's weights) are cut to it, shards to its length (the padding
+      // of the last shard is left alone); with every operand a shard (ZeRO-3) the whole shard.
+      const Range range = update_range(op.param);
+      const std::int64_t numel = program_.params[static_cast<std::size_t>(op.param)].numel();
+      bool cut = false;
+      for (TensorId t : ins) cut = cut || (ranks_ > 1 && setup_.parallel.shards_optimizer() && program_.tensors[t].elements == numel);
+      auto part = [&](TensorId t, View v, std::int64_t offset_elements) {
+        if (!cut) return v;
+        const bool full = program_.tensors[t].elements == numel;
+        auto* base = static_cast<unsigned char*>(v.data) + offset_elements * dtype_bytes(v.dtype);
+        return ref::contiguous(base + (full ? range.first : 0) * dtype_bytes(v.dtype), v.dtype, range.count, 1);
+      };
+      if (gradient_hook_) {
+        std::vector<float> gv = read(g);
+        const std::int64_t at = program_.tensors[g].elements == numel ? range.first : 0;
+        gradient_hook_(op.param, std::span(gv).subspan(static_cast<std::size_t>(at), static_cast<std::size_t>(range.count)));
+      }
+      if (cut && range.count == 0) {  // nothing of this parameter is the rank's
+        if (static_tensor_[g]) k.zero(in(0));
+        return;
+      }
       std::optional<View> master;
       std::vector<TensorId> moments;
       for (std::size_t i = 2; i < ins.size(); ++i) {
-        if (kind(ins[i]) == TensorKind::master_weight) master = in(i);
+        if (kind(ins[i]) == TensorKind::master_weight) master = part(ins[i], in(i), 0);
         if (kind(ins[i]) == TensorKind::optimizer_state) moments.push_back(ins[i]);
       }
+      const View gv = part(g, in(0), 0), wv = part(ins[1], in(1), 0);
       if (op.code == OpCode::sgd) {
-        k.sgd(options_.learning_rate, options_.weight_decay, in(0), in(1), master);
+        k.sgd(options_.learning_rate, options_.weight_decay, gv, wv, master);
       } else {
         ref::AdamW o;
         o.lr = options_.learning_rate;
@@ -183,15 +205,16 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
         o.eps = options_.eps;
         o.weight_decay = options_.weight_decay;
         o.step = optimizer_steps_ + 1;
-        View mv = view(moments.at(0), op, it);
-        View first = mv, second = mv;
+        const View mv = view(moments.at(0), op, it);
+        View first = part(moments[0], mv, 0), second = first;
         if (moments.size() == 2) {
-          second = view(moments[1], op, it);
+          second = part(moments[1], view(moments[1], op, it), 0);
         } else {  // adam_mv: m then v in one tensor
           const std::int64_t n = program_.tensors[moments[0]].elements;
-          second.data = static_cast<unsigned char*>(mv.data) + n * dtype_bytes(mv.dtype);
+          second = part(moments[0], mv, n);
+          if (!cut) second.data = static_cast<unsigned char*>(mv.data) + n * dtype_bytes(mv.dtype);
         }
-        k.adamw(o, in(0), in(1), first, second, master);
+        k.adamw(o, gv, wv, first, second, master);
       }
       if (static_tensor_[g]) k.zero(in(0));  // a persistent gradient starts the next step at 0
       return;
@@ -203,12 +226,65 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     case OpCode::all_gather:
     case OpCode::reduce_scatter:
     case OpCode::all_reduce:
+      collective(op, it);
+      return;
     case OpCode::all_to_all:
-      break;  // a multi-rank program's; the executor refuses those (one rank only, for now)
+      break;  // Ulysses'; the executor refuses sp > 1 (not executed yet)
     case OpCode::autograd:
       break;  // the pytorch profile's ops are modelled, not executed (the executor refuses its programs)
   }
   MSTPLAN_CHECK(false, "the runtime has no kernel for op {} ({})", op_name(program_, f.op, f.iteration), op.label);
+}
+
+// The collectives of a data-parallel rank (Note [Ranks]; program.h lists their operands). The mean
+// over the ranks is the sum in rank order divided by N, rounded once to the output's dtype.
+void Executor::collective(const Op& op, std::int64_t it) {
+  const auto ins = program_.inputs(op);
+  const auto outs = program_.outputs(op);
+  MSTPLAN_CHECK(comm_ != nullptr && ins.size() == outs.size(), "{}: a collective without ranks", op.label);
+  const auto n = static_cast<std::size_t>(ranks_);
+  for (std::size_t i = 0; i < ins.size(); ++i) {
+    const std::uint32_t src = instance(ins[i], it), dst = instance(outs[i], it);
+    const Tensor& out = program_.tensors[outs[i]];
+    MSTPLAN_CHECK(out.param >= 0, "{}: {} is no parameter's", op.label, tensor_name(program_, outs[i]));
+    const std::int64_t numel = program_.params[static_cast<std::size_t>(out.param)].numel();
+    const auto shard = static_cast<std::size_t>(setup_.parallel.shard_numel(numel));
+    const Range range = update_range(out.param);
+    std::vector<float> x = read_instance(src);
+    std::vector<float> all(shard * n, 0.0f);
+    switch (op.code) {
+      case OpCode::all_gather: {  // shards -> full; or a full weight whose rank ranges are refilled
+        std::vector<float> mine(shard, 0.0f);
+        if (src == dst) std::copy_n(x.begin() + range.first, range.count, mine.begin());
+        else std::copy_n(x.begin(), shard, mine.begin());
+        comm_->all_gather(mine, all);
+        all.resize(static_cast<std::size_t>(numel));
+        write_instance(dst, all);
+        break;
+      }
+      case OpCode::reduce_scatter:  // full gradient -> the rank's shard of the mean (accumulated if live)
+      case OpCode::all_reduce: {    // full gradient -> the mean, in place
+        std::copy(x.begin(), x.end(), all.begin());
+        comm_->all_reduce_sum(all);
+        for (float& v : all) v /= static_cast<float>(ranks_);
+        if (op.code == OpCode::all_reduce) {
+          all.resize(static_cast<std::size_t>(numel));
+          write_instance(dst, all);
+          break;
+        }
+        const auto at = all.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(rank_) * shard);
+        std::vector<float> mine(at, at + static_cast<std::ptrdiff_t>(shard));
+        const bool fresh = std::find(fresh_.begin(), fresh_.end(), dst) != fresh_.end();
+        if (!fresh) {
+          const std::vector<float> before = read_instance(dst);
+          for (std::size_t e = 0; e < shard; ++e) mine[e] += before[e];
+        }
+        write_instance(dst, mine);
+        break;
+      }
+      default: MSTPLAN_CHECK(false, "{} is not a data-parallel collective", op.label);
+    }
+  }
 }
 
 }  // namespace mstplan

@@ -13,6 +13,7 @@ packages=(
   libexpat1-dev   # the report tests parse every SVG figure
   python3 python3-yaml   # the PyTorch harness's grid is checked in the tests (no torch needed)
   gnuplot-nox   # report figures
+  libopenmpi-dev openmpi-bin   # multi-rank plans run as MPI processes on the CPU backend (mpirun -np 4 in the tests)
 )
 
 missing=()

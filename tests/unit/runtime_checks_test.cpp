@@ -326,6 +326,28 @@ TEST(RuntimeChecks, RefusesWhatItDoesNotExecute) {
   auto e4 = Executor::create(llama, {}, Plan::vanilla(), 1, *cpu, {});
   ASSERT_FALSE(e4.has_value());
   EXPECT_NE(e4.error().message.find("field 'seq_len'"), std::string::npos) << e4.error().message;
+
+  // A rank of a 4-GPU plan needs a world of 4 (tests/mpi/ranks_test.cpp runs one), and Ulysses
+  // is planned, not executed.
+  TrainingSetup four;
+  four.parallel.gpus = 4;
+  four.parallel.zero = ZeroStage::parameters;
+  auto e5 = Executor::create(llama, four, Plan::vanilla(), 16, *cpu, {});
+  ASSERT_FALSE(e5.has_value());
+  EXPECT_NE(e5.error().message.find("field 'gpus': 4: a multi-GPU plan runs one rank per process, here one process"),
+            std::string::npos)
+      << e5.error().message;
+  auto alone = make_self_communicator();
+  RunOptions one_rank;
+  one_rank.communicator = alone.get();
+  auto e6 = Executor::create(llama, four, Plan::vanilla(), 16, *cpu, one_rank);
+  ASSERT_FALSE(e6.has_value());
+  EXPECT_NE(e6.error().message.find("here 1 rank;"), std::string::npos) << e6.error().message;
+  TrainingSetup ulysses = four;
+  ulysses.parallel.sp = 2;
+  auto e7 = Executor::create(llama, ulysses, Plan::vanilla(), 16, *cpu, {});
+  ASSERT_FALSE(e7.has_value());
+  EXPECT_NE(e7.error().message.find("field 'gpus'"), std::string::npos) << e7.error().message;
 }
 
 }  // namespace
