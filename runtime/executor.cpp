@@ -26,6 +26,12 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
   }
   if (setup.parallel.gpus > 1) {
     const int gpus = static_cast<int>(setup.parallel.gpus);
+    if (backend.name() != "cpu") {
+      return make_error(ErrorKind::unsupported,
+                        "field 'gpus': {}: the {} backend runs one rank; its collectives would be NCCL's (not built "
+                        "yet): run the ranks on the CPU backend",
+                        gpus, backend.name());
+    }
     if (options.communicator == nullptr || options.communicator->size() != gpus) {
       return make_error(ErrorKind::unsupported,
                         "field 'gpus': {}: a multi-GPU plan runs one rank per process, here {}; start {} ranks "
@@ -34,12 +40,6 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                                                              options.communicator->size() == 1 ? "" : "s")
                                            : "one process",
                         gpus, gpus);
-    }
-    if (backend.name() != "cpu") {
-      return make_error(ErrorKind::unsupported,
-                        "field 'gpus': {}: the {} backend runs one rank; its collectives would be NCCL's (not built "
-                        "yet): run the ranks on the CPU backend",
-                        gpus, backend.name());
     }
     if (setup.parallel.sp > 1) {
       return make_error(ErrorKind::unsupported,

@@ -343,6 +343,14 @@ TEST(RuntimeChecks, RefusesWhatItDoesNotExecute) {
   auto e6 = Executor::create(llama, four, Plan::vanilla(), 16, *cpu, one_rank);
   ASSERT_FALSE(e6.has_value());
   EXPECT_NE(e6.error().message.find("here 1 rank;"), std::string::npos) << e6.error().message;
+  // Another backend's ranks would need NCCL: refused by the backend's name before the world.
+  struct NamedCuda : CpuBackend {
+    [[nodiscard]] std::string_view name() const override { return "cuda"; }
+  } cuda;
+  auto e8 = Executor::create(llama, four, Plan::vanilla(), 16, cuda, {});
+  ASSERT_FALSE(e8.has_value());
+  EXPECT_NE(e8.error().message.find("the cuda backend runs one rank; its collectives would be NCCL's"), std::string::npos)
+      << e8.error().message;
   TrainingSetup ulysses = four;
   ulysses.parallel.sp = 2;
   auto e7 = Executor::create(llama, ulysses, Plan::vanilla(), 16, *cpu, {});
