@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -121,6 +122,15 @@ nlohmann::json ranks_json(Communicator* world, const RankSummary& mine) {
   return rows;
 }
 
+// The ranks sharing this machine's memory: mpirun's count for this node, else all of them.
+std::int64_t local_ranks(const Communicator& world) {
+  if (const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) {
+    const long long n = std::atoll(local);
+    if (n > 0) return n;
+  }
+  return world.size();
+}
+
 RunOutcome agree(Communicator* world, RunOutcome outcome) {
   if (world == nullptr) return outcome;
   const std::int64_t mine = outcome.code;
@@ -159,7 +169,9 @@ RunOutcome run_command(const RunCommand& c, std::ostream& user_out) {
   std::ostream& out = world != nullptr && world->rank() != 0 ? discarded : user_out;
   std::unique_ptr<Backend> backend;
   if (c.backend == "cpu") {
-    if (auto e = check_fits_host(*file, c.plan_file)) return {code(ExitCode::unavailable), e->message};
+    if (auto e = check_fits_host(*file, c.plan_file, world != nullptr ? local_ranks(*world) : 1)) {
+      return agree(world, {code(ExitCode::unavailable), e->message});
+    }
     backend = make_cpu_backend();
   } else {
     auto gpu = make_cuda_backend();

@@ -67,16 +67,19 @@ double relative_error(const std::vector<float>& a, const std::vector<float>& b) 
   return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
 }
 
-std::optional<Error> check_fits_host(const PlanFile& f, const std::string& origin) {
+std::optional<Error> check_fits_host(const PlanFile& f, const std::string& origin, std::int64_t processes) {
   const Program program = build_program(f.model, f.setup, f.plan, f.seq_len);
   const Analysis a = analyze(program, AllocatorModel::for_profile(Profile::native));
-  const std::int64_t need = a.peak.allocated_bytes + a.host_peak_bytes;
+  // A rank's device and host pools, times the ranks on this machine (tiny plans: no overflow).
+  const std::int64_t need = (a.peak.allocated_bytes + a.host_peak_bytes) * std::max<std::int64_t>(processes, 1);
   const std::int64_t available = available_memory_bytes();
   if (available > 0 && need > available * 8 / 10) {
     return make_error(ErrorKind::invalid,
-                      "{}: the CPU backend would need {} of this machine's memory and {} is available (80% may be "
+                      "{}: the CPU backend would need {} of this machine's memory{} and {} is available (80% may be "
                       "used); run a smaller model or sequence, or this plan on a GPU",
-                      origin, format_bytes(need), format_bytes(available));
+                      origin, format_bytes(need),
+                      processes > 1 ? fmt::format(" ({} ranks here)", processes) : std::string(),
+                      format_bytes(available));
   }
   return std::nullopt;
 }

@@ -76,8 +76,10 @@ struct VerifyReport {
   bool ok = true;                       ///< memory, loss, gradients and parameters
 };
 
-/// Refuses plans whose predicted bytes exceed what this machine can give the CPU backend.
-[[nodiscard]] std::optional<Error> check_fits_host(const PlanFile& plan, const std::string& origin);
+/// Refuses plans whose predicted bytes exceed what this machine can give the CPU backend, for
+/// `processes` ranks of the plan running on it at once (mpirun's ranks on this node).
+[[nodiscard]] std::optional<Error> check_fits_host(const PlanFile& plan, const std::string& origin,
+                                                   std::int64_t processes = 1);
 
 [[nodiscard]] Expected<RunReport> run_plan(const PlanFile& plan, Backend& backend, const RunOptions& options,
                                            std::int64_t steps);

@@ -298,6 +298,16 @@ TEST(RuntimeChecks, MemoryOnlyRunsAllocateAsTheFullStep) {
   EXPECT_EQ(dry->losses[0], 0.0);
 }
 
+// Ranks on one machine share its memory: tiny-llama's step (about 34 MB per rank) fits once, and
+// not a million times over (34 TB), and the refusal names the ranks.
+TEST(RuntimeChecks, HostMemoryCheckCountsTheRanksOnThisMachine) {
+  const PlanFile f{catalog_model("tiny-llama"), {}, fp32_setup(), Plan::vanilla(), 64, {}, std::nullopt};
+  EXPECT_FALSE(check_fits_host(f, "p.yaml"));
+  auto refused = check_fits_host(f, "p.yaml", 1'000'000);
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_NE(refused->message.find("(1000000 ranks here)"), std::string::npos) << refused->message;
+}
+
 TEST(RuntimeChecks, RefusesWhatItDoesNotExecute) {
   auto cpu = make_cpu_backend();
   const ModelSpec llama = catalog_model("tiny-llama");
