@@ -149,6 +149,17 @@ struct Parallelism {
   /// Elements of a tensor of `numel` one rank keeps when its stage shards it: ceil(numel / gpus)
   /// (FSDP2 pads each parameter's shards to equal size; DeepSpeed pads its flat buffer likewise).
   [[nodiscard]] std::int64_t shard_numel(std::int64_t numel) const { return (numel + gpus - 1) / gpus; }
+  /// The elements of a numel-element tensor that rank `rank` holds as its shard: [first, first +
+  /// count), first = rank x shard_numel (clamped to numel); count is 0 on the last ranks of a
+  /// tensor smaller than the world, and the shard's remaining elements are padding.
+  struct ShardRange {
+    std::int64_t first = 0, count = 0;
+  };
+  [[nodiscard]] ShardRange shard_range(std::int64_t numel, std::int64_t rank) const {
+    const std::int64_t shard = shard_numel(numel), first = rank * shard;
+    const std::int64_t count = numel - first < 0 ? 0 : (numel - first < shard ? numel - first : shard);
+    return {first < numel ? first : numel, count};
+  }
   [[nodiscard]] bool shards_optimizer() const { return gpus > 1 && zero >= ZeroStage::optimizer; }
   [[nodiscard]] bool shards_gradients() const { return gpus > 1 && zero >= ZeroStage::gradients; }
   [[nodiscard]] bool shards_weights() const { return gpus > 1 && zero >= ZeroStage::parameters; }

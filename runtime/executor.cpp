@@ -198,8 +198,7 @@ void Executor::write_instance(std::uint32_t id, std::span<const float> values) {
 Executor::Range Executor::update_range(std::int32_t param) const {
   const std::int64_t numel = program_.params[static_cast<std::size_t>(param)].numel();
   if (!setup_.parallel.shards_optimizer()) return {0, numel};
-  const std::int64_t shard = setup_.parallel.shard_numel(numel), first = rank_ * shard;
-  return {std::min(first, numel), std::clamp<std::int64_t>(numel - first, 0, shard)};
+  return setup_.parallel.shard_range(numel, rank_);
 }
 
 std::vector<float> Executor::parameter(std::int32_t param) const {
@@ -255,7 +254,7 @@ std::optional<Error> Executor::initialise_statics() {
       }
       // A shard: the one-device values' elements of this rank (Note [Ranks]), then zeros.
       const std::int64_t shard = setup_.parallel.shard_numel(p.numel());
-      const std::int64_t first = rank_ * shard, count = std::clamp<std::int64_t>(p.numel() - first, 0, shard);
+      const auto [first, count] = setup_.parallel.shard_range(p.numel(), rank_);
       MSTPLAN_CHECK(tensor.elements == shard, "{} has {} elements, a shard of {} has {}", tensor_name(program_, t),
                     tensor.elements, p.numel(), shard);
       std::vector<float> full(static_cast<std::size_t>(p.numel()));

@@ -117,9 +117,7 @@ class Executor {
   [[nodiscard]] std::vector<float> parameter(std::int32_t param) const;
   /// The elements of a parameter this rank updates: [first, first + count); all of them on one
   /// rank or without a sharded optimizer (count may be 0 on the last ranks of a tiny parameter).
-  struct Range {
-    std::int64_t first = 0, count = 0;
-  };
+  using Range = Parallelism::ShardRange;
   [[nodiscard]] Range update_range(std::int32_t param) const;
   [[nodiscard]] int rank() const { return rank_; }
   /// Overwrites a parameter (its master copy too, when there is one), rounding to its dtype. The

@@ -172,9 +172,7 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
     for (std::size_t i = 0; i < n; ++i) {
       ref_params[i] = e.parameter(static_cast<std::int32_t>(i));
       if (!f.setup.parallel.shards_optimizer()) continue;
-      const std::int64_t numel = static_cast<std::int64_t>(ref_params[i].size());
-      const std::int64_t shard = f.setup.parallel.shard_numel(numel), first = std::min(rank * shard, numel);
-      const std::int64_t count = std::clamp<std::int64_t>(numel - first, 0, shard);
+      const auto [first, count] = f.setup.parallel.shard_range(static_cast<std::int64_t>(ref_params[i].size()), rank);
       for (auto* values : {&ref_grads[i], &ref_params[i]}) {
         *values = std::vector<float>(values->begin() + first, values->begin() + first + count);
       }
