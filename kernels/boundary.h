@@ -23,6 +23,9 @@ struct Rope {
   double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   std::int64_t original_max_position_embeddings = 0;  ///< llama3: the pre-training context
   std::int64_t max_position_embeddings = 0;           ///< dynamic scaling applies beyond this length
+  /// The position of a view's position 0 (Ulysses: a rank holds positions [first_position, ...)
+  /// of each sequence); the angle of view row r is (first_position + View::position(r)) x freq.
+  std::int64_t first_position = 0;
 };
 
 /// Causal attention with grouped key/value heads; q is T x heads*head_dim, k and v are

@@ -306,9 +306,18 @@ void StepBuilder::set_output(std::int32_t l, TensorId out) {
 
 std::pair<TensorId, TensorId> StepBuilder::flash_backward_workspaces(std::int32_t l) {
   const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
+  if (ulysses()) p_.tensors[acc].split = Split::heads;  // attention's rows: all positions, the rank's heads
   const TensorId delta =
       tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * heads_ * A_, l, Pass::backward);
   return {acc, delta};
+}
+
+TensorId StepBuilder::heads_tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements,
+                                  std::int32_t layer, Pass pass) {
+  MSTPLAN_CHECK(ulysses(), "head-split tensor {} without sequence parallelism", label);
+  const TensorId t = tensor(label, kind, dtype, elements, layer, pass);
+  p_.tensors[t].split = Split::heads;
+  return t;
 }
 
 void StepBuilder::all_to_all(const char* label, Phase phase, Pass pass, std::int32_t l,
@@ -331,11 +340,11 @@ std::tuple<TensorId, TensorId, TensorId> StepBuilder::qkv_to_heads(std::int32_t 
   if (m_.num_kv_heads < par_.sp) {
     ks = tensor("attn.k.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, pass);
     vs = tensor("attn.v.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, pass);
-    autograd_op("attn.kv.replicate", OpKind::elementwise, Phase::forward, pass, l, {k, v}, {ks, vs});
+    op("attn.kv.replicate", OpCode::repeat_kv, Phase::forward, pass, l, {k, v}, {ks, vs});
   }
-  const TensorId qh = tensor("attn.q.heads", kind, dtype, T_ * qd_, l, pass);
-  const TensorId kh = tensor("attn.k.heads", kind, dtype, kv_heads_elements(), l, pass);
-  const TensorId vh = tensor("attn.v.heads", kind, dtype, kv_heads_elements(), l, pass);
+  const TensorId qh = heads_tensor("attn.q.heads", kind, dtype, T_ * qd_, l, pass);
+  const TensorId kh = heads_tensor("attn.k.heads", kind, dtype, kv_heads_elements(), l, pass);
+  const TensorId vh = heads_tensor("attn.v.heads", kind, dtype, kv_heads_elements(), l, pass);
   all_to_all("attn.qkv.all_to_all", Phase::forward, pass, l, {q, ks, vs}, {qh, kh, vh});
   return {qh, kh, vh};
 }
@@ -351,8 +360,8 @@ void StepBuilder::grads_to_sequence(std::int32_t l, DType dtype, std::array<Tens
   all_to_all("attn.dqkv.all_to_all", Phase::backward, Pass::backward, l, {heads[0], heads[1], heads[2]},
              {sequence[0], dk, dv});
   if (replicated) {
-    autograd_op("attn.kv.replicate.grad", OpKind::elementwise, Phase::backward, Pass::backward, l, {dk, dv},
-                {sequence[1], sequence[2]});
+    op("attn.kv.replicate.grad", OpCode::repeat_kv_grad, Phase::backward, Pass::backward, l, {dk, dv},
+       {sequence[1], sequence[2]});
   }
 }
 

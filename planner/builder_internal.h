@@ -147,6 +147,9 @@ class StepBuilder {
   // ranks, from tensors split by sequence (S_ positions of every head) to tensors split by heads
   // (all A_ positions of the rank's heads), or back; the same elements on each side.
   bool ulysses() const { return par_.sp > 1; }
+  // A tensor split by heads (Split::heads): all A_ positions of the rank's heads.
+  TensorId heads_tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
+                        Pass pass);
   void all_to_all(const char* label, Phase phase, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
                   std::initializer_list<TensorId> outputs);
   // Elements of a head-split k or v: T_ x head_dim x max(KV, sp) (with fewer key/value heads than

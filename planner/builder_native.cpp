@@ -116,7 +116,7 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   op("attn.rope", OpCode::rope, Phase::forward, pass, l, {st.q, st.k}, {st.q, st.k});
   if (ulysses()) std::tie(st.q, st.k, st.v) = qkv_to_heads(l, pass, kept, act_, st.q, st.k, st.v);
   st.o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
-  st.o_heads = ulysses() ? tensor("attn.out.heads", kept, act_, T_ * qd_, l, pass) : st.o;
+  st.o_heads = ulysses() ? heads_tensor("attn.out.heads", kept, act_, T_ * qd_, l, pass) : st.o;
   st.lse = st.probs = kNoTensor;
   if (s_.attention != AttentionKind::eager) {
     st.lse = tensor("attn.lse", kept, DType::fp32, B_ * heads_ * A_, l, pass);
@@ -353,11 +353,11 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   // Ulysses: attention's backward runs split by heads, between two all-to-alls.
   TensorId dout_a = dout, dq_a = dq, dk_a = dk, dv_a = dv;
   if (ulysses()) {
-    dout_a = tensor("attn.dout.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+    dout_a = heads_tensor("attn.dout.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
     all_to_all("attn.dout.all_to_all", Phase::backward, Pass::backward, l, {dout}, {dout_a});
-    dq_a = tensor("attn.dq.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
-    dk_a = tensor("attn.dk.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
-    dv_a = tensor("attn.dv.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
+    dq_a = heads_tensor("attn.dq.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+    dk_a = heads_tensor("attn.dk.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
+    dv_a = heads_tensor("attn.dv.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
   }
   if (s_.attention != AttentionKind::eager) {
     const auto [acc, delta] = flash_backward_workspaces(l);

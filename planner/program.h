@@ -60,6 +60,11 @@ enum class Pass : std::uint8_t { forward, recompute, backward, optimizer };
 
 enum class Device : std::uint8_t { device, host };
 
+/// Which part of a sequence a rank's activation holds (Note [Ulysses step] in builder.cpp): its
+/// local_seq_len() positions of every head, or, between Ulysses' all-to-alls, all seq_len
+/// positions of its share of the heads. Without Ulysses every tensor is `sequence`.
+enum class Split : std::uint8_t { sequence, heads };
+
 /// What an op does, for the cost model and the runtime's dispatch.
 enum class OpKind : std::uint8_t {
   begin,            ///< step start: creates the static tensors
@@ -149,6 +154,10 @@ enum class OpCode : std::uint8_t {
   reduce_scatter,    ///< {full gradient} -> {its shard}: summed over the ranks (accumulated if live)
   all_reduce,        ///< {g} -> {g}: summed over the ranks, in place
   all_to_all,        ///< {sequence-split tensors...} -> {head-split tensors...}, or back (Ulysses)
+  /// Ulysses with fewer key/value heads than ranks: each key/value head repeated to sp / kv
+  /// heads (repeat_interleave, DeepSpeed's kv replication) and, in backward, the repeats summed.
+  repeat_kv,         ///< {k, v} -> {k repeated, v repeated}
+  repeat_kv_grad,    ///< {dk repeated, dv repeated} -> {dk, dv}
   autograd,          ///< pytorch profile: a PyTorch op, modelled for its memory and time only
 };
 
@@ -193,6 +202,8 @@ enum class OpCode : std::uint8_t {
     case OpCode::gated_act:
     case OpCode::gated_act_grad:
     case OpCode::softcap:
+    case OpCode::repeat_kv:
+    case OpCode::repeat_kv_grad:
     case OpCode::zero:
     case OpCode::autograd: return OpKind::elementwise;
   }
@@ -242,6 +253,7 @@ struct Tensor {
   std::int32_t loop = kNone;   ///< an array with one instance per iteration of this loop
   std::int64_t elements = 0;   ///< per instance
   std::int64_t bytes = 0;      ///< per instance (elements x dtype size, plus any scales)
+  Split split = Split::sequence;  ///< activations: the positions and heads a rank holds (Ulysses)
 };
 
 struct Op {

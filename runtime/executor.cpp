@@ -41,12 +41,6 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                                            : "one process",
                         gpus, gpus);
     }
-    if (setup.parallel.sp > 1) {
-      return make_error(ErrorKind::unsupported,
-                        "field 'sp': {}: the runtime runs data-parallel ranks (ZeRO 0-3); Ulysses' all-to-alls are "
-                        "planned, not executed yet",
-                        setup.parallel.sp);
-    }
   }
   if (setup.offload_optimizer) {
     return make_error(ErrorKind::unsupported,
@@ -79,6 +73,8 @@ Executor::Executor(const ModelSpec& model, const TrainingSetup& setup, std::int6
     comm_ = options_.communicator;
     rank_ = comm_->rank();
     ranks_ = comm_->size();
+    sp_ = setup_.parallel.sp;
+    member_ = rank_ % sp_;
   }
   flat_ = expand(program_);
   first_instance_.resize(program_.tensors.size());
@@ -124,12 +120,21 @@ View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
   View v;
   v.data = instances_[id].block.data;
   v.dtype = tensor.dtype;
-  const std::int64_t B = program_.batch, S = program_.seq_len, T = B * S;
+  // A rank's positions of each sequence: all of them, or its share with Ulysses (Note [Ranks]).
+  const std::int64_t B = program_.batch, S = program_.local_seq_len(), T = B * S;
   if (tensor.param >= 0) {
     const ParamTensor& p = program_.params[static_cast<std::size_t>(tensor.param)];
     if (tensor.elements != p.numel()) return ref::contiguous(v.data, v.dtype, tensor.elements, 1);  // a shard
     // Vectors (norm weights, biases) are one row, as the kernels take them.
     return p.cols == 1 ? ref::contiguous(v.data, v.dtype, 1, p.rows) : ref::contiguous(v.data, v.dtype, p.rows, p.cols);
+  }
+  if (tensor.split == Split::heads) {  // Ulysses, around attention: every position, the rank's heads
+    const std::int64_t A = program_.seq_len;
+    v.cols = tensor.elements / (B * A);
+    v.seqs = B;
+    v.seq_stride = A;
+    v.positions = A;
+    return v;
   }
   if (tensor.loop != kNone) {
     const Loop& loop = program_.loops[static_cast<std::size_t>(tensor.loop)];
@@ -147,7 +152,7 @@ View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
   if (op.loop != kNone) {
     const Loop& loop = program_.loops[static_cast<std::size_t>(op.loop)];
     const bool lm = loop.block == ChunkedBlock::lm_head;
-    const std::int64_t positions = lm ? S - 1 : S;
+    const std::int64_t positions = lm ? labelled_positions() : S;
     const std::int64_t chunks = lm ? program_.lm_head_chunks : program_.mlp_chunks;
     const std::int64_t base = positions / chunks, longer = positions % chunks;
     const std::int64_t c = loop.first_chunk + iteration;
@@ -273,22 +278,45 @@ std::optional<Error> Executor::initialise_statics() {
 }
 
 void Executor::write_data(std::int64_t micro_batch) {
-  const std::int64_t B = program_.batch, S = program_.seq_len;
-  std::vector<float> tokens(static_cast<std::size_t>(B * S)), labels(tokens.size());
+  // Each sequence from its own stream, numbered across micro-batches: batch 2 in one micro-batch
+  // and batch 1 in two see the same sequences. Rank r is member r % sp of group r / sp (Note
+  // [Ranks]); the group's micro-batch m holds sequences of micro-batch m x groups + group, and
+  // the member positions [member x S_, (member + 1) x S_) of each, with the labels shifted
+  // before the split (ALST's): position s is labelled with the token at s + 1, the sequence's
+  // last position with none.
+  const std::int64_t B = program_.batch, S = program_.seq_len, local = program_.local_seq_len();
+  const std::int64_t groups = ranks_ / sp_, group = rank_ / sp_, first = member_ * local;
+  std::vector<float> tokens(static_cast<std::size_t>(B * local)), labels(tokens.size());
+  targets_ = 0;
+  std::vector<float> seq_tokens(static_cast<std::size_t>(S)), seq_labels(seq_tokens.size());
   for (std::int64_t b = 0; b < B; ++b) {
-    // Each sequence from its own stream, numbered across micro-batches: batch 2 in one
-    // micro-batch and batch 1 in two see the same sequences.
-    const auto sequence = static_cast<std::uint64_t>((micro_batch * ranks_ + rank_) * B + b);  // Note [Ranks]
+    const auto sequence = static_cast<std::uint64_t>((micro_batch * groups + group) * B + b);
     std::uint64_t state = options_.seed * 0x2545F4914F6CDD1Dull + sequence * 0x9E3779B97F4A7C15ull + 17;
     for (std::int64_t s = 0; s < S; ++s) {
-      const auto i = static_cast<std::size_t>(b * S + s);
-      tokens[i] = static_cast<float>(splitmix(state) % static_cast<std::uint64_t>(model_.vocab_size));
-      labels[i] = uniform01(state) < options_.ignore_fraction ? static_cast<float>(kNoLabel) : tokens[i];
+      const auto i = static_cast<std::size_t>(s);
+      seq_tokens[i] = static_cast<float>(splitmix(state) % static_cast<std::uint64_t>(model_.vocab_size));
+      seq_labels[i] = uniform01(state) < options_.ignore_fraction ? static_cast<float>(kNoLabel) : seq_tokens[i];
+    }
+    for (std::int64_t s = 0; s < local; ++s) {
+      const auto i = static_cast<std::size_t>(b * local + s);
+      const std::int64_t at = first + s;
+      tokens[i] = seq_tokens[static_cast<std::size_t>(at)];
+      if (sp_ == 1) {
+        labels[i] = seq_labels[static_cast<std::size_t>(at)];  // the loss shifts them (targets())
+        if (s > 0) targets_ += labels[i] != kNoLabel ? 1 : 0;
+      } else {
+        labels[i] = at + 1 < S ? seq_labels[static_cast<std::size_t>(at + 1)] : static_cast<float>(kNoLabel);
+        targets_ += labels[i] != kNoLabel ? 1 : 0;
+      }
     }
   }
-  targets_ = 0;
-  for (std::int64_t b = 0; b < B; ++b) {
-    for (std::int64_t s = 1; s < S; ++s) targets_ += labels[static_cast<std::size_t>(b * S + s)] != kNoLabel ? 1 : 0;
+  // The loss is the mean over the sequence group's labels: every member counts them all.
+  group_targets_ = targets_;
+  if (sp_ > 1) {
+    std::vector<std::int64_t> all(static_cast<std::size_t>(ranks_));
+    comm_->all_gather(std::span(&targets_, 1), all);
+    group_targets_ = 0;
+    for (std::int64_t j = group * sp_; j < (group + 1) * sp_; ++j) group_targets_ += all[static_cast<std::size_t>(j)];
   }
   write(tokens_, tokens);
   write(labels_, labels);

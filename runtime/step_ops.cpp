@@ -40,9 +40,11 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
 
   AttentionShape shape;
   shape.batch = program_.batch;
+  // With Ulysses attention runs between the all-to-alls: every position of the rank's heads
+  // (one key/value head each where there are fewer than ranks, repeated by repeat_kv).
   shape.seq = program_.seq_len;
-  shape.heads = m.num_heads;
-  shape.kv_heads = m.num_kv_heads;
+  shape.heads = m.num_heads / sp_;
+  shape.kv_heads = sp_ > 1 ? std::max(m.num_kv_heads, sp_) / sp_ : m.num_kv_heads;
   shape.head_dim = m.head_dim;
   shape.scale = static_cast<float>(1.0 / std::sqrt(m.query_pre_attn_scalar ? *m.query_pre_attn_scalar
                                                                             : static_cast<double>(m.head_dim)));
@@ -61,13 +63,16 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     return m.family == Family::gemma2 ? round_to(program_.tensors[h].dtype, std::sqrt(static_cast<float>(m.hidden_size)))
                                       : 1.0f;
   };
+  // The mean over the group's labels, over the micro-batches; times sp so that the ranks' mean
+  // of the gradients is the mean over the groups' sequences (Note [Ranks]).
   auto loss_scale = [&]() {
-    return targets_ > 0 ? static_cast<float>(1.0 / (static_cast<double>(targets_) * static_cast<double>(setup_.grad_accum)))
-                        : 0.0f;
+    return group_targets_ > 0 ? static_cast<float>(static_cast<double>(sp_) / (static_cast<double>(group_targets_) *
+                                                                               static_cast<double>(setup_.grad_accum)))
+                              : 0.0f;
   };
   auto targets = [&](TensorId labels) {
     View t = view(labels, op, it);
-    t.first += 1;  // position s predicts the token at s + 1
+    if (sp_ == 1) t.first += 1;  // position s predicts the token at s + 1 (Ulysses' labels come shifted)
     return t;
   };
   const float cap = m.final_logit_softcap ? static_cast<float>(*m.final_logit_softcap) : 0.0f;
@@ -136,6 +141,7 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
       r.high_freq_factor = m.rope.high_freq_factor;
       r.original_max_position_embeddings = m.rope.original_max_position_embeddings;
       r.max_position_embeddings = m.max_position_embeddings;
+      r.first_position = member_ * program_.local_seq_len();  // Ulysses: the rank's share
       const bool inverse = op.code == OpCode::rope_grad;
       k.rope(out(0), m.head_dim, r, program_.seq_len, inverse);
       k.rope(out(1), m.head_dim, r, program_.seq_len, inverse);
@@ -229,7 +235,12 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
       collective(op, it);
       return;
     case OpCode::all_to_all:
-      break;  // Ulysses'; the executor refuses sp > 1 (not executed yet)
+      ulysses_all_to_all(op, it);
+      return;
+    case OpCode::repeat_kv:
+    case OpCode::repeat_kv_grad:
+      repeat_kv(op, it, op.code == OpCode::repeat_kv_grad);
+      return;
     case OpCode::autograd:
       break;  // the pytorch profile's ops are modelled, not executed (the executor refuses its programs)
   }
@@ -284,6 +295,98 @@ void Executor::collective(const Op& op, std::int64_t it) {
       }
       default: MSTPLAN_CHECK(false, "{} is not a data-parallel collective", op.label);
     }
+  }
+}
+
+// Ulysses' all-to-all among the sp ranks of this rank's group (Note [Ulysses step] in
+// builder.cpp). A sequence-split tensor is B x S_ x (heads x head_dim), S_ = local_seq_len(); a
+// head-split one B x S x (heads / sp x head_dim). Member j is sent its heads of this rank's
+// positions (to heads) or this rank's heads of its positions (back); what member i sends lands
+// at its positions (to heads) or its heads (back). The world's all-to-all carries it: blocks
+// for ranks outside the group are empty (zeros), so it moves ranks / sp times the bytes NCCL's
+// grouped send/recv would, outside the pools as the other collectives' staging is.
+void Executor::ulysses_all_to_all(const Op& op, std::int64_t it) {
+  const auto ins = program_.inputs(op);
+  const auto outs = program_.outputs(op);
+  MSTPLAN_CHECK(comm_ != nullptr && sp_ > 1 && ins.size() == outs.size(), "{}: an all-to-all without Ulysses", op.label);
+  const std::int64_t B = program_.batch, S = program_.seq_len, local = program_.local_seq_len(), hd = model_.head_dim;
+  const std::int64_t group_first = rank_ / sp_ * sp_;
+  for (std::size_t i = 0; i < ins.size(); ++i) {
+    const Tensor& src = program_.tensors[ins[i]];
+    const Tensor& dst = program_.tensors[outs[i]];
+    const bool to_heads = dst.split == Split::heads;
+    MSTPLAN_CHECK(src.split != dst.split && src.elements == dst.elements, "{}: {} -> {} is no Ulysses exchange", op.label,
+                  tensor_name(program_, ins[i]), tensor_name(program_, outs[i]));
+    const std::int64_t heads = src.elements / (B * local * hd);  // on the sequence-split side
+    const std::int64_t share = heads / sp_;                       // heads per rank
+    MSTPLAN_CHECK(heads * B * local * hd == src.elements && share * sp_ == heads, "{}: {} heads over {} ranks", op.label,
+                  heads, sp_);
+    const std::int64_t block = B * local * share * hd;
+    // Element (b, s, h, d) of a block: s one of S_ positions, h one of `share` heads.
+    auto at = [&](std::int64_t b, std::int64_t s, std::int64_t h) { return ((b * local + s) * share + h) * hd; };
+    const std::vector<float> x = read_instance(instance(ins[i], it));
+    std::vector<float> send(static_cast<std::size_t>(block * ranks_), 0.0f), recv(send.size());
+    for (std::int64_t j = 0; j < sp_; ++j) {
+      float* to = send.data() + (group_first + j) * block;
+      for (std::int64_t b = 0; b < B; ++b) {
+        for (std::int64_t s = 0; s < local; ++s) {
+          for (std::int64_t h = 0; h < share; ++h) {
+            const std::int64_t from = to_heads ? ((b * local + s) * heads + j * share + h) * hd
+                                               : ((b * S + j * local + s) * share + h) * hd;
+            std::copy_n(x.data() + from, hd, to + at(b, s, h));
+          }
+        }
+      }
+    }
+    comm_->all_to_all(send, recv);
+    std::vector<float> y(static_cast<std::size_t>(dst.elements));
+    for (std::int64_t j = 0; j < sp_; ++j) {
+      const float* from = recv.data() + (group_first + j) * block;
+      for (std::int64_t b = 0; b < B; ++b) {
+        for (std::int64_t s = 0; s < local; ++s) {
+          for (std::int64_t h = 0; h < share; ++h) {
+            const std::int64_t to = to_heads ? ((b * S + j * local + s) * share + h) * hd
+                                             : ((b * local + s) * heads + j * share + h) * hd;
+            std::copy_n(from + at(b, s, h), hd, y.data() + to);
+          }
+        }
+      }
+    }
+    write_instance(instance(outs[i], it), y);
+  }
+}
+
+// Key/value heads repeated to one per rank before Ulysses' all-to-all (head h to heads
+// h x r ... h x r + r - 1, r = sp / kv, as repeat_interleave; rank j then holds key/value head
+// j / r, the one its query heads read), and in backward the r repeats' gradients summed in fp32
+// and rounded once (accumulated into a live output). A copy, run where the collectives' staging
+// runs: multi-rank plans execute on the CPU backend only.
+void Executor::repeat_kv(const Op& op, std::int64_t it, bool backward) {
+  const auto ins = program_.inputs(op);
+  const auto outs = program_.outputs(op);
+  const std::int64_t kv = model_.num_kv_heads, hd = model_.head_dim, r = sp_ / kv;
+  const std::int64_t rows = program_.batch * program_.local_seq_len();
+  MSTPLAN_CHECK(ins.size() == 2 && outs.size() == 2 && r * kv == sp_, "{}: {} key/value heads over {} ranks", op.label,
+                kv, sp_);
+  for (std::size_t i = 0; i < 2; ++i) {
+    const std::vector<float> x = read_instance(instance(ins[i], it));
+    const std::uint32_t dst = instance(outs[i], it);
+    const bool fresh = std::find(fresh_.begin(), fresh_.end(), dst) != fresh_.end();
+    std::vector<float> y = backward && !fresh ? read_instance(dst)
+                                              : std::vector<float>(static_cast<std::size_t>(program_.tensors[outs[i]].elements), 0.0f);
+    for (std::int64_t row = 0; row < rows; ++row) {
+      for (std::int64_t h = 0; h < kv; ++h) {
+        for (std::int64_t j = 0; j < r; ++j) {
+          const auto wide = static_cast<std::size_t>((row * sp_ + h * r + j) * hd);
+          const auto narrow = static_cast<std::size_t>((row * kv + h) * hd);
+          for (std::size_t d = 0; d < static_cast<std::size_t>(hd); ++d) {
+            if (backward) y[narrow + d] += x[wide + d];
+            else y[wide + d] = x[narrow + d];
+          }
+        }
+      }
+    }
+    write_instance(dst, y);
   }
 }
 

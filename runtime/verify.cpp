@@ -151,14 +151,15 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
   Expected<double> loss = one_step(f.plan, grads, params, &v.run);
   if (!loss) return loss.error();
   // A rank of a multi-GPU plan (Note [Ranks] in executor.h) is held to one device's plain step
-  // over all the ranks' micro-batches, cut to the elements the rank updates.
+  // over all the rank groups' micro-batches (gpus / sp groups, each sharing its sequences with
+  // Ulysses), cut to the elements the rank updates.
   const std::int64_t ranks = f.setup.parallel.gpus;
   const int rank = ranks > 1 ? options.communicator->rank() : 0;
   Expected<double> reference = [&] {
     if (ranks == 1) return one_step(Plan::vanilla(), ref_grads, ref_params, nullptr);
     PlanFile one = f;
     one.setup.parallel = Parallelism{};
-    one.setup.grad_accum = f.setup.grad_accum * ranks;
+    one.setup.grad_accum = f.setup.grad_accum * f.setup.parallel.data_parallel();
     RunOptions alone = options;
     alone.communicator = nullptr;
     auto ex = Executor::create(one.model, one.setup, Plan::vanilla(), one.seq_len, backend, alone);
@@ -187,8 +188,19 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
 
   const ParameterStorage storage = parameter_storage(f.setup);
   const bool bf16_grads = storage.gradients == DType::bf16;
-  const std::int64_t mlp_chunks = chunk_count(f.plan.mlp, f.seq_len);
-  const std::int64_t lm_chunks = chunk_count(f.plan.lm_head, f.seq_len - 1);
+  const std::int64_t local = f.seq_len / f.setup.parallel.sp;  // a rank's positions (Ulysses: its share)
+  const std::int64_t mlp_chunks = chunk_count(f.plan.mlp, local);
+  const std::int64_t lm_chunks = chunk_count(f.plan.lm_head, f.setup.parallel.sp > 1 ? local : local - 1);
+  // Ulysses with fewer key/value heads than ranks (Note [Ulysses step]): each of a key/value
+  // head's r = sp / kv repeats gets its own dk and dv, rounded to the activations' dtype before
+  // the repeats are summed, where one device's attention sums its query heads' in fp32 and rounds
+  // once. With bf16 activations that is r more roundings of dk and dv in every layer, carried
+  // into every gradient below it (and, through AdamW, into the parameters).
+  const std::int64_t sp = f.setup.parallel.sp, kv = f.model.num_kv_heads;
+  const std::int64_t repeats = sp > kv ? sp / kv : 1;
+  const bool repeated_in_bf16 = repeats > 1 && f.setup.precision != Precision::fp32;
+  const double repeat_tolerance =
+      repeated_in_bf16 ? static_cast<double>(repeats * f.model.num_layers) * 0x1p-8 : 0.0;
   const auto specs = parameters(f.model);
   const std::string lm_head_name = f.model.tied_embeddings ? "embed.weight" : "lm_head.weight";
   for (std::size_t i = 0; i < n; ++i) {
@@ -199,12 +211,13 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
     // Across ranks, the reference adds N x G micro-batches' bf16 gradients (N x G - 1 roundings)
     // where the ranks add theirs in fp32 and round once: one 2^-8 per micro-batch more.
     const std::int64_t roundings = chunks - 1 + (ranks > 1 ? ranks * f.setup.grad_accum : 0);
-    const double tolerance = 1e-5 + (bf16_grads ? static_cast<double>(roundings) * 0x1p-8 : 0.0);
+    const double tolerance = 1e-5 + (bf16_grads ? static_cast<double>(roundings) * 0x1p-8 : 0.0) + repeat_tolerance;
     TensorCheck g{name, relative_error(grads[i], ref_grads[i]), tolerance, true};
     g.ok = g.error <= g.tolerance;
     v.gradients.push_back(g);
     const bool bf16_params = storage.weights == DType::bf16 && !storage.master;
-    const double p_tolerance = 1e-5 + (bf16_params && (chunks > 1 || ranks > 1) ? 0x1p-7 : 0.0);
+    const double p_tolerance =
+        1e-5 + ((bf16_params && (chunks > 1 || ranks > 1)) || repeated_in_bf16 ? 0x1p-7 : 0.0);
     TensorCheck p{name, relative_error(params[i], ref_params[i]), p_tolerance, true};
     p.ok = p.error <= p.tolerance;
     v.parameters.push_back(p);

@@ -28,14 +28,14 @@ struct InvFreq {
   double f[kMaxHalf];
 };
 
-__global__ void __launch_bounds__(kThreads) rope_kernel(View x, i64 head_dim, InvFreq inv, bool inverse) {
+__global__ void __launch_bounds__(kThreads) rope_kernel(View x, i64 head_dim, InvFreq inv, i64 first_position, bool inverse) {
   __shared__ double freq[kMaxHalf];
   __shared__ float cs[kMaxHalf], sn[kMaxHalf];
   const i64 half = head_dim / 2, heads = x.cols / head_dim, rows = x.rows();
   for (i64 i = threadIdx.x; i < half; i += kThreads) freq[i] = inv.f[i];
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     __syncthreads();  // freq written; cs / sn no longer read for the previous row
-    const auto pos = static_cast<double>(x.position(r));
+    const auto pos = static_cast<double>(first_position + x.position(r));
     for (i64 i = threadIdx.x; i < half; i += kThreads) {
       const double angle = pos * freq[i];
       const auto s = static_cast<float>(sin(angle));
@@ -77,7 +77,7 @@ Status rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t
 
     const i64 rows = x.seqs * x.positions;
     if (rows == 0 || x.cols == 0) return;
-    MSTPLAN_LAUNCH(blocks_for(rows, 1), kThreads, 0, stream, rope_kernel)(x, head_dim, inv, inverse);
+    MSTPLAN_LAUNCH(blocks_for(rows, 1), kThreads, 0, stream, rope_kernel)(x, head_dim, inv, rope.first_position, inverse);
   });
 }
 

@@ -445,7 +445,7 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
 
   const i64 heads = x.cols / head_dim;
   for (i64 r = 0; r < x.rows(); ++r) {
-    const auto pos = static_cast<double>(x.position(r));
+    const auto pos = static_cast<double>(rope.first_position + x.position(r));
     for (i64 i = 0; i < half; ++i) {
       const double angle = pos * inv_freq[static_cast<std::size_t>(i)];
       const auto cs = static_cast<float>(std::cos(angle));

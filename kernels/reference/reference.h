@@ -102,7 +102,8 @@ void rmsnorm_backward(const View& dy, const View& x, const View& rstd, const Vie
 using kernels::Rope;
 using kernels::RopeScaling;
 /// Rotates every head of x (rows x heads*head_dim) in place at the view's positions:
-/// x' = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) for the two halves of a head.
+/// x' = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1) for the two halves of a head;
+/// positions count from rope.first_position.
 /// `inverse` applies the transpose (the backward: dx = R^T dx').
 void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t seq_len, bool inverse);
 

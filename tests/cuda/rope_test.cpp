@@ -89,10 +89,14 @@ TEST(CUDA_Rope, MatchesReference) {
         for (const Layout& l : layouts) {
           for (const Scaling& s : scalings()) {
             for (const bool inverse : {false, true}) {
+              // Ulysses' ranks count positions from their share's start (Rope::first_position).
+              const i64 first_position = inverse ? 333 : 0;
+              ref::Rope rp = s.rope;
+              rp.first_position = first_position;
               HostTensor x(dtype, buffer_rows(l), heads * head_dim, seed++);
               DeviceTensor dx(x);
               const ref::View xv = shaped(x, l);
-              ref::rope(xv, head_dim, s.rope, s.seq_len, inverse);
+              ref::rope(xv, head_dim, rp, s.seq_len, inverse);
               cuda::Rope r;
               r.theta = s.rope.theta;
               r.scaling = s.rope.scaling;
@@ -101,12 +105,13 @@ TEST(CUDA_Rope, MatchesReference) {
               r.high_freq_factor = s.rope.high_freq_factor;
               r.original_max_position_embeddings = s.rope.original_max_position_embeddings;
               r.max_position_embeddings = s.rope.max_position_embeddings;
+              r.first_position = first_position;
               EXPECT_LAUNCHED(cuda::rope(dx.like(xv), head_dim, r, s.seq_len, inverse, nullptr));
               ASSERT_EQ(cudaGetLastError(), cudaSuccess);
               EXPECT_LE(max_error(dx.download(), x), tol)
                   << (dtype == DType::bf16 ? "bf16" : "fp32") << " head_dim " << head_dim << " heads " << heads
                   << " first " << l.first << " positions " << l.positions << " seqs " << l.seqs << " scaling "
-                  << s.name << " inverse " << inverse;
+                  << s.name << " inverse " << inverse << " first_position " << first_position;
             }
           }
         }

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "planner/analysis.h"
@@ -87,49 +89,40 @@ TEST(Ranks, CollectivesMoveWhatTheySay) {
   EXPECT_EQ(bigs[3], (std::int64_t{1} << 40) + 3);
 }
 
-// Ulysses' all-to-alls are planned, not executed: a rank of an sp > 1 plan is refused by name.
-TEST(Ranks, UlyssesIsRefusedByName) {
-  RankCase c{ZeroStage::parameters, Precision::fp32, 1, true, false};
-  PlanFile f = plan_file(c, world().size(), 32);
-  f.setup.parallel.sp = 2;
-  auto cpu = make_cpu_backend();
-  RunOptions options;
-  options.communicator = &world();
-  auto ex = Executor::create(f.model, f.setup, f.plan, f.seq_len, *cpu, options);
-  ASSERT_FALSE(ex.has_value());
-  EXPECT_NE(ex.error().message.find("field 'sp': 2"), std::string::npos) << ex.error().message;
-}
-
 class RankEquivalence : public ::testing::TestWithParam<RankCase> {};
 
 // Each rank: memory to the byte against its own program's prediction; loss, gradients and
 // parameters against one device's plain step of 4 x grad_accum micro-batches, cut to the rank's
 // elements. A collective that moved nothing (each rank's own gradient, unreduced; a gathered
 // weight left as garbage) fails the gradients or the loss.
-TEST_P(RankEquivalence, EachRankMatchesOneDevice) {
-  const RankCase& c = GetParam();
+// verify_plan on this rank, every check expected to pass; `what` names the case in failures.
+void expect_rank_matches_one_device(const PlanFile& f, const std::string& what) {
   Communicator& w = world();
-  const PlanFile f = plan_file(c, w.size(), 37);
   auto cpu = make_cpu_backend();
   RunOptions options;
   options.communicator = &w;
   options.ignore_fraction = 0.25;
   auto v = verify_plan(f, *cpu, options);
-  ASSERT_TRUE(v.has_value()) << v.error().message;
-  EXPECT_TRUE(v->run.memory_ok) << describe(c) << " rank " << w.rank();
+  ASSERT_TRUE(v.has_value()) << what << ": " << v.error().message;
+  EXPECT_TRUE(v->run.memory_ok) << what << " rank " << w.rank();
   for (const MemoryRow& row : v->run.memory) {
-    EXPECT_TRUE(row.ok()) << describe(c) << " rank " << w.rank() << ": " << row.what << " predicted "
-                          << row.predicted_bytes << " measured " << row.measured_bytes;
+    EXPECT_TRUE(row.ok()) << what << " rank " << w.rank() << ": " << row.what << " predicted " << row.predicted_bytes
+                          << " measured " << row.measured_bytes;
   }
-  EXPECT_TRUE(v->loss_check.ok) << describe(c) << ": loss " << v->loss << " vs " << v->reference_loss;
+  EXPECT_TRUE(v->loss_check.ok) << what << ": loss " << v->loss << " vs " << v->reference_loss;
   for (const auto& g : v->gradients) {
-    EXPECT_TRUE(g.ok) << describe(c) << " rank " << w.rank() << ": gradient " << g.name << " error " << g.error << " > "
+    EXPECT_TRUE(g.ok) << what << " rank " << w.rank() << ": gradient " << g.name << " error " << g.error << " > "
                       << g.tolerance;
   }
   for (const auto& p : v->parameters) {
-    EXPECT_TRUE(p.ok) << describe(c) << " rank " << w.rank() << ": parameter " << p.name << " error " << p.error
-                      << " > " << p.tolerance;
+    EXPECT_TRUE(p.ok) << what << " rank " << w.rank() << ": parameter " << p.name << " error " << p.error << " > "
+                      << p.tolerance;
   }
+}
+
+TEST_P(RankEquivalence, EachRankMatchesOneDevice) {
+  const RankCase& c = GetParam();
+  expect_rank_matches_one_device(plan_file(c, world().size(), 37), describe(c));
 }
 
 std::string case_name(const ::testing::TestParamInfo<RankCase>& info) {
@@ -151,6 +144,85 @@ INSTANTIATE_TEST_SUITE_P(
                       RankCase{ZeroStage::parameters, Precision::bf16, 1, true, true},
                       RankCase{ZeroStage::parameters, Precision::mixed, 1, true, true}),
     case_name);
+
+// Ulysses (Note [Ranks] in runtime/executor.h): groups of sp ranks share each sequence, every
+// rank S / sp positions of it outside attention and all S positions of H / sp heads inside. Each
+// rank: memory to the byte; loss, gradients and parameters against one device's plain step over
+// the groups' micro-batches (4 / sp groups x grad_accum). A wrong all-to-all layout, RoPE at the
+// wrong positions, labels not shifted across the ranks' boundaries or the loss not averaged over
+// the group fails the loss or the gradients.
+struct UlyssesCase {
+  const char* model;
+  std::int64_t sp;
+  ZeroStage zero;
+  Precision precision;
+  AttentionKind attention;
+  std::int64_t batch, grad_accum, seq;
+  bool mst;
+  OptimizerKind optimizer;
+};
+
+std::string describe(const UlyssesCase& c) {
+  return fmt::format("{} sp {} ZeRO-{} {} {} batch {} grad_accum {} seq {} {} {}", c.model, c.sp,
+                     static_cast<int>(c.zero), to_string(c.precision), to_string(c.attention), c.batch, c.grad_accum,
+                     c.seq, c.mst ? "MST" : "plain", to_string(c.optimizer));
+}
+
+class UlyssesEquivalence : public ::testing::TestWithParam<UlyssesCase> {};
+
+TEST_P(UlyssesEquivalence, EachRankMatchesOneDevice) {
+  const UlyssesCase& c = GetParam();
+  auto model = resolve_model(c.model);
+  ASSERT_TRUE(model.has_value()) << c.model;
+  TrainingSetup s;
+  s.precision = c.precision;
+  s.attention = c.attention;
+  s.batch = c.batch;
+  s.grad_accum = c.grad_accum;
+  s.optimizer = c.optimizer;
+  s.parallel.gpus = world().size();
+  s.parallel.sp = c.sp;
+  s.parallel.zero = c.zero;
+  ASSERT_FALSE(check_setup_for_model(s, *model, "test").has_value());
+  Plan p = Plan::vanilla();
+  if (c.mst) {
+    p.mlp = ChunkSetting{3, {}};
+    p.mlp_mode = MlpMode::tiled;
+    p.lm_head = ChunkSetting{2, {}};
+    p.lm_head_mode = LmHeadMode::recompute;
+    p.recompute = RecomputeKind::full;
+  }
+  expect_rank_matches_one_device(PlanFile{*model, {}, s, p, c.seq, {}, std::nullopt}, describe(c));
+}
+
+std::string ulysses_name(const ::testing::TestParamInfo<UlyssesCase>& info) {
+  const UlyssesCase& c = info.param;
+  std::string model = c.model;
+  std::replace(model.begin(), model.end(), '-', '_');
+  return fmt::format("{}_sp{}_zero{}_{}_{}_batch{}_accum{}_{}_{}", model, c.sp, static_cast<int>(c.zero),
+                     to_string(c.precision), c.attention == AttentionKind::eager ? "eager" : "flash", c.batch,
+                     c.grad_accum, c.mst ? "mst" : "plain", to_string(c.optimizer));
+}
+
+// tiny-llama: 4 query heads over 2 key/value heads (sp 4 repeats each to 2 ranks); tiny-qwen2: 6
+// over 2, q/k/v biases; tiny-gemma2: a sliding window of 64 on even layers (the sequence is
+// longer), soft-capped scores and logits, head_dim 48. Shares of 11, 22, 23 and 19 positions.
+// tiny-qwen2 steps SGD: AdamW's first step moves each element by about lr whatever its
+// gradient's size, so the k biases' near-zero gradients (a key bias shifts all of a query's
+// scores alike but for RoPE) change sign under fp32 reordering; SGD's update is linear in them.
+constexpr auto adamw = OptimizerKind::adamw;
+INSTANTIATE_TEST_SUITE_P(
+    Ulysses, UlyssesEquivalence,
+    ::testing::Values(
+        UlyssesCase{"tiny-llama", 4, ZeroStage::parameters, Precision::mixed, AttentionKind::flash, 1, 1, 44, true, adamw},
+        UlyssesCase{"tiny-llama", 4, ZeroStage::parameters, Precision::fp32, AttentionKind::flash, 1, 1, 44, false, adamw},
+        UlyssesCase{"tiny-llama", 2, ZeroStage::none, Precision::fp32, AttentionKind::flash, 1, 2, 44, false, adamw},
+        UlyssesCase{"tiny-llama", 2, ZeroStage::parameters, Precision::fp32, AttentionKind::eager, 1, 1, 44, false, adamw},
+        UlyssesCase{"tiny-llama", 2, ZeroStage::optimizer, Precision::mixed, AttentionKind::flash, 1, 1, 44, true, adamw},
+        UlyssesCase{"tiny-qwen2", 2, ZeroStage::gradients, Precision::fp32, AttentionKind::flash, 2, 1, 46, true,
+                    OptimizerKind::sgd},
+        UlyssesCase{"tiny-gemma2", 4, ZeroStage::optimizer, Precision::bf16, AttentionKind::flash, 1, 1, 76, false, adamw}),
+    ulysses_name);
 
 // ZeRO-3 by hand: a rank keeps ceil(numel / 4) of each parameter. tiny-llama's q_proj is 64 x 64
 // = 4,096 elements: 1,024 per rank, 2,048 bytes in bf16 (mixed precision), 4,096 bytes of fp32
@@ -225,6 +297,23 @@ TEST(Ranks, VerifyCommandRunsEachRank) {
   EXPECT_EQ(r.code, 0) << r.err;
   if (world().rank() == 0) {
     EXPECT_THAT(r.out, HasSubstr("step   2  loss"));
+  }
+}
+
+// `--gpus 4 --sp 4`: the command a user runs on a Ulysses plan, the same as for data parallelism.
+TEST(Ranks, VerifyCommandRunsUlysses) {
+  using ::testing::HasSubstr;
+  test::ScratchDir dir;
+  const std::string plan = (dir.path() / "u.yaml").string();
+  const auto w = test::run({"--model", "tiny-llama", "--gpu", "A100-80G", "--gpus", "4", "--sp", "4", "--zero", "3",
+                            "--seq", "96", "--out", plan});
+  ASSERT_EQ(w.code, 0) << w.err;
+  const auto v = test::run({"verify", plan});
+  EXPECT_EQ(v.code, 0) << v.err;
+  if (world().rank() == 0) {
+    EXPECT_THAT(v.out, HasSubstr("4 ranks (MPI processes)"));
+    EXPECT_THAT(v.out, HasSubstr("verified"));
+    EXPECT_THAT(v.out, ::testing::Not(HasSubstr("FAILED")));
   }
 }
 

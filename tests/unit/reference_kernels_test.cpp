@@ -326,6 +326,45 @@ TEST(RefKernelsRope, PositionZeroIsIdentityAndInverseRestores) {
   for (std::size_t i = 0; i < x.v.size(); ++i) EXPECT_NEAR(x.v[i], original.v[i], 1e-6f) << i;
 }
 
+// A Ulysses rank holds positions [first_position, ...) of each sequence at rows 0, 1, ... of
+// its buffer: rotating its 4 rows with first_position 5 gives exactly what rotating rows 5..8 of
+// the whole sequence gives (3 heads of 6, two sequences of 9 positions).
+TEST(RefKernelsRope, FirstPositionShiftsTheAngles) {
+  std::mt19937 rng(11);
+  Rope rp{};
+  rp.theta = 500.0;
+  Mat whole = random_mat(18, 18, rng);
+  Mat share(8, 18);
+  for (i64 b = 0; b < 2; ++b) {
+    for (i64 s = 0; s < 4; ++s) {
+      for (i64 c = 0; c < 18; ++c) share.at(b * 4 + s, c) = whole.at(b * 9 + 5 + s, c);
+    }
+  }
+  Mat at_zero = share;  // the same rows rotated as if they were positions 0..3
+  View zero = at_zero.view();
+  zero.seqs = 2;
+  zero.positions = 4;
+  zero.seq_stride = 4;
+  rope(zero, 6, rp, 36, false);
+  View all = whole.view();
+  all.seqs = 2;
+  all.positions = 9;
+  all.seq_stride = 9;
+  rope(all, 6, rp, 36, false);
+  View mine = share.view();
+  mine.seqs = 2;
+  mine.positions = 4;
+  mine.seq_stride = 4;
+  rp.first_position = 5;
+  rope(mine, 6, rp, 36, false);
+  for (i64 b = 0; b < 2; ++b) {
+    for (i64 s = 0; s < 4; ++s) {
+      for (i64 c = 0; c < 18; ++c) EXPECT_EQ(share.at(b * 4 + s, c), whole.at(b * 9 + 5 + s, c)) << b << " " << s << " " << c;
+    }
+  }
+  EXPECT_NE(share.at(1, 0), at_zero.at(1, 0));  // first_position moved the angles
+}
+
 // The backward (inverse rotation of dy) matches finite differences of sum(rope(x) * R).
 TEST(RefKernelsRope, InverseIsTheGradient) {
   std::mt19937 rng(5);
