@@ -40,6 +40,17 @@ std::string describe(const RankCase& c) {
                      to_string(c.precision), c.grad_accum, c.optimizer_in_backward, c.mst ? "MST" : "plain");
 }
 
+// MST: the MLP tiled in `mlp_chunks`, the LM head recomputed in `lm_chunks`, every layer recomputed.
+Plan mst_plan(std::int64_t mlp_chunks, std::int64_t lm_chunks) {
+  Plan p = Plan::vanilla();
+  p.mlp = ChunkSetting{mlp_chunks, {}};
+  p.mlp_mode = MlpMode::tiled;
+  p.lm_head = ChunkSetting{lm_chunks, {}};
+  p.lm_head_mode = LmHeadMode::recompute;
+  p.recompute = RecomputeKind::full;
+  return p;
+}
+
 PlanFile plan_file(const RankCase& c, std::int64_t gpus, std::int64_t seq) {
   auto model = resolve_model("tiny-llama");
   MSTPLAN_CHECK(model.has_value(), "tiny-llama");
@@ -49,15 +60,7 @@ PlanFile plan_file(const RankCase& c, std::int64_t gpus, std::int64_t seq) {
   s.optimizer_in_backward = c.optimizer_in_backward;
   s.parallel.gpus = gpus;
   s.parallel.zero = c.zero;
-  Plan p = Plan::vanilla();
-  if (c.mst) {
-    p.mlp = ChunkSetting{5, {}};
-    p.mlp_mode = MlpMode::tiled;
-    p.lm_head = ChunkSetting{4, {}};
-    p.lm_head_mode = LmHeadMode::recompute;
-    p.recompute = RecomputeKind::full;
-  }
-  return PlanFile{*model, {}, s, p, seq, {}, std::nullopt};
+  return PlanFile{*model, {}, s, c.mst ? mst_plan(5, 4) : Plan::vanilla(), seq, {}, std::nullopt};
 }
 
 TEST(Ranks, TheWorldIsTheTestsRanks) {
@@ -184,14 +187,7 @@ TEST_P(UlyssesEquivalence, EachRankMatchesOneDevice) {
   s.parallel.sp = c.sp;
   s.parallel.zero = c.zero;
   ASSERT_FALSE(check_setup_for_model(s, *model, "test").has_value());
-  Plan p = Plan::vanilla();
-  if (c.mst) {
-    p.mlp = ChunkSetting{3, {}};
-    p.mlp_mode = MlpMode::tiled;
-    p.lm_head = ChunkSetting{2, {}};
-    p.lm_head_mode = LmHeadMode::recompute;
-    p.recompute = RecomputeKind::full;
-  }
+  const Plan p = c.mst ? mst_plan(3, 2) : Plan::vanilla();
   expect_rank_matches_one_device(PlanFile{*model, {}, s, p, c.seq, {}, std::nullopt}, describe(c));
 }
 
