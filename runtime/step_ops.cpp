@@ -33,6 +33,10 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     return std::find(fresh_.begin(), fresh_.end(), instance(outs[i], it)) != fresh_.end();
   };
   auto kind = [&](TensorId t) { return program_.tensors[t].kind; };
+  auto flat = [&](TensorId t) {  // a whole tensor instance, element by element
+    const Tensor& x = program_.tensors[t];
+    return ref::contiguous(instances_[instance(t, it)].block.data, x.dtype, x.elements, 1);
+  };
   Backend& k = backend_;
   const ModelSpec& m = model_;
   const float offset = m.family == Family::gemma2 ? 1.0f : 0.0f;
@@ -171,7 +175,18 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     case OpCode::adamw:
     case OpCode::sgd: {  // {g, w, [states]} -> {w, [states]}
       const TensorId g = ins[0];
-      if (!last_micro_batch) return;  // gradients keep accumulating
+      // CPU Adam (Note [Offloaded optimizer]): {host gradient, master, m+v} -> {master, m+v, w},
+      // w the host staging copy of the new weights (or the host weights themselves); the device's:
+      // {g, w, states..., [master]} -> {w, states...}.
+      const bool host = kind(ins[1]) == TensorKind::master_weight;
+      const TensorId w = host ? outs[2] : ins[1];
+      if (!last_micro_batch) {  // gradients keep accumulating
+        // The staged copy is uploaded after every micro-batch: until the update, the weights as they are.
+        if (host && kind(w) != TensorKind::weight) {
+          k.copy(flat(ins[1]), flat(w));
+        }
+        return;
+      }
       // With a sharded optimizer the rank updates its range of the parameter: full tensors
       // (ZeRO-1's gradient, ZeRO-1/2's weights) are cut to it, shards to its length (the padding
       // of the last shard is left alone); with every operand a shard (ZeRO-3) the whole shard.
@@ -196,11 +211,11 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
       }
       std::optional<View> master;
       std::vector<TensorId> moments;
-      for (std::size_t i = 2; i < ins.size(); ++i) {
+      for (std::size_t i = host ? 1 : 2; i < ins.size(); ++i) {
         if (kind(ins[i]) == TensorKind::master_weight) master = part(ins[i], in(i), 0);
         if (kind(ins[i]) == TensorKind::optimizer_state) moments.push_back(ins[i]);
       }
-      const View gv = part(g, in(0), 0), wv = part(ins[1], in(1), 0);
+      const View gv = part(g, in(0), 0), wv = part(w, view(w, op, it), 0);
       if (op.code == OpCode::sgd) {
         k.sgd(options_.learning_rate, options_.weight_decay, gv, wv, master);
       } else {
@@ -226,9 +241,19 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
       return;
     }
     case OpCode::offload:
-    case OpCode::prefetch:
-      k.copy(in(0), out(0));
+    case OpCode::prefetch: {
+      // Whole tensors, element by element (CPU Adam's staged weights are a flat buffer; the
+      // weight they refill is a matrix). A gradient's host copy (ZeRO-Offload) is static: it adds
+      // each micro-batch's gradient, from 0 after every update, as a persistent device gradient would.
+      MSTPLAN_CHECK(program_.tensors[ins[0]].elements == program_.tensors[outs[0]].elements, "{}: {} into {}", op.label,
+                    tensor_name(program_, ins[0]), tensor_name(program_, outs[0]));
+      if (op.code == OpCode::offload && kind(outs[0]) == TensorKind::gradient && static_tensor_[outs[0]]) {
+        k.add(flat(ins[0]), flat(outs[0]), flat(outs[0]));
+      } else {
+        k.copy(flat(ins[0]), flat(outs[0]));
+      }
       return;
+    }
     case OpCode::all_gather:
     case OpCode::reduce_scatter:
     case OpCode::all_reduce:

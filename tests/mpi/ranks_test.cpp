@@ -296,6 +296,34 @@ TEST(Ranks, VerifyCommandRunsEachRank) {
   }
 }
 
+// ZeRO-Offload on the ranks (Note [Offloaded optimizer]): each rank's reduced gradient shard
+// copied to its host buffer, CPU Adam on the host's shard of the master, m and v, the new weight
+// shard uploaded (ZeRO-2: then all-gathered). ALST's recipe shape too: ZeRO-3, Ulysses over 4,
+// the optimizer and the weights offloaded, MST. Against one device's step with the optimizer on it.
+TEST(Ranks, OffloadedPlansMatchOneDevice) {
+  const ModelSpec model = *resolve_model("tiny-llama");
+  TrainingSetup zero2;
+  zero2.precision = Precision::mixed;
+  zero2.grad_accum = 2;
+  zero2.optimizer_in_backward = false;
+  zero2.offload_optimizer = true;
+  zero2.parallel.gpus = world().size();
+  zero2.parallel.zero = ZeroStage::gradients;
+  ASSERT_FALSE(check_offload_optimizer(zero2, "test").has_value());
+  expect_rank_matches_one_device(PlanFile{model, {}, zero2, Plan::vanilla(), 37, {}, std::nullopt},
+                                 "ZeRO-2 offload_optimizer mixed grad_accum 2");
+  TrainingSetup alst = zero2;
+  alst.precision = Precision::bf16;
+  alst.grad_accum = 1;
+  alst.offload_param = true;
+  alst.parallel.zero = ZeroStage::parameters;
+  alst.parallel.sp = 4;
+  ASSERT_FALSE(check_offload_optimizer(alst, "test").has_value());
+  ASSERT_FALSE(check_setup_for_model(alst, model, "test").has_value());
+  expect_rank_matches_one_device(PlanFile{model, {}, alst, mst_plan(3, 2), 44, {}, std::nullopt},
+                                 "ZeRO-3 Ulysses 4 offload_optimizer offload_param bf16 MST");
+}
+
 // `--gpus 4 --sp 4`: the command a user runs on a Ulysses plan, the same as for data parallelism.
 TEST(Ranks, VerifyCommandRunsUlysses) {
   using ::testing::HasSubstr;

@@ -337,8 +337,8 @@ TEST(RuntimeChecks, RefusesWhatItDoesNotExecute) {
   ASSERT_FALSE(e4.has_value());
   EXPECT_NE(e4.error().message.find("field 'seq_len'"), std::string::npos) << e4.error().message;
 
-  // A rank of a 4-GPU plan needs a world of 4 (tests/mpi/ranks_test.cpp runs one), and Ulysses
-  // is planned, not executed.
+  // A rank of a 4-GPU plan needs a world of 4 (tests/mpi/ranks_test.cpp runs one), a Ulysses
+  // rank too.
   TrainingSetup four;
   four.parallel.gpus = 4;
   four.parallel.zero = ZeroStage::parameters;
@@ -361,6 +361,16 @@ TEST(RuntimeChecks, RefusesWhatItDoesNotExecute) {
   ASSERT_FALSE(e8.has_value());
   EXPECT_NE(e8.error().message.find("the cuda backend runs one rank; its collectives would be NCCL's"), std::string::npos)
       << e8.error().message;
+  // CPU Adam runs on the host's tensors on the CPU backend; another backend names what it lacks.
+  TrainingSetup offloaded;
+  offloaded.offload_optimizer = true;
+  offloaded.optimizer_in_backward = false;
+  auto e9 = Executor::create(llama, offloaded, Plan::vanilla(), 16, cuda, {});
+  ASSERT_FALSE(e9.has_value());
+  EXPECT_NE(e9.error().message.find("field 'offload_optimizer': the cuda backend has no host-side AdamW"),
+            std::string::npos)
+      << e9.error().message;
+  EXPECT_TRUE(Executor::create(llama, offloaded, Plan::vanilla(), 16, *cpu, {}).has_value());
   TrainingSetup ulysses = four;
   ulysses.parallel.sp = 2;
   auto e7 = Executor::create(llama, ulysses, Plan::vanilla(), 16, *cpu, {});
