@@ -35,6 +35,10 @@ struct AttentionShape {
   float scale = 1.0f;       ///< scores = q.k * scale
   float softcap = 0.0f;     ///< > 0: scores = softcap * tanh(scores / softcap)
   std::int64_t window = 0;  ///< > 0: query i sees keys (i - window, i]
+  /// Context parallelism: q (and o, lse, dq, delta) hold `queries` positions of each sequence
+  /// from position `query_first`, k and v all `seq` of them (0: queries = seq, from 0).
+  std::int64_t queries = 0, query_first = 0;
+  [[nodiscard]] std::int64_t query_rows() const { return queries > 0 ? queries : seq; }
 };
 
 /// PyTorch's AdamW hyper-parameters for one step.

@@ -85,6 +85,9 @@ void check_shape(const AttentionShape& s, const char* kernel) {
   if (s.head_dim > 256) fail(kernel, "head_dim " + std::to_string(s.head_dim) + " > 256 is not supported");
   if (s.batch > 65535 || s.heads > 65535) fail(kernel, "batch or heads beyond the grid's limits");
   if (s.seq > (i64{1} << 30)) fail(kernel, "seq too long");
+  if (s.query_rows() != s.seq || s.query_first != 0) {
+    fail(kernel, "queries at a subset of the positions (context parallelism) are run by the CPU reference only");
+  }
 }
 
 Params make_params(const AttentionShape& s) {

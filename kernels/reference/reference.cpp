@@ -81,10 +81,12 @@ void check_attention_shape(const AttentionShape& s, const char* kernel) {
                 s.kv_heads);
   MSTPLAN_CHECK(s.window >= 0, "{}: negative window {}", kernel, s.window);
   MSTPLAN_CHECK(s.softcap >= 0.0f, "{}: negative softcap {}", kernel, s.softcap);
+  MSTPLAN_CHECK(s.queries >= 0 && s.query_first >= 0 && s.query_first + s.query_rows() <= s.seq,
+                "{}: queries {} from {} of {} positions", kernel, s.queries, s.query_first, s.seq);
 }
 
 void check_q_like(const AttentionShape& s, const View& x, const char* kernel, const char* name) {
-  check_rows(x, s.batch * s.seq, kernel, name);
+  check_rows(x, s.batch * s.query_rows(), kernel, name);
   check_cols(x, s.heads * s.head_dim, kernel, name);
 }
 
@@ -95,13 +97,14 @@ void check_kv_like(const AttentionShape& s, const View& x, const char* kernel, c
 
 /// lse, delta: fp32, one value per (batch, head, query).
 void check_per_query(const AttentionShape& s, const View& x, const char* kernel, const char* name) {
-  check_rows(x, s.batch * s.heads * s.seq, kernel, name);
+  check_rows(x, s.batch * s.heads * s.query_rows(), kernel, name);
   check_cols(x, 1, kernel, name);
   check_fp32(x, kernel, name);
 }
 
 /// scores, probs, dprobs, dscores: (batch*heads*seq) x seq.
 void check_scores_like(const AttentionShape& s, const View& x, const char* kernel, const char* name) {
+  MSTPLAN_CHECK(s.query_rows() == s.seq && s.query_first == 0, "{}: eager attention runs every query", kernel);
   check_rows(x, s.batch * s.heads * s.seq, kernel, name);
   check_cols(x, s.seq, kernel, name);
 }
@@ -474,12 +477,13 @@ void attention_forward(const AttentionShape& s, const View& q, const View& k, co
   const auto hd = static_cast<std::size_t>(s.head_dim);
   std::vector<float> qi(hd), acc(hd);
   std::array<float, kKeyBlock> block{};  // scores of one key block
+  const i64 qn = s.query_rows();
 
   for (i64 b = 0; b < s.batch; ++b) {
     for (i64 h = 0; h < s.heads; ++h) {
       const i64 kv_col = kv_head_of(s, h) * s.head_dim;
-      for (i64 i = 0; i < s.seq; ++i) {
-        const i64 t = b * s.seq + i;
+      for (i64 r = 0; r < qn; ++r) {
+        const i64 t = b * qn + r, i = s.query_first + r;  // query row t at position i
         load_row(q, t, h * s.head_dim, qi);
         std::fill(acc.begin(), acc.end(), 0.0f);
         float running_max = kNegInf, running_sum = 0.0f;
@@ -504,7 +508,7 @@ void attention_forward(const AttentionShape& s, const View& q, const View& k, co
           running_max = new_max;
         }
         for (std::size_t e = 0; e < hd; ++e) store(o, t, h * s.head_dim + static_cast<i64>(e), acc[e] / running_sum);
-        store(lse, (b * s.heads + h) * s.seq + i, 0, running_max + std::log(running_sum));
+        store(lse, (b * s.heads + h) * qn + r, 0, running_max + std::log(running_sum));
       }
     }
   }
@@ -529,24 +533,26 @@ void attention_backward(const AttentionShape& s, const View& q, const View& k, c
   check_per_query(s, delta, kernel, "delta");
   const auto hd = static_cast<std::size_t>(s.head_dim);
   const i64 group = s.heads / s.kv_heads;
+  const i64 qn = s.query_rows(), q_last = s.query_first + qn - 1;
 
   // delta = rowsum(dout * o) per (batch, head, query); dq_accum = 0.
   for (i64 b = 0; b < s.batch; ++b) {
     for (i64 h = 0; h < s.heads; ++h) {
-      for (i64 i = 0; i < s.seq; ++i) {
-        const i64 t = b * s.seq + i;
+      for (i64 i = 0; i < qn; ++i) {
+        const i64 t = b * qn + i;
         float sum = 0.0f;
         for (i64 e = 0; e < s.head_dim; ++e) {
           const i64 c = h * s.head_dim + e;
           sum += load(dout, t, c) * load(o, t, c);
           store(dq_accum, t, c, 0.0f);
         }
-        store(delta, (b * s.heads + h) * s.seq + i, 0, sum);
+        store(delta, (b * s.heads + h) * qn + i, 0, sum);
       }
     }
   }
 
-  // Key-outer: dk, dv of key j gather every (query head of the group, query) that sees j.
+  // Key-outer: dk, dv of key j gather every (query head of the group, query) that sees j (of
+  // the queries held: with context parallelism, this rank's share of dk, dv).
   std::vector<float> kj(hd), vj(hd), qi(hd), doi(hd), dk_acc(hd), dv_acc(hd);
   for (i64 b = 0; b < s.batch; ++b) {
     for (i64 kvh = 0; kvh < s.kv_heads; ++kvh) {
@@ -559,9 +565,9 @@ void attention_backward(const AttentionShape& s, const View& q, const View& k, c
         std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
         for (i64 h = kvh * group; h < (kvh + 1) * group; ++h) {
           const i64 q_col = h * s.head_dim;
-          for (i64 i = j; i <= last_query(s, j); ++i) {
-            const i64 ti = b * s.seq + i;
-            const i64 stat_row = (b * s.heads + h) * s.seq + i;
+          for (i64 i = std::max(j, s.query_first); i <= std::min(last_query(s, j), q_last); ++i) {
+            const i64 ti = b * qn + (i - s.query_first);
+            const i64 stat_row = (b * s.heads + h) * qn + (i - s.query_first);
             load_row(q, ti, q_col, qi);
             load_row(dout, ti, q_col, doi);
             float t = 0.0f;

@@ -111,7 +111,9 @@ void rope(const View& x, std::int64_t head_dim, const Rope& rope, std::int64_t s
 
 using kernels::AttentionShape;
 /// Blockwise with an online softmax (FlashAttention-2's algorithm): o (T x heads*hd) and
-/// lse (fp32, batch x heads x seq, row-major) of the scaled, capped, masked scores.
+/// lse (fp32, batch x heads x seq, row-major) of the scaled, capped, masked scores. With
+/// s.queries (context parallelism) q, o, lse, dq and delta hold those positions only
+/// (T = batch x queries for them), and dk, dv those queries' share of the gradients.
 void attention_forward(const AttentionShape& s, const View& q, const View& k, const View& v, const View& o,
                        const View& lse);
 /// Its backward from q, k, v, o, lse and dout: dq, dk, dv (overwritten). `dq_accum` (fp32,

@@ -630,6 +630,59 @@ TEST(RefKernelsAttention, BackwardMatchesEagerAcrossBlocks) {
   }
 }
 
+// Context parallelism: a rank holds queries [first, first + n) of each sequence and every key.
+// Three ranks of 8, 7 and 8 positions of 23 (batch 2, GQA 4/2, soft-capped; without and with a
+// window of 9): each rank's o, lse and dq are the whole sequence's rows, and the ranks' dk, dv
+// add up to the whole sequence's (each holds its queries' share).
+TEST(RefKernelsAttention, QueriesAtAShareOfThePositionsAreThoseRowsOfTheWhole) {
+  for (const i64 window : {i64{0}, i64{9}}) {
+    const AttentionShape s{.batch = 2, .seq = 23, .heads = 4, .kv_heads = 2, .head_dim = 6, .scale = 0.5f,
+                           .softcap = 1.5f, .window = window};
+    std::mt19937 rng(12);
+    AttnInputs in(s, rng, 1.5f);
+    const i64 qc = s.heads * s.head_dim, kvc = s.kv_heads * s.head_dim;
+    Mat dout = random_mat(q_rows(s), qc, rng);
+    Mat o(q_rows(s), qc), lse(stat_rows(s), 1), dq(q_rows(s), qc), dk(q_rows(s), kvc), dv(q_rows(s), kvc);
+    Mat dq_accum(q_rows(s), qc), delta(stat_rows(s), 1);
+    attention_forward(s, in.q.view(), in.k.view(), in.v.view(), o.view(), lse.view());
+    attention_backward(s, in.q.view(), in.k.view(), in.v.view(), o.view(), lse.view(), dout.view(), dq.view(),
+                       dk.view(), dv.view(), dq_accum.view(), delta.view());
+    // Rows [first, first + n) of each sequence of x (per batch: x's rows are sequences of `seq`,
+    // or of (batch, head) for the statistics).
+    auto share = [](const Mat& x, i64 groups, i64 seq, i64 first, i64 n) {
+      Mat out(groups * n, x.cols);
+      for (i64 g = 0; g < groups; ++g) {
+        for (i64 i = 0; i < n; ++i) {
+          for (i64 c = 0; c < x.cols; ++c) out.at(g * n + i, c) = x.at(g * seq + first + i, c);
+        }
+      }
+      return out;
+    };
+    Mat dk_sum(q_rows(s), kvc), dv_sum(q_rows(s), kvc);
+    for (const auto& [first, n] : std::vector<std::pair<i64, i64>>{{0, 8}, {8, 7}, {15, 8}}) {
+      AttentionShape r = s;
+      r.queries = n;
+      r.query_first = first;
+      Mat q = share(in.q, s.batch, s.seq, first, n), d = share(dout, s.batch, s.seq, first, n);
+      Mat ro(s.batch * n, qc), rlse(s.batch * s.heads * n, 1), rdq(s.batch * n, qc), rdk(q_rows(s), kvc),
+          rdv(q_rows(s), kvc), racc(s.batch * n, qc), rdelta(s.batch * s.heads * n, 1);
+      attention_forward(r, q.view(), in.k.view(), in.v.view(), ro.view(), rlse.view());
+      attention_backward(r, q.view(), in.k.view(), in.v.view(), ro.view(), rlse.view(), d.view(), rdq.view(),
+                         rdk.view(), rdv.view(), racc.view(), rdelta.view());
+      const std::string tag = fmt::format("window {} queries {} from {}", window, n, first);
+      expect_close(share(o, s.batch, s.seq, first, n), ro, 1e-6, "o, " + tag);
+      expect_close(share(lse, s.batch * s.heads, s.seq, first, n), rlse, 1e-6, "lse, " + tag);
+      expect_close(share(dq, s.batch, s.seq, first, n), rdq, 1e-5, "dq, " + tag);
+      for (std::size_t e = 0; e < dk_sum.v.size(); ++e) {
+        dk_sum.v[e] += rdk.v[e];
+        dv_sum.v[e] += rdv.v[e];
+      }
+    }
+    expect_close(dk, dk_sum, 1e-5, fmt::format("dk summed over the shares, window {}", window));
+    expect_close(dv, dv_sum, 1e-5, fmt::format("dv summed over the shares, window {}", window));
+  }
+}
+
 // The eager chain's backward (dprobs, dv, softmax_backward, dq, dk) matches finite differences of sum(o * R).
 TEST(RefKernelsEager, ChainBackwardMatchesFiniteDifferences) {
   const std::vector<AttentionShape> shapes{
