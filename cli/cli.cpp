@@ -128,6 +128,10 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   option(f.sp, "--sp", "N",
          "With --gpus: Ulysses sequence parallelism, N ranks sharing each sequence (all-to-alls around attention; N "
          "divides --gpus and the query heads); default 1, and the layouts table compares the others; e.g. --sp 8");
+  option(f.cp, "--cp", "N",
+         "With --gpus: context parallelism, N ranks sharing each sequence (keys and values all-gathered for "
+         "attention, their gradients reduce-scattered; N divides --gpus; native profile, not with --sp); default 1; "
+         "e.g. --cp 4");
   bool offload_optimizer = false;
   f.offload_optimizer.option = app.add_flag(
       "--offload-optimizer", offload_optimizer,

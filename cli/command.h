@@ -48,7 +48,7 @@ struct Flag {
 // The plan command's flags, parsed by us so that every message has the same shape.
 struct PlanFlags {
   Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile, method, out, framework;
-  Flag gpus, zero, sp, cluster, offload_optimizer, offload_param, export_engine;
+  Flag gpus, zero, sp, cp, cluster, offload_optimizer, offload_param, export_engine;
   Flag in_backward, not_in_backward, hold_outputs, expandable_segments;  // values unused: presence is the flag
   bool json = false;
 
@@ -57,7 +57,7 @@ struct PlanFlags {
     std::vector<std::string> names;
     for (const Flag* f : {&model, &gpu, &scenario, &batch, &seq, &precision, &optimizer, &grad_accum, &attention,
                           &profile, &method, &out, &framework, &in_backward, &not_in_backward, &hold_outputs,
-                          &expandable_segments, &gpus, &zero, &sp, &cluster, &offload_optimizer, &offload_param, &export_engine}) {
+                          &expandable_segments, &gpus, &zero, &sp, &cp, &cluster, &offload_optimizer, &offload_param, &export_engine}) {
       if (f->given()) names.push_back(f->option->get_name());
     }
     return names;

@@ -69,6 +69,7 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
   if (f.gpus.given() && f.gpus.value != "auto") run(parse_positive("--gpus", f.gpus.value, s.parallel.gpus));
   if (f.zero.given()) run(parse_choice("--zero", f.zero.value, s.parallel.zero));
   if (f.sp.given()) run(parse_positive("--sp", f.sp.value, s.parallel.sp));
+  if (f.cp.given()) run(parse_positive("--cp", f.cp.value, s.parallel.cp));
   if (f.offload_param.given()) s.offload_param = true;
   if (f.offload_optimizer.given() || f.offload_param.given()) {
     s.offload_optimizer = true;
@@ -113,6 +114,7 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
     if (!setup.seq_len) return *usage("--gpus auto: finds the fewest GPUs for a length; give --seq N");
     if (f.zero.given()) return *usage("--gpus auto: compares every ZeRO stage itself; leave --zero out");
     if (f.sp.given()) return *usage("--gpus auto: compares sequence-parallel degrees itself; leave --sp out");
+    if (f.cp.given()) return *usage("--gpus auto: compares Ulysses degrees, not context parallelism; leave --cp out");
     setup.parallel = Parallelism{};  // a scenario's layout is what auto replaces
   }
   auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);

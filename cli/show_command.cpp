@@ -43,7 +43,7 @@ std::optional<Failure> run_show(const std::string& path, bool json, std::ostream
     fmt::print(out, "{}: {} on {}, {} tokens, batch {}\n", path, file->model.name, file->gpu.name,
                format_thousands(file->seq_len), file->setup.batch);
     fmt::print(out, "setup: {}\n", describe_setup(file->setup));
-    fmt::print(out, "plan ({}): {}\n", file->predicted.method, describe_plan(file->plan, file->model, file->seq_len / file->setup.parallel.sp));
+    fmt::print(out, "plan ({}): {}\n", file->predicted.method, describe_plan(file->plan, file->model, file->seq_len / file->setup.parallel.sequence_group()));
     fmt::print(out, "peak {} GiB (+ {} GiB reserve = {} GiB of {} GiB: {}) during {}\n",
                format_gib(e.analysis.peak.allocated_bytes), format_gib(file->gpu.reserve_bytes),
                format_gib(e.required_bytes), format_gib(file->gpu.capacity_bytes), e.fits ? "fits" : "does not fit",

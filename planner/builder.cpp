@@ -65,6 +65,26 @@
 // modelled. The all-to-alls sit on the critical path: compute waits for each (the cost model's
 // rule that a compute op reading a collective's output waits for it).
 //
+// Note [Context-parallel step]
+// ----------------------------
+// With setup.parallel.cp = C > 1 (context parallelism as Llama 3 trained it, arXiv 2407.21783
+// section 3.3.2, and as PyTorch's context_parallel runs it with its default all-gather rotation:
+// keys and values all-gathered, then attention for the local queries), groups of C ranks share
+// each sequence: a rank holds S / C consecutive positions (S_) from the embedding to the loss,
+// as with Ulysses, but keeps every head. Before attention its k and v (after RoPE at its own
+// positions) are all-gathered among the group into all S positions (attn.k.gathered,
+// attn.v.gathered: transient, B x S x kv_heads x head_dim each; attention saves only the rank's
+// own k, v), and attention runs its S_ queries against the S keys, the causal mask on global
+// positions. Backward gathers them again, runs attention's backward into gradients for every
+// key position (this rank's queries' share), and reduce-scatters those (summed) into the rank's
+// dk, dv. The labels are shifted before the split, as with Ulysses. Not modelled: the ring
+// rotation (pass-KV send/recv, PyTorch's "alltoall" rotate method, Ring Attention) and its
+// double-buffered blocks, and load balancing's sharding into 2C chunks: the cost model counts
+// each rank's attention as the balanced share (S_ queries over S / 2 keys on average, what the
+// chunked sharding achieves), while a rank's memory is the same either way. ZeRO shards over
+// all the ranks; tokens/s counts gpus / C sequences per step. Not with Ulysses (sp), the
+// pytorch profile (torchtitan's step is not modelled), or eager attention.
+//
 // Note [Offloaded optimizer]
 // --------------------------
 // setup.offload_optimizer is DeepSpeed's ZeRO-Offload ("offload_optimizer": {"device": "cpu"},
@@ -131,9 +151,9 @@ StepPolicy step_policy(const TrainingSetup& setup) {
 
 StepBuilder::StepBuilder(const ModelSpec& model, const TrainingSetup& setup, const Plan& plan, std::int64_t seq_len)
     : m_(model), s_(setup), plan_(plan), policy_(step_policy(setup)), B_(setup.batch),
-      S_(seq_len / setup.parallel.sp), T_(setup.batch * S_), qd_(model.num_heads * model.head_dim),
+      S_(seq_len / setup.parallel.sequence_group()), T_(setup.batch * S_), qd_(model.num_heads * model.head_dim),
       kvd_(model.num_kv_heads * model.head_dim), A_(seq_len), heads_(model.num_heads / setup.parallel.sp),
-      labelled_(setup.parallel.sp > 1 ? S_ : S_ - 1),
+      queries_(setup.parallel.cp > 1 ? S_ : A_), labelled_(setup.parallel.sequence_group() > 1 ? S_ : S_ - 1),
       storage_(parameter_storage(setup)), act_(setup.precision == Precision::fp32 ? DType::fp32 : DType::bf16),
       trained_(setup.optimizer != OptimizerKind::none), par_(setup.parallel),
       persistent_grads_(persistent_gradients(setup)) {}
@@ -267,7 +287,7 @@ OpId StepBuilder::attention_op(OpCode code, Pass pass, std::int32_t l, std::init
                      l, inputs, outputs);
   Op& o = p_.ops[id];
   o.m = B_ * heads_;
-  o.n = A_;
+  o.n = queries_;
   o.k = A_;
   o.head_dim = m_.head_dim;
   o.window = window(l);
@@ -306,17 +326,17 @@ void StepBuilder::set_output(std::int32_t l, TensorId out) {
 
 std::pair<TensorId, TensorId> StepBuilder::flash_backward_workspaces(std::int32_t l) {
   const TensorId acc = tensor("attn.dq_accum", TensorKind::workspace, DType::fp32, T_ * qd_, l, Pass::backward);
-  if (ulysses()) p_.tensors[acc].split = Split::heads;  // attention's rows: all positions, the rank's heads
+  if (ulysses()) p_.tensors[acc].split = Split::all_positions;  // attention's rows: all positions, the rank's heads
   const TensorId delta =
-      tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * heads_ * A_, l, Pass::backward);
+      tensor("attn.delta", TensorKind::workspace, DType::fp32, B_ * heads_ * queries_, l, Pass::backward);
   return {acc, delta};
 }
 
-TensorId StepBuilder::heads_tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements,
+TensorId StepBuilder::all_positions_tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements,
                                   std::int32_t layer, Pass pass) {
-  MSTPLAN_CHECK(ulysses(), "head-split tensor {} without sequence parallelism", label);
+  MSTPLAN_CHECK(ulysses() || context(), "all-positions tensor {} with one rank per sequence", label);
   const TensorId t = tensor(label, kind, dtype, elements, layer, pass);
-  p_.tensors[t].split = Split::heads;
+  p_.tensors[t].split = Split::all_positions;
   return t;
 }
 
@@ -342,9 +362,9 @@ std::tuple<TensorId, TensorId, TensorId> StepBuilder::qkv_to_heads(std::int32_t 
     vs = tensor("attn.v.replicated", TensorKind::transient, dtype, kv_heads_elements(), l, pass);
     op("attn.kv.replicate", OpCode::repeat_kv, Phase::forward, pass, l, {k, v}, {ks, vs});
   }
-  const TensorId qh = heads_tensor("attn.q.heads", kind, dtype, T_ * qd_, l, pass);
-  const TensorId kh = heads_tensor("attn.k.heads", kind, dtype, kv_heads_elements(), l, pass);
-  const TensorId vh = heads_tensor("attn.v.heads", kind, dtype, kv_heads_elements(), l, pass);
+  const TensorId qh = all_positions_tensor("attn.q.heads", kind, dtype, T_ * qd_, l, pass);
+  const TensorId kh = all_positions_tensor("attn.k.heads", kind, dtype, kv_heads_elements(), l, pass);
+  const TensorId vh = all_positions_tensor("attn.v.heads", kind, dtype, kv_heads_elements(), l, pass);
   all_to_all("attn.qkv.all_to_all", Phase::forward, pass, l, {q, ks, vs}, {qh, kh, vh});
   return {qh, kh, vh};
 }
@@ -363,6 +383,24 @@ void StepBuilder::grads_to_sequence(std::int32_t l, DType dtype, std::array<Tens
     op("attn.kv.replicate.grad", OpCode::repeat_kv_grad, Phase::backward, Pass::backward, l, {dk, dv},
        {sequence[1], sequence[2]});
   }
+}
+
+std::pair<TensorId, TensorId> StepBuilder::gather_kv(std::int32_t l, Pass pass, TensorId k, TensorId v) {
+  MSTPLAN_CHECK(context(), "gathered keys without context parallelism");
+  const TensorId kg = all_positions_tensor("attn.k.gathered", TensorKind::transient, act_, B_ * A_ * kvd_, l, pass);
+  const TensorId vg = all_positions_tensor("attn.v.gathered", TensorKind::transient, act_, B_ * A_ * kvd_, l, pass);
+  const Phase phase = pass == Pass::backward ? Phase::backward : Phase::forward;
+  const OpId id = op("attn.kv.all_gather", OpCode::all_gather, phase, pass, l, {k, v}, {kg, vg});
+  p_.ops[id].m = par_.cp;
+  p_.ops[id].n = p_.tensors[kg].bytes + p_.tensors[vg].bytes;  // the gathered buffers (Note [Collective time])
+  return {kg, vg};
+}
+
+void StepBuilder::scatter_kv_grads(std::int32_t l, std::array<TensorId, 2> gathered, std::array<TensorId, 2> mine) {
+  const OpId id = op("attn.dkv.reduce_scatter", OpCode::reduce_scatter, Phase::backward, Pass::backward, l,
+                     {gathered[0], gathered[1]}, {mine[0], mine[1]});
+  p_.ops[id].m = par_.cp;
+  p_.ops[id].n = p_.tensors[gathered[0]].bytes + p_.tensors[gathered[1]].bytes;
 }
 
 void StepBuilder::end_loop() {
@@ -691,7 +729,7 @@ Program StepBuilder::build() {
   p_.seq_len = A_;
   p_.profile = s_.profile;
   p_.data_parallel_ranks = par_.data_parallel();
-  p_.sequence_parallel = par_.sp;
+  p_.sequence_parallel = par_.sequence_group();
   p_.mlp_chunks = chunk_count(plan_.mlp, S_);
   p_.lm_head_chunks = chunk_count(plan_.lm_head, labelled_);
   p_.tensors.reserve(static_cast<std::size_t>(m_.num_layers) * 64 + 4096);
@@ -813,6 +851,10 @@ Program build_program(const ModelSpec& model, const TrainingSetup& setup, const 
                     (model.num_kv_heads % par.sp == 0 || par.sp % model.num_kv_heads == 0),
                 "sequence parallelism {} over {} GPUs, {} positions, {} and {} heads", par.sp, par.gpus, seq_len,
                 model.num_heads, model.num_kv_heads);
+  MSTPLAN_CHECK(par.cp == 1 || (par.cp > 1 && par.sp == 1 && par.gpus % par.cp == 0 && seq_len % par.cp == 0 &&
+                                setup.profile == Profile::native && setup.attention != AttentionKind::eager),
+                "context parallelism {} over {} GPUs (sp {}), {} positions, profile {}, attention {}", par.cp, par.gpus,
+                par.sp, seq_len, to_string(setup.profile), to_string(setup.attention));
   MSTPLAN_CHECK(!check_offload_optimizer(setup, "").has_value(), "optimizer offload with {} GPUs, ZeRO-{}", par.gpus,
                 to_string(par.zero));
   MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);

@@ -147,8 +147,14 @@ class StepBuilder {
   // ranks, from tensors split by sequence (S_ positions of every head) to tensors split by heads
   // (all A_ positions of the rank's heads), or back; the same elements on each side.
   bool ulysses() const { return par_.sp > 1; }
-  // A tensor split by heads (Split::heads): all A_ positions of the rank's heads.
-  TensorId heads_tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
+  // Context parallelism (Note [Context-parallel step] in builder.cpp): the rank's k and v
+  // all-gathered among the group into all A_ positions before attention, and in backward the
+  // gathered keys' and values' gradients reduce-scattered back (summed).
+  bool context() const { return par_.cp > 1; }
+  std::pair<TensorId, TensorId> gather_kv(std::int32_t l, Pass pass, TensorId k, TensorId v);
+  void scatter_kv_grads(std::int32_t l, std::array<TensorId, 2> gathered, std::array<TensorId, 2> mine);
+  // A tensor of all A_ positions (Split::all_positions): of the rank's heads with Ulysses.
+  TensorId all_positions_tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
                         Pass pass);
   void all_to_all(const char* label, Phase phase, Pass pass, std::int32_t l, std::initializer_list<TensorId> inputs,
                   std::initializer_list<TensorId> outputs);
@@ -251,8 +257,9 @@ class StepBuilder {
   const Plan& plan_;
   const StepPolicy policy_;
   // B_ sequences of S_ positions each on this rank (T_ tokens), labelled_ of them with a label;
-  // attention spans A_ positions (S_ x sp with Ulysses) of heads_ query heads.
-  const std::int64_t B_, S_, T_, qd_, kvd_, A_, heads_, labelled_;
+  // attention spans A_ keys (S_ x sp with Ulysses, S_ x cp with context parallelism) for
+  // queries_ queries (A_; with context parallelism the rank's S_) of heads_ query heads.
+  const std::int64_t B_, S_, T_, qd_, kvd_, A_, heads_, queries_, labelled_;
   const ParameterStorage storage_;
   const DType act_;  // activations of the native step: bf16, or fp32 with precision fp32
   const bool trained_;

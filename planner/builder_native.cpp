@@ -116,11 +116,13 @@ void NativeStep::layer_forward(std::int32_t l, Pass pass) {
   op("attn.rope", OpCode::rope, Phase::forward, pass, l, {st.q, st.k}, {st.q, st.k});
   if (ulysses()) std::tie(st.q, st.k, st.v) = qkv_to_heads(l, pass, kept, act_, st.q, st.k, st.v);
   st.o = tensor("attn.out", kept, act_, T_ * qd_, l, pass);
-  st.o_heads = ulysses() ? heads_tensor("attn.out.heads", kept, act_, T_ * qd_, l, pass) : st.o;
+  st.o_heads = ulysses() ? all_positions_tensor("attn.out.heads", kept, act_, T_ * qd_, l, pass) : st.o;
   st.lse = st.probs = kNoTensor;
   if (s_.attention != AttentionKind::eager) {
-    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * heads_ * A_, l, pass);
-    attention_op(OpCode::attention, pass, l, {st.q, st.k, st.v}, {st.o_heads, st.lse});
+    st.lse = tensor("attn.lse", kept, DType::fp32, B_ * heads_ * queries_, l, pass);
+    // Context parallelism: the rank's queries against every key, gathered for attention only.
+    const auto [k_all, v_all] = context() ? gather_kv(l, pass, st.k, st.v) : std::pair{st.k, st.v};
+    attention_op(OpCode::attention, pass, l, {st.q, k_all, v_all}, {st.o_heads, st.lse});
   } else {
     const std::int64_t scores_elements = B_ * heads_ * A_ * A_;
     const TensorId scores = tensor("attn.scores", TensorKind::transient, DType::fp32, scores_elements, l, pass);
@@ -353,16 +355,25 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   // Ulysses: attention's backward runs split by heads, between two all-to-alls.
   TensorId dout_a = dout, dq_a = dq, dk_a = dk, dv_a = dv;
   if (ulysses()) {
-    dout_a = heads_tensor("attn.dout.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+    dout_a = all_positions_tensor("attn.dout.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
     all_to_all("attn.dout.all_to_all", Phase::backward, Pass::backward, l, {dout}, {dout_a});
-    dq_a = heads_tensor("attn.dq.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
-    dk_a = heads_tensor("attn.dk.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
-    dv_a = heads_tensor("attn.dv.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
+    dq_a = all_positions_tensor("attn.dq.heads", TensorKind::transient, act_, T_ * qd_, l, Pass::backward);
+    dk_a = all_positions_tensor("attn.dk.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
+    dv_a = all_positions_tensor("attn.dv.heads", TensorKind::transient, act_, kv_heads_elements(), l, Pass::backward);
   }
   if (s_.attention != AttentionKind::eager) {
+    // Context parallelism: the keys and values gathered again, their gradients (this rank's
+    // queries' share, at every position) reduce-scattered into the rank's dk, dv.
+    TensorId k_all = st.k, v_all = st.v;
+    if (context()) {
+      std::tie(k_all, v_all) = gather_kv(l, Pass::backward, st.k, st.v);
+      dk_a = all_positions_tensor("attn.dk.gathered", TensorKind::transient, act_, B_ * A_ * kvd_, l, Pass::backward);
+      dv_a = all_positions_tensor("attn.dv.gathered", TensorKind::transient, act_, B_ * A_ * kvd_, l, Pass::backward);
+    }
     const auto [acc, delta] = flash_backward_workspaces(l);
-    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, st.k, st.v, st.o_heads, st.lse, dout_a},
+    attention_op(OpCode::attention_grad, Pass::backward, l, {st.q, k_all, v_all, st.o_heads, st.lse, dout_a},
                  {dq_a, dk_a, dv_a, acc, delta});
+    if (context()) scatter_kv_grads(l, {dk_a, dv_a}, {dk, dv});
   } else {
     const std::int64_t scores = B_ * heads_ * A_ * A_;
     const TensorId dprobs = tensor("attn.dprobs", TensorKind::transient, DType::fp32, scores, l, Pass::backward);

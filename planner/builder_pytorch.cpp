@@ -647,12 +647,12 @@ void PytorchStep::layer_backward(std::int32_t l) {
   TensorId dq = dq_s, dk = dk_s, dv = dv_s;
   TensorId doc_a = doc;
   if (ulysses()) {
-    const TensorId doh = heads_tensor("attn.dout.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+    const TensorId doh = all_positions_tensor("attn.dout.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
     all_to_all("attn.dout.all_to_all", Phase::backward, Pass::backward, l, {doc}, {doh});
     doc_a = doh;
-    dq = heads_tensor("attn.dq.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
-    dk = heads_tensor("attn.dk.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
-    dv = heads_tensor("attn.dv.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
+    dq = all_positions_tensor("attn.dq.heads", TensorKind::transient, DType::bf16, T_ * qd_, l, Pass::backward);
+    dk = all_positions_tensor("attn.dk.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
+    dv = all_positions_tensor("attn.dv.heads", TensorKind::transient, DType::bf16, kv_heads_elements(), l, Pass::backward);
   }
   if (s_.attention != AttentionKind::eager) {
     const auto [acc, delta] = flash_backward_workspaces(l);

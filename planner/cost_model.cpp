@@ -54,7 +54,9 @@ double op_flops(const Program& p, OpId id) {
     case OpKind::attention_grad: {
       // Forward: QK^T and PV, 2 x 2 x keys x head_dim per query and head. Backward: 2.5 times
       // that (FlashAttention-2 recomputes P and runs four more GEMM-like passes).
-      const double forward = 4.0 * static_cast<double>(op.m) * static_cast<double>(op.n) * mean_keys(op.n, op.window) *
+      // Each of the n queries sees keys of k (the same with one rank per sequence; with context
+      // parallelism the balanced share of the whole sequence's causal keys).
+      const double forward = 4.0 * static_cast<double>(op.m) * static_cast<double>(op.n) * mean_keys(op.k, op.window) *
                              static_cast<double>(op.head_dim);
       return op.kind == OpKind::attention ? forward : 2.5 * forward;
     }

@@ -93,6 +93,7 @@ nlohmann::json setup_json(const TrainingSetup& s) {
                       {"gpus", s.parallel.gpus},
                       {"zero", static_cast<int>(s.parallel.zero)},
                       {"sp", s.parallel.sp},
+                      {"cp", s.parallel.cp},
                       {"offload_optimizer", s.offload_optimizer},
                       {"offload_param", s.offload_param}};
   return j;

@@ -60,10 +60,12 @@ enum class Pass : std::uint8_t { forward, recompute, backward, optimizer };
 
 enum class Device : std::uint8_t { device, host };
 
-/// Which part of a sequence a rank's activation holds (Note [Ulysses step] in builder.cpp): its
-/// local_seq_len() positions of every head, or, between Ulysses' all-to-alls, all seq_len
-/// positions of its share of the heads. Without Ulysses every tensor is `sequence`.
-enum class Split : std::uint8_t { sequence, heads };
+/// Which part of a sequence a rank's activation holds (Notes [Ulysses step] and [Context-parallel
+/// step] in builder.cpp): its local_seq_len() positions (of every head), or all seq_len positions:
+/// between Ulysses' all-to-alls those of its share of the heads, with context parallelism the
+/// gathered keys and values (and their gradients) of every head. With one rank per sequence
+/// every tensor is `sequence`.
+enum class Split : std::uint8_t { sequence, all_positions };
 
 /// What an op does, for the cost model and the runtime's dispatch.
 enum class OpKind : std::uint8_t {
@@ -253,7 +255,7 @@ struct Tensor {
   std::int32_t loop = kNone;   ///< an array with one instance per iteration of this loop
   std::int64_t elements = 0;   ///< per instance
   std::int64_t bytes = 0;      ///< per instance (elements x dtype size, plus any scales)
-  Split split = Split::sequence;  ///< activations: the positions and heads a rank holds (Ulysses)
+  Split split = Split::sequence;  ///< activations: the positions and heads a rank holds (Ulysses, context parallelism)
 };
 
 struct Op {
@@ -300,8 +302,8 @@ struct Program {
   std::int64_t lm_head_chunks = 1;
   Profile profile = Profile::native;
   std::int64_t data_parallel_ranks = 1;  ///< rank groups running this program, each on its own micro-batch
-  /// Ranks sharing each sequence (Ulysses): the program holds seq_len / sequence_parallel
-  /// positions of it outside attention.
+  /// Ranks sharing each sequence (Ulysses or context parallelism: sp x cp): the program holds
+  /// seq_len / sequence_parallel positions of it outside attention.
   std::int64_t sequence_parallel = 1;
   [[nodiscard]] std::int64_t local_seq_len() const { return seq_len / sequence_parallel; }
 

@@ -129,7 +129,7 @@ Plan method_plan(Method method, const ModelSpec& model) {
 
 Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup, const SearchOptions& options)
     : model_(model), gpu_(gpu), setup_(setup), options_(options), allocator_(AllocatorModel::for_profile(setup.profile)),
-      granularity_(std::lcm(std::max<std::int64_t>(options.granularity, 2), setup.parallel.sp)) {
+      granularity_(std::lcm(std::max<std::int64_t>(options.granularity, 2), setup.parallel.sequence_group())) {
   if (options.cluster) {
     ranks_on_node_ = std::min(setup.parallel.gpus, options.cluster->gpus_per_node);
     host_capacity_bytes_ = options.cluster->host_memory_bytes;
@@ -146,7 +146,7 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode
   e.plan = plan;
   e.seq_len = seq_len;
   e.mlp_chunks = p.mlp_chunks;
-  e.positions = seq_len / setup_.parallel.sp;
+  e.positions = seq_len / setup_.parallel.sequence_group();
   e.lm_head_chunks = p.lm_head_chunks;
   e.analysis = analyze(p, allocator_);
   // Lengths the pytorch profile only probes on allocated bytes are never an answer: no time.
@@ -232,7 +232,7 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
 
 std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes) {
   const std::int64_t g = granularity_;
-  const std::int64_t ceiling = std::max(round_down(options_.max_seq_len * setup_.parallel.sp, g), g);
+  const std::int64_t ceiling = std::max(round_down(options_.max_seq_len * setup_.parallel.sequence_group(), g), g);
   // How far a length is from the capacity less the headroom: bytes over it (positive: does not fit).
   // The host's limit counts in the device's bytes: its excess scaled by the ratio of the capacities.
   auto excess = [&](const Evaluation& e) {

@@ -49,7 +49,8 @@ struct EnumNames<Method> {
 
 struct SearchOptions {
   std::int64_t granularity = 64;           ///< maximum lengths are multiples of this many tokens
-  /// The search stops at 16M tokens per rank-share of a sequence: this times the Ulysses degree.
+  /// The search stops at 16M tokens per rank-share of a sequence: this times the ranks sharing
+  /// one (the Ulysses or context-parallel degree).
   std::int64_t max_seq_len = 1 << 24;
   /// Threads the longest lengths of the plans are searched on (0: one per hardware thread); the
   /// answer does not depend on it.
@@ -70,7 +71,7 @@ struct Evaluation {
   std::int64_t seq_len = 0;
   std::int64_t mlp_chunks = 1;       ///< resolved at this length
   std::int64_t lm_head_chunks = 1;
-  /// Positions of each sequence one rank holds: seq_len, or seq_len / sp with Ulysses (what the
+  /// Positions of each sequence one rank holds: seq_len, or seq_len / (sp x cp) (what the
   /// chunk counts divide; describe_plan's and plan_json's length).
   std::int64_t positions = 0;
   Analysis analysis;

@@ -46,6 +46,7 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.parallel.gpus = r.optional_int("gpus").value_or(s.parallel.gpus);
   s.parallel.zero = r.optional_enum<ZeroStage>("zero").value_or(s.parallel.zero);
   s.parallel.sp = r.optional_int("sp").value_or(s.parallel.sp);
+  s.parallel.cp = r.optional_int("cp").value_or(s.parallel.cp);
   s.offload_optimizer = r.optional_bool("offload_optimizer").value_or(s.offload_optimizer);
   s.offload_param = r.optional_bool("offload_param").value_or(s.offload_param);
   // The offloaded optimizer steps after backward unless the file says otherwise (then refused).
@@ -134,6 +135,7 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.parallel.gpus > 1) out += fmt::format("gpus: {}\n", s.parallel.gpus);
   if (s.parallel.zero != ZeroStage::none) out += fmt::format("zero: {}\n", to_string(s.parallel.zero));
   if (s.parallel.sp > 1) out += fmt::format("sp: {}\n", s.parallel.sp);
+  if (s.parallel.cp > 1) out += fmt::format("cp: {}\n", s.parallel.cp);
   if (s.offload_optimizer) out += "offload_optimizer: true\n";
   if (s.offload_param) out += "offload_param: true\n";
   out += knobs_to_yaml(s.knobs);
@@ -191,6 +193,30 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
 std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const ModelSpec& model,
                                             const std::string& origin) {
   const Parallelism& par = setup.parallel;
+  if (par.cp != 1) {
+    auto refuse = [&](const std::string& why) {
+      return make_error(ErrorKind::invalid, "{}: field 'cp': {}: {}", origin, par.cp, why);
+    };
+    if (par.cp < 1) return refuse("the ranks sharing a sequence are 1 or more");
+    if (par.gpus % par.cp != 0) return refuse(fmt::format("does not divide the {} GPUs (gpus)", par.gpus));
+    if (par.sp > 1) {
+      return refuse(fmt::format("context parallelism with Ulysses (sp {}) is not modelled; give one of them",
+                                par.sp));
+    }
+    if (setup.seq_len && *setup.seq_len % par.cp != 0) {
+      return refuse(fmt::format("does not divide the sequence of {} tokens (seq_len); give a multiple of {}",
+                                *setup.seq_len, par.cp));
+    }
+    if (setup.profile == Profile::pytorch) {
+      return refuse("the pytorch profile is the Hugging Face step, whose attention is not context-parallel "
+                    "(torchtitan's is not modelled); give profile native");
+    }
+    if (setup.attention == AttentionKind::eager) {
+      return refuse("context parallelism runs a memory-efficient attention over the gathered keys; give attention "
+                    "flash");
+    }
+    return std::nullopt;
+  }
   if (par.sp == 1) return std::nullopt;
   auto refuse = [&](const std::string& why) {
     return make_error(ErrorKind::invalid, "{}: field 'sp': {}: {}", origin, par.sp, why);
@@ -318,6 +344,10 @@ std::string describe_setup(const TrainingSetup& s) {
     if (s.parallel.sp > 1) {
       out += fmt::format(", {} GPUs{}, Ulysses sequence parallelism over {} (each sequence split in {})", s.parallel.gpus,
                          stage, s.parallel.sp, s.parallel.sp);
+    } else if (s.parallel.cp > 1) {
+      out += fmt::format(", {} GPUs{}, context parallelism over {} (each sequence split in {}, keys and values "
+                         "all-gathered)",
+                         s.parallel.gpus, stage, s.parallel.cp, s.parallel.cp);
     } else {
       out += fmt::format(", {} data-parallel GPUs{}", s.parallel.gpus, stage);
     }

@@ -136,16 +136,20 @@ struct EnumNames<ZeroStage> {
       {{ZeroStage::none, "0"}, {ZeroStage::optimizer, "1"}, {ZeroStage::gradients, "2"}, {ZeroStage::parameters, "3"}}};
 };
 
-/// How the step is spread over GPUs: ranks running the same step program, in groups of `sp` that
-/// split one micro-batch's sequence between them (Ulysses sequence parallelism: Note [Ulysses
-/// step] in builder.cpp), gpus / sp groups each on its own micro-batch (data parallelism), with
-/// what ZeRO shards among all the ranks.
+/// How the step is spread over GPUs: ranks running the same step program, in groups of `sp` (or
+/// `cp`) that split one micro-batch's sequence between them (Ulysses sequence parallelism: Note
+/// [Ulysses step] in builder.cpp; context parallelism: Note [Context-parallel step]), gpus /
+/// (sp x cp) groups each on its own micro-batch (data parallelism), with what ZeRO shards among
+/// all the ranks.
 struct Parallelism {
   std::int64_t gpus = 1;                ///< ranks (the world size)
   ZeroStage zero = ZeroStage::none;
   std::int64_t sp = 1;                  ///< Ulysses sequence-parallel degree: ranks sharing one sequence
+  std::int64_t cp = 1;                  ///< context-parallel degree: ranks sharing one sequence (K, V all-gathered)
+  /// Ranks sharing one sequence, each holding seq_len / sequence_group() positions of it.
+  [[nodiscard]] std::int64_t sequence_group() const { return sp * cp; }
   /// Groups running on their own micro-batches.
-  [[nodiscard]] std::int64_t data_parallel() const { return gpus / sp; }
+  [[nodiscard]] std::int64_t data_parallel() const { return gpus / sequence_group(); }
   /// Elements of a tensor of `numel` one rank keeps when its stage shards it: ceil(numel / gpus)
   /// (FSDP2 pads each parameter's shards to equal size; DeepSpeed pads its flat buffer likewise).
   [[nodiscard]] std::int64_t shard_numel(std::int64_t numel) const { return (numel + gpus - 1) / gpus; }
@@ -273,7 +277,8 @@ struct ParameterStorage {
                                                          const std::string& origin);
 
 /// Refuses a sequence-parallel degree (setup.parallel.sp) the GPUs, the model's heads, the length
-/// or the profile does not allow (Note [Ulysses step] in builder.cpp); part of check_setup_for_model.
+/// or the profile does not allow (Note [Ulysses step] in builder.cpp), and a context-parallel
+/// degree (setup.parallel.cp; Note [Context-parallel step]) likewise; part of check_setup_for_model.
 [[nodiscard]] std::optional<Error> check_sequence_parallel(const TrainingSetup& setup, const ModelSpec& model,
                                                            const std::string& origin);
 

@@ -75,7 +75,9 @@ Executor::Executor(const ModelSpec& model, const TrainingSetup& setup, std::int6
     rank_ = comm_->rank();
     ranks_ = comm_->size();
     sp_ = setup_.parallel.sp;
-    member_ = rank_ % sp_;
+    cp_ = setup_.parallel.cp;
+    group_ = setup_.parallel.sequence_group();
+    member_ = rank_ % group_;
   }
   flat_ = expand(program_);
   first_instance_.resize(program_.tensors.size());
@@ -129,7 +131,7 @@ View Executor::view(TensorId t, const Op& op, std::int64_t iteration) const {
     // Vectors (norm weights, biases) are one row, as the kernels take them.
     return p.cols == 1 ? ref::contiguous(v.data, v.dtype, 1, p.rows) : ref::contiguous(v.data, v.dtype, p.rows, p.cols);
   }
-  if (tensor.split == Split::heads) {  // Ulysses, around attention: every position, the rank's heads
+  if (tensor.split == Split::all_positions) {  // Ulysses, around attention: every position, the rank's heads
     const std::int64_t A = program_.seq_len;
     v.cols = tensor.elements / (B * A);
     v.seqs = B;
@@ -280,13 +282,13 @@ std::optional<Error> Executor::initialise_statics() {
 
 void Executor::write_data(std::int64_t micro_batch) {
   // Each sequence from its own stream, numbered across micro-batches: batch 2 in one micro-batch
-  // and batch 1 in two see the same sequences. Rank r is member r % sp of group r / sp (Note
-  // [Ranks]); the group's micro-batch m holds sequences of micro-batch m x groups + group, and
+  // and batch 1 in two see the same sequences. Rank r is member r % P of group r / P, P the ranks
+  // sharing a sequence (Ulysses' or context parallelism's; Note [Ranks]); the group's micro-batch m holds sequences of micro-batch m x groups + group, and
   // the member positions [member x S_, (member + 1) x S_) of each, with the labels shifted
   // before the split (ALST's): position s is labelled with the token at s + 1, the sequence's
   // last position with none.
   const std::int64_t B = program_.batch, S = program_.seq_len, local = program_.local_seq_len();
-  const std::int64_t groups = ranks_ / sp_, group = rank_ / sp_, first = member_ * local;
+  const std::int64_t groups = ranks_ / group_, group = rank_ / group_, first = member_ * local;
   std::vector<float> tokens(static_cast<std::size_t>(B * local)), labels(tokens.size());
   targets_ = 0;
   std::vector<float> seq_tokens(static_cast<std::size_t>(S)), seq_labels(seq_tokens.size());
@@ -302,7 +304,7 @@ void Executor::write_data(std::int64_t micro_batch) {
       const auto i = static_cast<std::size_t>(b * local + s);
       const std::int64_t at = first + s;
       tokens[i] = seq_tokens[static_cast<std::size_t>(at)];
-      if (sp_ == 1) {
+      if (group_ == 1) {
         labels[i] = seq_labels[static_cast<std::size_t>(at)];  // the loss shifts them (targets())
         if (s > 0) targets_ += labels[i] != kNoLabel ? 1 : 0;
       } else {
@@ -313,11 +315,11 @@ void Executor::write_data(std::int64_t micro_batch) {
   }
   // The loss is the mean over the sequence group's labels: every member counts them all.
   group_targets_ = targets_;
-  if (sp_ > 1) {
+  if (group_ > 1) {
     std::vector<std::int64_t> all(static_cast<std::size_t>(ranks_));
     comm_->all_gather(std::span(&targets_, 1), all);
     group_targets_ = 0;
-    for (std::int64_t j = group * sp_; j < (group + 1) * sp_; ++j) group_targets_ += all[static_cast<std::size_t>(j)];
+    for (std::int64_t j = group * group_; j < (group + 1) * group_; ++j) group_targets_ += all[static_cast<std::size_t>(j)];
   }
   write(tokens_, tokens);
   write(labels_, labels);

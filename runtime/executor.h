@@ -36,7 +36,7 @@
 // is micro-batch m x (gpus / P) + g of the one-device step, and member p holds positions
 // [p x S / P, (p + 1) x S / P) of each sequence (tokens and, shifted before the split, labels;
 // RoPE at those positions: Rope::first_position). Between the all-to-alls attention runs over
-// all S positions of the rank's H / P query heads (tensors of Split::heads). Each member's loss
+// all S positions of the rank's H / P query heads (tensors of Split::all_positions). Each member's loss
 // is its labels' cross-entropy over the group's label count (an all-gather of the counts) times
 // P: the ranks' mean of the gradients is then the mean over the groups' sequences, as ALST's
 // all-gathered loss makes it, and the reported loss (the ranks' mean) is the groups' mean.
@@ -155,11 +155,12 @@ class Executor {
   void write_instance(std::uint32_t instance, std::span<const float> values);
   void collective(const Op& op, std::int64_t iteration);
   void ulysses_all_to_all(const Op& op, std::int64_t iteration);
+  void sequence_collective(const Op& op, std::int64_t iteration);
   void repeat_kv(const Op& op, std::int64_t iteration, bool backward);
   /// Positions of each sequence the LM head and the loss see on this rank: S - 1 (the last has
   /// no label), or with Ulysses the rank's whole share (labels shifted before the split).
   [[nodiscard]] std::int64_t labelled_positions() const {
-    return sp_ > 1 ? program_.local_seq_len() : program_.seq_len - 1;
+    return group_ > 1 ? program_.local_seq_len() : program_.seq_len - 1;
   }
 
   ModelSpec model_;
@@ -184,7 +185,9 @@ class Executor {
   bool statics_ready_ = false;
   Communicator* comm_ = nullptr;
   int rank_ = 0, ranks_ = 1;
-  std::int64_t sp_ = 1, member_ = 0;  // Ulysses: ranks per sequence group, this rank's place in its group
+  // Ranks sharing a sequence: the Ulysses degree sp_ or the context-parallel cp_ (group_ = sp_ x
+  // cp_), and this rank's place in its group.
+  std::int64_t sp_ = 1, cp_ = 1, group_ = 1, member_ = 0;
   std::int64_t group_targets_ = 0;    // non-ignored labels of the group's micro-batch (all of its ranks')
 };
 

@@ -54,7 +54,11 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
                                                                             : static_cast<double>(m.head_dim)));
   shape.softcap = m.attn_logit_softcap ? static_cast<float>(*m.attn_logit_softcap) : 0.0f;
   shape.window = op.window;
-  const std::int64_t rows_bhs = shape.batch * shape.heads * shape.seq;
+  if (cp_ > 1) {  // context parallelism: the rank's queries against every (gathered) key
+    shape.queries = program_.local_seq_len();
+    shape.query_first = member_ * program_.local_seq_len();
+  }
+  const std::int64_t rows_bhs = shape.batch * shape.heads * shape.query_rows();
   auto per_head = [&](TensorId t, std::int64_t cols) {  // lse, delta: (batch x heads x seq) x cols
     View v = view(t, op, it);
     return ref::contiguous(v.data, v.dtype, rows_bhs, cols);
@@ -67,16 +71,16 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     return m.family == Family::gemma2 ? round_to(program_.tensors[h].dtype, std::sqrt(static_cast<float>(m.hidden_size)))
                                       : 1.0f;
   };
-  // The mean over the group's labels, over the micro-batches; times sp so that the ranks' mean
+  // The mean over the group's labels, over the micro-batches; times the group's ranks so that the ranks' mean
   // of the gradients is the mean over the groups' sequences (Note [Ranks]).
   auto loss_scale = [&]() {
-    return group_targets_ > 0 ? static_cast<float>(static_cast<double>(sp_) / (static_cast<double>(group_targets_) *
+    return group_targets_ > 0 ? static_cast<float>(static_cast<double>(group_) / (static_cast<double>(group_targets_) *
                                                                                static_cast<double>(setup_.grad_accum)))
                               : 0.0f;
   };
   auto targets = [&](TensorId labels) {
     View t = view(labels, op, it);
-    if (sp_ == 1) t.first += 1;  // position s predicts the token at s + 1 (Ulysses' labels come shifted)
+    if (group_ == 1) t.first += 1;  // position s predicts the token at s + 1 (a shared sequence's come shifted)
     return t;
   };
   const float cap = m.final_logit_softcap ? static_cast<float>(*m.final_logit_softcap) : 0.0f;
@@ -145,7 +149,7 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
       r.high_freq_factor = m.rope.high_freq_factor;
       r.original_max_position_embeddings = m.rope.original_max_position_embeddings;
       r.max_position_embeddings = m.max_position_embeddings;
-      r.first_position = member_ * program_.local_seq_len();  // Ulysses: the rank's share
+      r.first_position = member_ * program_.local_seq_len();  // a shared sequence: the rank's share
       const bool inverse = op.code == OpCode::rope_grad;
       k.rope(out(0), m.head_dim, r, program_.seq_len, inverse);
       k.rope(out(1), m.head_dim, r, program_.seq_len, inverse);
@@ -278,6 +282,10 @@ void Executor::collective(const Op& op, std::int64_t it) {
   const auto ins = program_.inputs(op);
   const auto outs = program_.outputs(op);
   MSTPLAN_CHECK(comm_ != nullptr && ins.size() == outs.size(), "{}: a collective without ranks", op.label);
+  if (program_.tensors[outs[0]].param < 0) {  // activations: context parallelism's keys and values
+    sequence_collective(op, it);
+    return;
+  }
   const auto n = static_cast<std::size_t>(ranks_);
   for (std::size_t i = 0; i < ins.size(); ++i) {
     const std::uint32_t src = instance(ins[i], it), dst = instance(outs[i], it);
@@ -339,7 +347,7 @@ void Executor::ulysses_all_to_all(const Op& op, std::int64_t it) {
   for (std::size_t i = 0; i < ins.size(); ++i) {
     const Tensor& src = program_.tensors[ins[i]];
     const Tensor& dst = program_.tensors[outs[i]];
-    const bool to_heads = dst.split == Split::heads;
+    const bool to_heads = dst.split == Split::all_positions;
     MSTPLAN_CHECK(src.split != dst.split && src.elements == dst.elements, "{}: {} -> {} is no Ulysses exchange", op.label,
                   tensor_name(program_, ins[i]), tensor_name(program_, outs[i]));
     const std::int64_t heads = src.elements / (B * local * hd);  // on the sequence-split side
@@ -412,6 +420,57 @@ void Executor::repeat_kv(const Op& op, std::int64_t it, bool backward) {
       }
     }
     write_instance(dst, y);
+  }
+}
+
+// Context parallelism's collectives among the cp ranks of this rank's group (Note
+// [Context-parallel step] in builder.cpp): the all-gather of k and v from each member's S_
+// positions into all S (member j's at positions [j x S_, (j + 1) x S_)), and the reduce-scatter
+// of the gathered keys' and values' gradients, each member's positions summed over the group in
+// member order (in fp32, rounded once; added into a live output). The world's all-gather carries
+// them, outside the pools as the other collectives' staging is.
+void Executor::sequence_collective(const Op& op, std::int64_t it) {
+  const auto ins = program_.inputs(op);
+  const auto outs = program_.outputs(op);
+  MSTPLAN_CHECK(cp_ > 1, "{}: an activation collective without context parallelism", op.label);
+  const std::int64_t B = program_.batch, S = program_.seq_len, local = program_.local_seq_len();
+  const std::int64_t group_first = rank_ / cp_ * cp_;
+  for (std::size_t i = 0; i < ins.size(); ++i) {
+    const Tensor& src = program_.tensors[ins[i]];
+    const Tensor& dst = program_.tensors[outs[i]];
+    const bool gather = op.code == OpCode::all_gather;
+    MSTPLAN_CHECK((gather ? src.split == Split::sequence && dst.split == Split::all_positions
+                          : src.split == Split::all_positions && dst.split == Split::sequence) &&
+                      (op.code == OpCode::all_gather || op.code == OpCode::reduce_scatter),
+                  "{}: {} -> {} is no context-parallel collective", op.label, tensor_name(program_, ins[i]),
+                  tensor_name(program_, outs[i]));
+    const std::int64_t cols = (gather ? src.elements : dst.elements) / (B * local);
+    const std::vector<float> x = read_instance(instance(ins[i], it));
+    std::vector<float> all(x.size() * static_cast<std::size_t>(ranks_));
+    comm_->all_gather(x, all);
+    const std::uint32_t out = instance(outs[i], it);
+    std::vector<float> y;
+    if (gather) {
+      y.resize(static_cast<std::size_t>(dst.elements));
+      for (std::int64_t j = 0; j < cp_; ++j) {
+        const float* from = all.data() + (group_first + j) * src.elements;
+        for (std::int64_t b = 0; b < B; ++b) {
+          std::copy_n(from + b * local * cols, local * cols, y.data() + (b * S + j * local) * cols);
+        }
+      }
+    } else {
+      const bool fresh = std::find(fresh_.begin(), fresh_.end(), out) != fresh_.end();
+      y = fresh ? std::vector<float>(static_cast<std::size_t>(dst.elements), 0.0f) : read_instance(out);
+      for (std::int64_t j = 0; j < cp_; ++j) {
+        const float* from = all.data() + (group_first + j) * src.elements;
+        for (std::int64_t b = 0; b < B; ++b) {
+          const float* rows = from + (b * S + member_ * local) * cols;
+          float* to = y.data() + b * local * cols;
+          for (std::int64_t e = 0; e < local * cols; ++e) to[e] += rows[e];
+        }
+      }
+    }
+    write_instance(out, y);
   }
 }
 

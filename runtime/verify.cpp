@@ -155,8 +155,8 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
   Expected<double> loss = one_step(f.setup, f.plan, grads, params, &v.run);
   if (!loss) return loss.error();
   // A rank of a multi-GPU plan (Note [Ranks] in executor.h) is held to one device's plain step
-  // over all the rank groups' micro-batches (gpus / sp groups, each sharing its sequences with
-  // Ulysses), cut to the elements the rank updates.
+  // over all the rank groups' micro-batches (gpus / (sp x cp) groups, each sharing its sequences
+  // with Ulysses or context parallelism), cut to the elements the rank updates.
   const std::int64_t ranks = f.setup.parallel.gpus;
   const int rank = ranks > 1 ? options.communicator->rank() : 0;
   Expected<double> reference = [&] {
@@ -193,19 +193,21 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
 
   const ParameterStorage storage = parameter_storage(f.setup);
   const bool bf16_grads = storage.gradients == DType::bf16;
-  const std::int64_t local = f.seq_len / f.setup.parallel.sp;  // a rank's positions (Ulysses: its share)
+  const std::int64_t local = f.seq_len / f.setup.parallel.sequence_group();  // a rank's positions
   const std::int64_t mlp_chunks = chunk_count(f.plan.mlp, local);
-  const std::int64_t lm_chunks = chunk_count(f.plan.lm_head, f.setup.parallel.sp > 1 ? local : local - 1);
-  // Ulysses with fewer key/value heads than ranks (Note [Ulysses step]): each of a key/value
-  // head's r = sp / kv repeats gets its own dk and dv, rounded to the activations' dtype before
-  // the repeats are summed, where one device's attention sums its query heads' in fp32 and rounds
-  // once. With bf16 activations that is r more roundings of dk and dv in every layer, carried
-  // into every gradient below it (and, through AdamW, into the parameters).
+  const std::int64_t lm_chunks = chunk_count(f.plan.lm_head, f.setup.parallel.sequence_group() > 1 ? local : local - 1);
+  // A key/value head's gradient in shares: with Ulysses and fewer key/value heads than ranks
+  // (Note [Ulysses step]) each of its r = sp / kv repeats gets its own dk and dv; with context
+  // parallelism (Note [Context-parallel step]) each of the cp ranks its queries' share. Each
+  // share is rounded to the activations' dtype before they are summed, where one device's
+  // attention sums over every query in fp32 and rounds once. With bf16 activations that is that
+  // many more roundings of dk and dv in every layer, carried into every gradient below it (and,
+  // through AdamW, into the parameters).
   const std::int64_t sp = f.setup.parallel.sp, kv = f.model.num_kv_heads;
-  const std::int64_t repeats = sp > kv ? sp / kv : 1;
-  const bool repeated_in_bf16 = repeats > 1 && f.setup.precision != Precision::fp32;
+  const std::int64_t shares = (sp > kv ? sp / kv : 1) * f.setup.parallel.cp;
+  const bool repeated_in_bf16 = shares > 1 && f.setup.precision != Precision::fp32;
   const double repeat_tolerance =
-      repeated_in_bf16 ? static_cast<double>(repeats * f.model.num_layers) * 0x1p-8 : 0.0;
+      repeated_in_bf16 ? static_cast<double>(shares * f.model.num_layers) * 0x1p-8 : 0.0;
   // CPU Adam: a bf16 gradient's host copy adds each micro-batch's (already rounded) gradient and
   // rounds again, where the device accumulates into it once per micro-batch: G - 1 roundings
   // more. Its fp32 master, m and v (whatever the precision) against bf16 weights updated in place

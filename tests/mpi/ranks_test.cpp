@@ -296,6 +296,47 @@ TEST(Ranks, VerifyCommandRunsEachRank) {
   }
 }
 
+// Context parallelism (Note [Context-parallel step]): groups of cp ranks share each sequence, each
+// with its S / cp positions, its keys and values all-gathered for attention and their gradients
+// reduce-scattered back. Each rank to the byte and against one device's plain step. Shares of 11
+// (cp 4) and 22 (cp 2, two groups, accumulation); tiny-qwen2's biases (SGD, as above); tiny-gemma2's
+// window of 64 across the ranks' boundaries and soft-capping; batch 2.
+TEST(Ranks, ContextParallelPlansMatchOneDevice) {
+  struct CpCase {
+    const char* model;
+    std::int64_t cp;
+    ZeroStage zero;
+    Precision precision;
+    std::int64_t batch, grad_accum, seq;
+    bool mst;
+    OptimizerKind optimizer;
+  };
+  const std::vector<CpCase> cases = {
+      {"tiny-llama", 4, ZeroStage::parameters, Precision::fp32, 1, 1, 44, true, OptimizerKind::adamw},
+      {"tiny-llama", 2, ZeroStage::none, Precision::mixed, 1, 2, 44, false, OptimizerKind::adamw},
+      {"tiny-llama", 4, ZeroStage::optimizer, Precision::bf16, 2, 1, 44, true, OptimizerKind::adamw},
+      {"tiny-qwen2", 2, ZeroStage::gradients, Precision::fp32, 2, 1, 46, true, OptimizerKind::sgd},
+      {"tiny-gemma2", 4, ZeroStage::parameters, Precision::fp32, 1, 1, 76, false, OptimizerKind::adamw},
+  };
+  for (const CpCase& c : cases) {
+    const ModelSpec model = *resolve_model(c.model);
+    TrainingSetup s;
+    s.precision = c.precision;
+    s.batch = c.batch;
+    s.grad_accum = c.grad_accum;
+    s.optimizer = c.optimizer;
+    s.parallel.gpus = world().size();
+    s.parallel.cp = c.cp;
+    s.parallel.zero = c.zero;
+    ASSERT_FALSE(check_setup_for_model(s, model, "test").has_value()) << c.model;
+    const std::string what = fmt::format("{} cp {} ZeRO-{} {} batch {} grad_accum {} seq {} {}", c.model, c.cp,
+                                         static_cast<int>(c.zero), to_string(c.precision), c.batch, c.grad_accum,
+                                         c.seq, c.mst ? "MST" : "plain");
+    expect_rank_matches_one_device(
+        PlanFile{model, {}, s, c.mst ? mst_plan(3, 2) : Plan::vanilla(), c.seq, {}, std::nullopt}, what);
+  }
+}
+
 // ZeRO-Offload on the ranks (Note [Offloaded optimizer]): each rank's reduced gradient shard
 // copied to its host buffer, CPU Adam on the host's shard of the master, m and v, the new weight
 // shard uploaded (ZeRO-2: then all-gathered). ALST's recipe shape too: ZeRO-3, Ulysses over 4,
