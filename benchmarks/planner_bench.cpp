@@ -104,7 +104,8 @@ void BM_AutoSearchLlama8b(benchmark::State& state) {
 // {profile, threads}: native and pytorch, on every hardware thread and on one.
 BENCHMARK(BM_AutoSearchLlama8b)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Args({1, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// The layouts of llama3-8b on N H100s (DGX-H100 nodes): auto searched under each ZeRO stage, as
+// The layouts of llama3-8b on N H100s (DGX-H100 nodes): auto searched under each ZeRO stage and
+// each Ulysses and context-parallel degree, as
 // the main command does for --gpus N (issue 16's target: under 200 ms for 8 and 64 GPUs).
 void BM_LayoutSearchLlama8b(benchmark::State& state) {
   const ModelSpec model = *resolve_model("llama3-8b");

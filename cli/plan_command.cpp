@@ -114,7 +114,7 @@ std::variant<PlanInputs, Failure> resolve_inputs(const PlanFlags& f) {
     if (!setup.seq_len) return *usage("--gpus auto: finds the fewest GPUs for a length; give --seq N");
     if (f.zero.given()) return *usage("--gpus auto: compares every ZeRO stage itself; leave --zero out");
     if (f.sp.given()) return *usage("--gpus auto: compares sequence-parallel degrees itself; leave --sp out");
-    if (f.cp.given()) return *usage("--gpus auto: compares Ulysses degrees, not context parallelism; leave --cp out");
+    if (f.cp.given()) return *usage("--gpus auto: compares context-parallel degrees itself; leave --cp out");
     setup.parallel = Parallelism{};  // a scenario's layout is what auto replaces
   }
   auto model = resolve_reference<ModelSpec>(f.model, scenario.model, scenario.source, "model", resolve_model);
@@ -198,20 +198,22 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     if (!*found) {
       return Failure{ExitCode::no_fit,
                      fmt::format("--gpus auto: {} tokens fit no layout on up to {} {} GPUs (ZeRO stages with "
-                                 "Ulysses sequence parallelism up to {} ranks, the query heads; more ranks than that "
-                                 "only add data-parallel copies of the same sequence's memory)",
-                                 format_thousands(*setup.seq_len), kMaxGpus, gpu->name, model->num_heads)};
+                                 "Ulysses over up to {} ranks, the query heads, or context parallelism over up to {}{})",
+                                 format_thousands(*setup.seq_len), kMaxGpus, gpu->name, model->num_heads, kMaxGpus,
+                                 setup.profile == Profile::native && setup.attention != AttentionKind::eager
+                                     ? ""
+                                     : "; context parallelism needs the native profile and flash attention")};
     }
     setup.parallel.gpus = (*found)->gpus;
     setup.parallel.zero = (*found)->zero;
     setup.parallel.sp = (*found)->sp;
+    setup.parallel.cp = (*found)->cp;
     inputs.cluster = (*found)->cluster;
     if (!f.json) {
       fmt::print(out, "fewest GPUs for {} tokens: {}{} (tried {})\n\n", format_thousands(*setup.seq_len),
                  (*found)->gpus,
                  (*found)->gpus > 1 ? fmt::format(", ZeRO-{}{} on {}", to_string((*found)->zero),
-                                                  (*found)->sp > 1 ? fmt::format(", Ulysses over {}", (*found)->sp)
-                                                                   : std::string(),
+                                                  describe_sharing((*found)->sp, (*found)->cp),
                                                   (*found)->cluster->name)
                                     : std::string(),
                  fmt::join((*found)->tried, ", "));
@@ -251,7 +253,8 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     if (inputs.fewest_gpus) {
       j["fewest_gpus"] = {{"gpus", setup.parallel.gpus},
                           {"zero", static_cast<int>(setup.parallel.zero)},
-                          {"sp", setup.parallel.sp}};
+                          {"sp", setup.parallel.sp},
+                          {"cp", setup.parallel.cp}};
     }
     j["model"] = model_json(*model);
     j["gpu"] = gpu_json(*gpu);

@@ -253,22 +253,22 @@ void print_layouts(std::ostream& out, const ModelSpec& model, const TrainingSetu
   if (layouts.empty()) return;
   const std::optional<std::int64_t> request = setup.seq_len;
   fmt::print(out,
-             "\nlayouts on {} GPUs (auto's longest sequence under each ZeRO stage and Ulysses degree; --zero and --sp "
-             "pick one)\n",
+             "\nlayouts on {} GPUs (auto's longest sequence under each ZeRO stage, Ulysses degree (sp) and "
+             "context-parallel degree (cp); --zero, --sp and --cp pick one)\n",
              setup.parallel.gpus);
-  fmt::print(out, "  {:<4} {:>4} {:>16} {:>11} {:>9} {:>9}{}\n", "zero", "sp", "static GiB/rank", "max length", "peak GiB",
+  fmt::print(out, "  {:<4} {:>4} {:>4} {:>16} {:>11} {:>9} {:>9}{}\n", "zero", "sp", "cp", "static GiB/rank", "max length", "peak GiB",
              "tokens/s",
              request ? fmt::format("   {:>9} {:>9}", fmt::format("at {}", format_thousands(*request)), "tokens/s") : "");
   for (const LayoutResult& l : layouts) {
-    const bool this_setup = l.zero == setup.parallel.zero && l.sp == setup.parallel.sp;
+    const bool this_setup = l.zero == setup.parallel.zero && l.sp == setup.parallel.sp && l.cp == setup.parallel.cp;
     const std::string mark = this_setup ? "  (this setup)" : "";
     std::string row;
     if (l.longest) {
-      row = fmt::format("  {:<4} {:>4} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), l.sp, gib(l.static_bytes),
+      row = fmt::format("  {:<4} {:>4} {:>4} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), l.sp, l.cp, gib(l.static_bytes),
                         format_thousands(l.longest->seq_len), gib(l.longest->analysis.peak.allocated_bytes),
                         tokens_per_s(l.longest->time.tokens_per_s));
     } else {
-      row = fmt::format("  {:<4} {:>4} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), l.sp, gib(l.static_bytes),
+      row = fmt::format("  {:<4} {:>4} {:>4} {:>16} {:>11} {:>9} {:>9}", to_string(l.zero), l.sp, l.cp, gib(l.static_bytes),
                         "none fits", "-", "-");
     }
     if (request) {
@@ -283,7 +283,7 @@ void print_layouts(std::ostream& out, const ModelSpec& model, const TrainingSetu
   for (const LayoutPoint& p : front) {
     fmt::print(out, "  {:>13} tokens {:>12} tokens/s  ZeRO-{}{}: {}\n", format_thousands(p.plan.seq_len),
                tokens_per_s(p.plan.time.tokens_per_s), to_string(p.zero),
-               p.sp > 1 ? fmt::format(", Ulysses over {}", p.sp) : std::string(),
+               describe_sharing(p.sp, p.cp),
                describe_plan(p.plan.plan, model, p.plan.positions));
   }
 }

@@ -281,6 +281,11 @@ std::optional<std::string> export_setup_problem(Engine engine, const ModelSpec& 
            "model code, op-level selective checkpointing and loss are not modelled, so its config would carry "
            "predictions that do not hold; use --export deepspeed or accelerate";
   }
+  if (setup.parallel.cp > 1) {
+    return fmt::format("context parallelism (cp {}) is planned on the native profile's step, which {} does not run "
+                       "(its sequence parallelism is DeepSpeed's Ulysses); give --sp instead of --cp",
+                       setup.parallel.cp, name);
+  }
   if (setup.profile != Profile::pytorch) {
     return fmt::format("{} runs the Hugging Face step on PyTorch, which the pytorch profile models; add --profile pytorch",
                        name);

@@ -6,6 +6,8 @@
 #include <numeric>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "planner/builder.h"
 #include "planner/static_memory.h"
 
@@ -445,18 +447,20 @@ Expected<std::optional<FewestGpus>> fewest_gpus(
     base.parallel.gpus = gpus;
     const std::vector<ZeroStage> stages = gpus == 1 ? std::vector<ZeroStage>{ZeroStage::none} : modelled_stages(base);
     bool fits = false;
-    for (std::int64_t sp : sequence_parallel_degrees(model, base)) {
+    for (const SequenceSharing& sharing : sequence_sharings(model, base)) {
       for (ZeroStage zero : stages) {
         TrainingSetup s = base;
         s.parallel.zero = zero;
-        s.parallel.sp = sp;
+        s.parallel.sp = sharing.sp;
+        s.parallel.cp = sharing.cp;
         if (static_memory(model, s).total_bytes() > gpu.usable_bytes()) continue;
         Evaluator evaluator(model, gpu, s, options);
         std::optional<Evaluation> e = fastest_fitting(evaluator, model, s, *setup.seq_len);
         if (e && (!fits || e->time.tokens_per_s > found.plan.time.tokens_per_s)) {
           found.gpus = gpus;
           found.zero = zero;
-          found.sp = sp;
+          found.sp = sharing.sp;
+          found.cp = sharing.cp;
           found.cluster = options.cluster;
           found.plan = std::move(*e);
           fits = true;
@@ -472,11 +476,12 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
                                          const SearchOptions& options) {
   std::vector<LayoutResult> out;
   if (setup.parallel.gpus == 1) return out;
-  for (std::int64_t sp : sequence_parallel_degrees(model, setup)) {
+  for (const SequenceSharing& sharing : sequence_sharings(model, setup)) {
     for (ZeroStage zero : modelled_stages(setup)) {
       LayoutResult r;
       r.zero = zero;
-      r.sp = sp;
+      r.sp = sharing.sp;
+      r.cp = sharing.cp;
       out.push_back(std::move(r));
     }
   }
@@ -492,6 +497,7 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
       TrainingSetup s = setup;
       s.parallel.zero = r.zero;
       s.parallel.sp = r.sp;
+      s.parallel.cp = r.cp;
       r.static_bytes = static_memory(model, s).total_bytes();
       if (r.static_bytes > gpu.usable_bytes()) continue;
       SearchResult found = search(model, gpu, s, automatic, one_thread);
@@ -507,7 +513,7 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
 std::vector<LayoutPoint> layouts_pareto(const std::vector<LayoutResult>& layouts) {
   std::vector<LayoutPoint> points;
   for (const LayoutResult& l : layouts) {
-    for (const Evaluation& e : l.pareto) points.push_back({l.zero, l.sp, e});
+    for (const Evaluation& e : l.pareto) points.push_back({l.zero, l.sp, l.cp, e});
   }
   return pareto_front(std::move(points), [](const LayoutPoint& p) -> const Evaluation& { return p.plan; });
 }
@@ -517,9 +523,30 @@ std::vector<std::int64_t> sequence_parallel_degrees(const ModelSpec& model, cons
   for (std::int64_t sp = 1; sp <= setup.parallel.gpus; sp *= 2) {
     TrainingSetup s = setup;
     s.parallel.sp = sp;
+    s.parallel.cp = 1;
     if (!check_sequence_parallel(s, model, "").has_value()) out.push_back(sp);
   }
   return out;
+}
+
+std::vector<SequenceSharing> sequence_sharings(const ModelSpec& model, const TrainingSetup& setup) {
+  const std::vector<std::int64_t> ulysses = sequence_parallel_degrees(model, setup);
+  std::vector<SequenceSharing> out;
+  for (std::int64_t group = 1; group <= setup.parallel.gpus; group *= 2) {
+    if (std::find(ulysses.begin(), ulysses.end(), group) != ulysses.end()) out.push_back({group, 1});
+    if (group == 1) continue;
+    TrainingSetup s = setup;
+    s.parallel.sp = 1;
+    s.parallel.cp = group;
+    if (!check_sequence_parallel(s, model, "").has_value()) out.push_back({1, group});
+  }
+  return out;
+}
+
+std::string describe_sharing(std::int64_t sp, std::int64_t cp) {
+  if (sp > 1) return fmt::format(", Ulysses over {}", sp);
+  if (cp > 1) return fmt::format(", context-parallel over {}", cp);
+  return {};
 }
 
 }  // namespace mstplan

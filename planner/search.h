@@ -148,11 +148,22 @@ class Evaluator {
 [[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                                   std::span<const Method> methods, const SearchOptions& options = {});
 
-/// One layout of a multi-GPU setup: a ZeRO stage and a sequence-parallel degree, and auto's answer
-/// under them.
+/// How a layout's ranks share each sequence: Ulysses over `sp` ranks, or context parallelism over
+/// `cp` ranks (Note [Context-parallel step] in builder.cpp); one of them is 1.
+struct SequenceSharing {
+  std::int64_t sp = 1;
+  std::int64_t cp = 1;
+  bool operator==(const SequenceSharing&) const = default;
+};
+/// ", Ulysses over 4", ", context-parallel over 8", or "" for a sequence on one rank.
+[[nodiscard]] std::string describe_sharing(std::int64_t sp, std::int64_t cp);
+
+/// One layout of a multi-GPU setup: a ZeRO stage and a sequence sharing (Ulysses or context
+/// parallelism), and auto's answer under them.
 struct LayoutResult {
   ZeroStage zero = ZeroStage::none;
   std::int64_t sp = 1;                 ///< ranks sharing each sequence (Ulysses)
+  std::int64_t cp = 1;                 ///< ranks sharing each sequence (context parallelism)
   std::int64_t static_bytes = 0;       ///< per rank
   std::optional<Evaluation> longest;   ///< auto's longest plan (nullopt: none fits)
   std::optional<Evaluation> at_request;  ///< auto's fastest plan at setup.seq_len, if it fits
@@ -163,6 +174,7 @@ struct LayoutResult {
 struct LayoutPoint {
   ZeroStage zero = ZeroStage::none;
   std::int64_t sp = 1;
+  std::int64_t cp = 1;
   Evaluation plan;
 };
 /// The points of every layout's trade-offs that no other layout's point beats on both longest
@@ -174,10 +186,17 @@ struct LayoutPoint {
 /// those check_sequence_parallel allows (they divide the GPUs, the query heads and any set length).
 [[nodiscard]] std::vector<std::int64_t> sequence_parallel_degrees(const ModelSpec& model, const TrainingSetup& setup);
 
-/// Every sequence-parallel degree (sequence_parallel_degrees) with every ZeRO stage the setup's
-/// profile models (native: 0 to 3; pytorch: 0 and 3), each searched with auto over the setup's
-/// other fields (options.cluster as for search()), by degree then stage; for a setup of one GPU,
-/// empty. Layouts whose static state does not fit are listed with no plan.
+/// The sequence sharings a layout search tries on setup.parallel.gpus ranks, by group size 1, 2,
+/// 4, ...: Ulysses at each degree sequence_parallel_degrees gives, then context parallelism at each
+/// degree check_sequence_parallel allows (it divides the GPUs and any set length; native profile,
+/// flash attention; not bounded by the heads, so it reaches group sizes Ulysses cannot).
+[[nodiscard]] std::vector<SequenceSharing> sequence_sharings(const ModelSpec& model, const TrainingSetup& setup);
+
+/// Every sequence sharing (sequence_sharings) with every ZeRO stage the setup's profile models
+/// (native: 0 to 3; pytorch: 0 and 3), each searched with auto over the setup's other fields
+/// (options.cluster as for search()), by group size, Ulysses before context parallelism, then
+/// stage; for a setup of one GPU, empty. Layouts whose static state does not fit are listed with
+/// no plan.
 [[nodiscard]] std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& gpu,
                                                        const TrainingSetup& setup, const SearchOptions& options);
 
@@ -188,6 +207,7 @@ struct FewestGpus {
   std::int64_t gpus = 1;
   ZeroStage zero = ZeroStage::none;
   std::int64_t sp = 1;
+  std::int64_t cp = 1;
   std::optional<ClusterSpec> cluster;  ///< nullopt for one GPU
   Evaluation plan;                     ///< auto's fastest plan at the length
   std::vector<std::int64_t> tried;     ///< the counts searched, in order

@@ -108,7 +108,7 @@ void add_search_json(nlohmann::json& out, const ModelSpec& model, const Training
 nlohmann::json layouts_pareto_json(const std::vector<LayoutResult>& layouts, const ModelSpec& model) {
   nlohmann::json out = nlohmann::json::array();
   for (const LayoutPoint& p : layouts_pareto(layouts)) {
-    out.push_back({{"zero", static_cast<int>(p.zero)}, {"sp", p.sp}, {"plan", evaluation_json(p.plan, model)}});
+    out.push_back({{"zero", static_cast<int>(p.zero)}, {"sp", p.sp}, {"cp", p.cp}, {"plan", evaluation_json(p.plan, model)}});
   }
   return out;
 }
@@ -118,6 +118,7 @@ nlohmann::json layouts_json(const std::vector<LayoutResult>& layouts, const Mode
   for (const LayoutResult& l : layouts) {
     out.push_back({{"zero", static_cast<int>(l.zero)},
                    {"sp", l.sp},
+                   {"cp", l.cp},
                    {"static_bytes", l.static_bytes},
                    {"longest", l.longest ? evaluation_json(*l.longest, model) : nlohmann::json(nullptr)},
                    {"at_request", l.at_request ? evaluation_json(*l.at_request, model) : nlohmann::json(nullptr)}});

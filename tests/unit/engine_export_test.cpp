@@ -80,6 +80,13 @@ TEST(EngineExport, SetupsTheEnginesDoNotRunAreRefusedWithTheFlagToChange) {
   eager.attention = AttentionKind::eager;
   refused(Engine::deepspeed, eager, "not eager");
   refused(Engine::torchtitan, fsdp(), "torchtitan is not exported");
+  // Context parallelism is the native profile's: its own reason, not "add --profile pytorch" (which
+  // the pytorch profile would then refuse).
+  TrainingSetup context = alst(1 << 20);
+  context.profile = Profile::native;
+  context.parallel.sp = 1;
+  context.parallel.cp = 8;
+  for (Engine e : {Engine::deepspeed, Engine::accelerate}) refused(e, context, "context parallelism (cp 8)");
 }
 
 TEST(EngineExport, AModelWithoutNameOrPathIsRefused) {

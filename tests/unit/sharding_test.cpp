@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <string_view>
 
+#include <nlohmann/json.hpp>
+
 #include "planner/builder.h"
 #include "planner/catalog.h"
 #include "planner/collectives.h"
@@ -197,30 +199,48 @@ TEST(Sharding, LayoutsSearchEveryStageTheProfileModels) {
   options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
   TrainingSetup s = ranks(8, ZeroStage::none);
   const std::vector<LayoutResult> native = search_layouts(m, gpu, s, options);
-  // Ulysses degrees 1, 2, 4, 8 (all divide the 32 query and 8 key/value heads), each with 4 stages.
-  ASSERT_EQ(native.size(), 16u);
+  // Group sizes 1, 2, 4, 8: Ulysses at each (all divide the 32 query and 8 key/value heads), then
+  // context parallelism at 2, 4, 8; 7 sharings, each with 4 stages.
+  const std::vector<SequenceSharing> sharings = {{1, 1}, {2, 1}, {1, 2}, {4, 1}, {1, 4}, {8, 1}, {1, 8}};
+  EXPECT_EQ(sequence_sharings(m, s), sharings);
+  ASSERT_EQ(native.size(), 28u);
   for (std::size_t i = 0; i < native.size(); ++i) {
     EXPECT_EQ(native[i].zero, static_cast<ZeroStage>(i % 4));
-    EXPECT_EQ(native[i].sp, std::int64_t{1} << (i / 4));
+    EXPECT_EQ((SequenceSharing{native[i].sp, native[i].cp}), sharings[i / 4]);
     TrainingSetup staged = s;
     staged.parallel.zero = native[i].zero;
-    EXPECT_EQ(native[i].static_bytes, static_memory(m, staged).total_bytes());  // Ulysses shards no state
+    EXPECT_EQ(native[i].static_bytes, static_memory(m, staged).total_bytes());  // sharing a sequence shards no state
     ASSERT_TRUE(native[i].longest.has_value());
     // Each stage shards more, so auto reaches at least as far (the state it frees is activations'
     // room); a sequence split over more ranks leaves each fewer positions.
     if (i % 4 > 0) {
       EXPECT_GE(native[i].longest->seq_len, native[i - 1].longest->seq_len);
     }
-    if (i >= 4) {
-      EXPECT_GT(native[i].longest->seq_len, native[i - 4].longest->seq_len);
+    if (i >= 12) {  // against the same sharing at half the group
+      EXPECT_GT(native[i].longest->seq_len, native[i - 8].longest->seq_len);
+    }
+    if (native[i].cp > 1) {
+      // Each context-parallel rank keeps the gathered keys and values of every position, which a
+      // Ulysses rank of the same group does not: Ulysses reaches further.
+      EXPECT_LT(native[i].longest->seq_len, native[i - 4].longest->seq_len) << i;
     }
   }
+  // On 64 GPUs Ulysses stops at the 32 query heads; context parallelism is not bounded by them.
+  const std::vector<SequenceSharing> wide = sequence_sharings(m, ranks(64, ZeroStage::none));
+  EXPECT_EQ(wide.back(), (SequenceSharing{1, 64}));
+  EXPECT_EQ(std::count(wide.begin(), wide.end(), SequenceSharing{64, 1}), 0);
+  EXPECT_EQ(std::count(wide.begin(), wide.end(), SequenceSharing{32, 1}), 1);
+  // Eager attention has no context-parallel form.
+  TrainingSetup eager = s;
+  eager.attention = AttentionKind::eager;
+  for (const SequenceSharing& sh : sequence_sharings(m, eager)) EXPECT_EQ(sh.cp, 1);
   s.profile = Profile::pytorch;
   const std::vector<LayoutResult> pytorch = search_layouts(m, gpu, s, options);
   ASSERT_EQ(pytorch.size(), 8u);
   EXPECT_EQ(pytorch[0].zero, ZeroStage::none);
   EXPECT_EQ(pytorch[1].zero, ZeroStage::parameters);
   EXPECT_EQ(pytorch[7].sp, 8);
+  for (const LayoutResult& l : pytorch) EXPECT_EQ(l.cp, 1);  // the Hugging Face step has no context parallelism
   // transformers 4.44's attention is not the registry ALST wraps: no Ulysses degrees but 1.
   s.framework = Framework::transformers_4_44;
   EXPECT_EQ(sequence_parallel_degrees(m, s), std::vector<std::int64_t>{1});
@@ -275,7 +295,7 @@ TEST(ShardingCli, GpusAutoAnswersOrSaysWhyNot) {
   const auto none = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto", "--seq", "64M"});
   EXPECT_EQ(none.code, 5);
   EXPECT_THAT(none.err, HasSubstr("67,108,864 tokens fit no layout on up to 1024 H100-80G GPUs (ZeRO stages with "
-                                  "Ulysses sequence parallelism up to 32 ranks"));
+                                  "Ulysses over up to 32 ranks, the query heads, or context parallelism over up to 1024)"));
   EXPECT_TRUE(none.out.empty());
   const auto no_seq = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "auto"});
   EXPECT_EQ(no_seq.code, 2);
@@ -290,9 +310,30 @@ TEST(ShardingCli, LayoutsTableNamesTheStagesThatFit) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("would fit with --zero 3"));
   EXPECT_THAT(r.out, HasSubstr("layouts on 8 GPUs"));
-  EXPECT_THAT(r.out, ::testing::ContainsRegex("  0 +1 +394.25 +none fits .*\\(this setup\\)"));
-  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +1 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
-  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +8 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  0 +1 +1 +394.25 +none fits .*\\(this setup\\)"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +1 +1 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +8 +1 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
+  // Context parallelism over the 8 ranks: the same static state per rank, and it fits 32K too.
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +1 +8 +49.28 +[0-9,]+ +[0-9.]+ +[0-9,]+ +fits"));
+}
+
+TEST(ShardingCli, ContextParallelLayoutsAreMarkedAndJsonCarriesTheirDegree) {
+  const auto r = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "8", "--zero", "3", "--cp", "8",
+                            "--method", "mst", "--seq", "1M"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +1 +8 +5.61 [^\n]*\\(this setup\\)"));
+  EXPECT_THAT(r.out, ::testing::Not(::testing::ContainsRegex("  3 +8 +1 +5.61 [^\n]*\\(this setup\\)")));
+  EXPECT_THAT(r.out, HasSubstr(", context-parallel over 8: "));
+  const auto j = test::run({"--model", "llama3-8b", "--gpu", "H100-80G", "--gpus", "8", "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  const nlohmann::json doc = nlohmann::json::parse(j.out);
+  std::int64_t context_parallel = 0;
+  for (const auto& l : doc.at("layouts")) {
+    EXPECT_TRUE(l.at("sp").get<std::int64_t>() == 1 || l.at("cp").get<std::int64_t>() == 1);
+    if (l.at("cp").get<std::int64_t>() > 1) ++context_parallel;
+  }
+  EXPECT_EQ(context_parallel, 12);  // cp 2, 4, 8 with each of the 4 stages
+  for (const auto& p : doc.at("layouts_pareto")) EXPECT_TRUE(p.contains("cp"));
 }
 
 TEST(ShardingCli, EightGpusAnswerPerRankWithTheCollectives) {

@@ -229,7 +229,7 @@ TEST(UlyssesCli, PlansAndRefusesWithTheFieldAndValue) {
                             "--method", "mst", "--seq", "1M"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("8 GPUs with ZeRO-3, Ulysses sequence parallelism over 8"));
-  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +8 +5.61 .*\\(this setup\\)"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("  3 +8 +1 +5.61 .*\\(this setup\\)"));
   struct Case {
     std::vector<std::string> args;
     const char* message;
