@@ -9,6 +9,7 @@
 #include "planner/builder.h"
 #include "planner/catalog.h"
 #include "planner/schedule_check.h"
+#include "program_util.h"
 #include "planner/setup.h"
 #include "planner/static_memory.h"
 
@@ -16,26 +17,14 @@ namespace mstplan {
 namespace {
 
 using ::testing::HasSubstr;
+using test::ops_with;
+using test::saved_bytes_of_layer;
 
 TrainingSetup context_parallel(std::int64_t gpus, std::int64_t cp) {
   TrainingSetup s;
   s.parallel.gpus = gpus;
   s.parallel.cp = cp;
   return s;
-}
-
-std::vector<const Op*> ops_with(const Program& p, OpCode code) {
-  std::vector<const Op*> out;
-  for (const Op& op : p.ops) {
-    if (op.code == code) out.push_back(&op);
-  }
-  return out;
-}
-
-std::int64_t saved_bytes_of_layer(const Program& p, std::int32_t layer) {
-  std::int64_t bytes = 0;
-  for (const Tensor& t : p.tensors) bytes += t.kind == TensorKind::saved && t.layer == layer ? t.bytes : 0;
-  return bytes;
 }
 
 TEST(ContextParallel, KeysAndValuesAreGatheredAroundAttention) {
@@ -51,23 +40,19 @@ TEST(ContextParallel, KeysAndValuesAreGatheredAroundAttention) {
   EXPECT_EQ(p.seq_len, 34);
   EXPECT_EQ(p.local_seq_len(), 17);
   EXPECT_EQ(p.sequence_parallel, 2);
-  const std::vector<const Op*> gathers = ops_with(p, OpCode::all_gather);
-  std::int64_t kv_gathers = 0;
-  for (const Op* op : gathers) {
-    if (std::string_view(op->label) != "attn.kv.all_gather") continue;
-    ++kv_gathers;
-    EXPECT_EQ(op->m, 2);
-    EXPECT_EQ(op->n, 4'352);
-  }
-  EXPECT_EQ(kv_gathers, 4);
-  std::int64_t kv_scatters = 0;
-  for (const Op* op : ops_with(p, OpCode::reduce_scatter)) {
-    if (std::string_view(op->label) != "attn.dkv.reduce_scatter") continue;
-    ++kv_scatters;
-    EXPECT_EQ(op->m, 2);
-    EXPECT_EQ(op->n, 4'352);
-  }
-  EXPECT_EQ(kv_scatters, 2);
+  // The ops of `code` labelled `label`, each checked to move 4,352 bytes over the group of 2.
+  auto count_collectives = [&](OpCode code, std::string_view label) {
+    std::int64_t count = 0;
+    for (const Op* op : ops_with(p, code)) {
+      if (std::string_view(op->label) != label) continue;
+      ++count;
+      EXPECT_EQ(op->m, 2) << label;
+      EXPECT_EQ(op->n, 4'352) << label;
+    }
+    return count;
+  };
+  EXPECT_EQ(count_collectives(OpCode::all_gather, "attn.kv.all_gather"), 4);
+  EXPECT_EQ(count_collectives(OpCode::reduce_scatter, "attn.dkv.reduce_scatter"), 2);
   std::int64_t gathered = 0;
   for (const Tensor& t : p.tensors) {
     const std::string_view label(t.label);

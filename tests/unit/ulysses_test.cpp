@@ -11,6 +11,7 @@
 #include "planner/cost_model.h"
 #include "planner/gpu_spec.h"
 #include "planner/schedule_check.h"
+#include "program_util.h"
 #include "planner/search.h"
 #include "test_util.h"
 
@@ -18,6 +19,8 @@ namespace mstplan {
 namespace {
 
 using ::testing::HasSubstr;
+using test::ops_with;
+using test::saved_bytes_of_layer;
 
 TrainingSetup ulysses(std::int64_t gpus, std::int64_t sp, ZeroStage zero = ZeroStage::none) {
   TrainingSetup s;
@@ -27,25 +30,11 @@ TrainingSetup ulysses(std::int64_t gpus, std::int64_t sp, ZeroStage zero = ZeroS
   return s;
 }
 
-std::vector<const Op*> ops_with(const Program& p, OpCode code) {
-  std::vector<const Op*> out;
-  for (const Op& op : p.ops) {
-    if (op.code == code) out.push_back(&op);
-  }
-  return out;
-}
-
 const Tensor* first_tensor(const Program& p, std::string_view label, std::int32_t layer) {
   for (const Tensor& t : p.tensors) {
     if (t.label == label && t.layer == layer) return &t;
   }
   return nullptr;
-}
-
-std::int64_t saved_bytes_of_layer(const Program& p, std::int32_t layer) {
-  std::int64_t bytes = 0;
-  for (const Tensor& t : p.tensors) bytes += t.kind == TensorKind::saved && t.layer == layer ? t.bytes : 0;
-  return bytes;
 }
 
 TEST(Ulysses, AllToAllsAroundAttentionMoveEachRanksSlice) {
