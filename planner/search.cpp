@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cmath>
 #include <numeric>
 #include <thread>
@@ -140,6 +141,10 @@ Evaluator::Evaluator(const ModelSpec& model, const GpuSpec& gpu, const TrainingS
 
 Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len) { return evaluate(plan, seq_len, Pool::decide); }
 
+StepTime Evaluator::time_of(const Program& p) const {
+  return estimate_time(p, gpu_, setup_.grad_accum, options_.cost, options_.cluster ? &*options_.cluster : nullptr);
+}
+
 Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode) {
   ++evaluations_;
   scratch_ = build_program(model_, setup_, plan, seq_len, std::move(scratch_));
@@ -151,10 +156,8 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode
   e.positions = seq_len / setup_.parallel.sequence_group();
   e.lm_head_chunks = p.lm_head_chunks;
   e.analysis = analyze(p, allocator_);
-  // Lengths the pytorch profile only probes on allocated bytes are never an answer: no time.
-  if (mode != Pool::skip || setup_.profile != Profile::pytorch) {
-    e.time = estimate_time(p, gpu_, setup_.grad_accum, options_.cost, options_.cluster ? &*options_.cluster : nullptr);
-  }
+  // Lengths probed on allocated bytes only are timed once chosen (time_of), not here.
+  if (mode != Pool::skip) e.time = time_of(p);
   e.required_bytes = e.analysis.peak.allocated_bytes + gpu_.reserve_bytes;
   e.host_node_bytes = e.analysis.host_peak_bytes * ranks_on_node_;
   e.fits = e.required_bytes <= gpu_.capacity_bytes && host_fits(e);
@@ -172,8 +175,8 @@ Evaluation Evaluator::evaluate(const Plan& plan, std::int64_t seq_len, Pool mode
   return e;
 }
 
-std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
-  std::optional<Evaluation> lo = longest_allocated(plan, 0);
+std::optional<Evaluation> Evaluator::longest(const Plan& plan, const std::optional<LengthHint>& hint) {
+  std::optional<Evaluation> lo = longest_allocated(plan, 0, hint);
   if (!lo || setup_.profile != Profile::pytorch) return lo;
   // The caching allocator reserves more than is allocated, by a fragmentation that jumps with the
   // length, and on running out it empties its cache and retries (Pool::decide, what fits means).
@@ -232,7 +235,8 @@ std::optional<Evaluation> Evaluator::longest(const Plan& plan) {
   return fit;
 }
 
-std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes) {
+std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::int64_t headroom_bytes,
+                                                       const std::optional<LengthHint>& hint) {
   const std::int64_t g = granularity_;
   const std::int64_t ceiling = std::max(round_down(options_.max_seq_len * setup_.parallel.sequence_group(), g), g);
   // How far a length is from the capacity less the headroom: bytes over it (positive: does not fit).
@@ -247,61 +251,96 @@ std::optional<Evaluation> Evaluator::longest_allocated(const Plan& plan, std::in
   auto fits = [&](const Evaluation& e) {
     return e.required_bytes + headroom_bytes <= gpu_.capacity_bytes && host_fits(e);
   };
-  Evaluation lo = evaluate(plan, g, Pool::skip);
-  if (!fits(lo)) return std::nullopt;
+  auto slope = [&](const Evaluation& a, const Evaluation& b) {
+    return (excess(b) - excess(a)) / static_cast<double>(b.seq_len - a.seq_len);
+  };
+  // The longest length that fits so far, whose program is kept (lo_program_) to time it once
+  // the search is over: the time model costs a fifth of an evaluation, and only the answer needs
+  // it; the shortest known not to fit; the fitting length before lo, for the growth's line.
+  std::optional<Evaluation> lo, hi, previous;
+  auto found = [&](Evaluation e) {
+    if (fits(e)) {
+      if (lo) previous = std::move(lo);
+      lo = std::move(e);
+      std::swap(scratch_, lo_program_);
+    } else {
+      hi = std::move(e);
+    }
+  };
+  auto answer = [&]() {
+    lo->time = time_of(lo_program_);
+    return std::move(lo);
+  };
+  last_bytes_per_token_ = 0;
+
+  // Seeded: the hint's length, then where the line through it with the hint's bytes per token
+  // meets the capacity (one granularity step past the hint at least, on the side that brackets).
+  if (hint && hint->bytes_per_token > 0) {
+    last_bytes_per_token_ = hint->bytes_per_token;
+    const std::int64_t h = std::clamp(round_down(hint->seq_len, g), g, ceiling);
+    Evaluation e = evaluate(plan, h, Pool::skip);
+    const double target = static_cast<double>(h) - excess(e) / hint->bytes_per_token;
+    const bool at_hint_fits = fits(e);
+    found(std::move(e));
+    if (!at_hint_fits && h == g) return std::nullopt;
+    if (!(at_hint_fits && h == ceiling)) {
+      const std::int64_t aim = round_down(static_cast<std::int64_t>(std::clamp(target, 0.0, 2.0 * static_cast<double>(ceiling))), g);
+      found(evaluate(plan, at_hint_fits ? std::clamp(aim, h + g, ceiling) : std::clamp(aim, g, h - g), Pool::skip));
+      if (lo && hi && hi->seq_len - lo->seq_len > h / 64) last_bytes_per_token_ = slope(*lo, *hi);
+    }
+  }
+  if (!lo) {
+    Evaluation e = evaluate(plan, g, Pool::skip);
+    if (!fits(e)) return std::nullopt;
+    found(std::move(e));
+  }
 
   // Grow until a length does not fit, aiming where the line through the last two points meets
-  // the capacity (memory is nearly affine in S), at least doubling.
-  std::optional<Evaluation> hi;
-  Evaluation previous = lo;
-  bool have_previous = false;
+  // the capacity (memory is nearly affine in S), at least doubling; seeded, one step past that
+  // point (both seeded lengths fit: the root is near).
+  const bool seeded = previous.has_value();
   while (!hi) {
-    if (lo.seq_len >= ceiling) return lo;
-    std::int64_t next = 2 * lo.seq_len;
-    if (have_previous && lo.seq_len > previous.seq_len) {
-      const double slope = (excess(lo) - excess(previous)) / static_cast<double>(lo.seq_len - previous.seq_len);
-      if (slope > 0) {
-        const double target = static_cast<double>(lo.seq_len) - excess(lo) / slope;
-        next = std::max(next, static_cast<std::int64_t>(target * 1.02));
+    if (lo->seq_len >= ceiling) return answer();
+    std::int64_t next = 2 * lo->seq_len;
+    if (previous && lo->seq_len > previous->seq_len) {
+      const double per_token = slope(*previous, *lo);
+      if (per_token > 0) {
+        const double target = static_cast<double>(lo->seq_len) - excess(*lo) / per_token;
+        next = seeded ? round_down(static_cast<std::int64_t>(target), g) + g
+                      : std::max(next, static_cast<std::int64_t>(target * 1.02));
       }
     }
     next = std::min(round_down(next, g), ceiling);
-    if (next <= lo.seq_len) next = lo.seq_len + g;
-    Evaluation e = evaluate(plan, next, Pool::skip);
-    previous = lo;
-    have_previous = true;
-    if (fits(e)) {
-      lo = std::move(e);
-    } else {
-      hi = std::move(e);
-    }
+    if (next <= lo->seq_len) next = lo->seq_len + g;
+    found(evaluate(plan, next, Pool::skip));
+    if (hi && last_bytes_per_token_ == 0) last_bytes_per_token_ = slope(*lo, *hi);
   }
   // Narrow the bracket [lo fits, hi does not] by false position, Illinois-style: when one end
   // stays twice in a row, its excess counts half, so the steps do not stall on a convex curve.
-  double f_lo = excess(lo);
+  double f_lo = excess(*lo);
   double f_hi = excess(*hi);
   int kept = 0;  // > 0: lo kept that many times in a row; < 0: hi
-  while (hi->seq_len - lo.seq_len > g) {
-    std::int64_t next = lo.seq_len + (hi->seq_len - lo.seq_len) / 2;
+  while (hi->seq_len - lo->seq_len > g) {
+    std::int64_t next = lo->seq_len + (hi->seq_len - lo->seq_len) / 2;
     if (f_hi > f_lo) {
       const double t = -f_lo / (f_hi - f_lo);
-      next = lo.seq_len + static_cast<std::int64_t>(t * static_cast<double>(hi->seq_len - lo.seq_len));
+      next = lo->seq_len + static_cast<std::int64_t>(t * static_cast<double>(hi->seq_len - lo->seq_len));
     }
-    next = std::clamp(round_down(next, g), lo.seq_len + g, hi->seq_len - g);
+    next = std::clamp(round_down(next, g), lo->seq_len + g, hi->seq_len - g);
     Evaluation e = evaluate(plan, next, Pool::skip);
     if (fits(e)) {
-      lo = std::move(e);
-      f_lo = excess(lo);
+      found(std::move(e));
+      f_lo = excess(*lo);
       kept = kept < 0 ? kept - 1 : -1;
       if (kept <= -2) f_hi /= 2;
     } else {
-      hi = std::move(e);
+      found(std::move(e));
       f_hi = excess(*hi);
       kept = kept > 0 ? kept + 1 : 1;
       if (kept >= 2) f_lo /= 2;
     }
   }
-  return lo;
+  return answer();
 }
 
 std::optional<Evaluation> fastest_fitting(Evaluator& evaluator, const ModelSpec& model, const TrainingSetup& setup,
@@ -343,6 +382,12 @@ std::optional<Evaluation> fastest_fitting(Evaluator& evaluator, const ModelSpec&
 
 SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                     std::span<const Method> methods, const SearchOptions& options) {
+  return search(model, gpu, setup, methods, options, {}, nullptr);
+}
+
+SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                    std::span<const Method> methods, const SearchOptions& options, const LengthHints& hints,
+                    LengthHints* learned) {
   Evaluator evaluator(model, gpu, setup, options);
   SearchResult result;
   // Every plan whose longest length is needed, once (auto's candidates include the fixed
@@ -359,6 +404,7 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
     }
   }
   std::vector<std::optional<Evaluation>> longest_of(plans.size());
+  std::vector<double> bytes_per_token(plans.size(), 0.0);
   std::atomic<std::size_t> next{0};
   std::atomic<std::int64_t> evaluations{0};
   auto work = [&]() {
@@ -366,11 +412,24 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
     // Last plans first: auto's finest, offloaded candidates take longest, and start early.
     for (std::size_t k = next++; k < plans.size(); k = next++) {
       const std::size_t i = plans.size() - 1 - k;
-      longest_of[i] = own.longest(plans[i]);
+      std::optional<LengthHint> hint;
+      for (const auto& [plan, h] : hints) {
+        if (plan == plans[i]) hint = h;
+      }
+      longest_of[i] = own.longest(plans[i], hint);
+      bytes_per_token[i] = own.last_bytes_per_token();
     }
     evaluations += own.evaluations();
   };
   run_on_threads(plans.size(), options.threads, work);
+  if (learned) {
+    learned->clear();
+    for (std::size_t i = 0; i < plans.size(); ++i) {
+      if (longest_of[i] && bytes_per_token[i] > 0) {
+        learned->emplace_back(plans[i], LengthHint{longest_of[i]->seq_len, bytes_per_token[i]});
+      }
+    }
+  }
   auto longest = [&](const Plan& plan) -> const std::optional<Evaluation>& {
     return longest_of[static_cast<std::size_t>(std::find(plans.begin(), plans.end(), plan) - plans.begin())];
   };
@@ -486,27 +545,53 @@ std::vector<LayoutResult> search_layouts(const ModelSpec& model, const GpuSpec& 
     }
   }
   // Layouts are searched side by side, each on one thread (whose buffers the next layout it takes
-  // reuses), rather than each layout's plans on fresh threads.
+  // reuses), rather than each layout's plans on fresh threads. First each sharing's first stage
+  // that fits; then its other stages, each plan's search started where that stage's ended (the
+  // same activations, other static bytes: LengthHint), in a third of the evaluations.
   SearchOptions one_thread = options;
   one_thread.threads = 1;
-  std::atomic<std::size_t> next{0};
-  auto work = [&]() {
+  const std::size_t stages = modelled_stages(setup).size();
+  std::vector<LengthHints> hints(out.size() / stages);
+  std::vector<std::size_t> seeded_by(out.size(), out.size());  // out.size(): not seeded
+  auto search_layout = [&](std::size_t i, LengthHints* learned) {
     const Method automatic[] = {Method::automatic};
-    for (std::size_t i = next++; i < out.size(); i = next++) {
-      LayoutResult& r = out[i];
-      TrainingSetup s = setup;
-      s.parallel.zero = r.zero;
-      s.parallel.sp = r.sp;
-      s.parallel.cp = r.cp;
-      r.static_bytes = static_memory(model, s).total_bytes();
-      if (r.static_bytes > gpu.usable_bytes()) continue;
-      SearchResult found = search(model, gpu, s, automatic, one_thread);
-      r.longest = std::move(found.methods.front().at_max);
-      r.pareto = std::move(found.pareto);
-      if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
-    }
+    LayoutResult& r = out[i];
+    TrainingSetup s = setup;
+    s.parallel.zero = r.zero;
+    s.parallel.sp = r.sp;
+    s.parallel.cp = r.cp;
+    r.static_bytes = static_memory(model, s).total_bytes();
+    if (r.static_bytes > gpu.usable_bytes()) return false;
+    SearchResult found = search(model, gpu, s, automatic, one_thread, seeded_by[i] < out.size() ? hints[i / stages] : LengthHints{},
+                                learned);
+    r.longest = std::move(found.methods.front().at_max);
+    r.pareto = std::move(found.pareto);
+    if (setup.seq_len) r.at_request = std::move(found.fastest_at_request);
+    r.evaluations = found.evaluations;
+    return true;
   };
-  run_on_threads(out.size(), options.threads, work);
+  std::vector<std::size_t> rest;
+  {
+    std::atomic<std::size_t> next{0};
+    std::mutex taken;
+    auto first = [&]() {
+      for (std::size_t k = next++; k < hints.size(); k = next++) {
+        std::size_t i = k * stages;
+        while (i < (k + 1) * stages && !search_layout(i, &hints[k])) ++i;
+        const std::lock_guard lock(taken);
+        for (std::size_t j = i + 1; j < (k + 1) * stages; ++j) {
+          seeded_by[j] = i;
+          rest.push_back(j);
+        }
+      }
+    };
+    run_on_threads(hints.size(), options.threads, first);
+  }
+  std::atomic<std::size_t> next{0};
+  auto others = [&]() {
+    for (std::size_t k = next++; k < rest.size(); k = next++) search_layout(rest[k], nullptr);
+  };
+  run_on_threads(rest.size(), options.threads, others);
   return out;
 }
 

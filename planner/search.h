@@ -106,6 +106,16 @@ struct SearchResult {
 /// The plan a fixed method uses (auto has none: it searches).
 [[nodiscard]] Plan method_plan(Method method, const ModelSpec& model);
 
+/// Where one plan's longest length was found under a similar setup (another ZeRO stage of the
+/// same sequence sharing: the same activations, other static bytes), to start a search near it:
+/// the length and the bytes per token memory grows by there. It changes how many lengths a
+/// search evaluates, not its answer (the longest multiple of the granularity that fits, where
+/// fitting is monotone in the length).
+struct LengthHint {
+  std::int64_t seq_len = 0;
+  double bytes_per_token = 0;  ///< > 0
+};
+
 /// Builds, analyses and times one plan at one length.
 class Evaluator {
  public:
@@ -118,15 +128,21 @@ class Evaluator {
   /// (a few simulations per plan, not a bisection: a length between it and the allocated-bytes
   /// limit may fit too). When shortening cannot make that room (a peak that does not grow with
   /// the length, such as the optimizer step's), a bisection on the simulation, to 1/128 of the length.
-  [[nodiscard]] std::optional<Evaluation> longest(const Plan& plan);
+  /// `hint`: start near where a similar setup's search ended (LengthHint).
+  [[nodiscard]] std::optional<Evaluation> longest(const Plan& plan, const std::optional<LengthHint>& hint = {});
+  /// The bytes per token near the last longest length found (0: not known), for a LengthHint.
+  [[nodiscard]] double last_bytes_per_token() const { return last_bytes_per_token_; }
   [[nodiscard]] std::int64_t evaluations() const { return evaluations_; }
   [[nodiscard]] const SearchOptions& options() const { return options_; }
 
  private:
   enum class Pool { skip, decide, overcommit };  // whether and how the caching allocator is simulated
+  // Pool::skip: no time either (the step's time of a length only probed is never shown).
   Evaluation evaluate(const Plan& plan, std::int64_t seq_len, Pool pool);
+  StepTime time_of(const Program& program) const;
   // The longest length whose allocated peak plus the reserve and `headroom_bytes` fits.
-  std::optional<Evaluation> longest_allocated(const Plan& plan, std::int64_t headroom_bytes);
+  std::optional<Evaluation> longest_allocated(const Plan& plan, std::int64_t headroom_bytes,
+                                              const std::optional<LengthHint>& hint);
   const ModelSpec& model_;
   const GpuSpec& gpu_;
   const TrainingSetup& setup_;
@@ -137,7 +153,9 @@ class Evaluator {
   std::int64_t host_capacity_bytes_ = 0;  // 0: no host limit
   bool host_fits(const Evaluation& e) const { return host_capacity_bytes_ == 0 || e.host_node_bytes <= host_capacity_bytes_; }
   std::int64_t evaluations_ = 0;
-  Program scratch_;  // the last program built, whose storage the next one reuses
+  Program scratch_;     // the last program built, whose storage the next one reuses
+  Program lo_program_;  // longest_allocated: the program of the longest length found to fit
+  double last_bytes_per_token_ = 0;
 };
 
 /// auto at one length: the fastest of its candidate plans (and of partial recompute, the fewest
@@ -147,6 +165,15 @@ class Evaluator {
 
 [[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
                                   std::span<const Method> methods, const SearchOptions& options = {});
+
+/// Each searched plan's LengthHint, for a search of a similar setup.
+using LengthHints = std::vector<std::pair<Plan, LengthHint>>;
+/// search() whose longest-length searches start at `hints` where one names their plan; `learned`
+/// (when not null) receives each plan's hint for the next similar setup. The same answers as
+/// search() where fitting is monotone in the length, in fewer evaluations.
+[[nodiscard]] SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup,
+                                  std::span<const Method> methods, const SearchOptions& options,
+                                  const LengthHints& hints, LengthHints* learned);
 
 /// How a layout's ranks share each sequence: Ulysses over `sp` ranks, or context parallelism over
 /// `cp` ranks (Note [Context-parallel step] in builder.cpp); one of them is 1.
@@ -168,6 +195,7 @@ struct LayoutResult {
   std::optional<Evaluation> longest;   ///< auto's longest plan (nullopt: none fits)
   std::optional<Evaluation> at_request;  ///< auto's fastest plan at setup.seq_len, if it fits
   std::vector<Evaluation> pareto;      ///< auto's trade-offs under this layout (SearchResult::pareto)
+  std::int64_t evaluations = 0;        ///< programs built and analyzed for this layout
 };
 
 /// One point of the trade-offs over layouts: a layout and one of its plans.
