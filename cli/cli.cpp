@@ -143,6 +143,28 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       "--offload-param", offload_param,
       "ZeRO-Infinity's parameter offload: the weights (the rank's shard) in host memory too, each layer's uploaded "
       "before use (implies --offload-optimizer); one GPU, or --zero 3; e.g. --offload-param");
+  option(f.adapter, "--adapter", "lora|none",
+         "Parameter-efficient fine-tuning: lora trains rank-r adapters (A, B) on the chosen linears of every layer "
+         "and freezes the base weights (no gradients, no optimizer state); default none; e.g. --adapter lora");
+  option(f.lora_rank, "--lora-rank", "R", "With --adapter lora: the adapters' rank (default 16); e.g. --lora-rank 64");
+  option(f.lora_alpha, "--lora-alpha", "X",
+         "With --adapter lora: the update's scale is alpha / r (default 16; no bytes depend on it); e.g. --lora-alpha 32");
+  option(f.lora_targets, "--lora-targets", "LIST",
+         "With --adapter lora: the adapted linears, of q,k,v,o,gate,up,down (default all seven); e.g. --lora-targets q,v");
+  option(f.lora_dropout, "--lora-dropout", "P",
+         "With --adapter lora, pytorch profile: PEFT's lora_dropout, whose mask and output are kept for backward "
+         "(default 0); e.g. --lora-dropout 0.05");
+  option(f.adapter_dtype, "--adapter-dtype", "bf16|fp32",
+         "With --adapter lora: the adapters' weights, gradients and AdamW state (default: native bf16; pytorch fp32, "
+         "PEFT's upcast); e.g. --adapter-dtype bf16");
+  option(f.base, "--base", "bf16|int8|nf4|fp4",
+         "With --adapter lora: the frozen base linears' storage, bf16 (default), int8 (bitsandbytes LLM.int8) or nf4 / "
+         "fp4 (bitsandbytes 4-bit, QLoRA); e.g. --base nf4");
+  bool no_double_quant = false;
+  f.no_double_quant.option = app.add_flag(
+      "--no-double-quant", no_double_quant,
+      "With --base nf4 or fp4: fp32 block scales instead of QLoRA's double quantization (the default); "
+      "e.g. --no-double-quant");
   option(f.cluster, "--cluster", "NAME|PATH",
          "With --gpus: the nodes and links (mst-plan clusters; default: the catalog node of the GPU); "
          "e.g. --cluster DGX-H100");

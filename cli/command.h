@@ -49,6 +49,7 @@ struct Flag {
 struct PlanFlags {
   Flag model, gpu, scenario, batch, seq, precision, optimizer, grad_accum, attention, profile, method, out, framework;
   Flag gpus, zero, sp, cp, cluster, offload_optimizer, offload_param, export_engine;
+  Flag adapter, lora_rank, lora_alpha, lora_targets, lora_dropout, adapter_dtype, base, no_double_quant;
   Flag in_backward, not_in_backward, hold_outputs, expandable_segments;  // values unused: presence is the flag
   bool json = false;
 
@@ -57,7 +58,9 @@ struct PlanFlags {
     std::vector<std::string> names;
     for (const Flag* f : {&model, &gpu, &scenario, &batch, &seq, &precision, &optimizer, &grad_accum, &attention,
                           &profile, &method, &out, &framework, &in_backward, &not_in_backward, &hold_outputs,
-                          &expandable_segments, &gpus, &zero, &sp, &cp, &cluster, &offload_optimizer, &offload_param, &export_engine}) {
+                          &expandable_segments, &gpus, &zero, &sp, &cp, &cluster, &offload_optimizer, &offload_param, &export_engine,
+                          &adapter, &lora_rank, &lora_alpha, &lora_targets, &lora_dropout, &adapter_dtype, &base,
+                          &no_double_quant}) {
       if (f->given()) names.push_back(f->option->get_name());
     }
     return names;

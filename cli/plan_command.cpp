@@ -1,7 +1,10 @@
 // The main command: the longest sequence per method for a model and a GPU, and a plan file (--out).
 #include "cli/command.h"
 
+#include <charconv>
 #include <cmath>
+#include <limits>
+#include <ranges>
 #include <fmt/ostream.h>
 #include <fmt/ranges.h>
 #include "cli/plan_output.h"
@@ -35,6 +38,19 @@ std::optional<Failure> parse_positive(const std::string& flag, const std::string
   }
   if (std::get<std::int64_t>(parsed) <= 0) return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
   out = std::get<std::int64_t>(parsed);
+  return std::nullopt;
+}
+
+// A finite number in [min, max): "--lora-alpha: expected a positive number, got 'x'".
+std::optional<Failure> parse_number(const std::string& flag, const std::string& text, double min, double max,
+                                    std::string_view expected, double& out) {
+  double value = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (text.empty() || ec != std::errc() || ptr != end || !std::isfinite(value) || value < min || value >= max) {
+    return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+  }
+  out = value;
   return std::nullopt;
 }
 
@@ -76,6 +92,35 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
     if (!f.in_backward.given()) s.optimizer_in_backward = false;  // the host steps it after backward
   }
   if (f.expandable_segments.given()) s.expandable_segments = true;
+  AdapterSetup& a = s.adapter;
+  if (f.adapter.given()) run(parse_choice("--adapter", f.adapter.value, a.kind));
+  if (f.lora_rank.given()) run(parse_positive("--lora-rank", f.lora_rank.value, a.rank));
+  if (f.lora_alpha.given()) {
+    run(parse_number("--lora-alpha", f.lora_alpha.value, std::numeric_limits<double>::min(),
+                     std::numeric_limits<double>::infinity(), "a positive number", a.alpha));
+  }
+  if (f.lora_dropout.given()) {
+    run(parse_number("--lora-dropout", f.lora_dropout.value, 0.0, 1.0, "a probability in [0, 1)", a.dropout));
+  }
+  if (f.lora_targets.given()) {
+    std::vector<std::string> names;
+    for (const auto part : std::views::split(std::string_view(f.lora_targets.value), ',')) {
+      names.emplace_back(part.begin(), part.end());
+    }
+    auto targets = parse_lora_targets(names);
+    if (targets) {
+      a.targets = *targets;
+    } else {
+      run(usage(fmt::format("--lora-targets: {} (got '{}')", targets.error().message, f.lora_targets.value)));
+    }
+  }
+  if (f.adapter_dtype.given()) {
+    DType dtype = DType::bf16;
+    run(parse_choice("--adapter-dtype", f.adapter_dtype.value, dtype));
+    a.dtype = dtype;
+  }
+  if (f.base.given()) run(parse_choice("--base", f.base.value, a.base));
+  if (f.no_double_quant.given()) a.double_quant = false;
   // The engines step the optimizer after backward.
   if (f.export_engine.given() && !f.in_backward.given()) s.optimizer_in_backward = false;
   return failure;

@@ -57,8 +57,24 @@ bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu,
   auto sharded = [&](bool is_sharded) {
     return is_sharded ? fmt::format(", a 1/{} shard (ZeRO-{})", par.gpus, to_string(par.zero)) : std::string();
   };
+  const AdapterSetup& adapter = setup.adapter;
+  const std::string base_note =
+      !adapter.lora()                  ? std::string()
+      : adapter.base == BaseFormat::bf16 ? std::string("frozen bf16 base")
+                                       : fmt::format("frozen base, the layers' linears in {}{} (the embedding, LM head "
+                                                     "and norms bf16)",
+                                                     to_string(adapter.base),
+                                                     adapter.base == BaseFormat::int8 ? " with fp32 row scales"
+                                                     : adapter.double_quant           ? " with double-quantized block scales"
+                                                                                      : " with fp32 block scales");
+  const std::string weights_note =
+      adapter.lora() ? fmt::format("{}; LoRA adapters {} GiB in {} ({} parameters, the trained ones)", base_note,
+                                   format_gib(m.adapter_weights_bytes), to_string(storage.weights),
+                                   format_thousands(m.adapter_parameters))
+      : storage.autocast ? std::string("fp32 parameters (autocast makes bf16 copies per op)")
+                         : std::string(to_string(storage.weights));
   row("weights", m.weights_bytes,
-      (storage.autocast ? "fp32 parameters (autocast makes bf16 copies per op)" : std::string(to_string(storage.weights))) +
+      weights_note +
           sharded(par.shards_weights()) +
           (storage.host_weights ? "; in host memory, each layer's uploaded before use"
            : par.shards_weights() ? "; each layer's are all-gathered before use"

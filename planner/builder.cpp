@@ -156,7 +156,7 @@ StepBuilder::StepBuilder(const ModelSpec& model, const TrainingSetup& setup, con
       queries_(setup.parallel.cp > 1 ? S_ : A_), labelled_(setup.parallel.sequence_group() > 1 ? S_ : S_ - 1),
       storage_(parameter_storage(setup)), act_(setup.precision == Precision::fp32 ? DType::fp32 : DType::bf16),
       trained_(setup.optimizer != OptimizerKind::none), par_(setup.parallel),
-      persistent_grads_(persistent_gradients(setup)) {}
+      persistent_grads_(persistent_gradients(setup)), base_storage_(base_storage(setup)) {}
 
 TensorId StepBuilder::tensor(const char* label, TensorKind kind, DType dtype, std::int64_t elements, std::int32_t layer,
                          Pass pass, bool array, Device device) {
@@ -239,29 +239,181 @@ OpId StepBuilder::matmul(const char* label, OpCode code, Phase phase, Pass pass,
   return id;
 }
 
+// Note [LoRA step]
+// ----------------
+// With a LoRA adapter (setup.adapter) every base parameter is frozen (no gradient, no optimizer
+// state: trains()) and each targeted linear y = x W^T of a decoder layer gains the adapter's
+// branch, written once here for both profiles:
+//   forward:  a = x A^T (r wide, kept for B's gradient), b = a B^T, y += (alpha / r) b;
+//   backward: da = dy B, dB = dy^T a, dA = da^T x, dx += da A (after the base's dx = dy W).
+// x is the linear's input, which the adapter keeps for dA where the frozen base alone would not;
+// the analysis sees it read in backward and keeps it alive. The pytorch profile follows PEFT's
+// LoRA Linear (peft/tuners/lora/layer.py, 0.13 to 0.17): x is cast to the adapters' dtype first
+// (_cast_input_dtype: with PEFT's default fp32 adapters over a bf16 base, an fp32 copy of x per
+// adapted linear, kept for dA), lora_dropout's mask and output are kept when dropout > 0, the
+// branch's output is scaled into a new tensor and added (result + lora_B(...) * scaling), and the
+// input gradient of the branch is a tensor of its own that autograd adds into dx. The native
+// step adds the branch in place and accumulates dx with the GEMM.
+// A quantized base (int8, nf4, fp4) is expanded to a bf16 transient before each GEMM that reads
+// it, in forward and again in backward (bitsandbytes' MatMul4Bit and MatMul8bitLt dequantize the
+// weight for the matmul and keep only the quantized one); its bytes are Note [Quantized base
+// weights] in static_memory.h. Not modelled: LLM.int8's int8 copy of the input and its outlier
+// columns (transients of the forward GEMM), and autograd skipping the first layer's input
+// gradient when nothing before it trains.
+TensorId StepBuilder::dense_weight(std::int32_t param, Phase phase, Pass pass, std::int32_t layer) {
+  if (!quantized(param)) return weight(param);
+  const ParamTensor& pt = p_.params[static_cast<std::size_t>(param)];
+  const TensorId w = tensor("weight.dequantized", TensorKind::transient, DType::bf16, pt.numel(), layer, pass);
+  p_.tensors[w].param = param;
+  const OpId id = op("weight.dequantize", OpCode::dequantize, phase, pass, layer, {weight(param)}, {w});
+  p_.ops[id].param = param;
+  p_.ops[id].m = pt.numel();
+  return w;
+}
+
 OpId StepBuilder::linear(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId x, std::int32_t param,
                          TensorId y, std::int64_t rows, std::int64_t n, std::int64_t k, std::int32_t bias) {
   const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
-  return matmul(label, OpCode::linear, phase, pass, l, {x, weight(param), weight_or_none(bias), ws}, {y}, rows, n, k);
+  const TensorId w = dense_weight(param, phase, pass, l);
+  const OpId id = matmul(label, OpCode::linear, phase, pass, l, {x, w, weight_or_none(bias), ws}, {y}, rows, n, k);
+  if (!adapted(param)) return id;
+  const auto [pa, pb] = adapter_of_[static_cast<std::size_t>(param)];
+  const std::int64_t r = s_.adapter.rank;
+  const bool array = loop_ != kNone;  // kept per chunk when the linear runs in a chunk loop
+  const DType out_dtype = p_.tensors[y].dtype;
+  const DType dtype = storage_.weights;  // the adapters' dtype
+  const TensorKind kept = pass == Pass::recompute && phase == Phase::backward ? TensorKind::transient : TensorKind::saved;
+  TensorId xin = x;
+  if (s_.profile == Profile::pytorch) {
+    if (dtype != p_.tensors[x].dtype) {
+      xin = tensor("lora.x.cast", kept, dtype, rows * k, l, pass, array);
+      autograd_op("lora.x.cast", OpKind::elementwise, phase, pass, l, {x}, {xin});
+    }
+    if (s_.adapter.dropout > 0) {
+      const TensorId mask = tensor("lora.dropout.mask", kept, DType::int8, rows * k, l, pass, array);
+      const TensorId dropped = tensor("lora.dropout", kept, dtype, rows * k, l, pass, array);
+      autograd_op("lora.dropout", OpKind::elementwise, phase, pass, l, {xin}, {dropped, mask});
+      xin = dropped;
+    }
+  }
+  const TensorId a = tensor("lora.a", kept, dtype, rows * r, l, pass, array);
+  matmul("lora.A", OpCode::linear, phase, pass, l, {xin, weight(pa), ws}, {a}, rows, r, k);
+  const TensorId b = tensor("lora.b", TensorKind::transient, dtype, rows * n, l, pass, array);
+  matmul("lora.B", OpCode::linear, phase, pass, l, {a, weight(pb), ws}, {b}, rows, n, r);
+  if (s_.profile == Profile::pytorch) {
+    // result + lora_B(...) * scaling: the scaled branch, then the sum (in the adapters' dtype),
+    // cast back to the base's dtype when they differ; modelled as added into y.
+    const TensorId scaled = tensor("lora.scaled", TensorKind::transient, dtype, rows * n, l, pass, array);
+    autograd_op("lora.scale", OpKind::elementwise, phase, pass, l, {b}, {scaled});
+    if (dtype != out_dtype) {
+      const TensorId sum = tensor("lora.sum", TensorKind::transient, dtype, rows * n, l, pass, array);
+      autograd_op("lora.add", OpKind::elementwise, phase, pass, l, {y, scaled}, {sum});
+      autograd_op("lora.cast", OpKind::elementwise, phase, pass, l, {sum}, {y});
+    } else {
+      autograd_op("lora.add", OpKind::elementwise, phase, pass, l, {y, scaled}, {y});
+    }
+  } else {
+    op("lora.add", OpCode::residual_add, phase, pass, l, {y, b}, {y});
+  }
+  adapter_state(param) = {chunk_key(), x, xin, a, kNoTensor, kNoTensor};
+  return id;
+}
+
+StepBuilder::AdapterForward& StepBuilder::adapter_state(std::int32_t param) {
+  std::vector<AdapterForward>& kept_by = adapter_fwd_[static_cast<std::size_t>(param)];
+  const std::int64_t key = chunk_key();
+  const auto found =
+      std::find_if(kept_by.begin(), kept_by.end(), [&](const AdapterForward& f) { return f.first_chunk == key; });
+  if (found != kept_by.end()) return *found;
+  kept_by.push_back({key});
+  return kept_by.back();
+}
+
+void StepBuilder::adapter_dx(std::int32_t param, std::int32_t l, Pass pass, TensorId da, TensorId dx, std::int64_t rows,
+                             std::int64_t k) {
+  const std::int32_t pa = adapter_of_[static_cast<std::size_t>(param)].first;
+  const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
+  if (s_.profile == Profile::pytorch) {
+    // The branch's input gradient is its own tensor (in the adapters' dtype), which autograd adds
+    // into dx.
+    const TensorId dxa = tensor("lora.dx", TensorKind::transient, storage_.weights, rows * k, l, pass);
+    matmul("lora.A.dx", OpCode::linear_dx, Phase::backward, pass, l, {da, weight(pa), ws}, {dxa}, rows, k,
+           s_.adapter.rank);
+    autograd_op("lora.dx.add", OpKind::elementwise, Phase::backward, pass, l, {dx, dxa}, {dx});
+  } else {
+    matmul("lora.A.dx", OpCode::linear_dx, Phase::backward, pass, l, {da, weight(pa), ws}, {dx}, rows, k,
+           s_.adapter.rank);
+  }
 }
 
 OpId StepBuilder::linear_dx(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, std::int32_t param,
                             std::initializer_list<TensorId> outputs, std::int64_t rows, std::int64_t n,
                             std::int64_t k) {
   const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
-  return matmul(label, OpCode::linear_dx, phase, pass, l, {dy, weight(param), ws}, outputs, rows, n, k);
+  const TensorId w = dense_weight(param, phase, pass, l);
+  const OpId id = matmul(label, OpCode::linear_dx, phase, pass, l, {dy, w, ws}, outputs, rows, n, k);
+  if (!adapted(param)) return id;
+  // The branch's part of dx: now if linear_dw already formed da, else when it does.
+  AdapterForward& st = adapter_state(param);
+  const TensorId dx = *outputs.begin();
+  if (st.da != kNoTensor) {
+    const TensorId da = st.da;
+    st.da = kNoTensor;
+    adapter_dx(param, l, pass, da, dx, rows, n);  // dx is rows x n (the linear's input width)
+  } else {
+    st.dx = dx;
+  }
+  return id;
 }
 
 void StepBuilder::linear_dw(const char* label, Phase phase, Pass pass, std::int32_t l, TensorId dy, TensorId x,
                             std::int32_t param, std::int64_t m, std::int64_t n, std::int64_t k, bool in_place) {
-  if (!trained_) return;
+  if (adapted(param)) {
+    // The adapter's gradients from the branch's forward over this input: kept from the forward
+    // when it ran on this very tensor, else (the input recomputed in backward) run again here.
+    const auto [pa, pb] = adapter_of_[static_cast<std::size_t>(param)];
+    const std::int64_t r = s_.adapter.rank;
+    const DType dtype = storage_.weights;
+    const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
+    AdapterForward st = adapter_state(param);
+    TensorId xin = st.x, a = st.a;
+    if (st.source != x || a == kNoTensor) {
+      xin = x;
+      if (s_.profile == Profile::pytorch && dtype != p_.tensors[x].dtype) {
+        xin = tensor("lora.x.cast", TensorKind::transient, dtype, k * n, l, Pass::recompute);
+        autograd_op("lora.x.cast", OpKind::elementwise, phase, Pass::recompute, l, {x}, {xin});
+      }
+      a = tensor("lora.a", TensorKind::transient, dtype, k * r, l, Pass::recompute);
+      matmul("lora.A", OpCode::linear, phase, Pass::recompute, l, {xin, weight(pa), ws}, {a}, k, r, n);
+    }
+    // dy is k x m (rows x out), x is k x n (rows x in).
+    const TensorId da = tensor("lora.da", TensorKind::transient, dtype, k * r, l, pass);
+    matmul("lora.B.dx", OpCode::linear_dx, phase, pass, l, {dy, weight(pb), ws}, {da}, k, r, m);
+    {
+      const auto [g, partial] = grad_outputs(pb, l);
+      matmul("lora.B.dw", OpCode::linear_dw, phase, pass, l, {dy, a, ws}, {g, partial}, m, r, k);
+    }
+    {
+      const auto [g, partial] = grad_outputs(pa, l);
+      matmul("lora.A.dw", OpCode::linear_dw, phase, pass, l, {da, xin, ws}, {g, partial}, r, n, k);
+    }
+    AdapterForward& kept = adapter_state(param);
+    if (kept.dx != kNoTensor) {
+      const TensorId dx = kept.dx;
+      kept.dx = kNoTensor;
+      adapter_dx(param, l, pass, da, dx, k, n);
+    } else {
+      kept.da = da;
+    }
+  }
+  if (!trains(param)) return;
   const auto [g, partial] = grad_outputs(param, l, in_place);
   const TensorId ws = policy_.executable ? workspace_ : kNoTensor;
   matmul(label, OpCode::linear_dw, phase, pass, l, {dy, x, ws}, {g, partial}, m, n, k);
 }
 
 std::pair<TensorId, TensorId> StepBuilder::grad_outputs(std::int32_t param, std::int32_t layer, bool in_place) {
-  if (!trained_) return {kNoTensor, kNoTensor};
+  if (!trains(param)) return {kNoTensor, kNoTensor};
   const bool exists = has_grad(param) && !in_place && policy_.partial_grads;
   const TensorId g = grad(param, layer);
   if (!exists) return {g, kNoTensor};
@@ -555,7 +707,12 @@ void StepBuilder::run_updates(std::vector<std::int32_t>& params) {
 }
 
 void StepBuilder::grad_done(std::int32_t param) {
-  if (!trained_) return;
+  if (adapted(param)) {
+    const auto [pa, pb] = adapter_of_[static_cast<std::size_t>(param)];
+    grad_done(pa);
+    grad_done(pb);
+  }
+  if (!trains(param)) return;
   if (par_.gpus == 1) {
     if (storage_.host_optimizer) offload_grad(param, grads_[static_cast<std::size_t>(param)]);
     if (s_.optimizer_in_backward) optimizer_op(param, Phase::backward);
@@ -599,6 +756,19 @@ void StepBuilder::static_tensors() {
     listed_model = m_;
   }
   p_.params = listed;
+  const std::size_t base_count = p_.params.size();
+  if (s_.adapter.lora()) {
+    thread_local ModelSpec adapted_model;
+    thread_local AdapterSetup adapted_setup;
+    thread_local std::vector<ParamTensor> adapters;
+    if (adapters.empty() || !(adapted_model == m_) || !(adapted_setup == s_.adapter)) {
+      adapters = adapter_parameters(m_, s_.adapter);
+      adapted_model = m_;
+      adapted_setup = s_.adapter;
+    }
+    first_adapter_ = static_cast<std::int32_t>(base_count);
+    p_.params.insert(p_.params.end(), adapters.begin(), adapters.end());
+  }
   const std::size_t n = p_.params.size();
   weights_.resize(n);
   grads_.assign(n, kNoTensor);
@@ -617,11 +787,20 @@ void StepBuilder::static_tensors() {
     const ParamTensor& pt = p_.params[i];
     const auto layer = static_cast<std::int32_t>(pt.layer);
     const auto param = static_cast<std::int32_t>(i);
-    weights_[i] = tensor(par_.shards_weights() ? "shard" : "", TensorKind::weight, storage_.weights,
+    const ParameterStorage& storage = i < base_count ? base_storage_ : storage_;
+    weights_[i] = tensor(par_.shards_weights() ? "shard" : "", TensorKind::weight, storage.weights,
                          kept(pt.numel(), par_.shards_weights()), layer, Pass::forward, false,
-                         storage_.host_weights ? Device::host : Device::device);
+                         storage.host_weights ? Device::host : Device::device);
     p_.tensors[weights_[i]].param = param;
+    if (quantized(param)) {
+      // The packed values and their scales (Note [Quantized base weights]), counted as bytes.
+      Tensor& w = p_.tensors[weights_[i]];
+      w.dtype = DType::int8;
+      w.bytes = base_weight_bytes(pt, s_.adapter);
+      w.elements = w.bytes;
+    }
     outs.push_back(weights_[i]);
+    if (!trains(param)) continue;
     if (adam) {
       // m and v, each adam_moment_bytes() (Note [Static bytes per parameter]).
       TensorId mv = tensor(storage_.master ? "adam_mv" : "adam_m", TensorKind::optimizer_state, DType::fp32, 0, layer,
@@ -672,7 +851,9 @@ void StepBuilder::static_tensors() {
   if (s_.profile == Profile::pytorch && par_.gpus > 1 && par_.zero == ZeroStage::none && trained_) {
     // DDP's gradient buckets (gradient_as_bucket_view=False): a flat copy of every gradient.
     std::int64_t elements = 0;
-    for (const ParamTensor& pt : p_.params) elements += pt.numel();
+    for (std::size_t j = 0; j < n; ++j) {
+      if (trains(static_cast<std::int32_t>(j))) elements += p_.params[j].numel();
+    }
     outs.push_back(tensor("ddp.buckets", TensorKind::workspace, *storage_.gradients, elements, kNone, Pass::forward));
   }
   tokens_ = tensor("tokens", TensorKind::data, policy_.token_ids, T_, kNone, Pass::forward);
@@ -716,7 +897,30 @@ void StepBuilder::static_tensors() {
     layer_params_.push_back(lp);
   }
   final_norm_param_ = static_cast<std::int32_t>(i);
-  lm_head_param_ = m_.tied_embeddings ? embed_param_ : static_cast<std::int32_t>(n - 1);
+  lm_head_param_ = m_.tied_embeddings ? embed_param_ : static_cast<std::int32_t>(base_count - 1);
+  // Each adapted linear's A and B, in adapter_parameters()' order.
+  adapter_of_.assign(n, {kNone, kNone});
+  adapter_fwd_.resize(n);
+  for (std::vector<AdapterForward>& kept_by : adapter_fwd_) kept_by.clear();
+  if (first_adapter_ >= 0) {
+    auto next = static_cast<std::int32_t>(first_adapter_);
+    for (const LayerParams& lp : layer_params_) {
+      const std::array<std::pair<LoraTarget, std::int32_t>, 7> linears = {{{LoraTarget::q, lp.q},
+                                                                           {LoraTarget::k, lp.k},
+                                                                           {LoraTarget::v, lp.v},
+                                                                           {LoraTarget::o, lp.o},
+                                                                           {LoraTarget::gate, lp.gate},
+                                                                           {LoraTarget::up, lp.up},
+                                                                           {LoraTarget::down, lp.down}}};
+      for (const auto& [target, base] : linears) {
+        if (!s_.adapter.adapts(target)) continue;
+        adapter_of_[static_cast<std::size_t>(base)] = {next, next + 1};
+        next += 2;
+      }
+    }
+    MSTPLAN_CHECK(static_cast<std::size_t>(next) == n, "{} adapter parameters for {} slots", n - base_count,
+                  next - first_adapter_);
+  }
   layer_param_lists_.assign(static_cast<std::size_t>(m_.num_layers), {});
   for (std::size_t j = 0; j < n; ++j) {
     if (p_.params[j].layer >= 0) layer_param_lists_[static_cast<std::size_t>(p_.params[j].layer)].push_back(static_cast<std::int32_t>(j));
@@ -807,18 +1011,22 @@ void StepBuilder::prefetch(std::int32_t l) {
 }
 
 void StepBuilder::optimizer_end() {
+  const std::size_t first = first_adapter_ < 0 ? 0 : static_cast<std::size_t>(first_adapter_);  // the trained
   if (!policy_.foreach_adamw || s_.optimizer != OptimizerKind::adamw || storage_.host_optimizer) {
-    for (std::size_t i = 0; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
+    for (std::size_t i = first; i < p_.params.size(); ++i) optimizer_op(static_cast<std::int32_t>(i), Phase::optimizer);
     return;
   }
   // torch.optim.AdamW, foreach: one pass over all parameters with one temporary list the size of
   // all parameters (exp_avg_sq_sqrt, in the parameters' dtype).
   std::int64_t elements = 0;
-  for (const ParamTensor& pt : p_.params) elements += par_.shards_optimizer() ? par_.shard_numel(pt.numel()) : pt.numel();
+  for (std::size_t i = first; i < p_.params.size(); ++i) {
+    const std::int64_t numel = p_.params[i].numel();
+    elements += par_.shards_optimizer() ? par_.shard_numel(numel) : numel;
+  }
   const TensorId temp = tensor("adamw.exp_avg_sq_sqrt", TensorKind::workspace, storage_.weights, elements, kNone,
                                Pass::optimizer);
   std::vector<TensorId> ins, outs;
-  for (std::size_t i = 0; i < p_.params.size(); ++i) {
+  for (std::size_t i = first; i < p_.params.size(); ++i) {
     ins.push_back(par_.shards_gradients() ? grad_shards_[i] : grads_[i]);
     ins.push_back(weights_[i]);
     outs.push_back(weights_[i]);

@@ -214,10 +214,13 @@ class StepBuilder {
   bool has_grad(std::int32_t param) const { return grad_created_[static_cast<std::size_t>(param)]; }
   // The gradient of `param` when the step trains it (created on first use), or kNoTensor: ops
   // drop kNoTensor operands, so one call covers trained and frozen weights.
-  TensorId grad_if_trained(std::int32_t param, std::int32_t layer) { return trained_ ? grad(param, layer) : kNoTensor; }
+  TensorId grad_if_trained(std::int32_t param, std::int32_t layer) { return trains(param) ? grad(param, layer) : kNoTensor; }
+  // Whether the step trains `param`: every parameter unless the optimizer is none; with a LoRA
+  // adapter only the adapters' (Note [LoRA step] in builder.cpp).
+  bool trains(std::int32_t param) const { return trained_ && (first_adapter_ < 0 || param >= first_adapter_); }
   // The gradient of `param` if this is its first write in the step, else kNoTensor (for prealloc).
   TensorId fresh_grad(std::int32_t param, std::int32_t layer) {
-    return trained_ && !has_grad(param) ? grad(param, layer) : kNoTensor;
+    return trains(param) && !has_grad(param) ? grad(param, layer) : kNoTensor;
   }
   // A weight gradient's outputs: {.grad, kNoTensor} for its first write (or one in place), {.grad,
   // a partial} where the policy adds a new gradient into an existing .grad; none when frozen.
@@ -292,6 +295,40 @@ class StepBuilder {
   void run_updates(std::vector<std::int32_t>& params);
 
   const bool persistent_grads_;
+  // LoRA (Note [LoRA step]): the frozen base's storage; the index of the first adapter parameter
+  // (-1: none); per base parameter its adapter's A and B (kNone: not adapted), and what its last
+  // forward left for the adapter's backward (the adapter's input and A's output).
+  const ParameterStorage base_storage_;
+  std::int32_t first_adapter_ = -1;
+  std::vector<std::pair<std::int32_t, std::int32_t>> adapter_of_;
+  // Kept per chunk class of the loop the linear runs in (chunk_loops: its first chunk; -1 outside
+  // loops), so each class's backward reads its own forward's tensors.
+  struct AdapterForward {
+    std::int64_t first_chunk = -1;
+    TensorId source = kNoTensor;  // the linear's input
+    TensorId x = kNoTensor;       // the branch's input (source, or its cast and dropout)
+    TensorId a = kNoTensor;       // x A^T
+    TensorId dx = kNoTensor;      // the input gradient linear_dx wrote, while linear_dw has not added into it
+    TensorId da = kNoTensor;      // dy B, computed by linear_dw before linear_dx wrote dx
+  };
+  std::vector<std::vector<AdapterForward>> adapter_fwd_;
+  AdapterForward& adapter_state(std::int32_t param);
+  // The branch's dx contribution (da A) added into `dx`.
+  void adapter_dx(std::int32_t param, std::int32_t l, Pass pass, TensorId da, TensorId dx, std::int64_t rows,
+                  std::int64_t k);
+  std::int64_t chunk_key() const {
+    return loop_ == kNone ? -1 : p_.loops[static_cast<std::size_t>(loop_)].first_chunk;
+  }
+  bool adapted(std::int32_t param) const {
+    return first_adapter_ >= 0 && adapter_of_[static_cast<std::size_t>(param)].first != kNone;
+  }
+  bool quantized(std::int32_t param) const {
+    return s_.adapter.lora() && s_.adapter.quantized() && param < first_adapter_ &&
+           is_layer_linear(p_.params[static_cast<std::size_t>(param)]);
+  }
+  // The bf16 weight a GEMM of `param` reads: weight(), or for a quantized base weight a transient
+  // dequantized copy (one per use, as bitsandbytes makes one in forward and one in backward).
+  TensorId dense_weight(std::int32_t param, Phase phase, Pass pass, std::int32_t layer);
   std::int32_t loop_ = kNone;  // the loop being emitted
   std::vector<TensorId> weights_, grads_;
   std::vector<TensorId> states_;  // per parameter [2i, 2i+1]: (m, v), (m+v, master) or (none, master)

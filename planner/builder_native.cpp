@@ -400,7 +400,7 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
   linear_dw("attn.q.dw", Phase::backward, Pass::backward, l, dq, st.n1, lp.q, qd_, d, T_);
   linear_dw("attn.k.dw", Phase::backward, Pass::backward, l, dk, st.n1, lp.k, kvd_, d, T_);
   linear_dw("attn.v.dw", Phase::backward, Pass::backward, l, dv, st.n1, lp.v, kvd_, d, T_);
-  if (trained_ && m_.qkv_bias) {
+  if (m_.qkv_bias && trains(lp.qb)) {
     op("attn.bias.dw", OpCode::bias_grad, Phase::backward, Pass::backward, l, {dq, dk, dv},
        {grad(lp.qb, l), grad(lp.kb, l), grad(lp.vb, l)});
     grad_done({lp.qb, lp.kb, lp.vb});
@@ -409,7 +409,7 @@ void NativeStep::attention_backward(std::int32_t l, LayerState& st, TensorId da,
 }
 
 void NativeStep::embedding_backward(TensorId dh0) {
-  if (!trained_) return;
+  if (!trains(embed_param_)) return;
   op("embedding.grad", OpCode::embedding_grad, Phase::backward, Pass::backward, kNone, {dh0, tokens_},
      {grad(embed_param_, kNone)});
   grad_done(embed_param_);

@@ -712,7 +712,7 @@ void PytorchStep::layer_backward(std::int32_t l) {
   linear_dw("attn.q.dw", Phase::backward, Pass::backward, l, dq_in, st.n1, lp.q, qd_, d, T_);
   linear_dw("attn.k.dw", Phase::backward, Pass::backward, l, dk_in, st.n1, lp.k, kvd_, d, T_);
   linear_dw("attn.v.dw", Phase::backward, Pass::backward, l, dv, st.n1, lp.v, kvd_, d, T_);
-  if (trained_ && m_.qkv_bias) {
+  if (m_.qkv_bias && trains(lp.qb)) {
     for (auto [bias, dy] : {std::pair{lp.qb, dq_in}, std::pair{lp.kb, dk_in}, std::pair{lp.vb, dv}}) {
       const TensorId gb = grad(bias, l);
       autograd_op("attn.bias.dw", OpKind::elementwise, Phase::backward, Pass::backward, l, {dy}, {gb});
@@ -740,7 +740,7 @@ void PytorchStep::embedding_backward(TensorId dh0) {
     dh = tensor("input.grad.scaled", TensorKind::transient, policy_.residual, T_ * m_.hidden_size, 0, Pass::backward);
     autograd_op("embedding.scale.grad", OpKind::elementwise, Phase::backward, Pass::backward, kNone, {dh0}, {dh});
   }
-  if (!trained_) return;
+  if (!trains(embed_param_)) return;
   // embedding_dense_backward: a (V x d) gradient, added into the tied LM head's if there is one.
   const auto [g, partial] = grad_outputs(embed_param_, kNone, false);
   autograd_op("embedding.grad", OpKind::embedding_grad, Phase::backward, Pass::backward, kNone, {dh, tokens_},

@@ -96,6 +96,21 @@ nlohmann::json setup_json(const TrainingSetup& s) {
                       {"cp", s.parallel.cp},
                       {"offload_optimizer", s.offload_optimizer},
                       {"offload_param", s.offload_param}};
+  if (s.adapter.lora()) {
+    const AdapterSetup& a = s.adapter;
+    nlohmann::json targets = nlohmann::json::array();
+    for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
+      if (a.adapts(t)) targets.push_back(name);
+    }
+    j["adapter"] = {{"kind", to_string(a.kind)},
+                    {"rank", a.rank},
+                    {"alpha", a.alpha},
+                    {"targets", targets},
+                    {"dtype", to_string(adapter_dtype(s))},
+                    {"dropout", a.dropout},
+                    {"base", to_string(a.base)},
+                    {"double_quant", a.double_quant}};
+  }
   return j;
 }
 
@@ -110,6 +125,8 @@ nlohmann::json static_memory_json(const ModelSpec& model, const GpuSpec& gpu, co
           {"gradient_bytes", m.gradient_bytes},
           {"optimizer_state_bytes", m.optimizer_state_bytes},
           {"communication_bytes", m.communication_bytes},
+          {"adapter_weights_bytes", m.adapter_weights_bytes},
+          {"adapter_parameters", m.adapter_parameters},
           {"total_bytes", m.total_bytes()},
           {"persistent_gradients", m.persistent_gradients},
           {"largest_gradient_bytes", m.largest_gradient_bytes},

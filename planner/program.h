@@ -160,6 +160,9 @@ enum class OpCode : std::uint8_t {
   /// heads (repeat_interleave, DeepSpeed's kv replication) and, in backward, the repeats summed.
   repeat_kv,         ///< {k, v} -> {k repeated, v repeated}
   repeat_kv_grad,    ///< {dk repeated, dv repeated} -> {dk, dv}
+  /// A quantized base weight (LoRA over an int8 or 4-bit base, Note [LoRA step] in builder.cpp)
+  /// expanded to bf16 for one GEMM, as bitsandbytes does in forward and again in backward.
+  dequantize,        ///< {quantized W} -> {W in bf16}
   autograd,          ///< pytorch profile: a PyTorch op, modelled for its memory and time only
 };
 
@@ -206,6 +209,7 @@ enum class OpCode : std::uint8_t {
     case OpCode::softcap:
     case OpCode::repeat_kv:
     case OpCode::repeat_kv_grad:
+    case OpCode::dequantize:
     case OpCode::zero:
     case OpCode::autograd: return OpKind::elementwise;
   }

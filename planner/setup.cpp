@@ -49,6 +49,26 @@ void read_setup_fields(FieldReader& r, TrainingSetup& s) {
   s.parallel.cp = r.optional_int("cp").value_or(s.parallel.cp);
   s.offload_optimizer = r.optional_bool("offload_optimizer").value_or(s.offload_optimizer);
   s.offload_param = r.optional_bool("offload_param").value_or(s.offload_param);
+  if (auto adapter = r.optional_map("adapter")) {
+    AdapterSetup& a = s.adapter;
+    a.kind = adapter->optional_enum<AdapterKind>("kind").value_or(a.kind);
+    a.rank = adapter->optional_int("rank").value_or(a.rank);
+    a.alpha = adapter->optional_number("alpha").value_or(a.alpha);
+    const std::vector<std::string> targets = adapter->optional_string_list("targets");
+    if (!targets.empty()) {
+      auto parsed = parse_lora_targets(targets);
+      if (parsed) {
+        a.targets = *parsed;
+      } else {
+        adapter->fail("targets", parsed.error().message);
+      }
+    }
+    if (auto dtype = adapter->optional_enum<DType>("dtype")) a.dtype = *dtype;
+    a.dropout = adapter->optional_number("dropout").value_or(a.dropout);
+    a.base = adapter->optional_enum<BaseFormat>("base").value_or(a.base);
+    a.double_quant = adapter->optional_bool("double_quant").value_or(a.double_quant);
+    (void)adapter->finish();
+  }
   // The offloaded optimizer steps after backward unless the file says otherwise (then refused).
   s.optimizer_in_backward = in_backward.value_or(s.offload_optimizer ? false : s.optimizer_in_backward);
   read_knob_fields(r, s.knobs);
@@ -138,6 +158,18 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.parallel.cp > 1) out += fmt::format("cp: {}\n", s.parallel.cp);
   if (s.offload_optimizer) out += "offload_optimizer: true\n";
   if (s.offload_param) out += "offload_param: true\n";
+  if (s.adapter != AdapterSetup{}) {
+    const AdapterSetup& a = s.adapter;
+    std::vector<std::string_view> targets;
+    for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
+      if ((a.targets & (1U << static_cast<unsigned>(t))) != 0) targets.push_back(name);
+    }
+    out += fmt::format("adapter: {{kind: {}, rank: {}, alpha: {}, targets: [{}]", to_string(a.kind), a.rank, a.alpha,
+                       fmt::join(targets, ", "));
+    if (a.dtype) out += fmt::format(", dtype: {}", to_string(*a.dtype));
+    if (a.dropout > 0) out += fmt::format(", dropout: {}", a.dropout);
+    out += fmt::format(", base: {}, double_quant: {}}}\n", to_string(a.base), a.double_quant);
+  }
   out += knobs_to_yaml(s.knobs);
   return out;
 }
@@ -179,6 +211,7 @@ std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const Mod
   }
   if (auto error = check_sequence_parallel(setup, model, origin)) return error;
   if (auto error = check_offload_optimizer(setup, origin)) return error;
+  if (auto error = check_adapter(setup, origin)) return error;
   if (setup.knobs.recompute_layers) {
     for (std::int64_t layer : *setup.knobs.recompute_layers) {
       if (layer >= model.num_layers) {
@@ -297,7 +330,95 @@ bool persistent_gradients(const TrainingSetup& s) {
   return !(s.profile == Profile::pytorch && s.zero_grad_set_to_none);
 }
 
+Expected<std::uint32_t> parse_lora_targets(std::span<const std::string> names) {
+  std::uint32_t targets = 0;
+  for (const std::string& name : names) {
+    const std::optional<LoraTarget> t = parse_enum<LoraTarget>(name);
+    if (!t) {
+      return make_error(ErrorKind::invalid, "'{}' is not a linear of a decoder layer; targets are {}", name,
+                        enum_choices<LoraTarget>());
+    }
+    targets |= 1U << static_cast<unsigned>(*t);
+  }
+  if (targets == 0) return make_error(ErrorKind::invalid, "no linear to adapt; targets are {}", enum_choices<LoraTarget>());
+  return targets;
+}
+
+DType adapter_dtype(const TrainingSetup& s) {
+  if (s.adapter.dtype) return *s.adapter.dtype;
+  return s.profile == Profile::pytorch ? DType::fp32 : DType::bf16;
+}
+
+std::optional<Error> check_adapter(const TrainingSetup& setup, const std::string& origin) {
+  const AdapterSetup& a = setup.adapter;
+  auto refuse = [&](std::string_view field, std::string_view value, std::string_view why) {
+    return make_error(ErrorKind::invalid, "{}: field 'adapter.{}': {}: {}", origin, field, value, why);
+  };
+  if (!a.lora()) {
+    if (a.quantized()) {
+      return refuse("base", to_string(a.base),
+                    "quantized base weights cannot be trained; give an adapter (kind lora, --adapter lora) or base "
+                    "bf16");
+    }
+    return std::nullopt;
+  }
+  if (a.rank < 1) return refuse("rank", std::to_string(a.rank), "the adapter's rank is 1 or more");
+  if (a.dtype && *a.dtype != DType::bf16 && *a.dtype != DType::fp32) {
+    return refuse("dtype", to_string(*a.dtype), "adapters are bf16 or fp32");
+  }
+  if (a.dtype == DType::fp32 && setup.profile == Profile::native) {
+    return refuse("dtype", "fp32", "the native runtime's adapters are bf16, as its activations are; give bf16 (or the "
+                                   "pytorch profile, where PEFT upcasts adapters to fp32)");
+  }
+  if (a.dropout < 0 || a.dropout >= 1) {
+    return refuse("dropout", fmt::format("{}", a.dropout), "a probability in [0, 1)");
+  }
+  if (a.dropout > 0 && setup.profile == Profile::native) {
+    return refuse("dropout", fmt::format("{}", a.dropout),
+                  "the native runtime's LoRA has no dropout; give 0 (Unsloth's default) or the pytorch profile");
+  }
+  if (setup.precision != Precision::bf16) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'precision': {} with a LoRA adapter is not modelled: the frozen base is bf16 (or "
+                      "quantized) and the adapters' own dtype is adapter.dtype; give precision bf16",
+                      origin, to_string(setup.precision));
+  }
+  if (setup.optimizer == OptimizerKind::none) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'optimizer': none trains nothing, but a LoRA adapter trains its A and B; give adamw, "
+                      "adamw-8bit or sgd",
+                      origin);
+  }
+  if (setup.offload_optimizer || setup.offload_param) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field '{}': offloading with a LoRA adapter is not modelled (the adapters' state is small); "
+                      "drop it",
+                      origin, setup.offload_param ? "offload_param" : "offload_optimizer");
+  }
+  if (a.quantized() && setup.parallel.shards_weights()) {
+    return refuse("base", to_string(a.base),
+                  "ZeRO-3 / FSDP over quantized weights (FSDP-QLoRA) is not modelled; give zero 0, 1 or 2, or base "
+                  "bf16");
+  }
+  return std::nullopt;
+}
+
+ParameterStorage base_storage(const TrainingSetup& s) {
+  if (!s.adapter.lora()) return parameter_storage(s);
+  return ParameterStorage{};  // frozen bf16 weights (the decoder linears' format is base_weight_bytes')
+}
+
 ParameterStorage parameter_storage(const TrainingSetup& s) {
+  if (s.adapter.lora()) {
+    // The adapters: their dtype for weights, gradients and AdamW's moments (torch's AdamW keeps
+    // its state in the parameter's dtype); no master copy.
+    ParameterStorage p;
+    p.weights = adapter_dtype(s);
+    p.gradients = p.weights;
+    if (s.optimizer == OptimizerKind::adamw) p.adam_state = p.weights;
+    if (s.optimizer == OptimizerKind::adamw_8bit) p.adam_state = DType::int8;
+    return p;
+  }
   const bool mixed = s.precision == Precision::mixed;
   const bool trained = s.optimizer != OptimizerKind::none;
   ParameterStorage p;
@@ -330,6 +451,19 @@ std::string describe_setup(const TrainingSetup& s) {
     case OptimizerKind::adamw_8bit: optimizer = "AdamW state 8-bit"; break;
     case OptimizerKind::sgd: optimizer = "SGD (no state)"; break;
     case OptimizerKind::none: optimizer = "frozen weights (no optimizer)"; break;
+  }
+  if (s.adapter.lora()) {
+    const AdapterSetup& a = s.adapter;
+    static constexpr std::array<std::string_view, 4> bases = {
+        "frozen bf16 base", "frozen LLM.int8 base (bitsandbytes)", "frozen NF4 base (bitsandbytes", "frozen FP4 base (bitsandbytes"};
+    std::string base(bases[static_cast<std::size_t>(a.base)]);
+    if (a.base == BaseFormat::nf4 || a.base == BaseFormat::fp4) base += a.double_quant ? ", double quantization)" : ")";
+    std::vector<std::string_view> targets;
+    for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
+      if (a.adapts(t)) targets.push_back(name);
+    }
+    weights = fmt::format("{} + LoRA r {} (alpha {}) on {} in {}{}", base, a.rank, a.alpha, fmt::join(targets, ","),
+                          to_string(p.weights), a.dropout > 0 ? fmt::format(", dropout {}", a.dropout) : std::string());
   }
   std::string out = fmt::format("{}, {}", weights, optimizer);
   if (s.optimizer != OptimizerKind::none) {

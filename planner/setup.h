@@ -11,6 +11,7 @@
 //   setup.batch = 2;                                  // a flag overrides the file
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -122,6 +123,65 @@ struct EnumNames<RecomputeKind> {
       {{RecomputeKind::none, "none"}, {RecomputeKind::full, "full"}, {RecomputeKind::selective, "selective"}}};
 };
 
+/// Parameter-efficient fine-tuning (Note [LoRA step] in builder.cpp): which adapter, if any,
+/// trains in place of the base weights, and how the frozen base weights are stored.
+enum class AdapterKind {
+  none,  ///< full fine-tuning (or frozen weights with optimizer none)
+  lora,  ///< LoRA: W x + (alpha / r) B A x per adapted linear; only A and B train
+};
+/// How the frozen base weights of the decoder layers' linears are stored (the embedding, the LM
+/// head and the norms stay bf16, as transformers' bitsandbytes integration leaves them). Bytes per
+/// weight in Note [Quantized base weights] in static_memory.h.
+enum class BaseFormat {
+  bf16,  ///< as trained
+  int8,  ///< bitsandbytes LLM.int8 (Int8Params): int8 values and one fp32 scale per output row
+  nf4,   ///< bitsandbytes 4-bit NormalFloat (Params4bit, blocks of 64), QLoRA's format
+  fp4,   ///< bitsandbytes 4-bit float, same layout as nf4
+};
+/// The linears of a decoder layer an adapter may target (PEFT's target_modules names).
+enum class LoraTarget : std::uint8_t { q, k, v, o, gate, up, down };
+inline constexpr std::uint32_t kAllLoraTargets = 0x7F;
+
+template <>
+struct EnumNames<AdapterKind> {
+  static constexpr std::array<std::pair<AdapterKind, std::string_view>, 2> table{
+      {{AdapterKind::none, "none"}, {AdapterKind::lora, "lora"}}};
+};
+template <>
+struct EnumNames<BaseFormat> {
+  static constexpr std::array<std::pair<BaseFormat, std::string_view>, 4> table{
+      {{BaseFormat::bf16, "bf16"}, {BaseFormat::int8, "int8"}, {BaseFormat::nf4, "nf4"}, {BaseFormat::fp4, "fp4"}}};
+};
+template <>
+struct EnumNames<LoraTarget> {
+  static constexpr std::array<std::pair<LoraTarget, std::string_view>, 7> table{{{LoraTarget::q, "q"},
+                                                                                {LoraTarget::k, "k"},
+                                                                                {LoraTarget::v, "v"},
+                                                                                {LoraTarget::o, "o"},
+                                                                                {LoraTarget::gate, "gate"},
+                                                                                {LoraTarget::up, "up"},
+                                                                                {LoraTarget::down, "down"}}};
+};
+
+struct AdapterSetup {
+  AdapterKind kind = AdapterKind::none;
+  std::int64_t rank = 16;      ///< r: A is r x in, B is out x r
+  double alpha = 16;           ///< the update is scaled by alpha / r (no bytes depend on it)
+  std::uint32_t targets = kAllLoraTargets;  ///< bit 1 << LoraTarget per adapted linear
+  /// The adapters' weights, gradients and AdamW state: nullopt is the profile's default (native
+  /// bf16; pytorch fp32, PEFT's autocast_adapter_dtype=True upcasting bf16 adapters).
+  std::optional<DType> dtype;
+  double dropout = 0;          ///< PEFT's lora_dropout (pytorch profile; 0: nn.Identity, nothing kept)
+  BaseFormat base = BaseFormat::bf16;
+  bool double_quant = true;    ///< nf4/fp4: bnb_4bit_use_double_quant (QLoRA's double quantization)
+  [[nodiscard]] bool lora() const { return kind == AdapterKind::lora; }
+  [[nodiscard]] bool adapts(LoraTarget t) const {
+    return lora() && (targets & (1U << static_cast<unsigned>(t))) != 0;
+  }
+  [[nodiscard]] bool quantized() const { return base != BaseFormat::bf16; }
+  bool operator==(const AdapterSetup&) const = default;
+};
+
 /// What data-parallel ranks shard (ZeRO's stages; PyTorch FSDP's full shard is stage 3). Each
 /// stage shards what the one before it does, and more (Note [Sharded step] in builder.cpp).
 enum class ZeroStage {
@@ -223,6 +283,7 @@ struct TrainingSetup {
   /// [Offloaded optimizer] in builder.cpp). One GPU, or ZeRO-3.
   bool offload_param = false;
   Parallelism parallel;
+  AdapterSetup adapter;
   PlanKnobs knobs;
   bool operator==(const TrainingSetup&) const = default;
 };
@@ -253,7 +314,22 @@ struct ParameterStorage {
   /// offload_param: the weights (the rank's shard) are host memory, uploaded block by block.
   bool host_weights = false;
 };
+/// With a LoRA adapter, the storage of the adapters' parameters (the ones trained); the frozen
+/// base weights are base_storage()'s.
 [[nodiscard]] ParameterStorage parameter_storage(const TrainingSetup& setup);
+/// The storage of the base model's parameters: parameter_storage() without an adapter; with one,
+/// frozen (no gradients, no optimizer state, no master) bf16 weights, the decoder linears in
+/// setup.adapter.base's format (their tensor bytes: base_weight_bytes in static_memory.h).
+[[nodiscard]] ParameterStorage base_storage(const TrainingSetup& setup);
+/// LoRA targets by name ("q", "gate", ...) as AdapterSetup::targets bits; an error names the
+/// first unknown one.
+[[nodiscard]] Expected<std::uint32_t> parse_lora_targets(std::span<const std::string> names);
+/// The adapters' dtype: setup.adapter.dtype, or the profile's default.
+[[nodiscard]] DType adapter_dtype(const TrainingSetup& setup);
+
+/// Refuses an adapter setup the planner does not model (the message names the field and value);
+/// part of check_setup_for_model.
+[[nodiscard]] std::optional<Error> check_adapter(const TrainingSetup& setup, const std::string& origin);
 
 /// Whether gradient buffers live through the whole step (static memory): with several
 /// micro-batches accumulated, or with the optimizer after backward, except in the pytorch profile

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 
+#include <array>
+
+#include <fmt/format.h>
+
 #include "planner/dtype.h"
 
 namespace mstplan {
@@ -9,6 +13,8 @@ namespace {
 
 constexpr std::int64_t kAdam8bitBlock = 256;        // bitsandbytes block-wise quantisation
 constexpr std::int64_t kAdam8bitMinElements = 4096;  // bitsandbytes min_8bit_size
+constexpr std::int64_t kQuant4bitBlock = 64;        // bitsandbytes Params4bit's blocksize
+constexpr std::int64_t kNestedBlock = 256;          // double quantization's second-level blocks
 
 }  // namespace
 
@@ -19,16 +25,67 @@ std::int64_t adam_moment_bytes(std::int64_t numel, DType state) {
   return numel * dtype_bytes(DType::int8) + blocks * dtype_bytes(DType::fp32);
 }
 
+std::int64_t base_weight_bytes(const ParamTensor& p, const AdapterSetup& adapter) {
+  const std::int64_t n = p.numel();
+  if (!is_layer_linear(p) || adapter.base == BaseFormat::bf16) return n * dtype_bytes(DType::bf16);
+  if (adapter.base == BaseFormat::int8) return n + p.rows * dtype_bytes(DType::fp32);
+  const std::int64_t blocks = (n + kQuant4bitBlock - 1) / kQuant4bitBlock;
+  const std::int64_t packed = (n + 1) / 2;
+  if (!adapter.double_quant) return packed + blocks * dtype_bytes(DType::fp32);
+  const std::int64_t nested = (blocks + kNestedBlock - 1) / kNestedBlock;
+  return packed + blocks + nested * dtype_bytes(DType::fp32) + dtype_bytes(DType::fp32);
+}
+
+std::vector<ParamTensor> adapter_parameters(const ModelSpec& model, const AdapterSetup& adapter) {
+  std::vector<ParamTensor> out;
+  if (!adapter.lora()) return out;
+  const std::int64_t d = model.hidden_size, q = model.num_heads * model.head_dim;
+  const std::int64_t kv = model.num_kv_heads * model.head_dim, inter = model.intermediate_size;
+  struct Linear {
+    LoraTarget target;
+    const char* name;
+    std::int64_t out, in;
+  };
+  const std::array<Linear, 7> linears = {{{LoraTarget::q, "attn.q", q, d},
+                                          {LoraTarget::k, "attn.k", kv, d},
+                                          {LoraTarget::v, "attn.v", kv, d},
+                                          {LoraTarget::o, "attn.o", d, q},
+                                          {LoraTarget::gate, "mlp.gate", inter, d},
+                                          {LoraTarget::up, "mlp.up", inter, d},
+                                          {LoraTarget::down, "mlp.down", d, inter}}};
+  for (std::int64_t l = 0; l < model.num_layers; ++l) {
+    for (const Linear& lin : linears) {
+      if (!adapter.adapts(lin.target)) continue;
+      out.push_back({fmt::format("layer.{}.{}.lora_A", l, lin.name), l, adapter.rank, lin.in});
+      out.push_back({fmt::format("layer.{}.{}.lora_B", l, lin.name), l, lin.out, adapter.rank});
+    }
+  }
+  return out;
+}
+
 StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup) {
-  const ParameterStorage storage = parameter_storage(setup);
   StaticMemory m;
-  m.persistent_gradients = storage.gradients && persistent_gradients(setup);
+  const ParameterStorage trained = parameter_storage(setup);
+  m.persistent_gradients = trained.gradients && persistent_gradients(setup);
   const Parallelism& par = setup.parallel;
-  for (const ParamTensor& p : parameters(model)) {
+  const bool lora = setup.adapter.lora();
+  std::vector<ParamTensor> params = parameters(model);
+  const std::size_t base_count = params.size();
+  for (ParamTensor& p : adapter_parameters(model, setup.adapter)) params.push_back(std::move(p));
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const ParamTensor& p = params[i];
+    const bool base = i < base_count;
+    const ParameterStorage storage = base ? base_storage(setup) : trained;
     const std::int64_t n = p.numel();
     const std::int64_t shard = par.shard_numel(n);
-    const std::int64_t weight_bytes = (par.shards_weights() ? shard : n) * dtype_bytes(storage.weights);
+    const std::int64_t weight_bytes = lora && base && !par.shards_weights()
+                                          ? base_weight_bytes(p, setup.adapter)
+                                          : (par.shards_weights() ? shard : n) * dtype_bytes(storage.weights);
     (storage.host_weights ? m.host_bytes : m.weights_bytes) += weight_bytes;
+    if (!base) {
+      m.adapter_weights_bytes += weight_bytes;
+      m.adapter_parameters += n;
+    }
     const std::int64_t kept = par.shards_optimizer() ? shard : n;  // of the optimizer's state
     if (storage.host_optimizer) {
       m.host_bytes += kept * (dtype_bytes(*storage.master) + dtype_bytes(*storage.gradients)) +

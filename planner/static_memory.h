@@ -41,6 +41,26 @@
 // of the rank's shard (Note [Offloaded optimizer] in builder.cpp). With offload_param the weights
 // (2 per parameter of the rank's shard) are host memory too, and the device keeps none.
 //
+// With a LoRA adapter (setup.adapter, Note [LoRA step] in builder.cpp) the base weights are
+// frozen: weights only, no gradients, no master, no optimizer state. The adapters (A: r x in and
+// B: out x r per adapted linear, adapter_parameters()) are trained in their own dtype
+// (adapter_dtype(): weights, gradients and AdamW's m and v in it; 8-bit AdamW as above).
+//
+// Note [Quantized base weights]
+// -----------------------------
+// The decoder layers' linears (q, k, v, o, gate, up, down: every matrix inside a layer) of a
+// quantized base are stored as bitsandbytes stores them; the embedding, the LM head and the norms
+// stay bf16 (transformers' integration skips the output layer, and embeddings are not linears).
+// For a weight of n = out x in elements:
+//   int8 (LLM.int8, Int8Params; Dettmers et al. 2022, arXiv 2208.07339): n int8 values and one
+//        fp32 scale per output row (SCB): n + 4 out bytes;
+//   nf4 / fp4 (Params4bit, blocksize 64; Dettmers et al. 2023, QLoRA, arXiv 2305.14314 section 3):
+//        two values per byte, ceil(n / 2), plus the absmax of each block of 64: without double
+//        quantization fp32 (4 ceil(n / 64) bytes: 0.5 bits per weight), with it uint8 (ceil(n /
+//        64)) plus one fp32 absmax per 256 of those and the fp32 offset (QLoRA's 8/64 + 32/(64 x
+//        256) = 0.127 bits per weight).
+// The 16-entry code table each 4-bit weight's QuantState carries (64 bytes) is not counted.
+//
 //   StaticMemory m = static_memory(llama3_8b, TrainingSetup{});
 //   m.weights_bytes == 16'060'522'496;  m.optimizer_state_bytes == 32'121'044'992;
 #include <cstdint>
@@ -54,7 +74,9 @@
 namespace mstplan {
 
 struct StaticMemory {
-  std::int64_t weights_bytes = 0;          ///< the weights the kernels read
+  std::int64_t weights_bytes = 0;          ///< the weights the kernels read (LoRA: base and adapters)
+  std::int64_t adapter_weights_bytes = 0;  ///< LoRA: the adapters' part of weights_bytes
+  std::int64_t adapter_parameters = 0;     ///< LoRA: the adapters' elements (the trained parameters)
   std::int64_t master_weights_bytes = 0;   ///< fp32 master copy (mixed precision, native profile)
   std::int64_t gradient_bytes = 0;         ///< persistent gradient buffers (0 when not persistent)
   std::int64_t optimizer_state_bytes = 0;  ///< moments and quantisation scales
@@ -76,6 +98,19 @@ struct StaticMemory {
 /// block, fp32 under 4,096 elements (the Note above). The step program's optimizer-state tensors
 /// are sized by it too, so the two agree by construction (a property test holds them equal).
 [[nodiscard]] std::int64_t adam_moment_bytes(std::int64_t numel, DType state);
+
+/// Whether `p` is one of the decoder layers' linears (a matrix inside a layer): the weights a
+/// LoRA adapter may target and a quantized base stores in its format.
+[[nodiscard]] inline bool is_layer_linear(const ParamTensor& p) { return p.layer >= 0 && p.cols > 1; }
+
+/// The bytes a frozen base weight is stored in under `adapter` (Note [Quantized base weights]):
+/// a decoder linear in adapter.base's format, anything else bf16.
+[[nodiscard]] std::int64_t base_weight_bytes(const ParamTensor& p, const AdapterSetup& adapter);
+
+/// The LoRA adapters' parameters, layer by layer in the order q, k, v, o, gate, up, down of the
+/// targeted linears, A then B: "layer.3.attn.q.lora_A" (r x in), "layer.3.attn.q.lora_B" (out x
+/// r); empty without an adapter.
+[[nodiscard]] std::vector<ParamTensor> adapter_parameters(const ModelSpec& model, const AdapterSetup& adapter);
 
 /// Static bytes of `model` trained with `setup` (see the Note above).
 [[nodiscard]] StaticMemory static_memory(const ModelSpec& model, const TrainingSetup& setup);

@@ -38,6 +38,10 @@ std::string describe_measurement(const Measurement& m) {
     if (s.hold_outputs) pytorch += " outputs held";
     if (s.expandable_segments) pytorch += " expandable";
   }
+  if (s.adapter.lora()) {
+    pytorch += fmt::format(" LoRA r {} {}{}", s.adapter.rank, s.adapter.quantized() ? "over " : "over a ",
+                           s.adapter.quantized() ? std::string(to_string(s.adapter.base)) : "bf16 base");
+  }
   return fmt::format("{}{} {}{} {} b={} {} {}{}{}{}", m.model, m.layers ? fmt::format("/{}L", *m.layers) : "",
                      to_string(m.method), knobs.empty() ? "" : " (" + knobs + ")",
                      s.seq_len ? "S=" + format_thousands(*s.seq_len) : std::string("longest"), s.batch,

@@ -48,6 +48,11 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                       "host tensors, not built); the CPU backend runs offloaded plans",
                       backend.name());
   }
+  if (setup.adapter.lora()) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'adapter': the runtime does not execute LoRA steps yet (the planner models their bytes; "
+                      "issue 17's runtime half); plan without --adapter to run");
+  }
   if (setup.optimizer == OptimizerKind::adamw_8bit) {
     return make_error(ErrorKind::unsupported,
                       "field 'optimizer': the runtime has no 8-bit AdamW (the planner models its bytes); use adamw or sgd");

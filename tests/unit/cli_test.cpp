@@ -200,7 +200,7 @@ TEST(Cli, HelpDocumentsEveryFlagWithAnExample) {
     ++options;
     EXPECT_THAT(line, HasSubstr("e.g.")) << line;
   }
-  EXPECT_EQ(options, 26);
+  EXPECT_EQ(options, 34);
   EXPECT_THAT(r.out, HasSubstr("Exit codes: 0 success"));
 }
 
