@@ -244,8 +244,9 @@ OpId StepBuilder::matmul(const char* label, OpCode code, Phase phase, Pass pass,
 // With a LoRA adapter (setup.adapter) every base parameter is frozen (no gradient, no optimizer
 // state: trains()) and each targeted linear y = x W^T of a decoder layer gains the adapter's
 // branch, written once here for both profiles:
-//   forward:  a = x A^T (r wide, kept for B's gradient), b = a B^T, y += (alpha / r) b;
-//   backward: da = dy B, dB = dy^T a, dA = da^T x, dx += da A (after the base's dx = dy W).
+//   forward:  a = x A^T (r wide, kept for B's gradient), b = a B^T, y += s b (s = alpha / r);
+//   backward: dys = s dy, da = dys B, dB = dys^T a, dA = da^T x, dx += da A (after the base's
+//   dx = dy W).
 // x is the linear's input, which the adapter keeps for dA where the frozen base alone would not;
 // the analysis sees it read in backward and keeps it alive. The pytorch profile follows PEFT's
 // LoRA Linear (peft/tuners/lora/layer.py, 0.13 to 0.17): x is cast to the adapters' dtype first
@@ -313,6 +314,8 @@ OpId StepBuilder::linear(const char* label, Phase phase, Pass pass, std::int32_t
       autograd_op("lora.add", OpKind::elementwise, phase, pass, l, {y, scaled}, {y});
     }
   } else {
+    const OpId scaled = op("lora.scale", OpCode::scale, phase, pass, l, {b}, {b});
+    p_.ops[scaled].scale = lora_scale();
     op("lora.add", OpCode::residual_add, phase, pass, l, {y, b}, {y});
   }
   adapter_state(param) = {chunk_key(), x, xin, a, kNoTensor, kNoTensor};
@@ -336,7 +339,7 @@ void StepBuilder::adapter_dx(std::int32_t param, std::int32_t l, Pass pass, Tens
   if (s_.profile == Profile::pytorch) {
     // The branch's input gradient is its own tensor (in the adapters' dtype), which autograd adds
     // into dx.
-    const TensorId dxa = tensor("lora.dx", TensorKind::transient, storage_.weights, rows * k, l, pass);
+    const TensorId dxa = tensor("lora.dx", TensorKind::transient, storage_.weights, rows * k, l, pass, loop_ != kNone);
     matmul("lora.A.dx", OpCode::linear_dx, Phase::backward, pass, l, {da, weight(pa), ws}, {dxa}, rows, k,
            s_.adapter.rank);
     autograd_op("lora.dx.add", OpKind::elementwise, Phase::backward, pass, l, {dx, dxa}, {dx});
@@ -380,18 +383,28 @@ void StepBuilder::linear_dw(const char* label, Phase phase, Pass pass, std::int3
     if (st.source != x || a == kNoTensor) {
       xin = x;
       if (s_.profile == Profile::pytorch && dtype != p_.tensors[x].dtype) {
-        xin = tensor("lora.x.cast", TensorKind::transient, dtype, k * n, l, Pass::recompute);
+        xin = tensor("lora.x.cast", TensorKind::transient, dtype, k * n, l, Pass::recompute, loop_ != kNone);
         autograd_op("lora.x.cast", OpKind::elementwise, phase, Pass::recompute, l, {x}, {xin});
       }
-      a = tensor("lora.a", TensorKind::transient, dtype, k * r, l, Pass::recompute);
+      a = tensor("lora.a", TensorKind::transient, dtype, k * r, l, Pass::recompute, loop_ != kNone);
       matmul("lora.A", OpCode::linear, phase, Pass::recompute, l, {xin, weight(pa), ws}, {a}, k, r, n);
     }
-    // dy is k x m (rows x out), x is k x n (rows x in).
-    const TensorId da = tensor("lora.da", TensorKind::transient, dtype, k * r, l, pass);
-    matmul("lora.B.dx", OpCode::linear_dx, phase, pass, l, {dy, weight(pb), ws}, {da}, k, r, m);
+    // dy is k x m (rows x out), x is k x n (rows x in). The branch's output gradient is dy
+    // scaled by alpha / r (autograd's mul backward: a new tensor in the adapters' dtype).
+    const TensorId dys = tensor("lora.dy.scaled", TensorKind::transient,
+                                s_.profile == Profile::pytorch ? dtype : p_.tensors[dy].dtype, k * m, l, pass,
+                                loop_ != kNone);
+    if (s_.profile == Profile::pytorch) {
+      autograd_op("lora.scale.grad", OpKind::elementwise, phase, pass, l, {dy}, {dys});
+    } else {
+      const OpId scaled = op("lora.scale.grad", OpCode::scale, phase, pass, l, {dy}, {dys});
+      p_.ops[scaled].scale = lora_scale();
+    }
+    const TensorId da = tensor("lora.da", TensorKind::transient, dtype, k * r, l, pass, loop_ != kNone);
+    matmul("lora.B.dx", OpCode::linear_dx, phase, pass, l, {dys, weight(pb), ws}, {da}, k, r, m);
     {
       const auto [g, partial] = grad_outputs(pb, l);
-      matmul("lora.B.dw", OpCode::linear_dw, phase, pass, l, {dy, a, ws}, {g, partial}, m, r, k);
+      matmul("lora.B.dw", OpCode::linear_dw, phase, pass, l, {dys, a, ws}, {g, partial}, m, r, k);
     }
     {
       const auto [g, partial] = grad_outputs(pa, l);
@@ -1066,6 +1079,8 @@ Program build_program(const ModelSpec& model, const TrainingSetup& setup, const 
   MSTPLAN_CHECK(!check_offload_optimizer(setup, "").has_value(), "optimizer offload with {} GPUs, ZeRO-{}", par.gpus,
                 to_string(par.zero));
   MSTPLAN_CHECK(!check_model_relations(model).has_value(), "invalid model spec {}", model.name);
+  MSTPLAN_CHECK(!check_adapter(setup, "").has_value(), "adapter setup the planner refuses: {}",
+                check_adapter(setup, "")->message);
   MSTPLAN_CHECK(setup.precision != Precision::fp32 || setup.profile == Profile::native,
                 "precision fp32 is modelled for the native profile only");
   return setup.profile == Profile::pytorch ? detail::build_pytorch(model, setup, plan, seq_len, std::move(recycled))

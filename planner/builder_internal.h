@@ -319,6 +319,7 @@ class StepBuilder {
   std::int64_t chunk_key() const {
     return loop_ == kNone ? -1 : p_.loops[static_cast<std::size_t>(loop_)].first_chunk;
   }
+  double lora_scale() const { return s_.adapter.alpha / static_cast<double>(s_.adapter.rank); }
   bool adapted(std::int32_t param) const {
     return first_adapter_ >= 0 && adapter_of_[static_cast<std::size_t>(param)].first != kNone;
   }

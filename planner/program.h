@@ -138,6 +138,7 @@ enum class OpCode : std::uint8_t {
   rope,              ///< {q, k} -> {q, k}: rotary embedding, in place
   rope_grad,         ///< {dq, dk} -> {dq, dk}: its inverse, in place
   residual_add,      ///< {a, b} -> {a + b}
+  scale,             ///< {x} -> {Op::scale x}: a LoRA branch's alpha / r (in place or into a copy)
   gated_act,         ///< {gate, up} -> {act(gate) * up}: the model's SwiGLU or GeGLU
   gated_act_grad,    ///< {dact, gate, up} -> {dgate, dup}
   softcap,           ///< {logits} -> {logits}: cap tanh(x / cap), in place
@@ -204,6 +205,7 @@ enum class OpCode : std::uint8_t {
     case OpCode::rope:
     case OpCode::rope_grad:
     case OpCode::residual_add:
+    case OpCode::scale:
     case OpCode::gated_act:
     case OpCode::gated_act_grad:
     case OpCode::softcap:
@@ -281,6 +283,7 @@ struct Op {
   std::int64_t head_dim = 0;
   std::int64_t window = 0;
   double flops_multiplier = 1.0;  ///< attention: causal half or full; optimizer: flops per element
+  double scale = 1.0;             ///< OpCode::scale: the factor
 };
 
 struct Loop {

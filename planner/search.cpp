@@ -469,7 +469,8 @@ SearchResult search(const ModelSpec& model, const GpuSpec& gpu, const TrainingSe
 namespace {
 
 // The ZeRO stages the profile models (native: 0 to 3; pytorch: DDP and FSDP2 full shard) with the
-// rest of the setup (an offloaded optimizer needs ZeRO-2 or 3).
+// rest of the setup (an offloaded optimizer needs ZeRO-2 or 3; a quantized LoRA base is not
+// sharded).
 std::vector<ZeroStage> modelled_stages(const TrainingSetup& setup) {
   std::vector<ZeroStage> all = {ZeroStage::none, ZeroStage::optimizer, ZeroStage::gradients, ZeroStage::parameters};
   if (setup.profile == Profile::pytorch) all = {ZeroStage::none, ZeroStage::parameters};
@@ -477,7 +478,7 @@ std::vector<ZeroStage> modelled_stages(const TrainingSetup& setup) {
   for (ZeroStage zero : all) {
     TrainingSetup s = setup;
     s.parallel.zero = zero;
-    if (!check_offload_optimizer(s, "").has_value()) out.push_back(zero);
+    if (!check_offload_optimizer(s, "").has_value() && !check_adapter(s, "").has_value()) out.push_back(zero);
   }
   return out;
 }

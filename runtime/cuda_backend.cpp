@@ -196,6 +196,7 @@ class CudaBackend final : public Backend {
   void add(const View& a, const View& b, const View& out) override {
     note(cuda::add(cv(a), cv(b), cv(out), stream_));
   }
+  void scale(const View& x, float s, const View& out) override { note(cuda::scale(cv(x), s, cv(out), stream_)); }
   void softcap(const View& x, float cap) override {
     note(cuda::softcap(cv(x), cap, stream_));
   }

@@ -48,10 +48,17 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                       "host tensors, not built); the CPU backend runs offloaded plans",
                       backend.name());
   }
-  if (setup.adapter.lora()) {
+  if (setup.adapter.quantized()) {
     return make_error(ErrorKind::unsupported,
-                      "field 'adapter': the runtime does not execute LoRA steps yet (the planner models their bytes; "
-                      "issue 17's runtime half); plan without --adapter to run");
+                      "field 'adapter.base': {}: the runtime has no dequantizing kernels yet (the planner models the "
+                      "bytes); run the plan with base bf16",
+                      to_string(setup.adapter.base));
+  }
+  if (setup.adapter.lora() && setup.parallel.gpus > 1) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'adapter': LoRA steps run on one GPU for now (the planner models them on {}); plan one GPU "
+                      "to run",
+                      setup.parallel.gpus);
   }
   if (setup.optimizer == OptimizerKind::adamw_8bit) {
     return make_error(ErrorKind::unsupported,
@@ -246,7 +253,8 @@ void Executor::set_parameter(std::int32_t param, std::span<const float> values) 
 
 std::optional<Error> Executor::initialise_statics() {
   // Weights: N(0, 0.02); norm weights near identity; master = the fp32 values; state and
-  // persistent gradients 0; the GEMM workspace is left as it is.
+  // persistent gradients 0; the GEMM workspace is left as it is. LoRA adapters: A and B both
+  // N(0, 0.02) (PEFT starts B at zero, which would leave A without a gradient to check).
   const bool offset_norms = model_.family == Family::gemma2;
   for (TensorId t : program_.outputs(program_.ops.front())) {
     const Tensor& tensor = program_.tensors[t];

@@ -156,6 +156,7 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
       return;
     }
     case OpCode::residual_add: k.add(in(0), in(1), out(0)); return;
+    case OpCode::scale: k.scale(in(0), static_cast<float>(op.scale), out(0)); return;
     case OpCode::gated_act: k.gated_forward(gated(), in(0), in(1), out(0)); return;
     case OpCode::gated_act_grad: k.gated_backward(gated(), in(0), in(1), in(2), out(0), out(1)); return;
     case OpCode::softcap: k.softcap(out(0), cap); return;

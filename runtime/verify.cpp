@@ -8,6 +8,7 @@
 
 #include "planner/analysis.h"
 #include "planner/builder.h"
+#include "planner/static_memory.h"
 #include "planner/units.h"
 
 namespace mstplan {
@@ -118,7 +119,11 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
                                           "none does not compute; use adamw or sgd");
   }
   VerifyReport v;
-  const std::size_t n = parameters(f.model).size();
+  // Every parameter of the step: the model's, then a LoRA adapter's (which alone train).
+  std::vector<ParamTensor> specs = parameters(f.model);
+  const std::size_t base_count = specs.size();
+  for (ParamTensor& p : adapter_parameters(f.model, f.setup.adapter)) specs.push_back(std::move(p));
+  const std::size_t n = specs.size();
   std::vector<std::vector<float>> grads(n), ref_grads(n), params(n), ref_params(n);
   // The reference keeps the optimizer on the device: an offloaded plan (CPU Adam, Note
   // [Offloaded optimizer]) is held to the same step without the offload.
@@ -215,10 +220,11 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
   const bool offloaded = f.setup.offload_optimizer;
   const std::int64_t host_roundings = offloaded ? f.setup.grad_accum - 1 : 0;
   const bool master_differs = storage.master.has_value() != parameter_storage(on_device).master.has_value();
-  const auto specs = parameters(f.model);
   const std::string lm_head_name = f.model.tied_embeddings ? "embed.weight" : "lm_head.weight";
   for (std::size_t i = 0; i < n; ++i) {
     const std::string& name = specs[i].name;
+    // A frozen base weight under LoRA has no gradient in either step, and stays as it was.
+    const bool frozen = f.setup.adapter.lora() && i < base_count;
     std::int64_t chunks = 1;
     if (name.find(".mlp.") != std::string::npos) chunks = mlp_chunks;
     if (name == lm_head_name) chunks = lm_chunks;
@@ -226,9 +232,11 @@ Expected<VerifyReport> verify_plan(const PlanFile& f, Backend& backend, const Ru
     // where the ranks add theirs in fp32 and round once: one 2^-8 per micro-batch more.
     const std::int64_t roundings = chunks - 1 + (ranks > 1 ? ranks * f.setup.grad_accum : 0) + host_roundings;
     const double tolerance = 1e-5 + (bf16_grads ? static_cast<double>(roundings) * 0x1p-8 : 0.0) + repeat_tolerance;
-    TensorCheck g{name, relative_error(grads[i], ref_grads[i]), tolerance, true};
-    g.ok = g.error <= g.tolerance;
-    v.gradients.push_back(g);
+    if (!frozen) {
+      TensorCheck g{name, relative_error(grads[i], ref_grads[i]), tolerance, true};
+      g.ok = g.error <= g.tolerance;
+      v.gradients.push_back(g);
+    }
     const bool bf16_params = storage.weights == DType::bf16 && !storage.master;
     const double p_tolerance =
         1e-5 + ((bf16_params && (chunks > 1 || ranks > 1)) || repeated_in_bf16 || master_differs ? 0x1p-7 : 0.0);

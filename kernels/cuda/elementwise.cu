@@ -175,6 +175,13 @@ struct SoftcapOp {  // x
   }
 };
 
+struct ScaleOp {  // x, out
+  float s;
+  __device__ void operator()(const View* v, const i64* off) const {
+    store_at(v[1], off[1], __fmul_rn(s, load_at(v[0], off[0])));
+  }
+};
+
 struct ConvertOp {  // src, dst of different dtypes
   __device__ void operator()(const View* v, const i64* off) const { store_at(v[1], off[1], load_at(v[0], off[0])); }
 };
@@ -322,6 +329,12 @@ Status softcap(const View& x, float cap, cudaStream_t stream) {
   return launch_status("softcap", [&] {
     require(cap > 0.0f, "softcap", "cap must be positive");
     launch("softcap", Pack<1>{{x}}, SoftcapOp{cap}, stream);
+  });
+}
+
+Status scale(const View& x, float s, const View& out, cudaStream_t stream) {
+  return launch_status("scale", [&] {
+    launch("scale", Pack<2>{{x, out}}, ScaleOp{s}, stream);
   });
 }
 

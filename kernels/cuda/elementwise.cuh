@@ -11,6 +11,8 @@ Status gated_backward(GatedActivation a, const View& dout, const View& g, const 
                       cudaStream_t stream);
 Status add(const View& a, const View& b, const View& out, cudaStream_t stream);
 Status softcap(const View& x, float cap, cudaStream_t stream);
+/// out = s x (out may be x), as ref::scale.
+Status scale(const View& x, float s, const View& out, cudaStream_t stream);
 Status copy(const View& src, const View& dst, cudaStream_t stream);
 Status zero(const View& x, cudaStream_t stream);
 Status embedding_forward(const View& tokens, const View& table, float scale, const View& out, cudaStream_t stream);

@@ -818,6 +818,13 @@ void softcap(const View& x, float cap) {
   }
 }
 
+void scale(const View& x, float s, const View& out) {
+  check_same_shape(x, out, "scale", "x", "out");
+  for (i64 r = 0; r < x.rows(); ++r) {
+    for (i64 c = 0; c < x.cols; ++c) store(out, r, c, s * load(x, r, c));
+  }
+}
+
 void copy(const View& src, const View& dst) {
   check_same_shape(src, dst, "copy", "src", "dst");
   for (i64 r = 0; r < src.rows(); ++r) {

@@ -153,6 +153,8 @@ void gated_backward(GatedActivation a, const View& dout, const View& g, const Vi
 void add(const View& a, const View& b, const View& out);
 /// x = cap * tanh(x / cap), in place.
 void softcap(const View& x, float cap);
+/// out = s x, rounded to out's dtype (out may be x): a LoRA branch's alpha / r.
+void scale(const View& x, float s, const View& out);
 /// dst = src (any two views of equal shape; converts dtype).
 void copy(const View& src, const View& dst);
 /// Every element 0.

@@ -183,6 +183,36 @@ TEST(CUDA_Elementwise, AddInPlace) {
   }
 }
 
+// out = s x at odd widths and every layout, out of place and in place: one fp32 multiply per
+// element, rounded once, as the reference does.
+TEST(CUDA_Elementwise, ScaleMatchesReferenceExactly) {
+  MSTPLAN_REQUIRE_CUDA();
+  std::uint64_t seed = 5000;
+  for (const DType dtype : {DType::bf16, DType::fp32}) {
+    for (const float s : {0.5f, 2.0f, 0.3f}) {
+      for (const i64 cols : {i64{1}, i64{37}, i64{129}}) {
+        for (const auto& [li, lo] : layout_pairs()) {
+          HostTensor x(dtype, buffer_rows(li), cols, seed++), out(dtype, buffer_rows(lo), cols, seed++);
+          DeviceTensor dx(x), dout(out);
+          const ref::View xv = shaped(x, li), ov = shaped(out, lo);
+          ref::scale(xv, s, ov);
+          EXPECT_LAUNCHED(cuda::scale(dx.like(xv), s, dout.like(ov), nullptr));
+          ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+          EXPECT_EQ(max_error(dout.download(), out), 0.0) << name(dtype) << " " << s << " " << describe(li, cols);
+        }
+        const Layout l{2, 13, 40, 7};
+        HostTensor y(dtype, buffer_rows(l), cols, seed++);
+        DeviceTensor dy(y);
+        const ref::View yv = shaped(y, l);
+        ref::scale(yv, s, yv);
+        EXPECT_LAUNCHED(cuda::scale(dy.like(yv), s, dy.like(yv), nullptr));
+        ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+        EXPECT_EQ(max_error(dy.download(), y), 0.0) << "in place " << name(dtype);
+      }
+    }
+  }
+}
+
 TEST(CUDA_Elementwise, SoftcapMatchesReference) {
   MSTPLAN_REQUIRE_CUDA();
   std::uint64_t seed = 4000;

@@ -11,6 +11,8 @@
 #include "planner/analysis.h"
 #include "planner/builder.h"
 #include "planner/catalog.h"
+#include "planner/cluster_spec.h"
+#include "planner/search.h"
 #include "planner/setup.h"
 #include "planner/static_memory.h"
 #include "program_util.h"
@@ -270,13 +272,34 @@ TEST(Lora, SetupsTheAdapterCannotTakeAreRefusedWithFieldAndValue) {
               HasSubstr("'lm_head' is not a linear of a decoder layer"));
 }
 
-// The runtime refuses LoRA steps with its reason rather than running something else.
-TEST(Lora, TheRuntimeRefusesAdapterStepsForNow) {
+// Over several GPUs a quantized base is not sharded (FSDP-QLoRA is not modelled): the layout
+// search leaves ZeRO-3 out for it and keeps it for a bf16 base, whose frozen weights it shards.
+TEST(Lora, LayoutSearchLeavesZeroThreeOutForAQuantizedBase) {
+  const ModelSpec& m = model("tiny-llama");
+  const GpuSpec gpu = *resolve_gpu("H100-80G");
+  SearchOptions options;
+  options.cluster = *cluster_for_ranks(std::nullopt, gpu, 8);
+  for (BaseFormat base : {BaseFormat::bf16, BaseFormat::nf4}) {
+    TrainingSetup s = lora(base);
+    s.parallel.gpus = 8;
+    std::size_t zero3 = 0;
+    for (const LayoutResult& l : search_layouts(m, gpu, s, options)) {
+      zero3 += l.zero == ZeroStage::parameters ? 1 : 0;
+      EXPECT_TRUE(l.longest.has_value());
+    }
+    EXPECT_EQ(zero3 > 0, base == BaseFormat::bf16) << to_string(base);
+  }
+}
+
+// The runtime runs LoRA over a bf16 base (runtime_test.cpp holds it to the plain step) and
+// refuses what it has no kernels for, with the field and the reason.
+TEST(Lora, TheRuntimeRefusesQuantizedBasesAndSeveralRanksForNow) {
   CpuBackend backend;
   const ModelSpec& m = model("tiny-llama");
-  auto e = Executor::create(m, lora(), Plan::vanilla(), 37, backend, RunOptions{});
+  EXPECT_TRUE(Executor::create(m, lora(), Plan::vanilla(), 37, backend, RunOptions{}).has_value());
+  auto e = Executor::create(m, lora(BaseFormat::nf4), Plan::vanilla(), 37, backend, RunOptions{});
   ASSERT_FALSE(e.has_value());
-  EXPECT_THAT(e.error().message, HasSubstr("field 'adapter': the runtime does not execute LoRA steps yet"));
+  EXPECT_THAT(e.error().message, HasSubstr("field 'adapter.base': nf4: the runtime has no dequantizing kernels yet"));
 }
 
 // The command: the longest length per method on an RTX 4090, the setup line naming the

@@ -771,6 +771,11 @@ TEST(RefKernelsElementwise, AddSoftcapCopyZero) {
   b.v = {0.5f, -2, 10};
   add(a.view(), b.view(), out.view());
   EXPECT_EQ(out.v, (std::vector<float>{1.5f, 0, 13}));
+  Mat scaled(1, 3);
+  scale(out.view(), 0.25f, scaled.view());  // a LoRA branch's alpha / r
+  EXPECT_EQ(scaled.v, (std::vector<float>{0.375f, 0, 3.25f}));
+  scale(scaled.view(), 4.0f, scaled.view());  // in place
+  EXPECT_EQ(scaled.v, out.v);
   softcap(out.view(), 2.0f);  // 2 tanh(0.75) = 1.2703, 0, 2 tanh(6.5) = 1.99999
   EXPECT_NEAR(out.v[0], 2.0 * std::tanh(0.75), 1e-6);
   EXPECT_EQ(out.v[1], 0.0f);

@@ -14,10 +14,10 @@ set xlabel 'op of the step (in execution order)'
 set style fill solid 0.9 noborder
 unset key
 set title "vanilla: plain autograd\npeak 22.89 GiB (fits) during lm_head.loss.bwd[chunk 0]" noenhanced
-set xrange [0:3434]
+set xrange [0:3882]
 set arrow 1 from graph 0, first 23.1426 to graph 1, first 23.1426 nohead dt 2 lw 1.5 lc rgb 'black' front
 set label 1 "usable 23.14 GiB" at graph 0.99, first 23.1426 right offset 0,-0.9 front noenhanced
-set label 2 'peak' at 1383, first 22.8890 center point pt 7 ps 1.3 lc rgb 'black' offset 0,1 front noenhanced
+set label 2 'peak' at 1607, first 22.8890 center point pt 7 ps 1.3 lc rgb 'black' offset 0,1 front noenhanced
 plot 'data/timeline-vanilla.csv' skip 1 using 1:(($2+$3+$4+$5+$6+$7+$8)/1073741824.0) with filledcurves x1 title 'workspace' noenhanced lc rgb '#BBBBBB', \
      'data/timeline-vanilla.csv' skip 1 using 1:(($2+$3+$4+$5+$6+$7)/1073741824.0) with filledcurves x1 title 'intermediates' noenhanced lc rgb '#AA3377', \
      'data/timeline-vanilla.csv' skip 1 using 1:(($2+$3+$4+$5+$6)/1073741824.0) with filledcurves x1 title 'saved activations' noenhanced lc rgb '#66CCEE', \
@@ -25,11 +25,11 @@ plot 'data/timeline-vanilla.csv' skip 1 using 1:(($2+$3+$4+$5+$6+$7+$8)/10737418
      'data/timeline-vanilla.csv' skip 1 using 1:(($2+$3+$4)/1073741824.0) with filledcurves x1 title 'optimizer state' noenhanced lc rgb '#228833', \
      'data/timeline-vanilla.csv' skip 1 using 1:(($2+$3)/1073741824.0) with filledcurves x1 title 'gradients' noenhanced lc rgb '#EE6677', \
      'data/timeline-vanilla.csv' skip 1 using 1:(($2)/1073741824.0) with filledcurves x1 title 'weights' noenhanced lc rgb '#4477AA'
-set title "auto: MLP 2 chunks of 4096 tokens (tiled),\nLM head 32 chunks (forward-grad), recompute full 32/32 layers,\ncheckpoints offloaded to host\npeak 6.55 GiB (fits) during layer.31.bwd.lora.B.dw[chunk 0]" noenhanced
-set xrange [0:6213]
+set title "auto: MLP 2 chunks of 4096 tokens (tiled),\nLM head 32 chunks (forward-grad), recompute full 32/32 layers,\ncheckpoints offloaded to host\npeak 6.61 GiB (fits) during layer.31.bwd.lora.scale.grad[chunk 0]" noenhanced
+set xrange [0:7109]
 set arrow 1 from graph 0, first 23.1426 to graph 1, first 23.1426 nohead dt 2 lw 1.5 lc rgb 'black' front
 set label 1 "usable 23.14 GiB" at graph 0.99, first 23.1426 right offset 0,-0.9 front noenhanced
-set label 2 'peak' at 2073, first 6.5509 center point pt 7 ps 1.3 lc rgb 'black' offset 0,1 front noenhanced
+set label 2 'peak' at 2399, first 6.6075 center point pt 7 ps 1.3 lc rgb 'black' offset 0,1 front noenhanced
 set key at screen 0.845, screen 0.78 left top vertical Left reverse font ',11'
 plot 'data/timeline-auto.csv' skip 1 using 1:(($2+$3+$4+$5+$6+$7+$8)/1073741824.0) with filledcurves x1 title 'workspace' noenhanced lc rgb '#BBBBBB', \
      'data/timeline-auto.csv' skip 1 using 1:(($2+$3+$4+$5+$6+$7)/1073741824.0) with filledcurves x1 title 'intermediates' noenhanced lc rgb '#AA3377', \
