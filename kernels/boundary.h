@@ -28,6 +28,45 @@ struct Rope {
   std::int64_t first_position = 0;
 };
 
+/// A frozen base weight stored quantized (LoRA over a quantized base): `rows` x `cols` values
+/// (out x in) laid out in bytes as the planner counts them (Note [Quantized base weights] in
+/// planner/static_memory.h):
+///   int8_rows: rows x cols int8 values q, then one fp32 absmax s per row: w = q s / 127;
+///   nf4, fp4: two 4-bit codes per byte (element 2i in the high nibble) over the flat row-major
+///     elements, then each block of 64 elements' absmax m: without double quantization fp32
+///     (w = code[q] m); with it one int8 q8 per block, then one fp32 scale g per 256 blocks and
+///     the fp32 offset o: m = q8 g / 127 + o.
+/// nf4's code is QLoRA's NormalFloat (bitsandbytes' table); fp4's is e2m1 (0, 0.5, 1, 1.5, 2, 3,
+/// 4, 6 and their negatives) over 6. The layout is this project's: the bytes are bitsandbytes'
+/// counts, but its double quantization codes the block scales with its dynamic 8-bit map and its
+/// fp4 table differs, so its files are not read as such.
+enum class QuantFormat : std::uint8_t { int8_rows, nf4, fp4 };
+struct Quantized {
+  QuantFormat format = QuantFormat::nf4;
+  bool double_quant = true;
+  std::int64_t rows = 0, cols = 0;
+};
+inline constexpr std::int64_t kQuantBlock = 64;    ///< 4-bit: elements per absmax
+inline constexpr std::int64_t kNestedBlock = 256;  ///< double quantization: block scales per fp32 scale
+/// The bytes of a quantized weight (the planner's base_weight_bytes).
+[[nodiscard]] constexpr std::int64_t quantized_bytes(const Quantized& q) {
+  const std::int64_t n = q.rows * q.cols;
+  if (q.format == QuantFormat::int8_rows) return n + 4 * q.rows;
+  const std::int64_t blocks = (n + kQuantBlock - 1) / kQuantBlock;
+  if (!q.double_quant) return (n + 1) / 2 + 4 * blocks;
+  return (n + 1) / 2 + blocks + 4 * ((blocks + kNestedBlock - 1) / kNestedBlock) + 4;
+}
+/// The 16 values of a 4-bit code (nf4 or fp4), ascending index = the stored nibble.
+[[nodiscard]] constexpr float quant_code(QuantFormat f, int q) {
+  constexpr float nf4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                             -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                             0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+                             0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+  constexpr float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  if (f == QuantFormat::nf4) return nf4[q];
+  return (q < 8 ? 1.0f : -1.0f) * e2m1[q % 8] / 6.0f;
+}
+
 /// Causal attention with grouped key/value heads; q is T x heads*head_dim, k and v are
 /// T x kv_heads*head_dim, T = batch x seq.
 struct AttentionShape {

@@ -95,6 +95,7 @@ class Backend {
   virtual void add(const View& a, const View& b, const View& out) = 0;
   virtual void softcap(const View& x, float cap) = 0;
   virtual void scale(const View& x, float s, const View& out) = 0;
+  virtual void dequantize(const kernels::Quantized& q, const View& bytes, const View& out) = 0;
   virtual void copy(const View& src, const View& dst) = 0;
   virtual void zero(const View& x) = 0;
   virtual void embedding_forward(const View& tokens, const View& table, float scale, const View& out) = 0;

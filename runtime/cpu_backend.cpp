@@ -35,6 +35,9 @@ void CpuBackend::gated_backward(GatedActivation a, const View& dout, const View&
 void CpuBackend::add(const View& a, const View& b, const View& out) { ref::add(a, b, out); }
 void CpuBackend::softcap(const View& x, float cap) { ref::softcap(x, cap); }
 void CpuBackend::scale(const View& x, float s, const View& out) { ref::scale(x, s, out); }
+void CpuBackend::dequantize(const kernels::Quantized& q, const View& bytes, const View& out) {
+  ref::dequantize(q, bytes, out);
+}
 void CpuBackend::copy(const View& src, const View& dst) { ref::copy(src, dst); }
 void CpuBackend::zero(const View& x) { ref::zero(x); }
 void CpuBackend::embedding_forward(const View& tokens, const View& table, float scale, const View& out) { ref::embedding_forward(tokens, table, scale, out); }

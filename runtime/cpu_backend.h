@@ -39,6 +39,7 @@ class CpuBackend : public Backend {
   void add(const View& a, const View& b, const View& out) override;
   void softcap(const View& x, float cap) override;
   void scale(const View& x, float s, const View& out) override;
+  void dequantize(const kernels::Quantized& q, const View& bytes, const View& out) override;
   void copy(const View& src, const View& dst) override;
   void zero(const View& x) override;
   void embedding_forward(const View& tokens, const View& table, float scale, const View& out) override;

@@ -197,6 +197,9 @@ class CudaBackend final : public Backend {
     note(cuda::add(cv(a), cv(b), cv(out), stream_));
   }
   void scale(const View& x, float s, const View& out) override { note(cuda::scale(cv(x), s, cv(out), stream_)); }
+  void dequantize(const kernels::Quantized& q, const View& bytes, const View& out) override {
+    note(cuda::dequantize(q, bytes.data, cv(out), stream_));
+  }
   void softcap(const View& x, float cap) override {
     note(cuda::softcap(cv(x), cap, stream_));
   }

@@ -5,6 +5,7 @@
 
 #include "planner/analysis.h"
 #include "planner/builder.h"
+#include "planner/static_memory.h"
 
 namespace mstplan {
 namespace {
@@ -23,6 +24,12 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
     return make_error(ErrorKind::unsupported,
                       "field 'profile': the runtime executes the native profile; 'pytorch' describes what PyTorch "
                       "keeps and is checked against PyTorch itself");
+  }
+  if (setup.adapter.lora() && setup.parallel.gpus > 1) {
+    return make_error(ErrorKind::unsupported,
+                      "field 'adapter': LoRA steps run on one GPU for now (the planner models them on {}); plan one GPU "
+                      "to run",
+                      setup.parallel.gpus);
   }
   if (setup.parallel.gpus > 1) {
     const int gpus = static_cast<int>(setup.parallel.gpus);
@@ -47,18 +54,6 @@ Expected<std::unique_ptr<Executor>> Executor::create(const ModelSpec& model, con
                       "field 'offload_optimizer': the {} backend has no host-side AdamW (DeepSpeed's CPU Adam on the "
                       "host tensors, not built); the CPU backend runs offloaded plans",
                       backend.name());
-  }
-  if (setup.adapter.quantized()) {
-    return make_error(ErrorKind::unsupported,
-                      "field 'adapter.base': {}: the runtime has no dequantizing kernels yet (the planner models the "
-                      "bytes); run the plan with base bf16",
-                      to_string(setup.adapter.base));
-  }
-  if (setup.adapter.lora() && setup.parallel.gpus > 1) {
-    return make_error(ErrorKind::unsupported,
-                      "field 'adapter': LoRA steps run on one GPU for now (the planner models them on {}); plan one GPU "
-                      "to run",
-                      setup.parallel.gpus);
   }
   if (setup.optimizer == OptimizerKind::adamw_8bit) {
     return make_error(ErrorKind::unsupported,
@@ -230,6 +225,17 @@ std::vector<float> Executor::parameter(std::int32_t param) const {
     if (tensor.kind == TensorKind::master_weight) master = t;
   }
   MSTPLAN_CHECK(weight != kNoTensor, "no parameter {}", param);
+  if (quantized_weight(weight)) {
+    // A quantized base weight: its values as the GEMMs see them (dequantized, in fp32).
+    const Tensor& tensor = program_.tensors[weight];
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(tensor.bytes));
+    backend_.copy_bytes(bytes.data(), instances_[instance(weight, 0)].block.data, bytes.size());
+    const kernels::Quantized q = quantized(param);
+    std::vector<float> values(static_cast<std::size_t>(q.rows * q.cols));
+    ref::dequantize(q, ref::contiguous(bytes.data(), DType::int8, tensor.bytes, 1),
+                    ref::contiguous(values.data(), DType::fp32, q.rows, q.cols));
+    return values;
+  }
   const TensorId t = master != kNoTensor ? master : weight;
   std::vector<float> values = read(t);
   const Range r = update_range(param);
@@ -245,10 +251,34 @@ void Executor::set_parameter(std::int32_t param, std::span<const float> values) 
   for (TensorId t : program_.outputs(program_.ops.front())) {
     const Tensor& tensor = program_.tensors[t];
     if (tensor.param != param || (tensor.kind != TensorKind::weight && tensor.kind != TensorKind::master_weight)) continue;
-    write(t, values);
     found = true;
+    if (quantized_weight(t)) {  // quantized from the values given, as at initialisation
+      std::vector<std::uint8_t> bytes(static_cast<std::size_t>(tensor.bytes));
+      ref::quantize(quantized(param), values.data(), bytes.data());
+      backend_.copy_bytes(instances_[instance(t, 0)].block.data, bytes.data(), bytes.size());
+      continue;
+    }
+    write(t, values);
   }
   MSTPLAN_CHECK(found, "no parameter {}", param);
+}
+
+bool Executor::quantized_weight(TensorId t) const {
+  const Tensor& tensor = program_.tensors[t];
+  return setup_.adapter.quantized() && tensor.kind == TensorKind::weight && tensor.dtype == DType::int8 &&
+         tensor.param >= 0 && is_layer_linear(program_.params[static_cast<std::size_t>(tensor.param)]);
+}
+
+kernels::Quantized Executor::quantized(std::int32_t param) const {
+  const ParamTensor& p = program_.params[static_cast<std::size_t>(param)];
+  kernels::Quantized q;
+  q.format = setup_.adapter.base == BaseFormat::int8  ? kernels::QuantFormat::int8_rows
+             : setup_.adapter.base == BaseFormat::fp4 ? kernels::QuantFormat::fp4
+                                                      : kernels::QuantFormat::nf4;
+  q.double_quant = setup_.adapter.double_quant;
+  q.rows = p.rows;
+  q.cols = p.cols;
+  return q;
 }
 
 std::optional<Error> Executor::initialise_statics() {
@@ -271,6 +301,18 @@ std::optional<Error> Executor::initialise_statics() {
       const double mean = norm ? (offset_norms ? 0.0 : 1.0) : 0.0, std = norm ? 0.1 : 0.02;
       if (tensor.elements == p.numel()) {
         backend_.fill_normal(ref::contiguous(data, tensor.dtype, tensor.elements, 1), state, mean, std);
+        continue;
+      }
+      if (quantized_weight(t)) {
+        // A quantized base weight: the same N(0, 0.02) values, quantized on the host.
+        const kernels::Quantized q = quantized(tensor.param);
+        MSTPLAN_CHECK(tensor.bytes == kernels::quantized_bytes(q), "{} holds {} bytes, its layout {}",
+                      tensor_name(program_, t), tensor.bytes, kernels::quantized_bytes(q));
+        std::vector<float> full(static_cast<std::size_t>(p.numel()));
+        ref::fill_normal(ref::contiguous(full.data(), DType::fp32, p.numel(), 1), state, mean, std);
+        std::vector<std::uint8_t> bytes(static_cast<std::size_t>(tensor.bytes));
+        ref::quantize(q, full.data(), bytes.data());
+        backend_.copy_bytes(data, bytes.data(), bytes.size());
         continue;
       }
       // A shard: the one-device values' elements of this rank (Note [Ranks]), then zeros.

@@ -159,6 +159,9 @@ class Executor {
   void repeat_kv(const Op& op, std::int64_t iteration, bool backward);
   /// Positions of each sequence the LM head and the loss see on this rank: S - 1 (the last has
   /// no label), or with Ulysses the rank's whole share (labels shifted before the split).
+  // A quantized base weight's layout (LoRA over a quantized base: Note [LoRA step]).
+  [[nodiscard]] kernels::Quantized quantized(std::int32_t param) const;
+  [[nodiscard]] bool quantized_weight(TensorId t) const;
   [[nodiscard]] std::int64_t labelled_positions() const {
     return group_ > 1 ? program_.local_seq_len() : program_.seq_len - 1;
   }

@@ -271,7 +271,7 @@ void Executor::dispatch(const FlatOp& f, bool last_micro_batch) {
     case OpCode::repeat_kv_grad:
       repeat_kv(op, it, op.code == OpCode::repeat_kv_grad);
       return;
-    case OpCode::dequantize:  // LoRA over a quantized base: planned, not executed yet (the executor refuses it)
+    case OpCode::dequantize: k.dequantize(quantized(op.param), in(0), out(0)); return;
     case OpCode::autograd:
       break;  // the pytorch profile's ops are modelled, not executed (the executor refuses its programs)
   }

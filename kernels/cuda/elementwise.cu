@@ -332,6 +332,56 @@ Status softcap(const View& x, float cap, cudaStream_t stream) {
   });
 }
 
+namespace {
+
+__device__ __forceinline__ float read_f32(const std::uint8_t* p) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
+                             (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
+  return __int_as_float(static_cast<int>(bits));
+}
+
+// One thread per element, as ref::dequantize computes it (the same fp32 operations in order).
+__global__ void __launch_bounds__(kThreads) dequantize_kernel(Quantized q, const std::uint8_t* b, View out) {
+  const i64 n = q.rows * q.cols;
+  const i64 blocks = (n + kernels::kQuantBlock - 1) / kernels::kQuantBlock;
+  const i64 groups = (blocks + kernels::kNestedBlock - 1) / kernels::kNestedBlock;
+  const std::uint8_t* scales = b + (n + 1) / 2;
+  for (i64 e = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<i64>(gridDim.x) * blockDim.x) {
+    const i64 r = e / q.cols, c = e % q.cols;
+    float w = 0.0f;
+    if (q.format == kernels::QuantFormat::int8_rows) {
+      w = __fdiv_rn(__fmul_rn(static_cast<float>(static_cast<std::int8_t>(b[e])), read_f32(b + n + 4 * r)), 127.0f);
+    } else {
+      const i64 blk = e / kernels::kQuantBlock;
+      float m = 0.0f;
+      if (!q.double_quant) {
+        m = read_f32(scales + 4 * blk);
+      } else {
+        const float g = read_f32(scales + blocks + 4 * (blk / kernels::kNestedBlock));
+        const float offset = read_f32(scales + blocks + 4 * groups);
+        m = __fadd_rn(__fdiv_rn(__fmul_rn(static_cast<float>(static_cast<std::int8_t>(scales[blk])), g), 127.0f), offset);
+      }
+      const int code = e % 2 == 0 ? b[e / 2] >> 4 : b[e / 2] & 0xF;
+      w = __fmul_rn(kernels::quant_code(q.format, code), m);
+    }
+    store(out, r, c, w);
+  }
+}
+
+}  // namespace
+
+Status dequantize(const Quantized& q, const void* bytes, const View& out, cudaStream_t stream) {
+  return launch_status("dequantize", [&] {
+    require(bytes != nullptr || q.rows * q.cols == 0, "dequantize", "no bytes");
+    require(rows_of(out) == q.rows && out.cols == q.cols, "dequantize", "out must be rows x cols");
+    const i64 n = q.rows * q.cols;
+    if (n == 0) return;
+    MSTPLAN_LAUNCH(blocks_for(n, kThreads), kThreads, 0, stream, dequantize_kernel)(
+        q, static_cast<const std::uint8_t*>(bytes), out);
+  });
+}
+
 Status scale(const View& x, float s, const View& out, cudaStream_t stream) {
   return launch_status("scale", [&] {
     launch("scale", Pack<2>{{x, out}}, ScaleOp{s}, stream);

@@ -11,6 +11,9 @@ Status gated_backward(GatedActivation a, const View& dout, const View& g, const 
                       cudaStream_t stream);
 Status add(const View& a, const View& b, const View& out, cudaStream_t stream);
 Status softcap(const View& x, float cap, cudaStream_t stream);
+/// A quantized base weight's values from its quantized_bytes(q) bytes at `bytes` (device memory)
+/// into out (rows x cols): ref::dequantize's contract, bit-exact.
+Status dequantize(const Quantized& q, const void* bytes, const View& out, cudaStream_t stream);
 /// out = s x (out may be x), as ref::scale.
 Status scale(const View& x, float s, const View& out, cudaStream_t stream);
 Status copy(const View& src, const View& dst, cudaStream_t stream);

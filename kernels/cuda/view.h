@@ -45,5 +45,7 @@ using kernels::RopeScaling;
 using kernels::AdamW;
 
 using kernels::GatedActivation;
+using kernels::QuantFormat;
+using kernels::Quantized;
 
 }  // namespace mstplan::cuda

@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <vector>
@@ -242,8 +243,8 @@ float load(const View& v, std::int64_t r, std::int64_t c) {
     case DType::fp32: return static_cast<const float*>(v.data)[i];
     case DType::int32: return static_cast<float>(static_cast<const std::int32_t*>(v.data)[i]);
     case DType::int64: return static_cast<float>(static_cast<const std::int64_t*>(v.data)[i]);
-    case DType::fp16:
-    case DType::int8: break;
+    case DType::int8: return static_cast<float>(static_cast<const std::int8_t*>(v.data)[i]);  // raw bytes, signed
+    case DType::fp16: break;
   }
   MSTPLAN_CHECK(false, "load: unsupported dtype {}", to_string(v.dtype));
   return 0.0f;
@@ -254,8 +255,12 @@ void store(const View& v, std::int64_t r, std::int64_t c, float value) {
   switch (v.dtype) {
     case DType::bf16: static_cast<std::uint16_t*>(v.data)[i] = to_bf16(value); return;
     case DType::fp32: static_cast<float*>(v.data)[i] = value; return;
+    case DType::int8:  // raw bytes: an integer in [-128, 127]
+      MSTPLAN_CHECK(value >= -128.0f && value <= 127.0f && value == std::nearbyint(value),
+                    "store: {} is not an int8 value", value);
+      static_cast<std::int8_t*>(v.data)[i] = static_cast<std::int8_t>(value);
+      return;
     case DType::fp16:
-    case DType::int8:
     case DType::int32:
     case DType::int64: break;
   }
@@ -815,6 +820,115 @@ void softcap(const View& x, float cap) {
   MSTPLAN_CHECK(cap > 0.0f, "softcap: cap must be positive, got {}", cap);
   for (i64 r = 0; r < x.rows(); ++r) {
     for (i64 c = 0; c < x.cols; ++c) store(x, r, c, cap * std::tanh(load(x, r, c) / cap));
+  }
+}
+
+// ---- Quantized weights (kernels::Quantized) ---------------------------------------------
+
+namespace {
+
+float read_f32(const std::uint8_t* p) {
+  float x = 0.0f;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+void write_f32(std::uint8_t* p, float x) { std::memcpy(p, &x, sizeof(x)); }
+
+int nearest_code(QuantFormat f, float x) {
+  int best = 0;
+  float best_error = INFINITY;
+  for (int q = 0; q < 16; ++q) {
+    const float error = std::abs(x - kernels::quant_code(f, q));
+    if (error < best_error) {
+      best = q;
+      best_error = error;
+    }
+  }
+  return best;
+}
+
+// Block b's absmax as stored (double quantization: decoded from its int8 code).
+float block_absmax(const Quantized& q, const std::uint8_t* bytes, i64 b) {
+  const i64 n = q.rows * q.cols, blocks = (n + kernels::kQuantBlock - 1) / kernels::kQuantBlock;
+  const std::uint8_t* scales = bytes + (n + 1) / 2;
+  if (!q.double_quant) return read_f32(scales + 4 * b);
+  const i64 groups = (blocks + kernels::kNestedBlock - 1) / kernels::kNestedBlock;
+  const float g = read_f32(scales + blocks + 4 * (b / kernels::kNestedBlock));
+  const float offset = read_f32(scales + blocks + 4 * groups);
+  return static_cast<float>(static_cast<std::int8_t>(scales[b])) * g / 127.0f + offset;
+}
+
+}  // namespace
+
+void quantize(const Quantized& q, const float* w, std::uint8_t* out) {
+  const i64 n = q.rows * q.cols;
+  std::memset(out, 0, static_cast<std::size_t>(kernels::quantized_bytes(q)));
+  if (q.format == QuantFormat::int8_rows) {
+    for (i64 r = 0; r < q.rows; ++r) {
+      float s = 0.0f;
+      for (i64 c = 0; c < q.cols; ++c) s = std::max(s, std::abs(w[r * q.cols + c]));
+      write_f32(out + n + 4 * r, s);
+      for (i64 c = 0; c < q.cols; ++c) {
+        const float v = s > 0.0f ? std::nearbyint(127.0f * w[r * q.cols + c] / s) : 0.0f;
+        out[r * q.cols + c] = static_cast<std::uint8_t>(static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f)));
+      }
+    }
+    return;
+  }
+  const i64 blocks = (n + kernels::kQuantBlock - 1) / kernels::kQuantBlock;
+  std::vector<float> absmax(static_cast<std::size_t>(blocks), 0.0f);
+  for (i64 e = 0; e < n; ++e) {
+    float& m = absmax[static_cast<std::size_t>(e / kernels::kQuantBlock)];
+    m = std::max(m, std::abs(w[e]));
+  }
+  std::uint8_t* scales = out + (n + 1) / 2;
+  if (q.double_quant) {
+    const i64 groups = (blocks + kernels::kNestedBlock - 1) / kernels::kNestedBlock;
+    double sum = 0;
+    for (float m : absmax) sum += m;
+    const float offset = static_cast<float>(sum / static_cast<double>(blocks));
+    write_f32(scales + blocks + 4 * groups, offset);
+    for (i64 gi = 0; gi < groups; ++gi) {
+      const i64 first = gi * kernels::kNestedBlock, last = std::min(blocks, first + kernels::kNestedBlock);
+      float g = 0.0f;
+      for (i64 b = first; b < last; ++b) g = std::max(g, std::abs(absmax[static_cast<std::size_t>(b)] - offset));
+      write_f32(scales + blocks + 4 * gi, g);
+      for (i64 b = first; b < last; ++b) {
+        const float v = g > 0.0f ? std::nearbyint(127.0f * (absmax[static_cast<std::size_t>(b)] - offset) / g) : 0.0f;
+        scales[b] = static_cast<std::uint8_t>(static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f)));
+      }
+    }
+  } else {
+    for (i64 b = 0; b < blocks; ++b) write_f32(scales + 4 * b, absmax[static_cast<std::size_t>(b)]);
+  }
+  // Codes against the block scale as stored, so that dequantize() gives the nearest code's value.
+  for (i64 e = 0; e < n; ++e) {
+    const float m = block_absmax(q, out, e / kernels::kQuantBlock);
+    const int code = m > 0.0f ? nearest_code(q.format, w[e] / m) : nearest_code(q.format, 0.0f);
+    out[e / 2] = static_cast<std::uint8_t>(out[e / 2] | (e % 2 == 0 ? code << 4 : code));
+  }
+}
+
+void dequantize(const Quantized& q, const View& bytes, const View& out) {
+  const i64 n = q.rows * q.cols;
+  MSTPLAN_CHECK(bytes.dtype == DType::int8 && bytes.rows() * bytes.cols == kernels::quantized_bytes(q),
+                "dequantize: {} bytes of {}, expected {}", bytes.rows() * bytes.cols, to_string(bytes.dtype),
+                kernels::quantized_bytes(q));
+  check_rows(out, q.rows, "dequantize", "out");
+  MSTPLAN_CHECK(out.cols == q.cols, "dequantize: out has {} columns, expected {}", out.cols, q.cols);
+  const auto* b = static_cast<const std::uint8_t*>(bytes.data);
+  for (i64 r = 0; r < q.rows; ++r) {
+    for (i64 c = 0; c < q.cols; ++c) {
+      const i64 e = r * q.cols + c;
+      float w = 0.0f;
+      if (q.format == QuantFormat::int8_rows) {
+        w = static_cast<float>(static_cast<std::int8_t>(b[e])) * read_f32(b + n + 4 * r) / 127.0f;
+      } else {
+        const int code = e % 2 == 0 ? b[e / 2] >> 4 : b[e / 2] & 0xF;
+        w = kernels::quant_code(q.format, code) * block_absmax(q, b, e / kernels::kQuantBlock);
+      }
+      store(out, r, c, w);
+    }
   }
 }
 

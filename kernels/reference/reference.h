@@ -153,6 +153,15 @@ void gated_backward(GatedActivation a, const View& dout, const View& g, const Vi
 void add(const View& a, const View& b, const View& out);
 /// x = cap * tanh(x / cap), in place.
 void softcap(const View& x, float cap);
+using kernels::QuantFormat;
+using kernels::Quantized;
+/// The bytes of a quantized weight (kernels::Quantized) from its values `w` (rows x cols, row
+/// major): nearest code per element, block scales as the layout says; host-side, for the runtime's
+/// initialisation. `out` holds quantized_bytes(q) bytes.
+void quantize(const Quantized& q, const float* w, std::uint8_t* out);
+/// The weight back from its bytes (`bytes`: a contiguous int8 view of quantized_bytes(q)
+/// elements) into `out` (rows x cols), rounded to out's dtype.
+void dequantize(const Quantized& q, const View& bytes, const View& out);
 /// out = s x, rounded to out's dtype (out may be x): a LoRA branch's alpha / r.
 void scale(const View& x, float s, const View& out);
 /// dst = src (any two views of equal shape; converts dtype).

@@ -21,6 +21,8 @@
 //    most 2^-7 of max(1, |b|).
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -208,6 +210,37 @@ TEST(CUDA_Elementwise, ScaleMatchesReferenceExactly) {
         EXPECT_LAUNCHED(cuda::scale(dy.like(yv), s, dy.like(yv), nullptr));
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         EXPECT_EQ(max_error(dy.download(), y), 0.0) << "in place " << name(dtype);
+      }
+    }
+  }
+}
+
+// A quantized base weight expanded on the device: bit-exact against the reference for every
+// format, with and without double quantization, at sizes whose last block and last group of
+// block scales are partial (37 x 53: 31 blocks; 129 x 131: 265 blocks, 2 groups), into bf16 and fp32.
+TEST(CUDA_Dequantize, MatchesReferenceExactly) {
+  MSTPLAN_REQUIRE_CUDA();
+  std::uint64_t seed = 6000;
+  for (const auto& [rows, cols] : {std::pair<i64, i64>{37, 53}, std::pair<i64, i64>{129, 131}, std::pair<i64, i64>{1, 1}}) {
+    for (const kernels::QuantFormat format :
+         {kernels::QuantFormat::nf4, kernels::QuantFormat::fp4, kernels::QuantFormat::int8_rows}) {
+      for (const bool dq : {true, false}) {
+        const kernels::Quantized q{format, dq, rows, cols};
+        HostTensor w(DType::fp32, rows, cols, seed++, 0.02f);
+        std::vector<std::uint8_t> bytes(static_cast<std::size_t>(kernels::quantized_bytes(q)));
+        ref::quantize(q, reinterpret_cast<const float*>(w.bytes.data()), bytes.data());
+        HostTensor packed(DType::fp32, (static_cast<i64>(bytes.size()) + 3) / 4, 1, seed++);
+        std::memcpy(packed.bytes.data(), bytes.data(), bytes.size());
+        const DeviceTensor dpacked(packed);
+        for (const DType out_dtype : {DType::bf16, DType::fp32}) {
+          HostTensor out(out_dtype, rows, cols, seed++);
+          DeviceTensor dout(out);
+          ref::dequantize(q, ref::contiguous(bytes.data(), DType::int8, static_cast<i64>(bytes.size()), 1), out.view());
+          EXPECT_LAUNCHED(cuda::dequantize(q, dpacked.data(), dout.view(), nullptr));
+          ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+          EXPECT_EQ(max_error(dout.download(), out), 0.0)
+              << static_cast<int>(format) << " dq " << dq << " " << rows << "x" << cols << " " << name(out_dtype);
+        }
       }
     }
   }

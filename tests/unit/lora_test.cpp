@@ -291,15 +291,18 @@ TEST(Lora, LayoutSearchLeavesZeroThreeOutForAQuantizedBase) {
   }
 }
 
-// The runtime runs LoRA over a bf16 base (runtime_test.cpp holds it to the plain step) and
-// refuses what it has no kernels for, with the field and the reason.
-TEST(Lora, TheRuntimeRefusesQuantizedBasesAndSeveralRanksForNow) {
+// The runtime runs LoRA over any base on one GPU (runtime_test.cpp holds it to the plain step)
+// and refuses several ranks for now, with the field and the reason.
+TEST(Lora, TheRuntimeRefusesSeveralRanksForNow) {
   CpuBackend backend;
   const ModelSpec& m = model("tiny-llama");
-  EXPECT_TRUE(Executor::create(m, lora(), Plan::vanilla(), 37, backend, RunOptions{}).has_value());
-  auto e = Executor::create(m, lora(BaseFormat::nf4), Plan::vanilla(), 37, backend, RunOptions{});
+  EXPECT_TRUE(Executor::create(m, lora(BaseFormat::nf4), Plan::vanilla(), 37, backend, RunOptions{}).has_value());
+  TrainingSetup ranks = lora();
+  ranks.parallel.gpus = 2;
+  RunOptions options;
+  auto e = Executor::create(m, ranks, Plan::vanilla(), 37, backend, options);
   ASSERT_FALSE(e.has_value());
-  EXPECT_THAT(e.error().message, HasSubstr("field 'adapter.base': nf4: the runtime has no dequantizing kernels yet"));
+  EXPECT_THAT(e.error().message, HasSubstr("field 'adapter': LoRA steps run on one GPU for now"));
 }
 
 // The command: the longest length per method on an RTX 4090, the setup line naming the

@@ -14,6 +14,7 @@
 #include <numbers>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mstplan::ref {
@@ -760,6 +761,72 @@ TEST(RefKernelsGated, BackwardMatchesFiniteDifferences) {
     expect_close(numeric_grad(g, loss, 1e-3f), dg.v, 1e-3, "dg, " + tag);
     expect_close(numeric_grad(u, loss), du.v, 1e-3, "du, " + tag);
   }
+}
+
+// ---- Quantized weights ----------------------------------------------------------------------
+
+// One block of 64 by hand, nf4 without double quantization: absmax 0.02; 0.02 and -0.02 are the
+// code's ends (15 and 0), 0.01 is nearest 0.4407 (code 12: |0.5 - 0.4407| < |0.5 - 0.5626|), 0 is
+// code 7. The bytes: 32 packed, then the fp32 absmax.
+TEST(RefKernelsQuantized, Nf4BlockByHand) {
+  std::vector<float> w(64, 0.0f);
+  w[0] = 0.02f;
+  w[1] = -0.02f;
+  w[2] = 0.01f;
+  const Quantized q{QuantFormat::nf4, false, 1, 64};
+  ASSERT_EQ(kernels::quantized_bytes(q), 32 + 4);
+  std::vector<std::uint8_t> bytes(36);
+  quantize(q, w.data(), bytes.data());
+  EXPECT_EQ(bytes[0], (15 << 4) | 0);
+  EXPECT_EQ(bytes[1], (12 << 4) | 7);
+  EXPECT_EQ(bytes[2], (7 << 4) | 7);
+  Mat out(1, 64);
+  dequantize(q, contiguous(bytes.data(), DType::int8, 36, 1), out.view());
+  EXPECT_EQ(out.v[0], 0.02f);
+  EXPECT_EQ(out.v[1], -0.02f);
+  EXPECT_EQ(out.v[2], kernels::quant_code(QuantFormat::nf4, 12) * 0.02f);
+  EXPECT_EQ(out.v[3], 0.0f);
+}
+
+// Random N(0, 0.02) weights at sizes with a partial last block and a partial last group of
+// block scales: each format's error is what its code allows (int8: half a step of the row's
+// absmax / 127; 4-bit: the root-mean-square error a 16-value code leaves, under 12% of the
+// weights' RMS), double quantization costs little, and the bytes are the planner's count.
+TEST(RefKernelsQuantized, RoundTripErrorsAreTheCodes) {
+  for (const auto& [rows, cols] : {std::pair<i64, i64>{37, 53}, std::pair<i64, i64>{129, 131}}) {
+    const i64 n = rows * cols;
+    std::vector<float> w(static_cast<std::size_t>(n));
+    fill_normal(contiguous(w.data(), DType::fp32, n, 1), 77, 0.0, 0.02);
+    double power = 0;
+    for (float x : w) power += static_cast<double>(x) * x;
+    for (const QuantFormat format : {QuantFormat::nf4, QuantFormat::fp4, QuantFormat::int8_rows}) {
+      for (const bool dq : {false, true}) {
+        const Quantized q{format, dq, rows, cols};
+        std::vector<std::uint8_t> bytes(static_cast<std::size_t>(kernels::quantized_bytes(q)));
+        quantize(q, w.data(), bytes.data());
+        Mat out(rows, cols);
+        dequantize(q, contiguous(bytes.data(), DType::int8, static_cast<i64>(bytes.size()), 1), out.view());
+        double err = 0;
+        for (i64 e = 0; e < n; ++e) {
+          const double d = out.v[static_cast<std::size_t>(e)] - w[static_cast<std::size_t>(e)];
+          err += d * d;
+          if (format == QuantFormat::int8_rows) {
+            float s = 0;
+            for (i64 c = 0; c < cols; ++c) s = std::max(s, std::abs(w[static_cast<std::size_t>((e / cols) * cols + c)]));
+            EXPECT_LE(std::abs(d), s / 254.0 * 1.0001) << e;
+          }
+        }
+        const double relative = std::sqrt(err / power);
+        EXPECT_LT(relative, format == QuantFormat::int8_rows ? 0.01 : 0.12)
+            << static_cast<int>(format) << " dq " << dq << " " << rows << "x" << cols;
+        EXPECT_GT(relative, 0.0);
+      }
+    }
+  }
+  // The layouts' sizes against the planner's Note [Quantized base weights] (static_memory_test
+  // and lora_test hold the planner's side): 4096 x 4096 in nf4 with double quantization.
+  EXPECT_EQ(kernels::quantized_bytes({QuantFormat::nf4, true, 4096, 4096}), 8'654'852);
+  EXPECT_EQ(kernels::quantized_bytes({QuantFormat::int8_rows, true, 4096, 4096}), 16'793'600);
 }
 
 // ---- Elementwise ----------------------------------------------------------------------------
