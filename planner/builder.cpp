@@ -284,14 +284,14 @@ OpId StepBuilder::linear(const char* label, Phase phase, Pass pass, std::int32_t
   const DType out_dtype = p_.tensors[y].dtype;
   const DType dtype = storage_.weights;  // the adapters' dtype
   const TensorKind kept = pass == Pass::recompute && phase == Phase::backward ? TensorKind::transient : TensorKind::saved;
-  TensorId xin = x;
+  TensorId xin = x, mask = kNoTensor;
   if (s_.profile == Profile::pytorch) {
     if (dtype != p_.tensors[x].dtype) {
       xin = tensor("lora.x.cast", kept, dtype, rows * k, l, pass, array);
       autograd_op("lora.x.cast", OpKind::elementwise, phase, pass, l, {x}, {xin});
     }
     if (s_.adapter.dropout > 0) {
-      const TensorId mask = tensor("lora.dropout.mask", kept, DType::int8, rows * k, l, pass, array);
+      mask = tensor("lora.dropout.mask", kept, DType::int8, rows * k, l, pass, array);
       const TensorId dropped = tensor("lora.dropout", kept, dtype, rows * k, l, pass, array);
       autograd_op("lora.dropout", OpKind::elementwise, phase, pass, l, {xin}, {dropped, mask});
       xin = dropped;
@@ -318,7 +318,7 @@ OpId StepBuilder::linear(const char* label, Phase phase, Pass pass, std::int32_t
     p_.ops[scaled].scale = lora_scale();
     op("lora.add", OpCode::residual_add, phase, pass, l, {y, b}, {y});
   }
-  adapter_state(param) = {chunk_key(), x, xin, a, kNoTensor, kNoTensor};
+  adapter_state(param) = {chunk_key(), x, xin, a, kNoTensor, kNoTensor, mask};
   return id;
 }
 
@@ -342,7 +342,9 @@ void StepBuilder::adapter_dx(std::int32_t param, std::int32_t l, Pass pass, Tens
     const TensorId dxa = tensor("lora.dx", TensorKind::transient, storage_.weights, rows * k, l, pass, loop_ != kNone);
     matmul("lora.A.dx", OpCode::linear_dx, Phase::backward, pass, l, {da, weight(pa), ws}, {dxa}, rows, k,
            s_.adapter.rank);
-    autograd_op("lora.dx.add", OpKind::elementwise, Phase::backward, pass, l, {dx, dxa}, {dx});
+    // Through lora_dropout's mask (kNoTensor: none, or the branch re-run without it).
+    autograd_op("lora.dx.add", OpKind::elementwise, Phase::backward, pass, l, {dx, dxa, adapter_state(param).mask},
+                {dx});
   } else {
     matmul("lora.A.dx", OpCode::linear_dx, Phase::backward, pass, l, {da, weight(pa), ws}, {dx}, rows, k,
            s_.adapter.rank);
@@ -381,6 +383,7 @@ void StepBuilder::linear_dw(const char* label, Phase phase, Pass pass, std::int3
     AdapterForward st = adapter_state(param);
     TensorId xin = st.x, a = st.a;
     if (st.source != x || a == kNoTensor) {
+      adapter_state(param).mask = kNoTensor;  // the input recomputed: the branch re-runs without dropout
       xin = x;
       if (s_.profile == Profile::pytorch && dtype != p_.tensors[x].dtype) {
         xin = tensor("lora.x.cast", TensorKind::transient, dtype, k * n, l, Pass::recompute, loop_ != kNone);

@@ -310,6 +310,7 @@ class StepBuilder {
     TensorId a = kNoTensor;       // x A^T
     TensorId dx = kNoTensor;      // the input gradient linear_dx wrote, while linear_dw has not added into it
     TensorId da = kNoTensor;      // dy B, computed by linear_dw before linear_dx wrote dx
+    TensorId mask = kNoTensor;    // pytorch profile: lora_dropout's mask, read by the branch's dx
   };
   std::vector<std::vector<AdapterForward>> adapter_fwd_;
   AdapterForward& adapter_state(std::int32_t param);
