@@ -11,7 +11,8 @@ void read_gpu_fields(FieldReader& r, GpuSpec& g) {
   g.description = r.optional_string("description").value_or("");
   g.aliases = r.optional_string_list("aliases");
   g.device_names = r.optional_string_list("device_names");
-  g.capacity_bytes = r.required_int("capacity_bytes");
+  // Up to 1 PiB: byte counts add up in int64, and no device comes near it.
+  g.capacity_bytes = r.required_int("capacity_bytes", IntRange{1, std::int64_t{1} << 50, false});
   g.reserve_bytes = r.required_int("reserve_bytes", IntRange::non_negative());
   g.bf16_tflops = r.required_number("bf16_tflops");
   g.fp32_tflops = r.required_number("fp32_tflops");

@@ -1,5 +1,6 @@
 #include "planner/setup.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "planner/catalog.h"
@@ -174,8 +175,48 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   return out;
 }
 
+namespace {
+
+// The largest tensor a step of `tokens` tokens per micro-batch could hold, in bytes (fp32 logits
+// or MLP activations, eager attention's scores), computed in long double so that nothing wraps.
+long double largest_tensor_bytes(const ModelSpec& model, const TrainingSetup& setup, long double seq) {
+  const long double batch = static_cast<long double>(setup.batch);
+  const long double width = static_cast<long double>(
+      std::max({model.vocab_size, model.intermediate_size, model.hidden_size, model.num_heads * model.head_dim}));
+  long double largest = batch * seq * width * 4;
+  if (setup.attention == AttentionKind::eager) {
+    largest = std::max(largest, batch * static_cast<long double>(model.num_heads) * seq * seq * 4);
+  }
+  return largest;
+}
+
+}  // namespace
+
 std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
                                            const std::string& origin) {
+  if (setup.seq_len && *setup.seq_len < 2) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'seq_len': {}: a training step needs at least 2 positions (each predicts the next)",
+                      origin, *setup.seq_len);
+  }
+  // Byte counts are int64 and a step adds thousands of tensors: the largest one is held to
+  // kMaxTensorBytes, so that no sum wraps (the shortest step, 2 positions, bounds the batch).
+  const long double at_least = largest_tensor_bytes(model, setup, 2);
+  if (at_least > static_cast<long double>(kMaxTensorBytes)) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'batch': {}: even 2 positions per sequence make a tensor of {:.3g} bytes, beyond the "
+                      "{} bytes (128 TiB) the planner counts; give a smaller batch",
+                      origin, setup.batch, static_cast<double>(at_least), kMaxTensorBytes);
+  }
+  if (setup.seq_len) {
+    const long double largest = largest_tensor_bytes(model, setup, static_cast<long double>(*setup.seq_len));
+    if (largest > static_cast<long double>(kMaxTensorBytes)) {
+      return make_error(ErrorKind::invalid,
+                        "{}: field 'seq_len': {} tokens (batch {}) make a tensor of {:.3g} bytes, beyond the {} bytes "
+                        "(128 TiB) the planner counts; give a shorter sequence",
+                        origin, *setup.seq_len, setup.batch, static_cast<double>(largest), kMaxTensorBytes);
+    }
+  }
   if (setup.precision == Precision::fp32 && setup.profile == Profile::pytorch) {
     return make_error(ErrorKind::invalid,
                       "{}: field 'precision': fp32 is modelled for the native profile only, not with profile pytorch",

@@ -348,7 +348,12 @@ struct ParameterStorage {
 /// The setup as YAML fields of a scenario (knobs only where set).
 [[nodiscard]] std::string setup_to_yaml(const TrainingSetup& setup);
 
-/// Checks what only the model can tell (recomputed layers exist); `origin` names the source.
+/// The largest tensor, in bytes, a setup may make a step hold (128 TiB): beyond it the step's sums
+/// of int64 byte counts could wrap, so check_setup_for_model refuses the batch or the length.
+inline constexpr std::int64_t kMaxTensorBytes = std::int64_t{1} << 47;
+
+/// Checks what only the model can tell (recomputed layers exist, the sequence holds at least 2
+/// positions, no tensor beyond kMaxTensorBytes); `origin` names the source.
 [[nodiscard]] std::optional<Error> check_setup_for_model(const TrainingSetup& setup, const ModelSpec& model,
                                                          const std::string& origin);
 
