@@ -131,10 +131,27 @@ Expected<PlanFile> parse_plan_yaml(const std::string& text, const std::string& o
 Expected<PlanFile> load_plan_file(const std::string& path) { return parse_file(path, parse_plan_yaml); }
 
 std::optional<Error> write_text_file(const std::string& path, const std::string& text) {
-  const std::filesystem::path target(path);
+  std::filesystem::path target(path);
   std::error_code ec;
   if (std::filesystem::is_directory(target, ec)) {
     return make_error(ErrorKind::io, "{}: is a directory, expected a file name", path);
+  }
+  // A link is written through (the file it names is replaced, the link stays), and a file the
+  // user made read-only is not replaced.
+  if (std::filesystem::is_symlink(target, ec)) {
+    const std::filesystem::path resolved = std::filesystem::weakly_canonical(target, ec);
+    if (ec) return make_error(ErrorKind::io, "{}: a link that cannot be followed: {}", path, ec.message());
+    if (std::filesystem::is_directory(resolved, ec)) {
+      return make_error(ErrorKind::io, "{}: links to the directory {}, expected a file name", path, resolved.string());
+    }
+    target = resolved;
+  }
+  // Its mode, not access(): root may write anything, but a file without write permission was
+  // made so on purpose.
+  const std::filesystem::file_status status = std::filesystem::status(target, ec);
+  if (!ec && std::filesystem::exists(status) &&
+      (status.permissions() & std::filesystem::perms::owner_write) == std::filesystem::perms::none) {
+    return make_error(ErrorKind::io, "{}: exists and is read-only; refusing to replace it", path);
   }
   std::random_device rd;
   const std::filesystem::path temp =

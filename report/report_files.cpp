@@ -9,7 +9,9 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -183,16 +185,71 @@ Expected<WrittenReport> write_report(const fs::path& dir, const std::vector<Repo
           target.string());
     }
   }
+  // The files this report wrote, for the next one into the same folder (kReportManifest).
+  {
+    std::vector<std::string> mine;
+    for (const auto& entry : fs::recursive_directory_iterator(staging, ec)) {
+      if (entry.is_regular_file()) mine.push_back(entry.path().lexically_relative(staging).generic_string());
+    }
+    std::sort(mine.begin(), mine.end());
+    std::string manifest = "# the files mst-plan wrote here; the next report into this folder replaces these and keeps the rest\n";
+    for (const std::string& f : mine) manifest += f + "\n";
+    if (auto error = write_text_file((staging / kReportManifest).string(), manifest)) return fail(*error);
+  }
+  // What the earlier folder holds that the new report does not write moves into the staged
+  // folder first, so the swap deletes only what this report replaces: the earlier report's own
+  // files (its manifest lists them; without one, none) go, the user's files stay. On a failure
+  // they move back.
+  std::set<std::string> earlier_files;
+  if (exists) {
+    std::ifstream in(target / kReportManifest);
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line[0] != '#') earlier_files.insert(line);
+    }
+  }
+  std::vector<std::pair<fs::path, fs::path>> kept;  // (in the earlier folder, in the staged one)
+  auto restore = [&]() {
+    std::error_code ignored;
+    for (auto it = kept.rbegin(); it != kept.rend(); ++it) fs::rename(it->second, it->first, ignored);
+    kept.clear();
+  };
+  if (exists) {
+    std::vector<fs::path> foreign;
+    for (auto it = fs::recursive_directory_iterator(target, ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec)) {
+      const fs::path relative = it->path().lexically_relative(target);
+      std::error_code probe;
+      if (fs::exists(fs::symlink_status(staging / relative, probe))) continue;  // replaced (a folder: looked into)
+      if (earlier_files.contains(relative.generic_string())) continue;         // the earlier report's: goes
+      // A folder is looked into, its files kept one by one; an empty one is kept as it is.
+      if (it->is_directory(probe) && !it->is_symlink(probe) && !fs::is_empty(it->path(), probe)) continue;
+      foreign.push_back(relative);
+    }
+    if (ec) return fail(make_error(ErrorKind::io, "{}: cannot read: {}", dir.string(), ec.message()));
+    for (const fs::path& relative : foreign) {
+      fs::create_directories((staging / relative).parent_path(), ec);
+      if (!ec) fs::rename(target / relative, staging / relative, ec);
+      if (ec) {
+        restore();
+        return fail(make_error(ErrorKind::io, "{}: cannot keep {}: {}", dir.string(), relative.string(), ec.message()));
+      }
+      kept.emplace_back(target / relative, staging / relative);
+    }
+  }
   // Swap the staged folder in: an earlier report moves aside first and goes only once the new one is in place.
   const fs::path old = parent / fmt::format(".{}.old-{}", target.filename().string(), suffix);
   if (exists) {
     fs::rename(target, old, ec);
-    if (ec) return fail(make_error(ErrorKind::io, "{}: cannot replace: {}", dir.string(), ec.message()));
+    if (ec) {
+      restore();
+      return fail(make_error(ErrorKind::io, "{}: cannot replace: {}", dir.string(), ec.message()));
+    }
   }
   fs::rename(staging, target, ec);
   if (ec) {
     std::error_code ignored;
     if (exists) fs::rename(old, target, ignored);
+    restore();  // the kept files are still in the staged folder: back into the earlier one
     return fail(make_error(ErrorKind::io, "{}: cannot write: {}", dir.string(), ec.message()));
   }
   if (exists) fs::remove_all(old, ec);

@@ -36,10 +36,16 @@ struct WrittenReport {
   std::string figures_note;
 };
 
+/// The file in a report folder listing the files the report wrote (one relative path per line):
+/// the next report into the folder replaces those and keeps everything else.
+inline constexpr const char* kReportManifest = ".mst-plan-report";
+
 /// Writes `files` into `dir` (created, with missing parents) and draws the figures with `gnuplot`
 /// (none: the scripts are written and the note says how to run them). Refuses a `dir` that exists
 /// and is neither empty nor an earlier report (a folder holding report.md), so no other work is
-/// overwritten. A failing gnuplot script is an error (a bug) with gnuplot's message.
+/// overwritten; into an earlier report it replaces the files that report wrote (kReportManifest)
+/// and keeps the rest. A failing gnuplot script is an error (a bug) with gnuplot's message.
+
 [[nodiscard]] Expected<WrittenReport> write_report(const std::filesystem::path& dir, const std::vector<ReportFile>& files,
                                                    const std::optional<std::filesystem::path>& gnuplot);
 

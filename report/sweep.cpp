@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <thread>
 
@@ -216,8 +218,31 @@ std::int64_t SweepResult::failures() const {
   return std::count_if(rows.begin(), rows.end(), [](const Row& r) { return r.error.has_value(); });
 }
 
+namespace {
+
+// An index a sweep wrote (index_markdown's line, index_json's fields), which a new sweep may
+// replace; anything else at that name is the user's and is not replaced.
+bool written_by_a_sweep(const fs::path& path, bool json) {
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!json) return text.find(": one report per scenario; longest sequence per method") != std::string::npos;
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  return j.is_object() && j.contains("title") && j.contains("command") && j.contains("scenarios") &&
+         j["scenarios"].is_array();
+}
+
+}  // namespace
+
 Expected<SweepResult> run_sweep(const SweepInputs& inputs, const fs::path& out, const SweepOptions& options) {
   std::error_code ec;
+  for (const auto& [name, json] : {std::pair{"index.md", false}, std::pair{"index.json", true}}) {
+    const fs::path index = out / name;
+    if (fs::exists(fs::symlink_status(index, ec)) && !written_by_a_sweep(index, json)) {
+      return make_error(ErrorKind::io,
+                        "{}: exists and was not written by a sweep; refusing to replace it (give --out another folder)",
+                        index.string());
+    }
+  }
   fs::create_directories(out, ec);
   if (ec || !fs::is_directory(out, ec)) {
     return make_error(ErrorKind::io, "{}: cannot create the output folder{}", out.string(), ec ? ": " + ec.message() : "");
