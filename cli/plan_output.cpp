@@ -304,4 +304,33 @@ void print_layouts(std::ostream& out, const ModelSpec& model, const TrainingSetu
   }
 }
 
+std::optional<Error> check_recorded_prediction(const std::string& path, const PlanFile& file, const Evaluation& now) {
+  const Prediction& was = file.predicted;
+  if (now.analysis.peak.allocated_bytes != was.peak_allocated_bytes) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'predicted.peak_allocated_bytes': {}: the step the file describes peaks at {} bytes (the "
+                      "file was edited, or written by another version); plan it again",
+                      path, was.peak_allocated_bytes, now.analysis.peak.allocated_bytes);
+  }
+  if (now.analysis.peak_live_bytes != was.peak_live_bytes) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'predicted.peak_live_bytes': {}: the step the file describes holds {} live bytes at its "
+                      "peak (the file was edited, or written by another version); plan it again",
+                      path, was.peak_live_bytes, now.analysis.peak_live_bytes);
+  }
+  if (now.peak_at != was.peak_at) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'predicted.peak_at': {}: the step the file describes peaks during {} (the file was "
+                      "edited, or written by another version); plan it again",
+                      path, was.peak_at, now.peak_at);
+  }
+  if (!now.fits) {
+    return make_error(ErrorKind::invalid,
+                      "{}: field 'gpu.capacity_bytes': {}: the step needs {} bytes with the reserve, which it does not "
+                      "hold (a plan file is written only for a step that fits: the file was edited); plan it again",
+                      path, file.gpu.capacity_bytes, now.required_bytes);
+  }
+  return std::nullopt;
+}
+
 }  // namespace mstplan::cli

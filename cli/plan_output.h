@@ -4,6 +4,7 @@
 #include <iosfwd>
 
 #include "planner/gpu_spec.h"
+#include "planner/plan_io.h"
 #include "planner/model_spec.h"
 #include "planner/search.h"
 #include "planner/setup.h"
@@ -13,6 +14,12 @@ namespace mstplan::cli {
 /// The first lines (model, GPU, setup) and the static memory table; with "does not fit" advice
 /// when the static state alone exceeds the GPU. Returns whether the static state fits.
 bool print_static(std::ostream& out, const ModelSpec& model, const GpuSpec& gpu, const TrainingSetup& setup);
+
+/// A plan file's recorded prediction against the step it describes, rebuilt (`now`): an error
+/// naming the field when the peak, its op or the fit differ (the file was edited, or written by
+/// another version of the planner), for `show`, `run` and `verify` to refuse.
+[[nodiscard]] std::optional<Error> check_recorded_prediction(const std::string& path, const PlanFile& file,
+                                                             const Evaluation& now);
 
 /// The methods table, the chosen plan and its breakdown, the Pareto set of auto, and where the
 /// plan goes (`plan_path`: the --out file, empty without one).

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli.h"
+#include "cli/plan_output.h"
 #include "planner/json_output.h"
 #include "planner/plan_io.h"
 #include "planner/units.h"
@@ -151,6 +152,15 @@ RunOutcome run_command(const RunCommand& c, std::ostream& user_out) {
   }
   auto file = load_plan_file(c.plan_file);
   if (!file) return {code(ExitCode::input), file.error().message};
+  {
+    // What the file predicted must be what its step is: run and verify hold the runtime to it.
+    SearchOptions search;
+    search.cluster = file->cluster;
+    Evaluator evaluator(file->model, file->gpu, file->setup, search);
+    if (auto error = check_recorded_prediction(c.plan_file, *file, evaluator.evaluate(file->plan, file->seq_len))) {
+      return {code(ExitCode::mismatch), error->message};
+    }
+  }
   // A multi-GPU plan runs one rank per MPI process (Note [Ranks] in runtime/executor.h).
   Communicator* world = nullptr;
   const std::int64_t gpus = file->setup.parallel.gpus;

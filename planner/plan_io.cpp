@@ -112,6 +112,12 @@ Expected<PlanFile> parse_plan_yaml(const std::string& text, const std::string& o
   }
   if (auto error = r.finish()) return *error;
   if (auto error = check_setup_for_model(f.setup, f.model, origin)) return *error;
+  for (std::int64_t layer : f.plan.recompute_layers) {
+    if (layer >= f.model.num_layers) {
+      return make_error(ErrorKind::invalid, "{}: field 'plan.recompute.layers': layer {} does not exist ({} has layers 0 to {})",
+                        origin, layer, f.model.name, f.model.num_layers - 1);
+    }
+  }
   const std::int64_t gpus = f.setup.parallel.gpus;
   if (gpus > 1 && !f.cluster) {
     return make_error(ErrorKind::invalid, "{}: section 'cluster': missing; a plan for {} GPUs names the cluster they are on",
