@@ -2,6 +2,8 @@
 // command.h, one file each.
 #include "cli/cli.h"
 
+#include <array>
+#include <charconv>
 #include <string>
 #include <utility>
 #include <vector>
@@ -211,20 +213,24 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
 
   RunCommand run_cmd, verify_cmd;
   verify_cmd.verify = true;
+  // Read as text and checked after parsing: CLI11 would wrap -1 into a uint64 and let nan past a range.
+  std::array<std::string, 2> seed_text, ignore_text;
   CLI::App* run = app.add_subcommand(
       "run", "Execute a plan file with the bundled runtime and compare measured with predicted memory; "
              "e.g. mst-plan run plan.yaml --steps 3");
   CLI::App* verify = app.add_subcommand(
       "verify", "Run one step of a plan file and check memory, loss, every gradient and every updated parameter "
                 "against a plain step (no chunks, no recompute); e.g. mst-plan verify plan.yaml");
-  for (auto [sub, cmd] : {std::pair{run, &run_cmd}, std::pair{verify, &verify_cmd}}) {
+  for (std::size_t which = 0; which < 2; ++which) {
+    CLI::App* sub = which == 0 ? run : verify;
+    RunCommand* cmd = which == 0 ? &run_cmd : &verify_cmd;
     sub->add_option("plan", cmd->plan_file, "A plan file written by --out")->type_name("FILE")->required();
     sub->add_option("--backend", cmd->backend, "cpu (the reference kernels; default) or cuda")->type_name("NAME");
-    sub->add_option("--seed", cmd->seed, "Seed of the synthetic weights and data (default 1)")->type_name("N");
-    sub->add_option("--ignore-fraction", cmd->ignore_fraction,
+    sub->add_option("--seed", seed_text[which], "Seed of the synthetic weights and data, 0 to 2^64 - 1 (default 1)")
+        ->type_name("N");
+    sub->add_option("--ignore-fraction", ignore_text[which],
                     "Share of labels set to -100 (ignored by the loss), 0 to 1 (default 0)")
-        ->type_name("X")
-        ->check(CLI::Range(0.0, 1.0));
+        ->type_name("X");
     sub->add_flag("--json", cmd->json, "Print JSON");
   }
   run->add_option("--steps", run_cmd.steps, "Training steps to run (default 3)")->type_name("N")->check(CLI::Range(1, 1000000));
@@ -277,6 +283,10 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       "devices", "Probe this machine's CUDA devices and compare their memory with the catalog; e.g. mst-plan devices");
   devices->add_flag("--json", devices_json, "Print JSON");
 
+  // A planning flag after another subcommand reaches the main command, which then names it and
+  // the subcommand it does not apply to (rather than CLI11's "not expected").
+  for (CLI::App* sub : {models, gpus, clusters, show, run, verify, sweep_cmd, fidelity_cmd, devices}) sub->fallthrough();
+
   std::vector<const char*> argv{"mst-plan"};
   for (const std::string& a : args) argv.push_back(a.c_str());
   try {
@@ -320,10 +330,30 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   } else if (show->parsed()) {
     failure = run_show(show_file, show_json || f.json, out);
   } else if (run->parsed() || verify->parsed()) {
-    RunCommand& cmd = run->parsed() ? run_cmd : verify_cmd;
+    const std::size_t which = run->parsed() ? 0 : 1;
+    RunCommand& cmd = which == 0 ? run_cmd : verify_cmd;
     cmd.json = cmd.json || f.json;
-    const RunOutcome outcome = run_command(cmd, out);
-    if (outcome.code != 0) failure = Failure{static_cast<ExitCode>(outcome.code), outcome.message};
+    if (!seed_text[which].empty()) {
+      const std::string& t = seed_text[which];
+      const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), cmd.seed);
+      if (ec != std::errc() || end != t.data() + t.size()) {
+        failure = usage(fmt::format("--seed: expected an integer from 0 to 18446744073709551615, got '{}'", printable(t)));
+      }
+    }
+    if (!failure && !ignore_text[which].empty()) {
+      const std::string& t = ignore_text[which];
+      double x = 0;
+      const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), x);
+      if (ec != std::errc() || end != t.data() + t.size() || !(x >= 0.0 && x <= 1.0)) {
+        failure = usage(fmt::format("--ignore-fraction: expected a number from 0 to 1, got '{}'", printable(t)));
+      } else {
+        cmd.ignore_fraction = x;
+      }
+    }
+    if (!failure) {
+      const RunOutcome outcome = run_command(cmd, out);
+      if (outcome.code != 0) failure = Failure{static_cast<ExitCode>(outcome.code), outcome.message};
+    }
   } else {
     failure = run_plan(f, out);
   }

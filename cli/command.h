@@ -24,6 +24,7 @@
 #include "planner/gpu_spec.h"
 #include "planner/model_spec.h"
 #include "planner/setup.h"
+#include "planner/yaml_input.h"
 #include "report/measured.h"
 
 namespace mstplan::cli {
@@ -76,7 +77,7 @@ std::optional<Failure> parse_choice(const std::string& flag, const std::string& 
     out = *value;
     return std::nullopt;
   }
-  return usage(fmt::format("{}: expected one of {}, got '{}'", flag, enum_choices<E>(), text));
+  return usage(fmt::format("{}: expected one of {}, got '{}'", flag, enum_choices<E>(), printable(text)));
 }
 
 // What the plan flags (and a scenario file) describe: a model, a GPU and a setup.

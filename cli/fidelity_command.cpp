@@ -123,7 +123,7 @@ std::optional<Failure> run_fidelity(const FidelityFlags& f, std::ostream& out) {
   if (f.profile != "all") {
     Profile p = Profile::pytorch;
     if (auto failure = parse_choice("--profile", f.profile, p)) {
-      return usage(fmt::format("--profile: expected one of {} or all, got '{}'", enum_choices<Profile>(), f.profile));
+      return usage(fmt::format("--profile: expected one of {} or all, got '{}'", enum_choices<Profile>(), printable(f.profile)));
     }
     profile = p;
   }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <ranges>
+#include <sstream>
 #include <fmt/ostream.h>
 #include <fmt/ranges.h>
 #include "cli/plan_output.h"
@@ -33,10 +34,13 @@ std::optional<Failure> parse_positive(const std::string& flag, const std::string
   const auto parsed = parse_count(text, size_suffixes);
   if (std::holds_alternative<CountError>(parsed)) {
     return usage(std::get<CountError>(parsed) == CountError::out_of_range
-                     ? fmt::format("{}: expected {}, got '{}', which is out of the 64-bit range", flag, expected, text)
-                     : fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+                     ? fmt::format("{}: expected {}, got '{}', which is out of the 64-bit range", flag, expected,
+                                   printable(text))
+                     : fmt::format("{}: expected {}, got '{}'", flag, expected, printable(text)));
   }
-  if (std::get<std::int64_t>(parsed) <= 0) return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+  if (std::get<std::int64_t>(parsed) <= 0) {
+    return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, printable(text)));
+  }
   out = std::get<std::int64_t>(parsed);
   return std::nullopt;
 }
@@ -48,7 +52,7 @@ std::optional<Failure> parse_number(const std::string& flag, const std::string& 
   const char* end = text.data() + text.size();
   const auto [ptr, ec] = std::from_chars(text.data(), end, value);
   if (text.empty() || ec != std::errc() || ptr != end || !std::isfinite(value) || value < min || value >= max) {
-    return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, text));
+    return usage(fmt::format("{}: expected {}, got '{}'", flag, expected, printable(text)));
   }
   out = value;
   return std::nullopt;
@@ -111,7 +115,7 @@ std::optional<Failure> apply_flags(const PlanFlags& f, TrainingSetup& s) {
     if (targets) {
       a.targets = *targets;
     } else {
-      run(usage(fmt::format("--lora-targets: {} (got '{}')", targets.error().message, f.lora_targets.value)));
+      run(usage(fmt::format("--lora-targets: {} (got '{}')", targets.error().message, printable(f.lora_targets.value))));
     }
   }
   if (f.adapter_dtype.given()) {
@@ -292,6 +296,9 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     if (engine) exports = export_files(*engine, *file, f.out.value, version_string());
   }
 
+  // The answer is rendered first and printed once the files are written: a failed write leaves
+  // nothing on stdout, only its error.
+  std::ostringstream answer;
   if (f.json) {
     nlohmann::json j;
     j["version"] = version_string();
@@ -315,15 +322,16 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
       j["export"]["engine"] = to_string(*engine);
       for (const ExportFile& e : exports) j["export"]["files"].push_back(e.path);
     }
-    out << json_text(j) << '\n';
+    answer << json_text(j) << '\n';
   } else {
-    if (print_static(out, *model, *gpu, setup)) {
-      print_search(out, *model, *gpu, setup, result, chosen_method, chosen, f.out.given() && chosen ? f.out.value : std::string());
+    if (print_static(answer, *model, *gpu, setup)) {
+      print_search(answer, *model, *gpu, setup, result, chosen_method, chosen, f.out.given() && chosen ? f.out.value : std::string());
     }
-    print_layouts(out, *model, setup, layouts);
+    print_layouts(answer, *model, setup, layouts);
   }
   if (f.out.given()) {
     if (!chosen) {
+      out << answer.str();  // why nothing fits is the answer
       return Failure{ExitCode::no_fit, fmt::format("{}: not written: no {} plan fits{}", f.out.value,
                                                    to_string(chosen_method),
                                                    setup.seq_len ? fmt::format(" {} tokens", *setup.seq_len) : "")};
@@ -335,9 +343,10 @@ std::optional<Failure> run_plan(const PlanFlags& f, std::ostream& out) {
     if (!f.json && !exports.empty()) {
       std::vector<std::string> paths;
       for (const ExportFile& e : exports) paths.push_back(e.path);
-      fmt::print(out, "\n{} export: {} (how to run it: the comments at its top)\n", to_string(*engine), fmt::join(paths, ", "));
+      fmt::print(answer, "\n{} export: {} (how to run it: the comments at its top)\n", to_string(*engine), fmt::join(paths, ", "));
     }
   }
+  out << answer.str();
   return std::nullopt;
 }
 

@@ -14,6 +14,7 @@
 #include "cli/plan_output.h"
 #include "planner/json_output.h"
 #include "planner/plan_io.h"
+#include "planner/yaml_input.h"
 #include "planner/units.h"
 #include "runtime/communicator.h"
 #include "runtime/cpu_backend.h"
@@ -148,7 +149,7 @@ RunOutcome agree(Communicator* world, RunOutcome outcome) {
 
 RunOutcome run_command(const RunCommand& c, std::ostream& user_out) {
   if (c.backend != "cpu" && c.backend != "cuda") {
-    return {code(ExitCode::usage), fmt::format("--backend: expected cpu or cuda, got '{}'", c.backend)};
+    return {code(ExitCode::usage), fmt::format("--backend: expected cpu or cuda, got '{}'", printable(c.backend))};
   }
   auto file = load_plan_file(c.plan_file);
   if (!file) return {code(ExitCode::input), file.error().message};

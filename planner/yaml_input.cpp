@@ -28,17 +28,6 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-// Values are quoted in messages; keep them short and printable (input is valid UTF-8).
-std::string printable(std::string_view text) {
-  std::string out;
-  for (char c : text.substr(0, 60)) {
-    const auto u = static_cast<unsigned char>(c);
-    out += (u < 0x20 || u == 0x7f) ? '?' : c;
-  }
-  if (text.size() > 60) out += "...";
-  return out;
-}
-
 // Offset of the first byte that breaks UTF-8 (overlong forms and surrogates included), if any.
 std::optional<std::size_t> invalid_utf8_at(std::string_view text) {
   std::size_t i = 0;
@@ -128,6 +117,18 @@ std::string int_expectation(IntRange range) {
 }
 
 }  // namespace
+
+// Values are quoted in messages; keep them short and printable (input is valid UTF-8).
+std::string printable(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 60)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u < 0x20 || u == 0x7f) ? '?' : c;
+  }
+  if (text.size() > 60) out += "...";
+  return out;
+}
+
 
 Expected<std::string> read_text_file(const std::filesystem::path& path, std::int64_t max_bytes) {
   std::error_code ec;

@@ -63,6 +63,10 @@ struct IntRange {
   static IntRange tokens() { return {1, INT64_MAX, true}; }
 };
 
+/// A value as messages quote it: its first 60 bytes, control bytes as '?', "..." after a longer
+/// one (a 1 MB field is not echoed whole).
+[[nodiscard]] std::string printable(std::string_view text);
+
 class FieldReader {
  public:
   /// Reads `node`, which must be a mapping; `what` names the document in messages.
@@ -141,7 +145,7 @@ class FieldReader {
     auto text = any_scalar(*field, expected);
     if (!text) return std::nullopt;
     if (auto value = parse_enum<E>(*text)) return value;
-    fail_field(*field, fmt::format("expected {}, got '{}'", expected, *text));
+    fail_field(*field, fmt::format("expected {}, got '{}'", expected, printable(*text)));
     return std::nullopt;
   }
 

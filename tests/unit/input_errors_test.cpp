@@ -209,6 +209,18 @@ std::vector<BadInput> cases() {
       {"grad-accum beyond 64 bits", {}, {"--model", "tiny-llama", "--gpu", "a100", "--grad-accum", "99999999999999999999"},
        2, {"--grad-accum", "out of the 64-bit range"}},
       {"unknown flag", {}, {"--model", "tiny-llama", "--gpu", "a100", "--frobnicate"}, 2, {"--frobnicate"}},
+      {"ignore fraction nan", {}, {"run", "{dir}/p.yaml", "--ignore-fraction", "nan"}, 2,
+       {"--ignore-fraction: expected a number from 0 to 1, got 'nan'"}},
+      {"negative seed", {}, {"verify", "{dir}/p.yaml", "--seed", "-1"}, 2,
+       {"--seed: expected an integer from 0 to 18446744073709551615, got '-1'"}},
+      {"seed of 2^64", {}, {"run", "{dir}/p.yaml", "--seed", "18446744073709551616"}, 2,
+       {"--seed: expected an integer from 0 to 18446744073709551615, got '18446744073709551616'"}},
+      {"plan flag after a subcommand", {}, {"show", "{dir}/p.yaml", "--batch", "2"}, 2,
+       {"--batch applies to planning, not to 'mst-plan show'"}},
+      {"a value of 100 KB is not echoed whole", {}, {"--model", "tiny-llama", "--gpu", "a100", "--precision",
+       std::string(100'000, 'x')}, 2, {"--precision: expected one of bf16, mixed, fp32, got '" + std::string(60, 'x') + "...'"}},
+      {"a scenario value of 100 KB is not echoed whole", s("precision: " + std::string(100'000, 'y') + "\n"), sargs, 3,
+       {"field 'precision': expected one of bf16, mixed, fp32, got '" + std::string(60, 'y') + "...'"}},
       {"flag without value", {}, {"--model"}, 2, {"--model"}},
   };
 }

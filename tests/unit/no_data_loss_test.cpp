@@ -71,6 +71,7 @@ TEST(NoDataLoss, OutWritesThroughALinkAndLeavesReadOnlyFiles) {
   const auto refused = test::run({"--model", "tiny-llama", "--gpu", "A100-80G", "--out", ro});
   EXPECT_EQ(refused.code, 1);
   EXPECT_THAT(refused.err, HasSubstr("ro.yaml: exists and is read-only; refusing to replace it"));
+  EXPECT_EQ(refused.out, "") << "a failed write leaves nothing on stdout";
   EXPECT_EQ(test::source_file_at(ro), "mine\n");
   fs::permissions(ro, fs::perms::owner_write, fs::perm_options::add);  // so the scratch folder can go
 }
