@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "planner/hf_config.h"
+#include "planner/yaml_input.h"
 
 namespace mstplan {
 namespace {
@@ -84,7 +85,7 @@ Expected<ModelSpec> resolve_model(const std::string& argument) {
   std::string known;
   for (const ModelSpec& m : builtin_models()) known += (known.empty() ? "" : ", ") + m.name;
   return make_error(ErrorKind::not_found, "unknown model '{}' (known models: {}; or give a path to a YAML spec "
-                    "or a Hugging Face config.json)", argument, known);
+                    "or a Hugging Face config.json)", printable(argument), known);
 }
 
 namespace {
@@ -111,7 +112,7 @@ Expected<GpuSpec> resolve_gpu(const std::string& argument) {
   std::string known;
   for (const GpuSpec& g : builtin_gpus()) known += (known.empty() ? "" : ", ") + g.name;
   return make_error(ErrorKind::not_found, "unknown GPU '{}' (known GPUs: {}; or give a path to a YAML spec)",
-                    argument, known);
+                    printable(argument), known);
 }
 
 Expected<ClusterSpec> resolve_cluster(const std::string& argument) {
@@ -128,13 +129,13 @@ Expected<ClusterSpec> resolve_cluster(const std::string& argument) {
       std::string known;
       for (const ClusterSpec& c : builtin_clusters()) known += (known.empty() ? "" : ", ") + c.name;
       return make_error(ErrorKind::not_found, "unknown cluster '{}' (known clusters: {}; or give a path to a YAML spec)",
-                        argument, known);
+                        printable(argument), known);
     }
   }
   // The node's GPU must be a catalog entry: its memory and speed come from there.
   if (find_by_name(builtin_gpus(), cluster->gpu) == nullptr) {
     return make_error(ErrorKind::invalid, "{}: field 'gpu': unknown GPU '{}' (mst-plan gpus lists the catalog)",
-                      cluster->source, cluster->gpu);
+                      cluster->source, printable(cluster->gpu));
   }
   return std::move(*cluster);
 }

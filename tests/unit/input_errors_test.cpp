@@ -219,6 +219,8 @@ std::vector<BadInput> cases() {
        {"--batch applies to planning, not to 'mst-plan show'"}},
       {"a value of 100 KB is not echoed whole", {}, {"--model", "tiny-llama", "--gpu", "a100", "--precision",
        std::string(100'000, 'x')}, 2, {"--precision: expected one of bf16, mixed, fp32, got '" + std::string(60, 'x') + "...'"}},
+      {"a model name of 100 KB is not echoed whole", {}, {"--model", std::string(100'000, 'm'), "--gpu", "a100"}, 3,
+       {"unknown model '" + std::string(60, 'm') + "...' (known models:"}},
       {"a scenario value of 100 KB is not echoed whole", s("precision: " + std::string(100'000, 'y') + "\n"), sargs, 3,
        {"field 'precision': expected one of bf16, mixed, fp32, got '" + std::string(60, 'y') + "...'"}},
       {"flag without value", {}, {"--model"}, 2, {"--model"}},
