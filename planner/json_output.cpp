@@ -99,9 +99,7 @@ nlohmann::json setup_json(const TrainingSetup& s) {
   if (s.adapter.lora()) {
     const AdapterSetup& a = s.adapter;
     nlohmann::json targets = nlohmann::json::array();
-    for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
-      if (a.adapts(t)) targets.push_back(name);
-    }
+    for (std::string_view name : lora_target_names(a.targets)) targets.push_back(name);
     j["adapter"] = {{"kind", to_string(a.kind)},
                     {"rank", a.rank},
                     {"alpha", a.alpha},

@@ -161,12 +161,8 @@ std::string setup_to_yaml(const TrainingSetup& s) {
   if (s.offload_param) out += "offload_param: true\n";
   if (s.adapter != AdapterSetup{}) {
     const AdapterSetup& a = s.adapter;
-    std::vector<std::string_view> targets;
-    for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
-      if ((a.targets & (1U << static_cast<unsigned>(t))) != 0) targets.push_back(name);
-    }
     out += fmt::format("adapter: {{kind: {}, rank: {}, alpha: {}, targets: [{}]", to_string(a.kind), a.rank, a.alpha,
-                       fmt::join(targets, ", "));
+                       fmt::join(lora_target_names(a.targets), ", "));
     if (a.dtype) out += fmt::format(", dtype: {}", to_string(*a.dtype));
     if (a.dropout > 0) out += fmt::format(", dropout: {}", a.dropout);
     out += fmt::format(", base: {}, double_quant: {}}}\n", to_string(a.base), a.double_quant);
@@ -385,6 +381,14 @@ Expected<std::uint32_t> parse_lora_targets(std::span<const std::string> names) {
   return targets;
 }
 
+std::vector<std::string_view> lora_target_names(std::uint32_t targets) {
+  std::vector<std::string_view> names;
+  for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
+    if ((targets & (1U << static_cast<unsigned>(t))) != 0) names.push_back(name);
+  }
+  return names;
+}
+
 DType adapter_dtype(const TrainingSetup& s) {
   if (s.adapter.dtype) return *s.adapter.dtype;
   return s.profile == Profile::pytorch ? DType::fp32 : DType::bf16;
@@ -499,11 +503,8 @@ std::string describe_setup(const TrainingSetup& s) {
         "frozen bf16 base", "frozen LLM.int8 base (bitsandbytes)", "frozen NF4 base (bitsandbytes", "frozen FP4 base (bitsandbytes"};
     std::string base(bases[static_cast<std::size_t>(a.base)]);
     if (a.base == BaseFormat::nf4 || a.base == BaseFormat::fp4) base += a.double_quant ? ", double quantization)" : ")";
-    std::vector<std::string_view> targets;
-    for (const auto& [t, name] : EnumNames<LoraTarget>::table) {
-      if (a.adapts(t)) targets.push_back(name);
-    }
-    weights = fmt::format("{} + LoRA r {} (alpha {}) on {} in {}{}", base, a.rank, a.alpha, fmt::join(targets, ","),
+    weights = fmt::format("{} + LoRA r {} (alpha {}) on {} in {}{}", base, a.rank, a.alpha,
+                          fmt::join(lora_target_names(a.targets), ","),
                           to_string(p.weights), a.dropout > 0 ? fmt::format(", dropout {}", a.dropout) : std::string());
   }
   std::string out = fmt::format("{}, {}", weights, optimizer);

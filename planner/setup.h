@@ -324,6 +324,8 @@ struct ParameterStorage {
 /// LoRA targets by name ("q", "gate", ...) as AdapterSetup::targets bits; an error names the
 /// first unknown one.
 [[nodiscard]] Expected<std::uint32_t> parse_lora_targets(std::span<const std::string> names);
+/// The names of the linears in AdapterSetup::targets bits, in LoraTarget order.
+[[nodiscard]] std::vector<std::string_view> lora_target_names(std::uint32_t targets);
 /// The adapters' dtype: setup.adapter.dtype, or the profile's default.
 [[nodiscard]] DType adapter_dtype(const TrainingSetup& setup);
 

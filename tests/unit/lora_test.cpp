@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -12,6 +13,7 @@
 #include "planner/builder.h"
 #include "planner/catalog.h"
 #include "planner/liveness.h"
+#include "planner/schedule_check.h"
 #include "planner/cluster_spec.h"
 #include "planner/search.h"
 #include "planner/setup.h"
@@ -26,13 +28,12 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const ModelSpec& model(const char* name) {
-  static std::vector<std::pair<std::string, ModelSpec>> cache;
-  for (const auto& [n, m] : cache) {
-    if (n == name) return m;
-  }
-  cache.emplace_back(name, *resolve_model(name));
-  return cache.back().second;
+// Catalog models, resolved once (a map: references stay valid as it grows).
+const ModelSpec& model(const std::string& name) {
+  static std::map<std::string, ModelSpec> cache;
+  auto it = cache.find(name);
+  if (it == cache.end()) it = cache.emplace(name, *resolve_model(name)).first;
+  return it->second;
 }
 
 // The bytes of layer `layer`'s forward tensors labelled `label` that live into backward (their
@@ -241,6 +242,7 @@ TEST(Lora, EveryPlanOfAutoBuildsWithAdapters) {
         Plan chunked = plan;
         chunked.mlp = ChunkSetting{3, {}};
         const Program p = build_program(m, s, chunked, 47);
+        EXPECT_EQ(check_schedule(p), std::nullopt) << to_string(profile) << " " << to_string(base);
         const Analysis a = analyze(p, AllocatorModel::for_profile(profile));
         EXPECT_GT(a.peak.allocated_bytes, 0);
       }
